@@ -1,11 +1,109 @@
-"""CPCC loss (placeholder until the implementation lands)."""
+r"""The CPCC regulariser and the TestCPCC metric.
 
-from torch import nn
+.. math:: \mathrm{CPCC} = \operatorname{corr}\big(t(i, j),\ \rho(i, j)\big)_{i < j}
+
+the Pearson correlation, over all pairs of fine classes present in the batch, between the tree
+distance t (weighted path length between leaves) and the feature-space distance ρ of
+:mod:`otcpcc.distances`. The training loss adds :math:`\lambda\,(1 - \mathrm{CPCC})`.
+
+With fewer than two classes present, or zero variance in t or ρ, CPCC is undefined: the loss is
+then 1.0 (zero correlation) with a zero gradient, never NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .distances import grouped_distances, resolve
+from .gather import all_gather_labels, all_gather_with_grad
 
 
-class CPCCLoss(nn.Module):  # noqa: D101
-    pass
+def pearson(t: Tensor, r: Tensor) -> Tensor | None:
+    """Pearson correlation of two [P] vectors; None where undefined (P < 2 or a zero variance)."""
+    if r.numel() < 2:
+        return None
+    t = t.to(r.dtype)
+    tc = t - t.mean()
+    rc = r - r.mean()
+    stt = (tc * tc).sum()
+    srr = (rc * rc).sum()
+    eps = torch.finfo(r.dtype).eps
+    scale = r.detach().abs().max()
+    if float(stt) <= 0 or float(srr.detach()) <= (eps * scale) ** 2 * r.numel():
+        return None
+    return (tc * rc).sum() / torch.sqrt(stt * srr)
 
 
-def cpcc(features, labels, tree, distance="l2", **options):  # noqa: D103
-    raise NotImplementedError
+def _tree_matrix(tree: Any) -> Tensor:
+    if not hasattr(tree, "distance_matrix"):
+        raise ValueError(f"expected a LabelTree (with distance_matrix()), got {type(tree).__name__}")
+    return torch.as_tensor(tree.distance_matrix(), dtype=torch.float64)
+
+
+def _check_labels(labels: Tensor, num_leaves: int) -> None:
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_leaves):
+        bad = labels[(labels < 0) | (labels >= num_leaves)][0]
+        raise ValueError(f"label {int(bad)} is not a leaf id of the tree (ids are 0..{num_leaves - 1}); "
+                         "map labels with tree.index(name) or restrict the tree to the dataset")
+
+
+def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str, options: dict):
+    if labels.ndim == 1 and not labels.dtype.is_floating_point:
+        _check_labels(labels, tree_dist.shape[0])
+    groups, rho = grouped_distances(features, labels, distance, **options)
+    if groups.num_classes < 2:
+        return None
+    cls = groups.classes.to(tree_dist.device)
+    t = tree_dist[cls[groups.pair_i.to(cls.device)], cls[groups.pair_j.to(cls.device)]]
+    return pearson(t.to(rho.device), rho)
+
+
+class CPCCLoss(nn.Module):
+    r"""``1 − CPCC(batch)`` for features [N, d] and leaf-id labels [N]; a scalar tensor.
+
+    Args:
+        tree: a :class:`~otcpcc.LabelTree`; its [K, K] distance matrix is computed once.
+        distance: ``"l2"``, ``"emd"``, ``"sinkhorn"``/``"sk"``, ``"swd"``, ``"fastft"``/``"fft"``.
+        gather: compute CPCC on the batch gathered from all DDP ranks (with gradient, see
+            :mod:`otcpcc.gather`); a no-op outside ``torch.distributed``.
+        **options: options of the distance (e.g. ``reg``, ``n_projections``, ``weights``).
+
+    Example::
+
+        crit = CPCCLoss(tree, distance="fastft")
+        features, logits = model(x)
+        loss = F.cross_entropy(logits, y) + lam * crit(features, y)
+    """
+
+    def __init__(self, tree: Any, distance: str = "fastft", gather: bool = False, **options: Any):
+        super().__init__()
+        self.distance = resolve(distance)
+        self.gather = gather
+        self.options = options
+        self.register_buffer("tree_dist", _tree_matrix(tree), persistent=False)
+
+    def extra_repr(self) -> str:
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"distance={self.distance!r}, gather={self.gather}{opts}"
+
+    def forward(self, features: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
+        if self.gather:
+            features, labels = all_gather_with_grad(features), all_gather_labels(labels)
+        corr = _cpcc(features, labels, self.tree_dist, self.distance, self.options)
+        if corr is None:
+            return features.sum() * 0 + 1.0
+        return 1.0 - corr
+
+
+@torch.no_grad()
+def cpcc(features: Tensor, labels: Tensor, tree: Any, distance: str = "l2", **options: Any) -> float:
+    """TestCPCC: the CPCC of ``features`` [N, d] under ``distance``, a float in [-1, 1].
+
+    Returns 0.0 where CPCC is undefined (fewer than two classes, zero variance), matching the
+    loss's value of 1.0 there.
+    """
+    corr = _cpcc(features, labels, _tree_matrix(tree), resolve(distance), options)
+    return 0.0 if corr is None else float(corr)

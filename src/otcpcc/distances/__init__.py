@@ -1,5 +1,117 @@
-"""Class-to-class distances (placeholder until the batched implementation lands)."""
+"""Class-to-class distances between class-conditional feature distributions, all pairs at once.
+
+``class_distances(features, labels, distance, **options)`` groups the batch by class, enumerates
+every pair of present classes, solves all plans as tensors (no loop over pairs, but for the
+exact LP) and evaluates all costs with one gather. See DESIGN §2 for the definitions.
+
+=============  ===========================================  ====================================
+name           ρ(A, B)                                      options
+=============  ===========================================  ====================================
+``l2``         ‖mean_A − mean_B‖₂                           —
+``emd``        exact OT cost, Euclidean ground cost          ``weights``
+``sinkhorn``   ⟨M, P^ε⟩ of the entropic plan (alias ``sk``)  ``reg`` (10), ``max_iter``, ``tol``
+``swd``        sliced Wasserstein-p                          ``n_projections`` (10), ``p`` (2),
+                                                             ``projections`` [d, L], ``seed``
+``fastft``     north-west-corner FlowTree (alias ``fft``)    ``weights``
+=============  ===========================================  ====================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .emd import emd
+from .fastft import fastft
+from .groups import ClassGroups, group_by_class
+from .l2 import l2
+from .sinkhorn import sinkhorn
+from .swd import random_projections, swd
+
+DISTANCES: dict[str, Callable[..., Tensor]] = {
+    "l2": l2,
+    "emd": emd,
+    "sinkhorn": sinkhorn,
+    "swd": swd,
+    "fastft": fastft,
+}
+ALIASES = {"sk": "sinkhorn", "fft": "fastft"}
 
 
-def class_distances(features, labels, distance="l2", **options):  # noqa: D103
-    raise NotImplementedError
+def resolve(name: str) -> str:
+    """Canonical distance name for a name or alias; a clear error for anything else."""
+    key = ALIASES.get(name, name)
+    if key not in DISTANCES:
+        known = sorted(DISTANCES) + sorted(ALIASES)
+        raise ValueError(f"unknown distance {name!r}; choose one of: {', '.join(known)}")
+    return key
+
+
+def check_batch(features: Tensor, labels: Tensor) -> None:
+    """Validate a (features [N, d] float, labels [N] integer) batch; one-line ValueErrors."""
+    if not isinstance(features, Tensor) or not isinstance(labels, Tensor):
+        raise ValueError("features and labels must be torch tensors")
+    if features.ndim != 2:
+        raise ValueError(f"features must be [N, d], got shape {tuple(features.shape)}; "
+                         "flatten or pool them first")
+    if not features.is_floating_point():
+        raise ValueError(f"features must be floating point, got {features.dtype}")
+    if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be a 1-D integer tensor, got {labels.dtype} "
+                         f"of shape {tuple(labels.shape)}")
+    if labels.shape[0] != features.shape[0]:
+        raise ValueError(f"features has {features.shape[0]} rows but labels has "
+                         f"{labels.shape[0]}; they must match")
+    if labels.device != features.device:
+        raise ValueError(f"features on {features.device} but labels on {labels.device}; "
+                         "move both to one device")
+    if not bool(torch.isfinite(features.detach()).all()):
+        bad = int((~torch.isfinite(features.detach())).any(1).sum())
+        raise ValueError(f"features contain NaN or inf in {bad} of {features.shape[0]} rows; "
+                         "check the model (e.g. lower the learning rate or disable AMP)")
+
+
+def grouped_distances(
+    features: Tensor, labels: Tensor, distance: str = "l2", **options: Any
+) -> tuple[ClassGroups, Tensor]:
+    """Validated batch -> (groups, rho [pairs]); the shared core of class_distances and CPCC."""
+    check_batch(features, labels)
+    fn = DISTANCES[resolve(distance)]
+    groups = group_by_class(labels)
+    if groups.num_classes < 2:
+        return groups, features.new_zeros(0)
+    return groups, fn(features[groups.order], groups, **options)
+
+
+def class_distances(
+    features: Tensor, labels: Tensor, distance: str = "l2", **options: Any
+) -> tuple[Tensor, Tensor]:
+    """Distances between every pair of classes present in a batch.
+
+    Args:
+        features: [N, d] floating point features.
+        labels: [N] integer class ids.
+        distance: ``"l2"``, ``"emd"``, ``"sinkhorn"``/``"sk"``, ``"swd"``, ``"fastft"``/``"fft"``.
+        **options: the distance's options (table above).
+
+    Returns:
+        ``(classes, rho)``: sorted present class ids [k] and [k(k−1)/2] distances in
+        :func:`itertools.combinations` order of ``classes``, differentiable w.r.t. ``features``
+        with the constant-plan gradient (float32; float64 for float64 input).
+    """
+    groups, rho = grouped_distances(features, labels, distance, **options)
+    return groups.classes, rho
+
+
+__all__ = [
+    "ALIASES",
+    "DISTANCES",
+    "ClassGroups",
+    "class_distances",
+    "group_by_class",
+    "random_projections",
+    "resolve",
+]

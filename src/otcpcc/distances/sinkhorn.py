@@ -1,0 +1,90 @@
+r"""Entropic OT (``sinkhorn``, alias ``sk``): the transport cost of the Sinkhorn plan.
+
+.. math:: P^\varepsilon = \arg\min_{P \in U(a, b)} \langle P, M\rangle - \varepsilon H(P),\qquad
+          \rho(A, B) = \langle M, P^\varepsilon \rangle,
+
+with :math:`M_{ij} = \lVert x_i - y_j \rVert_2` (not normalised), uniform a, b and
+:math:`\varepsilon` = ``reg`` (default 10). The plan is the one POT's ``ot.sinkhorn(a, b, M, reg)``
+returns. All pairs are solved together on a padded [pairs, n_max, m_max] batch in the log
+domain (stable for any cost scale), masking padded rows and columns with −inf potentials:
+
+.. math:: f_i \leftarrow \varepsilon \log a_i - \varepsilon \operatorname{LSE}_j \frac{g_j - M_{ij}}{\varepsilon},\quad
+          g_j \leftarrow \varepsilon \log b_j - \varepsilon \operatorname{LSE}_i \frac{f_i - M_{ij}}{\varepsilon}.
+
+Iterates until the row-marginal error (ℓ2, checked every 10 iterations, max over pairs) is below
+``tol`` (default 1e-9 in float64, 1e-6 in float32) or ``max_iter`` (1000) iterations, as POT.
+Reference: Cuturi, "Sinkhorn distances" (NeurIPS 2013).
+Memory O(pairs · n_max · m_max).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .cost import cost_dtype, row_distances, transport_cost
+from .groups import ClassGroups
+
+
+def _padded_index(groups: ClassGroups, which: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """[pairs, width] sample indices of each pair's class (``which``) and their validity mask."""
+    cnt = groups.counts[which]
+    ar = torch.arange(width, device=cnt.device)
+    valid = ar[None, :] < cnt[:, None]
+    idx = groups.offsets[which][:, None] + torch.where(valid, ar[None, :], 0)
+    return idx, valid
+
+
+def sinkhorn_plans(
+    M: Tensor, va: Tensor, vb: Tensor, reg: float, max_iter: int, tol: float
+) -> Tensor:
+    """Batched log-domain Sinkhorn with uniform marginals on valid entries; returns [P, n, m] plans."""
+    neg_inf = torch.tensor(-torch.inf, dtype=M.dtype, device=M.device)
+    log_a = torch.where(va, -torch.log(va.sum(1, keepdim=True).to(M.dtype)), neg_inf)
+    log_b = torch.where(vb, -torch.log(vb.sum(1, keepdim=True).to(M.dtype)), neg_inf)
+    Mr = torch.where(va[:, :, None] & vb[:, None, :], M / reg, 0)  # [P, n, m]
+    f = torch.zeros_like(log_a).masked_fill(~va, -torch.inf)  # potentials / reg
+    g = torch.zeros_like(log_b).masked_fill(~vb, -torch.inf)
+    for it in range(max_iter):
+        g = log_b - torch.logsumexp(f[:, :, None] - Mr, dim=1)
+        g = g.masked_fill(~vb, -torch.inf)
+        f = log_a - torch.logsumexp(g[:, None, :] - Mr, dim=2)
+        f = f.masked_fill(~va, -torch.inf)
+        if it % 10 == 0:
+            # after the f update rows are exact; measure the columns as POT does
+            col = torch.exp(f[:, :, None] + g[:, None, :] - Mr).sum(1)
+            err = (col - log_b.exp()).norm(dim=1).max()
+            if err < tol:
+                break
+    return torch.exp(f[:, :, None] + g[:, None, :] - Mr)
+
+
+def sinkhorn(
+    x: Tensor,
+    groups: ClassGroups,
+    reg: float = 10.0,
+    max_iter: int = 1000,
+    tol: float | None = None,
+    mode: str = "auto",
+) -> Tensor:
+    """[N, d] grouped features -> [pairs] Sinkhorn transport costs ⟨M, P^ε⟩."""
+    if not reg > 0:
+        raise ValueError(f"sinkhorn needs reg > 0, got {reg}")
+    dtype = cost_dtype(x)
+    if tol is None:
+        tol = 1e-9 if dtype == torch.float64 else 1e-6
+    n_max = max(groups.counts_host)
+    ia, va = _padded_index(groups, groups.pair_i, n_max)
+    ib, vb = _padded_index(groups, groups.pair_j, n_max)
+    P = groups.num_pairs
+    ia_full = ia[:, :, None].expand(P, n_max, n_max)
+    ib_full = ib[:, None, :].expand(P, n_max, n_max)
+    with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+        xd = x.detach().to(dtype)
+        M = row_distances(xd, ia_full.reshape(-1), ib_full.reshape(-1)).view(P, n_max, n_max)
+        plan = sinkhorn_plans(M, va, vb, float(reg), int(max_iter), float(tol))
+    keep = va[:, :, None] & vb[:, None, :]
+    pair = torch.arange(P, device=x.device)[:, None, None].expand(P, n_max, n_max)
+    return transport_cost(
+        x, ia_full[keep], ib_full[keep], plan[keep], pair[keep], P, mode=mode
+    )

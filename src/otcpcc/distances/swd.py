@@ -1,0 +1,70 @@
+r"""Sliced Wasserstein distance (``swd``).
+
+.. math:: \rho(A, B) = \Big(\frac{1}{L} \sum_{l=1}^{L} W_p^p(\theta_l^\top A, \theta_l^\top B)\Big)^{1/p}
+
+over L unit directions :math:`\theta_l` (columns of ``projections`` [d, L]). In 1-D the optimal
+plan is the quantile coupling: the north-west-corner plan of the samples sorted along
+:math:`\theta_l`. All classes are projected with one product and sorted per column, and the same
+closed-form NW segments serve every direction. Same value as POT
+``ot.sliced_wasserstein_distance(A, B, n_projections=L, p=p, projections=Θ)``.
+Reference: Bonneel et al., "Sliced and Radon Wasserstein barycenters of measures" (2015).
+
+Cost O(N d L + N L log N + E L) for E = Σ_pairs (n + m) plan entries; memory O(E L).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .cost import cost_dtype, safe_sqrt
+from .groups import ClassGroups
+from .nwcorner import nw_plans_uniform
+
+
+def random_projections(
+    d: int, n_projections: int, seed: int | None = None, device=None, dtype=torch.float32
+) -> Tensor:
+    """[d, L] directions drawn uniformly on the unit sphere (Gaussian, normalised columns)."""
+    gen = None
+    if seed is not None:
+        gen = torch.Generator().manual_seed(int(seed))
+    theta = torch.randn(d, n_projections, generator=gen, dtype=torch.float64)
+    theta = theta / theta.norm(dim=0, keepdim=True)
+    return theta.to(device=device, dtype=dtype)
+
+
+def swd(
+    x: Tensor,
+    groups: ClassGroups,
+    n_projections: int = 10,
+    p: int = 2,
+    projections: Tensor | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """[N, d] grouped features -> [pairs] sliced Wasserstein distances."""
+    if p < 1:
+        raise ValueError(f"swd needs p >= 1, got {p}")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.to(cost_dtype(x))
+        if projections is None:
+            if n_projections < 1:
+                raise ValueError(f"n_projections must be >= 1, got {n_projections}")
+            projections = random_projections(x.shape[1], n_projections, seed, x.device, x.dtype)
+        if projections.ndim != 2 or projections.shape[0] != x.shape[1]:
+            raise ValueError(
+                f"projections must be [d, L] with d = {x.shape[1]}, got {tuple(projections.shape)}"
+            )
+        proj = x @ projections.to(device=x.device, dtype=x.dtype)  # [N, L]
+        # Sort every column within each class: by value, then (stably) by class.
+        cls = groups.class_index()
+        by_val = torch.argsort(proj.detach(), dim=0, stable=True)
+        by_cls = torch.argsort(cls[by_val], dim=0, stable=True)
+        ranked = proj.gather(0, by_val.gather(0, by_cls))  # [N, L], sorted within class
+        seg = nw_plans_uniform(groups, dtype=x.dtype)
+        ia = groups.offsets[groups.pair_i][seg.pair] + seg.a
+        ib = groups.offsets[groups.pair_j][seg.pair] + seg.b
+        gap = (ranked[ia] - ranked[ib]).abs().pow(p).mean(1)  # [E]
+        wp = torch.zeros(groups.num_pairs, dtype=x.dtype, device=x.device)
+        wp = wp.index_add(0, seg.pair, seg.mass * gap)
+        return safe_sqrt(wp) if p == 2 else torch.where(wp > 0, wp, 1).pow(1.0 / p) * (wp > 0)
