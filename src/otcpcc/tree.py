@@ -1,5 +1,987 @@
-"""LabelTree (placeholder until the implementation lands)."""
+"""Label trees: build, validate, and measure distances between the leaves (the fine classes).
+
+A :class:`LabelTree` is a rooted tree whose leaves are the fine classes; the leaf index is the
+class id used in labels. Every edge (child, parent) carries a non-negative finite weight
+(default 1.0). The tree distance between leaves i and j is the weighted shortest-path length
+
+    d(i, j) = sum of the edge weights on the path i -> lca(i, j) -> j
+            = w(i -> root) + w(j -> root) - 2 * w(lca(i, j) -> root),
+
+where ``w(n -> root)`` is the sum of the edge weights from node n up to the root. With unit
+weights this is ``depth(i) + depth(j) - 2 * depth(lca)``.
+
+Constructors (classmethods): :meth:`LabelTree.from_parents`, :meth:`LabelTree.from_edges`,
+:meth:`LabelTree.from_levels`, :meth:`LabelTree.from_file` (edge lists, JSON, Newick);
+:meth:`LabelTree.to_file` writes any of the three file formats so that files round-trip
+(leaf order, structure and weights).
+
+Leaf order (= class ids) is the order of first appearance in the input: dict order for
+``from_parents`` (a child before its parent in each item), edge order for ``from_edges`` and edge
+files, left-to-right order for Newick and nested JSON, index order for ``from_levels``.
+:meth:`LabelTree.restrict` reorders the leaves as asked.
+
+Every invalid input raises :class:`TreeError` (a ``ValueError``) with a one-line message naming
+the offending nodes and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["LabelTree", "Level", "TreeError"]
+
+_FORMATS = ("edges", "json", "newick")
+_SUFFIXES = {
+    ".txt": "edges",
+    ".tsv": "edges",
+    ".edges": "edges",
+    ".json": "json",
+    ".nwk": "newick",
+    ".newick": "newick",
+    ".tre": "newick",
+    ".tree": "newick",
+}
+_MAX_LISTED = 5  # how many names an error message lists before "..."
 
 
-class LabelTree:  # noqa: D101
-    pass
+class TreeError(ValueError):
+    """An invalid label tree or tree file (the message names the nodes and the fix)."""
+
+
+class Level(NamedTuple):
+    """One coarse level of a tree.
+
+    ``ids[i]`` is the id (in ``0..len(names)-1``) of leaf i's ancestor at this level, and
+    ``names[ids[i]]`` that ancestor's node name.
+    """
+
+    name: str
+    ids: np.ndarray  # int64 [K]
+    names: list[str]
+
+
+def _listed(names: Iterable[Any]) -> str:
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:_MAX_LISTED])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > _MAX_LISTED else "")
+
+
+def _check_name(name: Any, what: str = "node name") -> str:
+    if not isinstance(name, str):
+        raise TreeError(f"{what} {name!r} is a {type(name).__name__}; node names must be strings")
+    if not name:
+        raise TreeError(f"empty {what}; every node needs a non-empty name")
+    return str(name)
+
+
+def _check_weight(w: Any, child: str, parent: str | None) -> float:
+    try:
+        x = float(w)
+    except (TypeError, ValueError):
+        raise TreeError(
+            f"weight {w!r} of edge {parent!r} -> {child!r} is not a number; weights must be finite and >= 0"
+        ) from None
+    if not math.isfinite(x) or x < 0:
+        raise TreeError(
+            f"weight {x!r} of edge {parent!r} -> {child!r} is negative or not finite; weights must be finite and >= 0"
+        )
+    return x
+
+
+class LabelTree:
+    """A rooted label tree whose leaves are the fine classes (leaf index == class id).
+
+    Build it with one of the classmethods (``from_parents``, ``from_edges``, ``from_levels``,
+    ``from_file``); the tree is immutable afterwards. Attributes: ``leaves`` (leaf names, in
+    class-id order), ``nodes`` (all node names, first-appearance order), ``root``,
+    ``num_classes`` (== ``len(tree)``), ``levels`` (coarse levels, finest first).
+    """
+
+    # ------------------------------------------------------------------ construction
+    def __init__(
+        self,
+        parent: Mapping[str, str | None],
+        weight: Mapping[str, float] | None = None,
+        *,
+        leaves: Sequence[str] | None = None,
+        level_spec: Sequence[tuple[str, Sequence[str]]] | None = None,
+    ) -> None:
+        """Validate and build a tree (prefer the ``from_*`` classmethods).
+
+        ``parent`` maps every node (insertion order = node order) to its parent, ``None`` for
+        the root; every parent must itself be a key. ``weight`` maps a child to the weight of
+        its edge to the parent (default 1.0). ``leaves`` optionally fixes the leaf order (must
+        be a permutation of the childless nodes). ``level_spec`` optionally fixes the coarse
+        levels as (level name, node names in id order) pairs.
+        """
+        if len(parent) == 0:
+            raise TreeError("empty tree: no nodes were given; a tree needs at least one leaf")
+        self._parent: dict[str, str | None] = {}
+        for child, par in parent.items():
+            child = _check_name(child)
+            if par is not None:
+                par = _check_name(par, f"parent of {child!r}")
+                if par not in parent:
+                    raise TreeError(f"parent {par!r} of {child!r} is not a node of the tree")
+            self._parent[child] = par
+        weight = dict(weight or {})
+        unknown = [c for c in weight if c not in self._parent]
+        if unknown:
+            raise TreeError(f"weights given for unknown nodes {_listed(unknown)}")
+        at_root = [c for c in weight if c in self._parent and self._parent[c] is None]
+        if at_root:
+            raise TreeError(
+                f"weight given for root {_listed(at_root)}, which has no parent edge; weights "
+                "are keyed by the child of each edge"
+            )
+        self._weight: dict[str, float] = {
+            c: _check_weight(weight.get(c, 1.0), c, p) for c, p in self._parent.items() if p is not None
+        }
+        self._find_cycle()
+        roots = [n for n, p in self._parent.items() if p is None]
+        if len(roots) != 1:  # 0 is impossible without a cycle
+            raise TreeError(
+                f"several roots: {_listed(roots)} have no parent; give them a common parent "
+                "so the tree has exactly one root"
+            )
+        self._root: str = roots[0]
+        self._nodes: list[str] = list(self._parent)
+        self._children: dict[str, list[str]] = {n: [] for n in self._nodes}
+        for c, p in self._parent.items():
+            if p is not None:
+                self._children[p].append(c)
+        natural = [n for n in self._nodes if not self._children[n]]
+        if leaves is None:
+            self._leaves = natural
+        else:
+            self._leaves = [str(x) for x in leaves]
+            if sorted(self._leaves) != sorted(natural):
+                raise TreeError("internal: the given leaf order is not a permutation of the leaves")
+        self._leaf_index: dict[str, int] = {n: i for i, n in enumerate(self._leaves)}
+        # depth and cumulative weight to the root, top-down
+        self._depth: dict[str, int] = {self._root: 0}
+        self._rootw: dict[str, float] = {self._root: 0.0}
+        stack = [self._root]
+        while stack:
+            n = stack.pop()
+            for c in self._children[n]:
+                self._depth[c] = self._depth[n] + 1
+                self._rootw[c] = self._rootw[n] + self._weight[c]
+                stack.append(c)
+        self._level_spec = None if level_spec is None else [(str(a), [str(x) for x in b]) for a, b in level_spec]
+        self._dist: np.ndarray | None = None
+        self._levels: list[Level] | None = None
+        self._under: dict[str, list[int]] | None = None
+
+    def _find_cycle(self) -> None:
+        state: dict[str, int] = {}  # 1 = on the current walk, 2 = reaches the root
+        for start in self._parent:
+            path: list[str] = []
+            n: str | None = start
+            while n is not None and n not in state:
+                state[n] = 1
+                path.append(n)
+                n = self._parent[n]
+            if n is not None and state[n] == 1:
+                cyc = path[path.index(n) :] + [n]
+                raise TreeError(
+                    "cycle in the tree: "
+                    + " -> ".join(repr(x) for x in cyc)
+                    + " (child -> parent); remove one of these edges"
+                )
+            for x in path:
+                state[x] = 2
+
+    @classmethod
+    def from_parents(
+        cls,
+        parent_of: Mapping[str, str | None],
+        weights: Mapping[str, float] | None = None,
+    ) -> LabelTree:
+        """Build from a child -> parent map (``None`` marks the root; parents need not be keys).
+
+        ``weights[child]`` is the weight of the edge (child, parent), default 1.0. Node order
+        is first appearance scanning (child, parent) per item, so leaves follow dict order.
+
+        >>> t = LabelTree.from_parents({"cat": "mammal", "dog": "mammal", "mammal": "animal"})
+        >>> t.leaves, t.root
+        (['cat', 'dog'], 'animal')
+        """
+        parent: dict[str, str | None] = {}
+        for child, par in parent_of.items():
+            child = _check_name(child)
+            # a key may already be present as an implicit parent (with None): set it for real
+            parent[child] = par
+            if par is not None:
+                par = _check_name(par, f"parent of {child!r}")
+                parent.setdefault(par, None)
+        return cls(parent, weights)
+
+    @classmethod
+    def from_edges(
+        cls,
+        edges: Iterable[tuple[str, str] | tuple[str, str, float]],
+        *,
+        on_multiple_parents: str = "error",
+    ) -> LabelTree:
+        """Build from ``(parent, child)`` or ``(parent, child, weight)`` edges.
+
+        Leaves (and nodes) are ordered by first appearance in the edge sequence. A repeated
+        identical edge is ignored. A node with two different parents (a DAG such as WordNet)
+        raises :class:`TreeError`, unless ``on_multiple_parents="first"``: then the first
+        parent seen is kept, later edges into that node are dropped, and nodes left without
+        children by the dropping (that had children in the input) are removed, so that no
+        spurious leaves appear.
+        """
+        return cls._from_edge_list(list(edges), on_multiple_parents, None)
+
+    @classmethod
+    def _from_edge_list(
+        cls,
+        edges: list[Any],
+        on_multiple_parents: str,
+        where: list[str] | None,
+    ) -> LabelTree:
+        if on_multiple_parents not in ("error", "first"):
+            raise TreeError(f"on_multiple_parents={on_multiple_parents!r} is unknown; use 'error' or 'first'")
+        if not edges:
+            raise TreeError("empty tree: no edges were given; a tree needs at least one edge")
+        order: dict[str, None] = {}
+        parent: dict[str, str] = {}
+        weight: dict[str, float] = {}
+        has_children: set[str] = set()
+        dropped = False
+        for k, e in enumerate(edges):
+            at = f" ({where[k]})" if where is not None else ""
+            if isinstance(e, str | bytes) or not hasattr(e, "__len__") or len(e) not in (2, 3):
+                raise TreeError(f"edge {e!r}{at} is not (parent, child) or (parent, child, weight)")
+            p = _check_name(e[0], f"parent in edge {tuple(e)!r}{at}")
+            c = _check_name(e[1], f"child in edge {tuple(e)!r}{at}")
+            w = _check_weight(e[2], c, p) if len(e) == 3 else 1.0
+            order.setdefault(p, None)
+            order.setdefault(c, None)
+            has_children.add(p)
+            if c in parent:
+                if parent[c] == p:
+                    if weight[c] != w:
+                        raise TreeError(
+                            f"edge {p!r} -> {c!r}{at} is given twice with weights {weight[c]!r} and {w!r}; keep one"
+                        )
+                    continue
+                if on_multiple_parents == "error":
+                    raise TreeError(
+                        f"node {c!r} has two parents, {parent[c]!r} and {p!r}{at}; a label tree "
+                        "needs one parent per node (or pass on_multiple_parents='first')"
+                    )
+                dropped = True
+                continue
+            parent[c] = p
+            weight[c] = w
+        nodes = list(order)
+        if dropped:
+            # prune nodes that had children in the input but lost all of them
+            kids: dict[str, int] = {n: 0 for n in nodes}
+            for p in parent.values():
+                kids[p] += 1
+            removed: set[str] = set()
+            stack = [n for n in nodes if n in has_children and kids[n] == 0]
+            while stack:
+                n = stack.pop()
+                removed.add(n)
+                p = parent.get(n)
+                if p is not None:
+                    kids[p] -= 1
+                    if kids[p] == 0:
+                        stack.append(p)
+            nodes = [n for n in nodes if n not in removed]
+        full: dict[str, str | None] = {n: parent.get(n) for n in nodes}
+        return cls(full, {c: weight[c] for c in nodes if c in parent})
+
+    @classmethod
+    def from_levels(
+        cls,
+        levels: Sequence[Any],
+        leaf_names: Sequence[str] | None = None,
+        level_names: Sequence[str] | None = None,
+        node_names: Sequence[Sequence[str]] | None = None,
+    ) -> LabelTree:
+        """Build a balanced tree from per-level ancestor arrays (bottom-up); a root is added on top.
+
+        ``levels[l]`` is an integer array [K]: ``levels[l][i]`` = id of fine class i's ancestor
+        at level l (level 0 = the parents of the leaves); the ids of each level must be
+        ``0..n_l-1`` with none unused. The levels must nest: fine classes sharing a level-l id
+        share their level-(l+1) id. Leaf i is class i. Names: ``leaf_names`` (default
+        ``"0".."K-1"``), ``level_names`` (default ``"level1".."levelL"``), ``node_names[l][id]``
+        (default ``f"{level_name}_{id}"``), root ``"root"``. All node names must be distinct.
+        All edge weights are 1. ``tree.levels`` returns exactly these levels.
+        """
+        arrays: list[np.ndarray] = []
+        for l, lev in enumerate(levels):
+            a = np.asarray(lev)
+            if a.ndim != 1:
+                raise TreeError(f"level {l} has shape {a.shape}; each level must be a 1-D array [K]")
+            if a.size and a.dtype.kind not in "iu":
+                if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
+                    a = a.astype(np.int64)
+                else:
+                    raise TreeError(f"level {l} holds {a.dtype} values; levels must be integer ids")
+            arrays.append(a.astype(np.int64))
+        n_lev = len(arrays)
+        if n_lev:
+            k = len(arrays[0])
+            bad = [l for l, a in enumerate(arrays) if len(a) != k]
+            if bad:
+                raise TreeError(
+                    f"levels have different lengths ({[len(a) for a in arrays]}); each level maps "
+                    "every fine class to an ancestor"
+                )
+            if leaf_names is not None and len(leaf_names) != k:
+                raise TreeError(f"{len(leaf_names)} leaf_names for {k} fine classes; give one each")
+        elif leaf_names is not None:
+            k = len(leaf_names)
+        else:
+            raise TreeError("empty tree: no levels and no leaf_names were given")
+        if k == 0:
+            raise TreeError("empty tree: the levels have no fine classes")
+        if level_names is None:
+            lnames = [f"level{l + 1}" for l in range(n_lev)]
+        else:
+            lnames = [_check_name(x, "level name") for x in level_names]
+            if len(lnames) != n_lev:
+                raise TreeError(f"{len(lnames)} level_names for {n_lev} levels; give one each")
+            if len(set(lnames)) != n_lev:
+                raise TreeError(f"duplicate level_names in {lnames}; level names must differ")
+        if node_names is not None and len(node_names) != n_lev:
+            raise TreeError(f"node_names has {len(node_names)} lists for {n_lev} levels")
+        sizes: list[int] = []
+        for l, a in enumerate(arrays):
+            if a.min() < 0:
+                raise TreeError(f"level {lnames[l]!r} has negative ids; ids must be 0..n-1")
+            n = int(a.max()) + 1
+            used = np.bincount(a, minlength=n) > 0
+            if not used.all():
+                missing = np.flatnonzero(~used).tolist()
+                raise TreeError(
+                    f"level {lnames[l]!r} ids must be 0..n-1 with none unused; ids {missing[:5]} "
+                    "are unused (relabel with np.unique(ids, return_inverse=True))"
+                )
+            sizes.append(n)
+        for l in range(n_lev - 1):
+            lo, hi = arrays[l], arrays[l + 1]
+            up = np.full(sizes[l], -1, dtype=np.int64)
+            up[lo] = hi  # last writer wins; check that all writers agree
+            clash = np.flatnonzero(up[lo] != hi)
+            if clash.size:
+                i = int(clash[0])
+                j = int(np.flatnonzero((lo == lo[i]) & (hi != hi[i]))[0])
+                i, j = min(i, j), max(i, j)
+                raise TreeError(
+                    f"levels do not nest: {lnames[l]} node {int(lo[i])} (fine classes {i} and {j}) "
+                    f"maps to {lnames[l + 1]} nodes {int(hi[i])} and {int(hi[j])}; every node "
+                    "needs one parent"
+                )
+        leaves = [str(i) for i in range(k)] if leaf_names is None else [_check_name(x, "leaf name") for x in leaf_names]
+        per_level: list[list[str]] = []
+        for l in range(n_lev):
+            if node_names is None:
+                names = [f"{lnames[l]}_{j}" for j in range(sizes[l])]
+            else:
+                names = [_check_name(x, f"{lnames[l]} node name") for x in node_names[l]]
+                if len(names) != sizes[l]:
+                    raise TreeError(
+                        f"node_names[{l}] has {len(names)} names for {sizes[l]} {lnames[l]} nodes; give one per id"
+                    )
+            per_level.append(names)
+        seen: dict[str, str] = {}
+        for where, names in (
+            [("leaf", leaves)] + [(f"{lnames[l]} node", per_level[l]) for l in range(n_lev)] + [("root", ["root"])]
+        ):
+            for j, nm in enumerate(names):
+                here = f"{where} {j}" if where != "root" else "the root"
+                if nm in seen:
+                    what = "leaf names" if where == "leaf" else "node names"
+                    raise TreeError(f"duplicate {what}: {nm!r} names {seen[nm]} and {here}; names must be unique")
+                seen[nm] = here
+        parent: dict[str, str | None] = {}
+        for i, leaf in enumerate(leaves):
+            parent[leaf] = per_level[0][arrays[0][i]] if n_lev else "root"
+        for l in range(n_lev):
+            first = np.unique(arrays[l], return_index=True)[1]
+            for idx in sorted(first.tolist()):
+                node = per_level[l][arrays[l][idx]]
+                parent[node] = per_level[l + 1][arrays[l + 1][idx]] if l + 1 < n_lev else "root"
+        parent["root"] = None
+        return cls(parent, leaves=leaves, level_spec=list(zip(lnames, per_level, strict=True)))
+
+    # ------------------------------------------------------------------ files
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        format: str | None = None,
+        *,
+        on_multiple_parents: str = "error",
+    ) -> LabelTree:
+        """Read a tree file; ``format`` is inferred from the suffix when ``None``.
+
+        Formats:
+
+        * ``"edges"`` (.txt/.tsv/.edges): one edge per line, ``parent child [weight]``,
+          whitespace separated; ``#`` starts a comment, blank lines are ignored (the BREEDS
+          ``class_hierarchy.txt`` format). ``on_multiple_parents`` as in :meth:`from_edges`.
+        * ``"json"`` (.json): a nested dict ``{"animal": {"mammal": {"cat": {}, "dog": {}}}}``
+          (leaves as ``{}``, ``null``, or children given as a list of names), a flat
+          ``{"child": "parent" | null}`` map, or ``{"parents": {child: parent},
+          "weights": {child: w}}``.
+        * ``"newick"`` (.nwk/.newick/.tre/.tree): ``((cat:1,dog:1)mammal:1,trout:2)animal;``;
+          branch lengths become weights (default 1), names may be quoted with ``'...'``
+          (``''`` for a quote), ``[...]`` comments are skipped, underscores are kept as is, and
+          unnamed internal nodes are named ``"_node1"``, ``"_node2"``, ...
+        """
+        path = Path(path)
+        fmt = cls._format_of(path, format)
+        text = path.read_text(encoding="utf-8")
+        if fmt == "edges":
+            edges: list[tuple[Any, ...]] = []
+            where: list[str] = []
+            for lineno, raw in enumerate(text.splitlines(), 1):
+                line = raw.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                parts = line.split()
+                loc = f"{path}:{lineno}"
+                if len(parts) not in (2, 3):
+                    raise TreeError(
+                        f"{loc}: expected 'parent child [weight]' (whitespace separated), got {raw.strip()!r}"
+                    )
+                if len(parts) == 3:
+                    try:
+                        w = float(parts[2])
+                    except ValueError:
+                        raise TreeError(
+                            f"{loc}: expected 'parent child [weight]' with a numeric weight, got {raw.strip()!r}"
+                        ) from None
+                    edges.append((parts[0], parts[1], w))
+                else:
+                    edges.append((parts[0], parts[1]))
+                where.append(loc)
+            if not edges:
+                raise TreeError(f"empty tree: {path} holds no edges ('parent child [weight]' lines)")
+            return cls._from_edge_list(edges, on_multiple_parents, where)
+        if fmt == "json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise TreeError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+            return cls._from_json(data, str(path))
+        return cls._from_newick(text, str(path))
+
+    @staticmethod
+    def _format_of(path: Path, format: str | None) -> str:
+        if format is not None:
+            if format not in _FORMATS:
+                raise TreeError(f"unknown tree format {format!r}; use one of {', '.join(_FORMATS)}")
+            return format
+        fmt = _SUFFIXES.get(path.suffix.lower())
+        if fmt is None:
+            raise TreeError(
+                f"cannot tell the tree format of {str(path)!r} from its suffix; pass format='edges', 'json' or 'newick'"
+            )
+        return fmt
+
+    @classmethod
+    def _from_json(cls, data: Any, src: str) -> LabelTree:
+        if not isinstance(data, dict) or not data:
+            raise TreeError(f"{src}: expected a non-empty JSON object describing a tree")
+        vals = list(data.values())
+        if (
+            set(data) <= {"parents", "weights"}
+            and "parents" in data
+            and (
+                "weights" in data
+                or (isinstance(data["parents"], dict) and any(isinstance(v, str) for v in data["parents"].values()))
+            )
+        ):
+            parents, weights = data["parents"], data.get("weights", {})
+            if not isinstance(parents, dict) or not isinstance(weights, dict):
+                raise TreeError(f"{src}: 'parents' and 'weights' must be JSON objects")
+            return cls._from_flat(parents, weights, src)
+        if all(v is None or isinstance(v, str) for v in vals) and any(isinstance(v, str) for v in vals):
+            return cls._from_flat(data, {}, src)
+        # nested form
+        edges: list[tuple[str, str]] = []
+        roots: list[str] = []
+
+        def walk(name: Any, sub: Any, parent: str | None) -> None:
+            name = _check_name(name, f"{src}: node name")
+            if parent is None:
+                roots.append(name)
+            else:
+                edges.append((parent, name))
+            if sub is None:
+                return
+            if isinstance(sub, dict):
+                for k, v in sub.items():
+                    walk(k, v, name)
+            elif isinstance(sub, list):
+                for item in sub:
+                    if isinstance(item, dict):
+                        for k, v in item.items():
+                            walk(k, v, name)
+                    else:
+                        walk(item, None, name)
+            else:
+                raise TreeError(
+                    f"{src}: the value under {name!r} is {sub!r}; in a nested tree each value must "
+                    "be an object, a list of names, or null"
+                )
+
+        for k, v in data.items():
+            walk(k, v, None)
+        if len(roots) > 1:
+            raise TreeError(f"several roots: {_listed(roots)} are top-level keys in {src}; nest them under one root")
+        if not edges:
+            return cls({roots[0]: None})
+        return cls._from_edge_list(edges, "error", None)
+
+    @classmethod
+    def _from_flat(cls, parents: dict[str, Any], weights: dict[str, Any], src: str) -> LabelTree:
+        for c, p in parents.items():
+            if p is not None and not isinstance(p, str):
+                raise TreeError(f"{src}: parent of {c!r} is {p!r}; a flat map needs a name or null per child")
+        return cls.from_parents(parents, weights)
+
+    @classmethod
+    def _from_newick(cls, text: str, src: str) -> LabelTree:
+        tokens = _newick_tokens(text, src)
+        # node = [name | None, length | None, children]
+        root: list[Any] = [None, None, []]
+        cur = root
+        stack: list[list[Any]] = []
+        i = 0
+        done = False
+        while i < len(tokens):
+            kind, val = tokens[i]
+            if done:
+                raise TreeError(f"{src}: text after the closing ';' of the Newick tree")
+            if kind == "(":
+                child: list[Any] = [None, None, []]
+                cur[2].append(child)
+                stack.append(cur)
+                cur = child
+            elif kind == ",":
+                if not stack:
+                    raise TreeError(f"{src}: ',' outside parentheses in Newick text")
+                child = [None, None, []]
+                stack[-1][2].append(child)
+                cur = child
+            elif kind == ")":
+                if not stack:
+                    raise TreeError(f"{src}: unbalanced ')' in Newick text")
+                cur = stack.pop()
+            elif kind == ":":
+                if i + 1 >= len(tokens) or tokens[i + 1][0] != "label":
+                    raise TreeError(f"{src}: ':' must be followed by a branch length in Newick")
+                try:
+                    cur[1] = float(tokens[i + 1][1])
+                except ValueError:
+                    raise TreeError(f"{src}: branch length {tokens[i + 1][1]!r} is not a number") from None
+                i += 1
+            elif kind == ";":
+                if stack:
+                    raise TreeError(f"{src}: unbalanced '(' in Newick text (missing ')')")
+                done = True
+            else:  # label
+                if cur[0] is not None:
+                    raise TreeError(f"{src}: two names {cur[0]!r} and {val!r} for one Newick node")
+                cur[0] = val
+            i += 1
+        if stack:
+            raise TreeError(f"{src}: unbalanced '(' in Newick text (missing ')')")
+        if not root[2] and root[0] is None:
+            raise TreeError(f"empty tree: {src} holds no Newick tree")
+        # name unnamed internal nodes, check leaves are named
+        taken: set[str] = set()
+        todo = [root]
+        while todo:
+            n = todo.pop()
+            if n[0] is not None:
+                taken.add(n[0])
+            todo.extend(n[2])
+        counter = 0
+        parent: dict[str, str | None] = {}
+        weight: dict[str, float] = {}
+        todo2: list[tuple[list[Any], str | None]] = [(root, None)]
+        while todo2:
+            n, par = todo2.pop()
+            if n[0] is None:
+                if not n[2]:
+                    raise TreeError(f"{src}: a Newick leaf has no name (child of {par!r}); every leaf needs one")
+                counter += 1
+                while f"_node{counter}" in taken:
+                    counter += 1
+                n[0] = f"_node{counter}"
+            name = _check_name(n[0])
+            if name in parent:
+                raise TreeError(f"duplicate node names: {name!r} appears twice in {src}; names must be unique")
+            parent[name] = par
+            if par is not None:
+                weight[name] = 1.0 if n[1] is None else n[1]
+            todo2.extend((c, name) for c in reversed(n[2]))
+        return cls(parent, weight)
+
+    def to_file(self, path: str | os.PathLike[str], format: str | None = None) -> None:
+        """Write the tree so that :meth:`from_file` reads back the same tree and leaf order.
+
+        ``format`` ('edges', 'json', 'newick') is inferred from the suffix when ``None``.
+        Weights are written only when some weight differs from 1. Edges: one
+        ``parent child [weight]`` line per edge, ordered so leaves appear in class-id order
+        (names must not contain whitespace or '#'). JSON: nested when unweighted and the leaf
+        order is a depth-first order, else ``{"parents": ..., "weights": ...}``. Newick: needs
+        the leaf order to be a depth-first order (raises otherwise; use edges or JSON).
+        """
+        path = Path(path)
+        fmt = self._format_of(path, format)
+        weighted = any(w != 1.0 for w in self._weight.values())
+        if fmt == "edges":
+            bad = [n for n in self._nodes if re.search(r"\s|#", n)]
+            if bad:
+                raise TreeError(
+                    f"node names {_listed(bad)} contain whitespace or '#', which the edges format "
+                    "cannot hold; write JSON or Newick instead"
+                )
+            if len(self._nodes) == 1:
+                raise TreeError(f"the single-node tree {self._root!r} has no edge to write; use JSON or Newick")
+            lines = ["# parent child" + (" weight" if weighted else "")]
+            for c in self._edge_order():
+                p = self._parent[c]
+                lines.append(f"{p}\t{c}" + (f"\t{self._weight[c]!r}" if weighted else ""))
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        elif fmt == "json":
+            kids = self._dfs_children()
+            if kids is None or weighted:
+                order = self._edge_order()
+                parents: dict[str, str | None] = {c: self._parent[c] for c in order}
+                parents[self._root] = None
+                obj: Any = {"parents": parents}
+                if weighted:
+                    obj["weights"] = {c: self._weight[c] for c in order}
+            else:
+
+                def nest(n: str) -> dict[str, Any]:
+                    return {c: nest(c) for c in kids[n]}
+
+                obj = {self._root: nest(self._root)}
+            path.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+        else:
+            kids = self._dfs_children()
+            if kids is None:
+                raise TreeError(
+                    "the leaf order is not a depth-first order of the tree (the leaves under some "
+                    "node are not contiguous), which Newick cannot hold; write edges or JSON"
+                )
+
+            def label(n: str) -> str:
+                if re.fullmatch(r"[^\s()\[\]':;,]+", n):
+                    return n
+                return "'" + n.replace("'", "''") + "'"
+
+            def render(n: str) -> str:
+                s = label(n)
+                if kids[n]:
+                    s = "(" + ",".join(render(c) for c in kids[n]) + ")" + s
+                if weighted and n != self._root:
+                    s += f":{self._weight[n]!r}"
+                return s
+
+            path.write_text(render(self._root) + ";\n", encoding="utf-8")
+
+    def _edge_order(self) -> list[str]:
+        """Children of all edges, ordered so that leaves first appear in class-id order."""
+        out: list[str] = []
+        seen: set[str] = {self._root}
+        for leaf in self._leaves:
+            path = []
+            n: str | None = leaf
+            while n is not None and n not in seen:
+                path.append(n)
+                seen.add(n)
+                n = self._parent[n]
+            out.extend(reversed(path))
+        return out
+
+    def _dfs_children(self) -> dict[str, list[str]] | None:
+        """Children ordered by their smallest leaf id, or None if leaves are not DFS-ordered."""
+        first: dict[str, int] = {}
+        for i, leaf in enumerate(self._leaves):
+            n: str | None = leaf
+            while n is not None and n not in first:
+                first[n] = i
+                n = self._parent[n]
+        kids = {n: sorted(self._children[n], key=first.__getitem__) for n in self._nodes}
+        seq: list[str] = []
+        stack = [self._root]
+        while stack:
+            n = stack.pop()
+            if not kids[n]:
+                seq.append(n)
+            stack.extend(reversed(kids[n]))
+        return kids if seq == self._leaves else None
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def leaves(self) -> list[str]:
+        """Leaf names; ``leaves[i]`` is class i (do not mutate)."""
+        return self._leaves
+
+    @property
+    def nodes(self) -> list[str]:
+        """All node names, in first-appearance order of the input (do not mutate)."""
+        return self._nodes
+
+    @property
+    def root(self) -> str:
+        """The root node's name."""
+        return self._root
+
+    @property
+    def num_classes(self) -> int:
+        """Number of leaves K (== number of fine classes)."""
+        return len(self._leaves)
+
+    def __len__(self) -> int:
+        return len(self._leaves)
+
+    def __repr__(self) -> str:
+        depth = max(self._depth[n] for n in self._leaves)
+        return f"LabelTree(root={self._root!r}, nodes={len(self._nodes)}, leaves={len(self._leaves)}, depth={depth})"
+
+    def _check_node(self, name: str) -> str:
+        if name not in self._parent:
+            raise TreeError(f"unknown node {name!r}; it is not in this tree")
+        return name
+
+    def index(self, name: str) -> int:
+        """Class id of leaf ``name``."""
+        try:
+            return self._leaf_index[name]
+        except (KeyError, TypeError):
+            pass
+        if name in self._parent:
+            raise TreeError(f"{name!r} is an internal node, not a leaf; only leaves have class ids")
+        raise TreeError(f"unknown leaf {name!r}; it is not in this tree")
+
+    def parent(self, name: str) -> str | None:
+        """Parent of ``name`` (``None`` for the root)."""
+        return self._parent[self._check_node(name)]
+
+    def children(self, name: str) -> list[str]:
+        """Children of ``name`` in input order ([] for a leaf)."""
+        return list(self._children[self._check_node(name)])
+
+    def depth(self, name: str) -> int:
+        """Number of edges from the root to ``name`` (root: 0)."""
+        return self._depth[self._check_node(name)]
+
+    def weight(self, name: str) -> float:
+        """Weight of the edge from ``name`` to its parent (0.0 for the root)."""
+        return self._weight.get(self._check_node(name), 0.0)
+
+    def ancestors(self, name: str) -> list[str]:
+        """Ancestors of ``name``, from its parent up to the root ([] for the root)."""
+        out: list[str] = []
+        n = self._parent[self._check_node(name)]
+        while n is not None:
+            out.append(n)
+            n = self._parent[n]
+        return out
+
+    def leaves_under(self, node: str) -> list[int]:
+        """Class ids of the leaves in the subtree of ``node`` (ascending; [i] for leaf i)."""
+        self._check_node(node)
+        if self._under is None:
+            under: dict[str, list[int]] = {n: [] for n in self._nodes}
+            for i, leaf in enumerate(self._leaves):
+                n: str | None = leaf
+                while n is not None:
+                    under[n].append(i)
+                    n = self._parent[n]
+            self._under = under
+        return list(self._under[node])
+
+    def distance_matrix(self) -> np.ndarray:
+        """Weighted path lengths between all leaves, float64 [K, K] (read-only, cached).
+
+        ``D[i, j] = w(i -> root) + w(j -> root) - 2 w(lca(i, j) -> root)``, evaluated as
+        ``(w(i -> root) - w(lca -> root)) + (w(j -> root) - w(lca -> root))`` to avoid
+        cancellation. Computed once: leaves are laid out in depth-first order, so every node's
+        leaves form one contiguous block; for each node n and each child block, the pairs
+        between that child's block and the rest of n's block have lca n and are written with one
+        broadcast slice assignment. Every pair is written exactly once: O(K^2) time and memory.
+        """
+        if self._dist is None:
+            k = len(self._leaves)
+            # depth-first layout: pos -> leaf id, and each node's [start, end) block
+            order: list[int] = []
+            start: dict[str, int] = {}
+            end: dict[str, int] = {}
+            stack: list[tuple[str, bool]] = [(self._root, False)]
+            while stack:
+                n, closing = stack.pop()
+                if closing:
+                    end[n] = len(order)
+                    continue
+                start[n] = len(order)
+                if not self._children[n]:
+                    order.append(self._leaf_index[n])
+                    end[n] = len(order)
+                    continue
+                stack.append((n, True))
+                stack.extend((c, False) for c in reversed(self._children[n]))
+            perm = np.asarray(order, dtype=np.int64)
+            rw = np.array([self._rootw[n] for n in self._leaves])[perm]  # w(leaf -> root), DFS
+            dist = np.zeros((k, k))
+            for n in self._nodes:
+                kids = self._children[n]
+                if len(kids) < 2:
+                    continue
+                s, e, wn = start[n], end[n], self._rootw[n]
+                up = rw[s:e] - wn  # w(leaf -> n) for the leaves under n
+                for c in kids:
+                    a, b = start[c] - s, end[c] - s
+                    col = up[a:b, None]
+                    if a > 0:
+                        np.add(col, up[None, :a], out=dist[s + a : s + b, s : s + a])
+                    if b < e - s:
+                        np.add(col, up[None, b:], out=dist[s + a : s + b, s + b : e])
+            if not np.array_equal(perm, np.arange(k)):
+                inv = np.empty(k, dtype=np.int64)
+                inv[perm] = np.arange(k)
+                dist = dist[inv[:, None], inv[None, :]]  # one 2-D gather (take() is slow)
+            dist.setflags(write=False)
+            self._dist = dist
+        return self._dist
+
+    @property
+    def levels(self) -> list[Level]:
+        """Coarse levels, finest first; the root and the leaf level are excluded.
+
+        For ``from_levels`` trees: exactly the given levels (ids relabelled to stay contiguous
+        after :meth:`restrict`). Otherwise one level per depth d = D-1, ..., 1 (D = the largest
+        leaf depth), named ``"depth{d}"``: each leaf maps to its ancestor at depth d, or to
+        itself when it is no deeper than d. Ids number that level's nodes in order of first
+        appearance over the leaves.
+        """
+        if self._levels is None:
+            out: list[Level] = []
+            if self._level_spec is not None:
+                for lname, names in self._level_spec:
+                    present = set(names)
+                    targets = []
+                    for leaf in self._leaves:
+                        n: str | None = self._parent[leaf]
+                        while n is not None and n not in present:
+                            n = self._parent[n]
+                        if n is None:
+                            raise TreeError(f"internal: leaf {leaf!r} has no {lname} ancestor")
+                        targets.append(n)
+                    hit = set(targets)
+                    keep = [x for x in names if x in hit]
+                    pos = {x: j for j, x in enumerate(keep)}
+                    ids = np.array([pos[t] for t in targets], dtype=np.int64)
+                    out.append(Level(lname, ids, keep))
+            else:
+                dmax = max(self._depth[n] for n in self._leaves)
+                for d in range(dmax - 1, 0, -1):
+                    targets = []
+                    for leaf in self._leaves:
+                        n = leaf
+                        while self._depth[n] > d:
+                            n = self._parent[n]  # type: ignore[assignment]
+                        targets.append(n)
+                    pos: dict[str, int] = {}
+                    for t in targets:
+                        pos.setdefault(t, len(pos))
+                    ids = np.array([pos[t] for t in targets], dtype=np.int64)
+                    out.append(Level(f"depth{d}", ids, list(pos)))
+            self._levels = out
+        return self._levels
+
+    # ------------------------------------------------------------------ derived trees
+    def restrict(self, leaves: Sequence[str]) -> LabelTree:
+        """Subtree spanned by ``leaves`` and their ancestors; leaf ids follow ``leaves``' order.
+
+        Edge weights, and hence the distances between kept leaves, are unchanged (chains are not
+        collapsed; the root stays). For a ``from_levels`` tree the levels are kept (by name).
+        """
+        leaves = list(leaves)
+        if not leaves:
+            raise TreeError("empty tree: restrict() needs at least one leaf")
+        for x in leaves:
+            self.index(x)
+        counts: dict[str, int] = {}
+        for x in leaves:
+            counts[x] = counts.get(x, 0) + 1
+        dup = [x for x, c in counts.items() if c > 1]
+        if dup:
+            raise TreeError(f"duplicate leaf names {_listed(dup)} given to restrict(); list each once")
+        keep: set[str] = set()
+        for x in leaves:
+            n: str | None = x
+            while n is not None and n not in keep:
+                keep.add(n)
+                n = self._parent[n]
+        parent = {n: self._parent[n] for n in self._nodes if n in keep}
+        weight = {n: self._weight[n] for n in parent if n in self._weight}
+        spec = None
+        if self._level_spec is not None:
+            spec = [(a, [x for x in b if x in keep]) for a, b in self._level_spec]
+        return LabelTree(parent, weight, leaves=leaves, level_spec=spec)
+
+
+def _newick_tokens(text: str, src: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+        elif ch == "[":
+            j = text.find("]", i)
+            if j < 0:
+                raise TreeError(f"{src}: unclosed '[' comment in Newick text")
+            i = j + 1
+        elif ch in "(),:;":
+            tokens.append((ch, ch))
+            i += 1
+        elif ch == "'":
+            buf = []
+            i += 1
+            while True:
+                if i >= n:
+                    raise TreeError(f"{src}: unclosed quote in Newick text")
+                if text[i] == "'":
+                    if i + 1 < n and text[i + 1] == "'":
+                        buf.append("'")
+                        i += 2
+                        continue
+                    i += 1
+                    break
+                buf.append(text[i])
+                i += 1
+            tokens.append(("label", "".join(buf)))
+        else:
+            j = i
+            while j < n and not text[j].isspace() and text[j] not in "(),:;[']":
+                j += 1
+            tokens.append(("label", text[i:j]))
+            i = j
+    return tokens
