@@ -1,0 +1,492 @@
+"""Backbones that return ``(features, logits)``.
+
+Every model built here is a :class:`FeatureClassifier`: a ``backbone`` that maps an input batch to
+features ``f`` of shape ``[N, feature_dim]`` and a final linear layer ``classifier`` so that
+
+    logits = classifier(f) = f @ W.T + b,        W: [num_classes, feature_dim]
+
+The features are exactly the input of the final linear layer; they are what the CPCC regulariser
+acts on (see DESIGN.md §1). ``forward(x)`` returns ``(features, logits)``.
+
+Architectures (``build_model(arch, ...)``):
+
+- ``"mlp"``: vector inputs ``(d,)``. Linear → ReLU blocks (``hidden=(256, 128)`` by default), no
+  BatchNorm unless ``batch_norm=True`` (BatchNorm-free models are what DDP equivalence tests need:
+  per-process batch statistics make DDP and single-process runs differ). ``hidden=()`` gives a
+  linear model on the raw vectors (``feature_dim = d``), e.g. a linear probe on stored features.
+- ``"cnn"``: a small conv net for images from 1×8×8 (scikit-learn digits) to 3×32×32: three
+  3×3 conv blocks (``channels=(32, 64, 128)``), 2×2 max pooling after the first two, global
+  average pooling; ``feature_dim = channels[-1]``. BatchNorm on by default (``batch_norm=False``
+  removes it).
+- ``"resnet18"``, ``"resnet34"``, ``"resnet50"``: torchvision ResNets (random init). Inputs of at
+  most 64 px use the CIFAR stem (conv1 3×3 stride 1, no max pool), larger ones the standard stem
+  (7×7 stride 2 + max pool); ``stem="cifar" | "imagenet"`` overrides. ``fc`` is replaced by our own
+  ``classifier``; ``feature_dim`` is 512 (18/34) or 2048 (50).
+- ``"vit_b_16"``, ``"vit_l_16"``: torchvision ``VisionTransformer`` with ``image_size`` taken from
+  the (square) input, and the paper configurations (B/16: 12 layers, 768 hidden, 12 heads, 3072 MLP;
+  L/16: 24, 1024, 16, 4096) unless overridden by ``patch_size``, ``num_layers``, ``hidden_dim``,
+  ``num_heads``, ``mlp_dim``, ``dropout``, ``attention_dropout``. Features = the class token after
+  the encoder's final LayerNorm; ``feature_dim = hidden_dim``.
+- any other name: a ``timm`` model (``timm.create_model(name, pretrained=False, num_classes=0)``),
+  when ``timm`` is installed; its pooled output is the features.
+
+``weights=PATH`` loads a local state dict (never downloads); ``freeze`` / ``train_only`` set
+``requires_grad`` by name patterns. See :func:`build_model`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ARCHS",
+    "FeatureClassifier",
+    "build_model",
+    "count_parameters",
+    "load_weights",
+    "reset_head",
+]
+
+ARCHS: tuple[str, ...] = ("mlp", "cnn", "resnet18", "resnet34", "resnet50", "vit_b_16", "vit_l_16")
+
+_VIT_CONFIGS: dict[str, dict[str, int]] = {
+    "vit_b_16": {"patch_size": 16, "num_layers": 12, "num_heads": 12, "hidden_dim": 768,
+                 "mlp_dim": 3072},
+    "vit_l_16": {"patch_size": 16, "num_layers": 24, "num_heads": 16, "hidden_dim": 1024,
+                 "mlp_dim": 4096},
+}
+_CIFAR_STEM_MAX_SIDE = 64
+
+
+class FeatureClassifier(nn.Module):
+    """``backbone`` (x → features ``[N, feature_dim]``) followed by ``classifier`` (nn.Linear).
+
+    ``forward(x) -> (features, logits)`` with ``logits = classifier(features)``.
+    Attributes: ``arch``, ``input_shape``, ``num_classes``, ``feature_dim``, ``backbone``,
+    ``classifier``. ``head_prefix`` is the name of the final layer in the architecture's native
+    (torchvision / timm) state dicts, used when loading such files.
+    """
+
+    def __init__(self, arch: str, backbone: nn.Module, feature_dim: int, num_classes: int,
+                 input_shape: tuple[int, ...], head_prefix: str | None = None) -> None:
+        super().__init__()
+        self.arch = arch
+        self.input_shape = tuple(input_shape)
+        self.feature_dim = int(feature_dim)
+        self.num_classes = int(num_classes)
+        self.head_prefix = head_prefix
+        self.backbone = backbone
+        self.classifier = nn.Linear(self.feature_dim, self.num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x ``[N, *input_shape]`` → (features ``[N, feature_dim]``, logits ``[N, num_classes]``)"""
+        features = self.backbone(x)
+        if features.dim() != 2:
+            features = features.flatten(1)
+        return features, self.classifier(features)
+
+
+class MLP(nn.Module):
+    """Linear(+BatchNorm)+ReLU(+Dropout) blocks; output = last hidden activation [N, hidden[-1]]."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], batch_norm: bool = False,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_dim
+        for width in hidden:
+            layers.append(nn.Linear(prev, width))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(nn.ReLU(inplace=True))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            prev = width
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = prev
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class SmallCNN(nn.Module):
+    """Three 3×3 conv blocks (conv[-BN]-ReLU), max pool 2×2 after the first two, global avg pool."""
+
+    def __init__(self, in_channels: int, channels: Sequence[int] = (32, 64, 128),
+                 batch_norm: bool = True) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for i, width in enumerate(channels):
+            layers.append(nn.Conv2d(prev, width, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.ReLU(inplace=True))
+            if i < 2 and i < len(channels) - 1:
+                layers.append(nn.MaxPool2d(2))
+            prev = width
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+        self.features = nn.Sequential(*layers)
+        self.out_dim = prev
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+
+# --------------------------------------------------------------------------------------------
+# builders
+
+
+def _take(kw: dict[str, Any], allowed: Mapping[str, Any], arch: str) -> dict[str, Any]:
+    unknown = sorted(set(kw) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for arch {arch!r}; "
+                         f"known options: {sorted(allowed)}")
+    return {**allowed, **kw}
+
+
+def _image_shape(arch: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ValueError(f"arch {arch!r} needs image inputs (C, H, W), got input_shape="
+                         f"{tuple(input_shape)}; use arch='mlp' for vector inputs")
+    c, h, w = (int(s) for s in input_shape)
+    return c, h, w
+
+
+def _build_mlp(input_shape, num_classes, kw):
+    if len(input_shape) != 1:
+        raise ValueError(f"arch 'mlp' needs vector inputs (d,), got input_shape="
+                         f"{tuple(input_shape)}; use arch='cnn' or 'resnet18' for images")
+    opts = _take(kw, {"hidden": (256, 128), "batch_norm": False, "dropout": 0.0}, "mlp")
+    hidden = tuple(int(h) for h in opts["hidden"])
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"mlp hidden sizes must be positive, got {hidden}")
+    net = MLP(int(input_shape[0]), hidden, bool(opts["batch_norm"]), float(opts["dropout"]))
+    return FeatureClassifier("mlp", net, net.out_dim, num_classes, input_shape)
+
+
+def _build_cnn(input_shape, num_classes, kw):
+    c, h, w = _image_shape("cnn", input_shape)
+    opts = _take(kw, {"channels": (32, 64, 128), "batch_norm": True}, "cnn")
+    channels = tuple(int(ch) for ch in opts["channels"])
+    if not channels or any(ch < 1 for ch in channels):
+        raise ValueError(f"cnn channels must be a non-empty list of positive ints, got {channels}")
+    n_pool = min(2, len(channels) - 1)
+    if min(h, w) < 2**n_pool:
+        raise ValueError(f"arch 'cnn' needs images of at least {2**n_pool}x{2**n_pool} px, got "
+                         f"{h}x{w}; upsample the inputs or use arch='mlp' on flattened pixels")
+    net = SmallCNN(c, channels, bool(opts["batch_norm"]))
+    return FeatureClassifier("cnn", net, net.out_dim, num_classes, input_shape)
+
+
+def _build_resnet(arch, input_shape, num_classes, kw):
+    import torchvision
+
+    c, h, w = _image_shape(arch, input_shape)
+    kw = dict(kw)
+    stem = kw.pop("stem", "auto")
+    if stem == "auto":
+        stem = "cifar" if max(h, w) <= _CIFAR_STEM_MAX_SIDE else "imagenet"
+    if stem not in ("cifar", "imagenet"):
+        raise ValueError(f"stem must be 'auto', 'cifar' or 'imagenet', got {stem!r}")
+    try:
+        net = getattr(torchvision.models, arch)(weights=None, num_classes=1, **kw)
+    except TypeError as err:
+        raise ValueError(f"bad option for arch {arch!r}: {err}; options are torchvision's "
+                         f"ResNet arguments plus stem='auto'|'cifar'|'imagenet'") from None
+    out_channels = net.conv1.out_channels
+    if stem == "cifar":
+        net.conv1 = nn.Conv2d(c, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif c != 3:
+        net.conv1 = nn.Conv2d(c, out_channels, kernel_size=7, stride=2, padding=3, bias=False)
+    if stem == "cifar" or c != 3:  # same init torchvision uses for convolutions
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    feature_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return FeatureClassifier(arch, net, feature_dim, num_classes, input_shape, head_prefix="fc")
+
+
+def _build_vit(arch, input_shape, num_classes, kw):
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    c, h, w = _image_shape(arch, input_shape)
+    opts = _take(kw, {**_VIT_CONFIGS[arch], "dropout": 0.0, "attention_dropout": 0.0}, arch)
+    p = int(opts["patch_size"])
+    if h != w:
+        raise ValueError(f"arch {arch!r} needs square images, got {h}x{w}; resize or crop the "
+                         f"inputs to a square side divisible by {p}")
+    if h % p != 0:
+        raise ValueError(f"arch {arch!r} needs an image side divisible by the patch size {p}, "
+                         f"got {h}; resize the inputs (e.g. to {max(p, round(h / p) * p)} px) "
+                         f"or pass patch_size=")
+    if opts["hidden_dim"] % opts["num_heads"] != 0:
+        raise ValueError(f"hidden_dim={opts['hidden_dim']} is not divisible by "
+                         f"num_heads={opts['num_heads']}; choose sizes with "
+                         f"hidden_dim % num_heads == 0")
+    net = VisionTransformer(image_size=h, patch_size=p, num_layers=int(opts["num_layers"]),
+                            num_heads=int(opts["num_heads"]), hidden_dim=int(opts["hidden_dim"]),
+                            mlp_dim=int(opts["mlp_dim"]), dropout=float(opts["dropout"]),
+                            attention_dropout=float(opts["attention_dropout"]), num_classes=1)
+    if c != 3:
+        net.conv_proj = nn.Conv2d(c, net.hidden_dim, kernel_size=p, stride=p)
+        nn.init.trunc_normal_(net.conv_proj.weight, std=math.sqrt(1 / (c * p * p)))
+        nn.init.zeros_(net.conv_proj.bias)
+    net.heads = nn.Identity()  # forward then returns the class token after encoder + LayerNorm
+    return FeatureClassifier(arch, net, net.hidden_dim, num_classes, input_shape,
+                             head_prefix="heads.head")
+
+
+def _build_timm(arch, input_shape, num_classes, kw):
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"unknown arch {arch!r}; built-in archs: {list(ARCHS)}; other names need "
+                         f"timm installed (pip install timm)") from None
+    if arch not in timm.list_models():
+        raise ValueError(f"unknown arch {arch!r}: neither built in ({list(ARCHS)}) nor a timm "
+                         f"model name (see timm.list_models())")
+    if len(input_shape) == 3:
+        kw = {"in_chans": int(input_shape[0]), **kw}
+    net = timm.create_model(arch, pretrained=False, num_classes=0, **kw)
+    cfg = getattr(net, "pretrained_cfg", None) or getattr(net, "default_cfg", None) or {}
+    head = cfg.get("classifier") if isinstance(cfg, Mapping) else None
+    return FeatureClassifier(arch, net, int(net.num_features), num_classes, input_shape,
+                             head_prefix=head if isinstance(head, str) else None)
+
+
+def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int, *,
+                weights: str | os.PathLike | None = None, freeze: Sequence[str] = (),
+                train_only: Sequence[str] = (), **kw: Any) -> FeatureClassifier:
+    """Build ``arch`` for inputs of shape ``input_shape`` and ``num_classes`` classes.
+
+    Args:
+        arch: one of :data:`ARCHS` or, with timm installed, any ``timm.list_models()`` name.
+        input_shape: ``(d,)`` for vectors, ``(C, H, W)`` for images.
+        num_classes: rows of the final linear layer (``model.classifier``).
+        weights: path of a local state dict (``torch.save(model.state_dict(), path)``; wrappers
+            ``{"model": sd}`` / ``{"state_dict": sd}`` and DDP ``module.`` prefixes accepted).
+            Files in the architecture's native format (a torchvision ResNet / ViT state dict, a
+            timm model's) load into the backbone; their final layer (``fc`` / ``heads.head``) goes
+            into ``classifier`` when its shape fits and is ignored otherwise (a fresh head for a new
+            label set). A ViT position embedding of another image size is interpolated (bicubic).
+        freeze: name patterns of parameters to freeze (``requires_grad=False``).
+        train_only: name patterns of the only parameters left trainable; everything else is
+            frozen except ``classifier``, which stays trainable (e.g. ``["layer4"]``: train only a
+            ResNet's last stage and the head). Applied before ``freeze``.
+        **kw: architecture options (see the module docstring).
+
+    Patterns are ``fnmatch`` patterns matched against parameter names, with or without the
+    ``backbone.`` prefix, and as prefixes on module boundaries: ``"layer4"`` matches
+    ``backbone.layer4.0.conv1.weight``; ``"backbone"`` matches the whole backbone (linear probe);
+    ``"*.bias"`` every bias. A pattern that matches no parameter raises ``ValueError``.
+    Freezing sets ``requires_grad`` only: BatchNorm running statistics of frozen layers still
+    update in ``train()`` mode.
+
+    Returns:
+        a :class:`FeatureClassifier` whose ``forward(x)`` gives ``(features [N, feature_dim],
+        logits [N, num_classes])``.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    if not input_shape or any(s < 1 for s in input_shape):
+        raise ValueError(f"input_shape must be (d,) or (C, H, W) with positive sizes, "
+                         f"got {input_shape}")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    num_classes = int(num_classes)
+    if isinstance(freeze, str) or isinstance(train_only, str):
+        raise ValueError("freeze and train_only take a list of patterns, not a string; "
+                         "write e.g. freeze=['backbone']")
+    if arch == "mlp":
+        model = _build_mlp(input_shape, num_classes, kw)
+    elif arch == "cnn":
+        model = _build_cnn(input_shape, num_classes, kw)
+    elif arch in ("resnet18", "resnet34", "resnet50"):
+        model = _build_resnet(arch, input_shape, num_classes, kw)
+    elif arch in _VIT_CONFIGS:
+        model = _build_vit(arch, input_shape, num_classes, kw)
+    else:
+        model = _build_timm(arch, input_shape, num_classes, kw)
+    if weights is not None:
+        load_weights(model, weights)
+    if train_only:
+        _set_trainable(model, train_only, trainable=True)
+    if freeze:
+        _set_trainable(model, freeze, trainable=False)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# heads, parameters, freezing
+
+
+def reset_head(model: FeatureClassifier, num_classes: int) -> FeatureClassifier:
+    """Replace ``model.classifier`` by a fresh trainable ``nn.Linear(feature_dim, num_classes)``
+    (same device and dtype) for a linear probe or a new label set; returns ``model``."""
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    old = model.classifier
+    model.classifier = nn.Linear(model.feature_dim, int(num_classes), device=old.weight.device,
+                                 dtype=old.weight.dtype)
+    model.num_classes = int(num_classes)
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) numbers of scalar parameters (shared parameters counted once)."""
+    params = list(model.parameters())
+    return (sum(p.numel() for p in params),
+            sum(p.numel() for p in params if p.requires_grad))
+
+
+def _pattern_matches(name: str, pattern: str) -> bool:
+    names = [name]
+    if name.startswith("backbone."):
+        names.append(name[len("backbone."):])
+    prefix = pattern.rstrip(".") + ".*"
+    return any(fnmatchcase(n, pattern) or fnmatchcase(n, prefix) for n in names)
+
+
+def _set_trainable(model: nn.Module, patterns: Sequence[str], trainable: bool) -> None:
+    named = list(model.named_parameters())
+    hits = {pat: [n for n, _ in named if _pattern_matches(n, pat)] for pat in patterns}
+    empty = [pat for pat, names in hits.items() if not names]
+    if empty:
+        top = sorted({n.split(".")[1] if n.startswith("backbone.") else n.split(".")[0]
+                      for n, _ in named})
+        which = "train_only" if trainable else "freeze"
+        raise ValueError(f"{which} pattern(s) {empty} match no parameter; patterns are fnmatch "
+                         f"patterns or prefixes of names such as {top[:8]} or 'backbone'")
+    matched = {n for names in hits.values() for n in names}
+    for name, p in named:
+        if trainable:  # train_only: matched + classifier trainable, rest frozen
+            p.requires_grad_(name in matched or name.startswith("classifier."))
+        elif name in matched:
+            p.requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------
+# weights
+
+
+def _unwrap(obj: Any, path: str) -> dict[str, Tensor]:
+    for _ in range(3):
+        if isinstance(obj, Mapping):
+            inner = [k for k in ("state_dict", "model", "model_state_dict") if k in obj
+                     and isinstance(obj[k], Mapping)]
+            if inner and not all(isinstance(v, Tensor) for v in obj.values()):
+                obj = obj[inner[0]]
+                continue
+        break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(f"weights file {path!r} does not hold a state dict; save one with "
+                         f"torch.save(model.state_dict(), path)")
+    bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise ValueError(f"weights file {path!r} holds non-tensor entries {bad[:3]} where a state "
+                         f"dict was expected; save model.state_dict() (optionally under 'model')")
+    sd = dict(obj)
+    for prefix in ("module.", "_orig_mod."):  # DDP / torch.compile wrappers
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def _describe(sd: Mapping[str, Tensor]) -> str:
+    """A guess of which architecture a (native-format) state dict belongs to."""
+    keys = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in sd.items()}
+    head = keys.get("classifier.weight", keys.get("fc.weight", keys.get("heads.head.weight")))
+    classes = f", {head.shape[0]} classes" if head is not None and head.dim() == 2 else ""
+    if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
+        blocks = [len({m.group(1) for k in keys if (m := re.match(rf"layer{i}\.(\d+)\.", k))})
+                  for i in range(1, 5)]
+        bottleneck = any(k.endswith("conv3.weight") for k in keys)
+        names = {(False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34",
+                 (True, (3, 4, 6, 3)): "resnet50", (True, (3, 4, 23, 3)): "resnet101",
+                 (True, (3, 8, 36, 3)): "resnet152"}
+        name = names.get((bottleneck, tuple(blocks)), f"a ResNet with blocks {blocks}")
+        w = keys["conv1.weight"]
+        k = w.shape[-1]
+        stem = ("CIFAR 3x3 stem, inputs <= 64 px or stem='cifar'" if k == 3
+                else f"{k}x{k} standard stem, inputs > 64 px or stem='imagenet'")
+        return f"{name} ({stem}, {w.shape[1]} input channels{classes})"
+    if "encoder.pos_embedding" in keys and "conv_proj.weight" in keys:
+        layers = len({m.group(1) for k in keys
+                      if (m := re.match(r"encoder\.layers\.encoder_layer_(\d+)\.", k))})
+        proj = keys["conv_proj.weight"]
+        hidden, patch = proj.shape[0], proj.shape[-1]
+        side = math.isqrt(keys["encoder.pos_embedding"].shape[1] - 1) * patch
+        cfg = {(12, 768, 16): "vit_b_16", (24, 1024, 16): "vit_l_16"}
+        name = cfg.get((layers, hidden, patch), "a custom ViT")
+        return (f"{name} ({layers} layers, hidden {hidden}, patch {patch}, {side} px, "
+                f"{proj.shape[1]} input channels{classes})")
+    lin = [k for k in keys if re.fullmatch(r"layers\.\d+\.weight", k) and keys[k].dim() == 2]
+    if lin:
+        dims = [keys[lin[0]].shape[1]] + [keys[k].shape[0] for k in lin]
+        return f"mlp (input dim {dims[0]}, hidden {tuple(dims[1:])}{classes})"
+    conv = [k for k in keys if re.fullmatch(r"features\.\d+\.weight", k) and keys[k].dim() == 4]
+    if conv:
+        chans = tuple(keys[k].shape[0] for k in conv)
+        return f"cnn (channels {chans}, {keys[conv[0]].shape[1]} input channels{classes})"
+    return f"an unrecognised architecture (first keys {list(keys)[:3]})"
+
+
+def load_weights(model: FeatureClassifier, path: str | os.PathLike) -> FeatureClassifier:
+    """Load a local state dict into ``model`` (see ``weights`` in :func:`build_model`)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"weights file {path!r} does not exist; pass the path of a saved state "
+                         f"dict (torch.save(model.state_dict(), path))")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file is an input problem
+        raise ValueError(f"weights file {path!r} could not be read as a state dict "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                         f"save one with torch.save(model.state_dict(), path)") from None
+    sd = _unwrap(obj, path)
+    file_sd = sd
+    if not all(k.startswith(("backbone.", "classifier.")) for k in sd):
+        # native torchvision / timm keys: the final layer becomes our classifier
+        head = model.head_prefix
+        native = sd
+        if model.arch in _VIT_CONFIGS and "encoder.pos_embedding" in sd:
+            own = model.backbone.encoder.pos_embedding
+            if sd["encoder.pos_embedding"].shape != own.shape and \
+                    sd["encoder.pos_embedding"].shape[-1] == own.shape[-1]:
+                from torchvision.models.vision_transformer import interpolate_embeddings
+
+                try:
+                    native = dict(interpolate_embeddings(model.backbone.image_size,
+                                                         model.backbone.patch_size, dict(sd)))
+                except ValueError:
+                    native = sd  # not a square grid: reported as a shape mismatch below
+        sd = {(f"classifier.{k[len(head) + 1:]}" if head and k.startswith(head + ".")
+               else f"backbone.{k}"): v for k, v in native.items()}
+    expected = model.state_dict()
+    for k in ("classifier.weight", "classifier.bias"):  # a head for another label set
+        if k in sd and k in expected and sd[k].shape != expected[k].shape:
+            sd = {kk: v for kk, v in sd.items() if not kk.startswith("classifier.")}
+            break
+    missing = [k for k in expected if k not in sd and not k.startswith("classifier.")
+               and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [f"{k} (file {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)})"
+                  for k in sd if k in expected and sd[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        parts = [f"{label} {items[:3]}{' ...' if len(items) > 3 else ''}"
+                 for label, items in (("shape mismatches", mismatched),
+                                      ("missing keys", missing), ("unexpected keys", unexpected))
+                 if items]
+        raise ValueError(f"weights file {path!r} does not fit arch {model.arch!r} with input_shape "
+                         f"{model.input_shape}: {'; '.join(parts)}; the file seems to be for "
+                         f"{_describe(file_sd)}")
+    model.load_state_dict(sd, strict=False)
+    return model
