@@ -1,0 +1,229 @@
+"""Precomputed feature vectors from an ``.npz`` file (e.g. embeddings of a frozen backbone).
+
+``data_dir`` names the ``.npz`` file, or a folder holding ``features.npz`` or exactly one
+``.npz``. The file is read with ``allow_pickle=False``. Arrays:
+
+- ``features`` float [N, d] and ``labels`` int [N], with optionally ``split`` [N] (``"train"`` /
+  ``"test"`` strings, or 0 = train / 1 = test); or ``train_features``, ``train_labels``,
+  ``test_features``, ``test_labels``. Without either split, a stratified split with
+  ``test_fraction`` (option, default 0.2) drawn from ``seed``.
+- optional ``class_names`` str [K]: the name of label k.
+- optional tree: ``tree_parents`` (a JSON string ``{"child": "parent", ...}``; labels index its
+  leaves in the map's order, or ``class_names`` if given), or ``levels`` int [L, K] (bottom-up
+  ancestor ids, as ``LabelTree.from_levels``; optional ``level_names`` str [L]); the option
+  ``tree=PATH`` (or a ``LabelTree``) overrides both. No tree: flat (every class under the root).
+
+Labels must lie in ``0..K-1``; non-finite features are an error naming how many and the file.
+Items: ``(float tensor [d], int64 tensor)``.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..tree import LabelTree
+from .bundle import DataBundle
+from .folder import flat_tree, resolve_tree
+from .tensors import check_fraction, check_seed, stratified_split, tensor_dataset
+
+__all__ = ["load_features"]
+
+_KNOWN = ["tree", "test_fraction"]
+
+
+def _find_file(data_dir: str | Path | None) -> Path:
+    if data_dir is None:
+        raise ValueError("features needs data_dir: an .npz file (or a folder holding one)")
+    p = Path(data_dir)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        if (p / "features.npz").is_file():
+            return p / "features.npz"
+        found = sorted(p.glob("*.npz"))
+        if len(found) == 1:
+            return found[0]
+        raise ValueError(
+            f"{p} holds {len(found)} .npz files; name the file or call it features.npz"
+        )
+    raise ValueError(f"{p} not found; features needs an .npz file with features and labels")
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as exc:
+        raise ValueError(f"{path}: unreadable without pickle ({exc}); store plain arrays") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
+
+
+def _features(arr: np.ndarray, key: str, path: Path) -> np.ndarray:
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"{path}: {key!r} must be a non-empty 2-D array [N, d], got {arr.shape}")
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"{path}: {key!r} must be numeric, got dtype {arr.dtype}")
+    arr = arr.astype(np.float32, copy=False)
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        rows = int((~np.isfinite(arr)).any(axis=1).sum())
+        raise ValueError(
+            f"{path}: {key!r} has {bad} non-finite values (NaN/inf) in {rows} rows; "
+            "clean or drop those rows"
+        )
+    return arr
+
+
+def _labels(arr: np.ndarray, n: int, key: str, path: Path) -> np.ndarray:
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{path}: {key!r} must be [N={n}] labels, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise ValueError(f"{path}: {key!r} must hold integer class ids, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def _strings(arr: np.ndarray, key: str, path: Path) -> list[str]:
+    if arr.dtype.kind not in "US":
+        raise ValueError(f"{path}: {key!r} must be a string array, got dtype {arr.dtype}")
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in arr.reshape(-1).tolist()]
+
+
+def _tree_from_file(
+    z: dict[str, np.ndarray], path: Path, class_names: list[str] | None
+) -> tuple[LabelTree | None, str]:
+    if "tree_parents" in z:
+        raw = z["tree_parents"]
+        text = raw.item() if raw.ndim == 0 else None
+        if not isinstance(text, (str, bytes)):
+            raise ValueError(f"{path}: 'tree_parents' must be one JSON string (a 0-d str array)")
+        try:
+            parents = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{path}: 'tree_parents' is not valid JSON ({exc})") from None
+        if not isinstance(parents, dict):
+            raise ValueError(f"{path}: 'tree_parents' must be a JSON object child -> parent")
+        return LabelTree.from_parents(parents), "tree_parents"
+    if "levels" in z:
+        lv = z["levels"]
+        if lv.ndim != 2:
+            raise ValueError(f"{path}: 'levels' must be an int array [L, K], got shape {lv.shape}")
+        names = _strings(z["level_names"], "level_names", path) if "level_names" in z else None
+        tree = LabelTree.from_levels(list(lv), leaf_names=class_names, level_names=names)
+        return tree, "levels"
+    return None, "flat"
+
+
+def load_features(data_dir: str | Path | None = None, seed: int = 0, **options: Any) -> DataBundle:
+    """Load feature vectors, labels, split and tree from an ``.npz`` (see module docstring).
+
+    ``meta``: ``file``, ``classes`` (leaf names), ``feature_dim``, ``tree_source`` ("tree_parents",
+    "levels", a path, "LabelTree" or "flat"), ``split_source`` ("split", "arrays" or
+    "stratified"), ``num_train``, ``num_test``, ``seed``.
+    """
+    tree_opt = options.pop("tree", None)
+    test_fraction = options.pop("test_fraction", 0.2)
+    if options:
+        raise ValueError(
+            f"features: unknown option(s) {', '.join(sorted(options))}; known: {', '.join(_KNOWN)}"
+        )
+    seed = check_seed(seed)
+    path = _find_file(data_dir)
+    z = _load_npz(path)
+
+    if "features" in z:
+        for k in ("train_features", "test_features"):
+            if k in z:
+                raise ValueError(f"{path}: holds both 'features' and {k!r}; keep one layout")
+        x = _features(z["features"], "features", path)
+        if "labels" not in z:
+            raise ValueError(f"{path}: has 'features' but no 'labels'")
+        y = _labels(z["labels"], x.shape[0], "labels", path)
+        if "split" in z:
+            s = z["split"]
+            if s.shape != (x.shape[0],):
+                raise ValueError(f"{path}: 'split' must have shape [{x.shape[0]}], got {s.shape}")
+            if s.dtype.kind in "US":
+                vals = np.array(_strings(s, "split", path))
+                odd = sorted(set(vals.tolist()) - {"train", "test"})
+                if odd:
+                    raise ValueError(f"{path}: 'split' values must be 'train'/'test', got {odd}")
+                is_test = vals == "test"
+            elif s.dtype.kind in "iub":
+                odd = sorted(set(s.astype(np.int64).tolist()) - {0, 1})
+                if odd:
+                    raise ValueError(f"{path}: 'split' must be 0 (train) / 1 (test), got {odd}")
+                is_test = s.astype(bool)
+            else:
+                raise ValueError(f"{path}: 'split' must be strings or 0/1, got {s.dtype}")
+            tr, te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+            split_source = "split"
+        else:
+            tr, te = stratified_split(y, check_fraction("test_fraction", test_fraction), seed)
+            split_source = "stratified"
+        x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
+    else:
+        need = ["train_features", "train_labels", "test_features", "test_labels"]
+        missing = [k for k in need if k not in z]
+        if missing:
+            raise ValueError(
+                f"{path}: needs 'features' + 'labels' or all of {need}; missing {missing} "
+                f"(has {sorted(z)})"
+            )
+        x_tr = _features(z["train_features"], "train_features", path)
+        x_te = _features(z["test_features"], "test_features", path)
+        if x_tr.shape[1] != x_te.shape[1]:
+            raise ValueError(
+                f"{path}: train features have d={x_tr.shape[1]} but test d={x_te.shape[1]}"
+            )
+        y_tr = _labels(z["train_labels"], x_tr.shape[0], "train_labels", path)
+        y_te = _labels(z["test_labels"], x_te.shape[0], "test_labels", path)
+        split_source = "arrays"
+    if len(y_tr) == 0 or len(y_te) == 0:
+        raise ValueError(f"{path}: the train and test splits must both be non-empty")
+
+    class_names = _strings(z["class_names"], "class_names", path) if "class_names" in z else None
+    if tree_opt is not None:
+        tree, source = resolve_tree(tree_opt, class_names, str(path))
+    else:
+        tree, source = _tree_from_file(z, path, class_names)
+        if tree is not None and class_names is not None and tree.leaves != class_names:
+            tree, _ = resolve_tree(tree, class_names, str(path))
+        if tree is None:
+            if class_names is None:
+                k = int(max(y_tr.max(), y_te.max())) + 1
+                class_names = [str(i) for i in range(k)]
+            tree = flat_tree(class_names)
+    k = tree.num_classes
+    for lab, key in ((y_tr, "train labels"), (y_te, "test labels")):
+        if lab.min() < 0 or lab.max() >= k:
+            raise ValueError(
+                f"{path}: {key} must lie in 0..{k - 1} (the tree's {k} leaves), got "
+                f"{lab.min()}..{lab.max()}"
+            )
+    meta = {
+        "file": str(path),
+        "classes": list(tree.leaves),
+        "feature_dim": int(x_tr.shape[1]),
+        "tree_source": source,
+        "split_source": split_source,
+        "num_train": len(y_tr),
+        "num_test": len(y_te),
+        "seed": seed,
+    }
+    return DataBundle(
+        name="features",
+        train=tensor_dataset(x_tr, y_tr),
+        test=tensor_dataset(x_te, y_te),
+        tree=tree,
+        input_shape=(int(x_tr.shape[1]),),
+        meta=meta,
+    )

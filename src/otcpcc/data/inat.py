@@ -1,0 +1,246 @@
+"""iNaturalist 2021 from its COCO-style JSON annotations, with the taxonomy as the label tree.
+
+Layout (``data_dir``)::
+
+    train_mini.json  (or train.json, option train_split="train")
+    val.json
+    train_mini/<image_dir_name>/<uuid>.jpg ...   (paths = each image's "file_name", relative to
+    val/<image_dir_name>/<uuid>.jpg ...           data_dir, or to option image_root)
+
+JSON: ``images`` [{id, file_name, ...}], ``annotations`` [{image_id, category_id}], ``categories``
+[{id, name, kingdom, phylum, class, order, family, genus, specific_epithet, ...}].
+
+Taxonomy levels, coarse to fine: kingdom, phylum, class, order, family, genus, species (species =
+the category itself: its ``name``, else ``"genus specific_epithet"``). ``fine`` picks the class
+level (default ``"species"``); ``coarse`` the coarsest level kept in the tree (default
+``"kingdom"``); the tree is fine -> every level between -> coarse -> root. Taxon names can
+repeat across branches (homonyms, e.g. a plant and an animal genus), so nodes are identified by
+their full path; a node is named ``"<level>:<name>"``, and where two nodes of one level share
+a name the parent's name is appended (``"genus:Morus|family:Moraceae"``). Leaves are named by
+the plain taxon name (same disambiguation when needed). Fine classes are ordered by their
+smallest category id.
+
+Options: ``fine``, ``coarse``, ``train_split`` ("train_mini" | "train"), ``image_root``,
+``image_size`` (224), ``augment`` (True), ``skip_bad_images`` (False; else a bad image raises
+``ValueError`` naming it when read). Items: ``(float [3, S, S], leaf id)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..tree import LabelTree
+from .bundle import DataBundle
+from .folder import (
+    ImageFileDataset,
+    image_transforms,
+    pop_image_options,
+    reject_unknown_options,
+    verify_images,
+)
+
+__all__ = ["TAXONOMY_LEVELS", "load_inat2021"]
+
+TAXONOMY_LEVELS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(
+            f"{path} not found; iNaturalist 2021 needs train_mini.json (or train.json) and "
+            "val.json in data_dir"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object with images/annotations/categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{path}: missing list {key!r} (COCO-style iNaturalist annotations)")
+    return data
+
+
+def _taxon_path(cat: dict[str, Any], path: Path) -> tuple[str, ...]:
+    out = []
+    for level in TAXONOMY_LEVELS[:-1]:
+        v = cat.get(level)
+        if not isinstance(v, str) or not v:
+            raise ValueError(
+                f"{path}: category {cat.get('id')!r} lacks taxonomy field {level!r}; every "
+                f"category needs {', '.join(TAXONOMY_LEVELS[:-1])}"
+            )
+        out.append(v)
+    species = cat.get("name")
+    if not isinstance(species, str) or not species:
+        epithet = cat.get("specific_epithet")
+        if not isinstance(epithet, str) or not epithet:
+            raise ValueError(f"{path}: category {cat.get('id')!r} has no name or specific_epithet")
+        species = f"{out[-1]} {epithet}"
+    out.append(species)
+    return tuple(out)
+
+
+def _samples(
+    data: dict[str, Any], path: Path, cat_to_label: dict[int, int], image_root: Path
+) -> list[tuple[Path, int]]:
+    files = {}
+    for img in data["images"]:
+        try:
+            files[img["id"]] = img["file_name"]
+        except (KeyError, TypeError):
+            raise ValueError(f"{path}: image entry {img!r} lacks id or file_name") from None
+    out = []
+    for ann in data["annotations"]:
+        try:
+            image_id, cat = ann["image_id"], ann["category_id"]
+        except (KeyError, TypeError):
+            raise ValueError(f"{path}: annotation {ann!r} lacks image_id or category_id") from None
+        if image_id not in files:
+            raise ValueError(f"{path}: annotation refers to unknown image id {image_id!r}")
+        if cat not in cat_to_label:
+            raise ValueError(f"{path}: annotation refers to unknown category id {cat!r}")
+        out.append((image_root / files[image_id], cat_to_label[cat]))
+    return out
+
+
+def _unique_node_names(
+    keys: list[tuple[str, ...]], level: str, parent_names: dict[tuple[str, ...], str] | None,
+    prefix: bool,
+) -> dict[tuple[str, ...], str]:
+    """Name each node (a path tuple) of one level; disambiguate equal names with the parent."""
+    by_name: dict[str, list[tuple[str, ...]]] = {}
+    for k in keys:
+        by_name.setdefault(k[-1], []).append(k)
+    out = {}
+    for name, ks in by_name.items():
+        base = f"{level}:{name}" if prefix else name
+        if len(ks) == 1:
+            out[ks[0]] = base
+        else:
+            for k in ks:
+                par = parent_names[k[:-1]] if parent_names else "|".join(k[:-1])
+                out[k] = f"{base}|{par}"
+    return out
+
+
+def load_inat2021(
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    fine: str = "species",
+    coarse: str = "kingdom",
+    **options: Any,
+) -> DataBundle:
+    """iNaturalist 2021 with fine classes at taxonomy level ``fine`` and a tree up to ``coarse``.
+
+    ``meta``: ``fine_level``, ``level_names`` (tree levels finest first, e.g. ``["genus",
+    "family", ..., "kingdom"]``), ``classes`` (leaf names), ``category_to_label`` ({category id:
+    leaf id}), ``train_split``, ``num_train``, ``num_test``, ``data_dir``, ``seed``; with
+    ``skip_bad_images`` ``skipped_images`` ({split: count}) and ``skipped_files``.
+    """
+    train_split = options.pop("train_split", "train_mini")
+    image_root_opt = options.pop("image_root", None)
+    image_opts = pop_image_options(options)
+    reject_unknown_options("inat2021", options, ["fine", "coarse", "train_split", "image_root"])
+    if fine not in TAXONOMY_LEVELS or coarse not in TAXONOMY_LEVELS:
+        raise ValueError(
+            f"fine={fine!r} and coarse={coarse!r} must be taxonomy levels {list(TAXONOMY_LEVELS)}"
+        )
+    fi, ci = TAXONOMY_LEVELS.index(fine), TAXONOMY_LEVELS.index(coarse)
+    if ci > fi:
+        raise ValueError(f"coarse level {coarse!r} must be above fine level {fine!r}")
+    if train_split not in ("train_mini", "train"):
+        raise ValueError(f"train_split must be 'train_mini' or 'train', got {train_split!r}")
+    if data_dir is None:
+        raise ValueError("inat2021 needs data_dir: the folder with train_mini.json and val.json")
+    root = Path(data_dir)
+    image_root = Path(image_root_opt) if image_root_opt is not None else root
+    train_path, val_path = root / f"{train_split}.json", root / "val.json"
+    train_json, val_json = _read_json(train_path), _read_json(val_path)
+
+    paths: dict[int, tuple[str, ...]] = {}
+    for data, path in ((train_json, train_path), (val_json, val_path)):
+        for cat in data["categories"]:
+            if not isinstance(cat, dict) or "id" not in cat:
+                raise ValueError(f"{path}: category entry {cat!r} has no id")
+            tp = _taxon_path(cat, path)
+            if paths.setdefault(cat["id"], tp) != tp:
+                raise ValueError(
+                    f"category {cat['id']!r} differs between {train_path.name} and "
+                    f"{val_path.name}: {paths[cat['id']]} vs {tp}"
+                )
+    # fine classes: distinct taxon paths truncated at the fine level, by smallest category id
+    fine_keys: list[tuple[str, ...]] = []
+    cat_to_label: dict[int, int] = {}
+    key_index: dict[tuple[str, ...], int] = {}
+    for cid in sorted(paths):
+        key = paths[cid][: fi + 1]
+        if key not in key_index:
+            key_index[key] = len(fine_keys)
+            fine_keys.append(key)
+        cat_to_label[cid] = key_index[key]
+
+    # coarse levels, finest first: fi-1 down to ci
+    level_idx = list(range(fi - 1, ci - 1, -1))
+    level_names = [TAXONOMY_LEVELS[j] for j in level_idx]
+    names_above: dict[tuple[str, ...], str] | None = None
+    node_names_by_level: list[dict[tuple[str, ...], str]] = []
+    for j in reversed(level_idx):  # coarse to fine so parents are named first
+        keys = list(dict.fromkeys(k[: j + 1] for k in fine_keys))
+        named = _unique_node_names(keys, TAXONOMY_LEVELS[j], names_above, prefix=True)
+        node_names_by_level.append(named)
+        names_above = named
+    node_names_by_level.reverse()  # finest first, aligned with level_idx
+    leaf_names = _unique_node_names(
+        fine_keys, fine, node_names_by_level[0] if level_idx else None, prefix=False
+    )
+    used = set(leaf_names.values())
+    for d in node_names_by_level:
+        used |= set(d.values())
+    if "root" in used:
+        raise ValueError("a taxon is named 'root', which is reserved for the tree's root")
+
+    levels, node_names = [], []
+    for j, named in zip(level_idx, node_names_by_level, strict=True):
+        keys = list(dict.fromkeys(k[: j + 1] for k in fine_keys))
+        pos = {k: i for i, k in enumerate(keys)}
+        levels.append(np.array([pos[k[: j + 1]] for k in fine_keys], dtype=np.int64))
+        node_names.append([named[k] for k in keys])
+    classes = [leaf_names[k] for k in fine_keys]
+    tree = LabelTree.from_levels(
+        levels, leaf_names=classes, level_names=level_names, node_names=node_names
+    )
+
+    train_samples = _samples(train_json, train_path, cat_to_label, image_root)
+    test_samples = _samples(val_json, val_path, cat_to_label, image_root)
+    meta: dict[str, Any] = {
+        "fine_level": fine,
+        "level_names": level_names,
+        "classes": classes,
+        "category_to_label": cat_to_label,
+        "train_split": train_split,
+        "data_dir": str(root),
+        "seed": seed,
+    }
+    if image_opts["skip_bad_images"]:
+        train_samples, bad_train = verify_images(train_samples)
+        test_samples, bad_test = verify_images(test_samples)
+        meta["skipped_images"] = {"train": len(bad_train), "test": len(bad_test)}
+        meta["skipped_files"] = bad_train + bad_test
+    meta["num_train"] = len(train_samples)
+    meta["num_test"] = len(test_samples)
+    train_tf, test_tf = image_transforms(image_opts)
+    size = image_opts["image_size"]
+    return DataBundle(
+        name="inat2021",
+        train=ImageFileDataset(train_samples, train_tf),
+        test=ImageFileDataset(test_samples, test_tf),
+        tree=tree,
+        input_shape=(3, size, size),
+        meta=meta,
+    )
