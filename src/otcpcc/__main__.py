@@ -1,0 +1,8 @@
+"""``python -m otcpcc`` (also what ``torchrun -m otcpcc train ...`` runs)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,424 @@
+"""``otcpcc <command>``: train, evaluate, compare, diagnose, sweep, bench.
+
+Flags follow torchvision's reference training scripts (``--epochs --batch-size --lr --momentum
+--wd --arch --device --seed --workers --amp --resume --out``). Settings resolve as: defaults <
+``--config FILE`` (YAML or JSON) < flags. Expected errors (bad names or values, missing files,
+a run directory that exists or does not fit) print one line ``otcpcc: error: ...`` on stderr and
+exit with status 2; Ctrl-C during training saves a checkpoint and exits with status 130.
+Set ``OTCPCC_DEBUG=1`` to get the full traceback instead.
+
+Examples::
+
+    otcpcc train --data synthetic --distance fastft --lam 1 --epochs 20 --out runs/fastft
+    otcpcc train --out runs/fastft --resume --epochs 20
+    otcpcc evaluate runs/fastft --cost-matrix costs.csv
+    otcpcc compare                      # synthetic data, distances none,l2,fastft -> runs/compare
+    otcpcc diagnose --data digits       # are the classes multi-modal? (OT vs l2)
+    otcpcc sweep --distance fastft --lams 0,0.5,1,2 --batch-sizes 64,256
+    torchrun --standalone --nproc_per_node 2 -m otcpcc train --data synthetic --epochs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import OPTIMIZERS, SCHEDULES, TrainConfig
+
+PROG = "otcpcc"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``otcpcc train: error: ...``) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+# --------------------------------------------------------------------------- value parsers
+def _key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as YAML (``3`` -> int, ``[4, 5]`` -> list, ``x`` -> str)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, _, raw = text.partition("=")
+    import yaml
+
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().replace("-", "_"), value
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+
+
+def _name_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+# --------------------------------------------------------------------------- shared flags
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """Every TrainConfig flag; defaults are None so that only given flags override --config."""
+    S = None  # noqa: N806
+    g = p.add_argument_group("configuration file")
+    g.add_argument("--config", metavar="FILE",
+                   help="YAML or JSON file of config keys (a run's config.json works too); "
+                        "flags override it")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=S, metavar="NAME",
+                   help="dataset: synthetic (default), digits, cifar10, cifar100, folder, "
+                        "breeds-living17, breeds-nonliving26, breeds-entity13, breeds-entity30, "
+                        "inat2021, features")
+    g.add_argument("--data-dir", default=S, metavar="PATH", help="where the dataset's files are")
+    g.add_argument("--data-seed", type=int, default=S, metavar="N",
+                   help="seed of the dataset itself (splits, synthetic draws; default 0)")
+    g.add_argument("--data-opt", dest="data_opt", action="append", type=_key_value,
+                   metavar="KEY=VALUE",
+                   help="loader option, repeatable (e.g. --data-opt train_per_class=50 "
+                        "--data-opt branching=[4,5])")
+    g.add_argument("--hierarchy-dir", default=S, metavar="PATH",
+                   help="BREEDS hierarchy files (= --data-opt hierarchy_dir=PATH)")
+    g.add_argument("--skip-bad-images", action="store_true", default=S,
+                   help="skip undecodable images with a count instead of failing")
+    g.add_argument("--tree", default=S, metavar="FILE",
+                   help="label tree file (edges / json / newick); replaces the dataset's tree")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default=S, metavar="NAME",
+                   help="mlp, cnn, resnet18/34/50, vit_b_16, vit_l_16, or a timm name; default "
+                        "auto (mlp for vectors, cnn for small images, resnet18 otherwise)")
+    g.add_argument("--model-opt", dest="model_opt", action="append", type=_key_value,
+                   metavar="KEY=VALUE", help="build_model option, repeatable (e.g. hidden=[256])")
+    g.add_argument("--weights", default=S, metavar="FILE", help="local pretrained state dict")
+    g.add_argument("--freeze", action="append", type=_name_list, metavar="PATTERNS",
+                   help="freeze parameters matching these comma-separated patterns")
+    g.add_argument("--train-only", action="append", type=_name_list, metavar="PATTERNS",
+                   help="train only these patterns (plus the classifier), e.g. layer4")
+    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=S,
+                   help="SyncBatchNorm under torchrun/DDP")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=S, metavar="N", help="epochs (default 30)")
+    g.add_argument("-b", "--batch-size", type=int, default=S, metavar="N",
+                   help="batch size per process (default 256)")
+    g.add_argument("--lr", type=float, default=S, help="learning rate (default 0.05)")
+    g.add_argument("--momentum", type=float, default=S, help="SGD momentum (default 0.9)")
+    g.add_argument("--wd", "--weight-decay", dest="wd", type=float, default=S,
+                   help="weight decay (default 5e-4)")
+    g.add_argument("--opt", "--optimizer", dest="optimizer", default=S, choices=OPTIMIZERS,
+                   help="optimizer (default sgd)")
+    g.add_argument("--schedule", "--lr-scheduler", dest="schedule", default=S, choices=SCHEDULES,
+                   help="learning-rate schedule (default cosine)")
+    g.add_argument("--step-size", "--lr-step-size", dest="step_size", type=int, default=S,
+                   metavar="N", help="epochs per step of the step schedule (default 30)")
+    g.add_argument("--gamma", "--lr-gamma", dest="gamma", type=float, default=S,
+                   help="factor per step of the step schedule (default 0.1)")
+    g.add_argument("--warmup-epochs", "--lr-warmup-epochs", dest="warmup_epochs", type=int,
+                   default=S, metavar="N", help="linear warm-up epochs (default 0)")
+
+    g = p.add_argument_group("CPCC regulariser: loss = CE + lam * (1 - CPCC)")
+    g.add_argument("--distance", default=S, metavar="NAME",
+                   help="class distance: none (plain CE, default), l2, emd, sinkhorn (sk), swd, "
+                        "fastft (fft)")
+    g.add_argument("--lam", type=float, default=S,
+                   help="weight lambda of the CPCC term (default 1)")
+    g.add_argument("--reg", type=float, default=S, help="Sinkhorn entropic regularisation")
+    g.add_argument("--n-projections", type=int, default=S, metavar="L",
+                   help="sliced Wasserstein projections")
+    g.add_argument("--dist-opt", dest="dist_opt", action="append", type=_key_value,
+                   metavar="KEY=VALUE", help="distance option, repeatable")
+
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--seed", type=int, default=S, help="training seed (default 0)")
+    g.add_argument("-j", "--workers", type=int, default=S, metavar="N",
+                   help="DataLoader worker processes (default 0)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=S,
+                   help="bf16 autocast (CUDA only)")
+    g.add_argument("--eval-every", type=int, default=S, metavar="N",
+                   help="test accuracy every N epochs (the last one always; default 1)")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar or per-epoch lines")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from parsed flags: defaults < --config < flags."""
+    given: dict[str, Any] = {}
+    if args.config:
+        given["config"] = args.config
+    for name in TrainConfig.field_names():
+        value = getattr(args, name, None)
+        if value is not None and not isinstance(value, (list, dict)):
+            given[name] = value
+    data_opts = dict(args.data_opt or [])
+    if args.hierarchy_dir is not None:
+        data_opts["hierarchy_dir"] = args.hierarchy_dir
+    if args.skip_bad_images:
+        data_opts["skip_bad_images"] = True
+    if data_opts:
+        given["data_options"] = data_opts
+    if args.model_opt:
+        given["model_options"] = dict(args.model_opt)
+    dist_opts = dict(args.dist_opt or [])
+    if args.reg is not None:
+        dist_opts["reg"] = args.reg
+    if args.n_projections is not None:
+        dist_opts["n_projections"] = args.n_projections
+    if dist_opts:
+        given["distance_options"] = dist_opts
+    for name in ("freeze", "train_only"):
+        value = getattr(args, name, None)
+        if value:
+            given[name] = [p for group in value for p in group]
+    return TrainConfig.from_args(given)
+
+
+def _say(args: argparse.Namespace, msg: str) -> None:
+    if not getattr(args, "no_progress", False):
+        print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    if args.resume and args.out and not args.config and (Path(args.out) / "config.json").is_file():
+        args.config = str(Path(args.out) / "config.json")  # resume: the run's settings < flags
+    cfg = config_from_args(args)
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.data}_{cfg.distance}_seed{cfg.seed}"
+    run = train(cfg, out, resume=args.resume, force=args.force, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(run)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    res = evaluate_run(args.run, cost_matrix=args.cost_matrix, split=args.split,
+                       device=args.device, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(res, indent=2, default=str))
+        return 0
+    keys = [k for k in res if k.endswith("_acc") or k.startswith("fine_top")]
+    keys += [k for k in res if k.startswith("map_")]
+    keys += ["mistake_severity", "hier_dist@1", "hier_dist@5", "expected_cost"]
+    keys += [k for k in res if k.startswith("test_cpcc_")]
+    width = max(len(k) for k in keys)
+    for k in keys:
+        if k in res:
+            v = res[k]
+            print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    mm = res["multimodality"]
+    print(f"{'mean_components':<{width}}  {mm['mean_components']:.2f}")
+    name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"
+    print(f"wrote {Path(args.run) / name}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import run_compare
+
+    cfg = config_from_args(args)
+    out = run_compare(cfg, args.distances, args.seeds, Path(args.out), force=args.force,
+                      progress=not args.no_progress, cost_matrix=args.cost_matrix)
+    print(out)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .compare import run_sweep
+
+    if args.distance is None:
+        args.distance = "fastft"
+    cfg = config_from_args(args)
+    out = run_sweep(cfg, args.lams, args.batch_sizes, Path(args.out), force=args.force,
+                    progress=not args.no_progress)
+    print(out)
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .evaluate import diagnose
+
+    res = diagnose(args.data if args.data or args.run else "synthetic", run=args.run,
+                   data_dir=args.data_dir, data_options=dict(args.data_opt or []),
+                   data_seed=args.data_seed, max_components=args.max_components,
+                   device=args.device, max_per_class=args.max_per_class)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"dataset {res['dataset']}: {res['source']}, {res['n']} samples")
+    rows = res["per_class"]
+    width = max([len("class")] + [len(str(r["class"])) for r in rows])
+    print(f"{'class':<{width}}  components")
+    for r in rows:
+        print(f"{r['class']:<{width}}  {r['components']}")
+    print(f"mean components: {res['mean_components']:.2f}  "
+          f"(multi-modal classes: {res['frac_multimodal']:.0%})")
+    print(f"recommendation: {res['recommendation']}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    rest = [a for a in args.rest]
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    return int(bench_main(rest) or 0)
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog=PROG, description=__doc__, formatter_class=fmt)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("train", help="train one model (CE + lam * CPCC)", formatter_class=fmt,
+                       description="Train one model; writes config.json, tree.json, log.csv, "
+                                   "last.pt and metrics.json into --out.")
+    add_train_args(p)
+    g = p.add_argument_group("run directory")
+    g.add_argument("-o", "--out", metavar="DIR",
+                   help="run directory (default runs/<data>_<distance>_seed<seed>)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last.pt with its settings "
+                        "(flags may only change --epochs, --device, --workers, --eval-every, "
+                        "--data-dir)")
+    g.add_argument("--force", action="store_true", help="overwrite an existing run in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run (writes RUN/eval.json)",
+                       description="The evaluation protocol on a finished run: accuracy per "
+                                   "level, TestCPCC (l2, emd, own), retrieval mAP, mistake "
+                                   "severity, hierarchical distance@k, expected cost, "
+                                   "multi-modality.")
+    p.add_argument("run", metavar="RUN", help="run directory written by otcpcc train")
+    p.add_argument("--cost-matrix", metavar="CSV",
+                   help="misclassification costs keyed by class names (header row of names, "
+                        "one row per true class); default: tree distance")
+    p.add_argument("--split", default="test",
+                   help="split to evaluate: test (default), train, or an extra split")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, auto")
+    p.add_argument("--data-dir", metavar="PATH", help="the data's location if it moved")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="train + evaluate several distances, write a report",
+                       formatter_class=fmt,
+                       description="Train every --distances on the same data and seeds, "
+                                   "evaluate, and write summary.json, report.md, report.html "
+                                   "and figures into --out. With no flags: synthetic data.")
+    add_train_args(p)
+    g = p.add_argument_group("comparison")
+    g.add_argument("--distances", type=_name_list, default=["none", "l2", "fastft"],
+                   metavar="LIST", help="comma-separated distances (default none,l2,fastft)")
+    g.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="seeds per distance: seed .. seed+N-1 (default 1)")
+    g.add_argument("-o", "--out", default="runs/compare", metavar="DIR",
+                   help="output directory (default runs/compare)")
+    g.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    g.add_argument("--cost-matrix", metavar="CSV", help="cost matrix for expected cost")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sweep", help="grid over lam and batch size",
+                       description="Train and evaluate every (lam, batch size) pair; write "
+                                   "sweep.csv and sweep.png (TestCPCC and accuracy against "
+                                   "each). --distance defaults to fastft here.")
+    add_train_args(p)
+    g = p.add_argument_group("grid")
+    g.add_argument("--lams", type=_float_list, default=[0.0, 0.5, 1.0, 2.0], metavar="LIST",
+                   help="comma-separated lambdas (default 0,0.5,1,2)")
+    g.add_argument("--batch-sizes", type=_int_list, default=[64, 256], metavar="LIST",
+                   help="comma-separated batch sizes (default 64,256)")
+    g.add_argument("-o", "--out", default="runs/sweep", metavar="DIR",
+                   help="output directory (default runs/sweep)")
+    g.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("diagnose", help="are the classes multi-modal? (OT vs l2)",
+                       description="Per class, Gaussian mixtures with 1..M components chosen by "
+                                   "AIC, on input features (--data) or a run's learned test "
+                                   "features (--run): the mean count and a recommendation.")
+    p.add_argument("--data", metavar="NAME", help="dataset (default synthetic)")
+    p.add_argument("--run", metavar="RUN", help="use the learned features of this run")
+    p.add_argument("--data-dir", metavar="PATH")
+    p.add_argument("--data-opt", action="append", type=_key_value, metavar="KEY=VALUE")
+    p.add_argument("--data-seed", type=int, default=0, metavar="N")
+    p.add_argument("--max-components", type=int, default=5, metavar="M",
+                   help="largest mixture tried per class (default 5)")
+    p.add_argument("--max-per-class", type=int, default=200, metavar="N",
+                   help="samples per class used (default 200)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser("bench", help="speed benchmarks of the CPCC distances",
+                       add_help=False, description="Run otcpcc.bench; see otcpcc bench --help.")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return "; ".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``otcpcc`` and ``python -m otcpcc``; returns the exit status."""
+    from .train import TrainingInterrupted
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after "bench" belongs to otcpcc.bench
+        argv = ["bench", "--", *argv[1:]] if len(argv) > 1 else argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help / --version (0) or a usage error (2)
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    debug = os.environ.get("OTCPCC_DEBUG", "") not in ("", "0")
+    try:
+        return int(args.func(args) or 0)
+    except TrainingInterrupted as e:
+        print(f"{PROG}: interrupted; checkpoint saved in {e.run_dir}/last.pt; continue with "
+              f"{PROG} train --out {e.run_dir} --resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ImportError) as e:
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

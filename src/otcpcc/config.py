@@ -1,0 +1,318 @@
+"""Training configuration: one dataclass holding every knob, loaded from flags and/or a file.
+
+Precedence (lowest first): the defaults below, then a ``--config`` file (YAML or JSON), then the
+flags given on the command line. :meth:`TrainConfig.validate` checks every value and raises
+:class:`ConfigError` (a ``ValueError``) with a one-line message naming the problem and the fix.
+
+A run directory's ``config.json`` holds the resolved values at the top level plus a ``"meta"``
+entry (package versions, git commit, resolved device, world size); it can be fed back to
+``--config`` to repeat the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value or file that cannot be used (message: problem and fix, one line)."""
+
+
+# Canonical distance names and their aliases; "none" is plain cross-entropy.
+DISTANCE_ALIASES: dict[str, str] = {
+    "none": "none",
+    "ce": "none",
+    "flat": "none",
+    "l2": "l2",
+    "emd": "emd",
+    "sinkhorn": "sinkhorn",
+    "sk": "sinkhorn",
+    "swd": "swd",
+    "fastft": "fastft",
+    "fft": "fastft",
+}
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "none")
+SPLITS = ("train", "test")
+
+# Keys allowed to differ when resuming a run: they do not change what is being trained
+# (``epochs`` may grow to extend a finished run).
+RESUME_FREE_KEYS = frozenset({"epochs", "device", "workers", "eval_every", "data_dir"})
+
+
+def canonical_distance(name: str) -> str:
+    """Map a distance name or alias (case-insensitive) to its canonical name."""
+    key = str(name).lower()
+    if key not in DISTANCE_ALIASES:
+        raise ConfigError(
+            f"unknown distance {name!r}; choose one of: "
+            f"{', '.join(sorted(set(DISTANCE_ALIASES)))}"
+        )
+    return DISTANCE_ALIASES[key]
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run.
+
+    Data: ``data`` (a name from ``otcpcc.data.DATASETS``), ``data_dir``, ``data_options`` (passed
+    to the loader, e.g. ``{"train_per_class": 50}``), ``data_seed`` (the dataset's own seed:
+    splits and synthetic draws; fixed while ``seed`` varies, so seeds measure training noise),
+    ``tree`` (a tree file that replaces the dataset's own tree; any format
+    ``LabelTree.from_file`` reads).
+    Model: ``arch`` (``"auto"`` = ``mlp`` for vectors, ``cnn`` for small images, ``resnet18``
+    otherwise), ``model_options`` (extra keyword arguments of ``build_model``), ``weights`` (local
+    pretrained file), ``freeze`` (parameter-name patterns to freeze), ``train_only`` (the only
+    patterns left trainable, plus the classifier), ``sync_bn`` (SyncBatchNorm under DDP).
+    Optimisation: ``epochs``, ``batch_size`` (per process), ``lr``, ``momentum``, ``wd``,
+    ``optimizer`` (sgd | adamw), ``schedule`` (cosine | step | none; ``step_size``/``gamma`` for
+    step), ``warmup_epochs`` (linear warm-up, counted inside ``epochs``).
+    Regulariser: loss = CE + ``lam`` * (1 - CPCC) with class distance ``distance`` (none | l2 |
+    emd | sinkhorn | swd | fastft, aliases sk, fft) and ``distance_options`` (e.g. ``reg``,
+    ``n_projections``, ``weights``).
+    Runtime: ``device`` (auto | cpu | cuda | cuda:N), ``seed``, ``workers``, ``amp`` (bf16
+    autocast, CUDA only), ``eval_every`` (test accuracy every N epochs; the last epoch always).
+    """
+
+    # data
+    data: str = "synthetic"
+    data_dir: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    data_seed: int = 0
+    tree: str | None = None
+    # model
+    arch: str = "auto"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    freeze: list[str] = field(default_factory=list)
+    train_only: list[str] = field(default_factory=list)
+    sync_bn: bool = False
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 0.05
+    momentum: float = 0.9
+    wd: float = 5e-4
+    optimizer: str = "sgd"
+    schedule: str = "cosine"
+    step_size: int = 30
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    # regulariser
+    distance: str = "none"
+    lam: float = 1.0
+    distance_options: dict[str, Any] = field(default_factory=dict)
+    # runtime
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    amp: bool = False
+    eval_every: int = 1
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build from a mapping; unknown keys raise :class:`ConfigError` naming the key."""
+        values = {k: v for k, v in dict(values).items() if k != "meta"}
+        names = cls.field_names()
+        for key in values:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(names)}"
+                raise ConfigError(f"unknown key {key!r} in {source}; {hint}")
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> TrainConfig:
+        """Load a YAML (``.yaml``/``.yml``) or JSON file holding a mapping of config keys."""
+        return cls.from_dict(load_config_file(path), source=str(path))
+
+    @classmethod
+    def from_args(cls, args: Any) -> TrainConfig:
+        """Build from an argparse namespace: defaults < ``args.config`` file < given flags.
+
+        Only attributes that are config keys and not ``None`` count as given, so the parser's
+        defaults must be ``None`` (or ``argparse.SUPPRESS``) for flags that override the file.
+        """
+        given = vars(args) if not isinstance(args, dict) else dict(args)
+        base: dict[str, Any] = {}
+        if given.get("config"):
+            base = {k: v for k, v in load_config_file(given["config"]).items() if k != "meta"}
+            cls.from_dict(base, source=str(given["config"]))  # report bad keys against the file
+        names = set(cls.field_names())
+        for key, value in given.items():
+            if key not in names or value is None:
+                continue
+            if key in ("data_options", "model_options", "distance_options"):
+                merged = dict(base.get(key) or {})
+                merged.update(value)
+                value = merged
+            base[key] = value
+        return cls.from_dict(base, source="flags")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with some fields changed."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes}, source="replace()")
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Check every value; raise :class:`ConfigError` naming the first bad one and the fix."""
+        from .data import DATASETS  # local: keep `import otcpcc.config` light
+
+        def bad(msg: str) -> ConfigError:
+            return ConfigError(msg)
+
+        if self.data not in DATASETS:
+            close = difflib.get_close_matches(str(self.data), list(DATASETS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise bad(
+                f"unknown dataset {self.data!r}{hint}; choose one of: {', '.join(sorted(DATASETS))}"
+            )
+        self.distance = canonical_distance(self.distance)
+        self.optimizer = str(self.optimizer).lower()
+        if self.optimizer not in OPTIMIZERS:
+            raise bad(
+                f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
+            )
+        self.schedule = str(self.schedule).lower()
+        if self.schedule not in SCHEDULES:
+            raise bad(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        for name in ("epochs", "batch_size", "step_size", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                flag = "--" + name.replace("_", "-")
+                raise bad(
+                    f"{name} must be a positive integer, got {value!r}; pass {flag} 1 or more"
+                )
+        for name in ("workers", "warmup_epochs", "seed", "data_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                flag = "--" + name.replace("_", "-")
+                raise bad(f"{name} must be an integer >= 0, got {value!r}; pass {flag} 0 or more")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise bad(
+                f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs}); "
+                "lower --warmup-epochs"
+            )
+        for name in ("lr", "momentum", "wd", "gamma", "lam"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad(f"{name} must be a number, got {value!r}")
+            setattr(self, name, float(value))
+        if not self.lr > 0:
+            raise bad(f"learning rate must be > 0, got {self.lr}; pass --lr with a positive value")
+        if not 0 <= self.momentum < 1:
+            raise bad(f"momentum must be in [0, 1), got {self.momentum}; pass e.g. --momentum 0.9")
+        if self.wd < 0:
+            raise bad(f"weight decay must be >= 0, got {self.wd}; pass --wd 0 or more")
+        if not self.gamma > 0:
+            raise bad(f"gamma must be > 0, got {self.gamma}; pass e.g. --gamma 0.1")
+        if self.lam < 0 or self.lam != self.lam:
+            raise bad(
+                f"lambda must be >= 0, got {self.lam}; pass --lam 0 or more "
+                "(0 or --distance none trains plain cross-entropy)"
+            )
+        dev = str(self.device).lower()
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise bad(f"unknown device {self.device!r}; choose auto, cpu, cuda or cuda:N")
+        self.device = dev
+        for name in ("data_options", "model_options", "distance_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise bad(f"{name} must be a mapping of option names to values")
+        for name in ("freeze", "train_only"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [p for p in value.split(",") if p]
+            if not isinstance(value, (list, tuple)):
+                raise bad(f"{name} must be a list of parameter-name patterns")
+            setattr(self, name, [str(p) for p in value])
+        for name in ("amp", "sync_bn"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.arch, str) or not self.arch:
+            raise bad(f"arch must be a model name, got {self.arch!r}")
+
+    # ------------------------------------------------------------------ output
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, meta: dict[str, Any] | None = None) -> str:
+        """The JSON written to ``run_dir/config.json``: the values plus a ``meta`` block."""
+        out = self.to_dict()
+        out["meta"] = {**environment_info(), **(meta or {})}
+        return json.dumps(out, indent=2, sort_keys=False, default=str)
+
+    def differences(self, other: TrainConfig,
+                    ignore: frozenset[str] = RESUME_FREE_KEYS) -> list[str]:
+        """Names of the keys whose values differ (except those in ``ignore``)."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in ignore and a[k] != b[k]]
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML or JSON mapping; bad files raise one-line errors naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {str(p)!r} not found; check the --config path")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"cannot parse config file {str(p)!r}: {first}; fix its syntax") from e
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys to values")
+    return values
+
+
+def git_commit() -> str | None:
+    """The commit of the git checkout holding this package, or ``None`` outside one."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None
+
+
+def environment_info() -> dict[str, Any]:
+    """Package versions and git commit, for reproducibility records."""
+    import numpy
+    import torch
+
+    from . import __version__
+
+    return {
+        "versions": {
+            "otcpcc": __version__,
+            "torch": torch.__version__,
+            "numpy": numpy.__version__,
+            "python": platform.python_version(),
+        },
+        "git_commit": git_commit(),
+    }

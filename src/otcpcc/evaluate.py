@@ -1,0 +1,238 @@
+"""The evaluation protocol (DESIGN.md §6) on a finished run directory, and the multi-modality pilot.
+
+``evaluate_run(RUN)`` rebuilds the data and the model from ``RUN/config.json``, ``RUN/tree.json``
+and ``RUN/last.pt`` (loaded with ``weights_only=True``), computes test features and softmax
+probabilities (and train features for the retrieval prototypes), and writes ``RUN/eval.json``:
+
+- ``fine_top1``, ``fine_top2`` (``fine_acc`` = ``fine_top1``) and ``{level}_acc`` for every coarser
+  level of the tree (fine probabilities summed over each ancestor's leaves, then argmax);
+- ``map_fine``, ``map_{level}``: retrieval mAP with class prototypes (mean train feature), cosine;
+- ``mistake_severity`` (mean tree distance of top-1 mistakes), ``hier_dist@1``, ``hier_dist@5``,
+  ``expected_cost`` (cost matrix from a CSV keyed by class names, default the tree distance);
+- ``test_cpcc_l2``, ``test_cpcc_emd`` and ``test_cpcc_{own distance}`` (TestCPCC on the whole split;
+  ``emd``/``sinkhorn`` on at most 100 samples per class, drawn with a fixed seed and recorded in
+  ``cpcc_subsample``); ``test_cpcc`` is the run's own distance (``l2`` for plain CE);
+- ``multimodality``: Gaussian-mixture mode counts (AIC) per class of the learned test features.
+
+``diagnose(data, run=None)`` runs the same mode count on input features (flattened) or on a
+run's learned features: the pilot step that says whether OT distances should beat ``l2``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import CHECKPOINT, load_checkpoint, write_json
+from .config import ConfigError, TrainConfig, load_config_file
+from .train import (
+    DistEnv,
+    RunDirError,
+    load_data,
+    make_model,
+    predict,
+    resolve_device,
+    test_cpcc,
+)
+
+YARDSTICKS = ("l2", "emd")  # TestCPCC distances reported for every model
+
+
+@dataclass
+class LoadedRun:
+    """A run directory brought back to life: its config, tree, data and trained model."""
+
+    run_dir: Path
+    cfg: TrainConfig
+    tree: Any
+    bundle: Any
+    model: torch.nn.Module
+    epoch: int
+    env: DistEnv
+
+
+def load_run(run_dir: str | os.PathLike, *, device: str = "cpu",
+             data_dir: str | None = None) -> LoadedRun:
+    """Load ``run_dir`` written by ``otcpcc train``; one-line errors for missing/foreign dirs.
+
+    ``data_dir`` overrides the recorded data location (the data moved since training).
+    """
+    from .tree import LabelTree
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise RunDirError(f"run directory {str(run)!r} not found; pass a directory written by "
+                          "otcpcc train --out")
+    for name in ("config.json", "tree.json", CHECKPOINT):
+        if not (run / name).is_file():
+            raise RunDirError(f"{str(run)!r} is not a finished otcpcc run (no {name}); pass a "
+                              "directory written by otcpcc train --out, or train it first")
+    try:
+        cfg = TrainConfig.from_dict(load_config_file(run / "config.json"),
+                                    source=str(run / "config.json"))
+    except ConfigError as e:
+        raise RunDirError(f"incompatible run directory {str(run)!r}: {e}") from None
+    if data_dir is not None:
+        cfg = cfg.replace(data_dir=str(data_dir))
+    tree = LabelTree.from_file(run / "tree.json")
+    bundle = load_data(cfg)
+    if list(bundle.tree.leaves) != list(tree.leaves):
+        raise RunDirError(
+            f"incompatible run directory {str(run)!r}: the dataset's classes no longer match its "
+            f"tree.json ({bundle.tree.num_classes} vs {tree.num_classes} classes); point "
+            "--data-dir at the data the run was trained on"
+        )
+    bundle.tree = tree
+    env = DistEnv(device=resolve_device(device))
+    model = make_model(cfg.replace(weights=None), bundle)
+    state = load_checkpoint(run / CHECKPOINT, map_location="cpu")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0][:160]
+        raise RunDirError(f"incompatible run directory {str(run)!r}: {CHECKPOINT} does not fit "
+                          f"the model of config.json ({first}); retrain the run") from None
+    model.to(env.device).eval()
+    return LoadedRun(run, cfg, tree, bundle, model, int(state["epoch"]), env)
+
+
+def _split(bundle: Any, split: str) -> Any:
+    if split == "test":
+        return bundle.test
+    if split == "train":
+        return bundle.train
+    if split in bundle.extra:
+        return bundle.extra[split]
+    choices = ", ".join(["test", "train", *bundle.extra])
+    raise ValueError(
+        f"unknown split {split!r} for dataset {bundle.name!r}; choose one of: {choices}")
+
+
+def _cost_matrix(cost_matrix: Any, tree: Any) -> tuple[np.ndarray | None, str]:
+    from .metrics import load_cost_matrix
+
+    if cost_matrix is None:
+        return None, "tree distance"
+    if isinstance(cost_matrix, (str, os.PathLike)):
+        path = Path(cost_matrix)
+        if not path.is_file():
+            raise FileNotFoundError(f"cost matrix {str(path)!r} not found; check --cost-matrix")
+        return load_cost_matrix(path, list(tree.leaves)), str(path)
+    c = np.asarray(cost_matrix, dtype=np.float64)
+    k = tree.num_classes
+    if c.shape != (k, k):
+        raise ValueError(f"cost matrix has shape {c.shape}, expected ({k}, {k}) for the "
+                         f"{k} classes; give one row and one column per class")
+    return c, "array"
+
+
+def multimodality_summary(features: np.ndarray, labels: np.ndarray, names: list[str],
+                          seed: int = 0, max_components: int = 5) -> dict[str, Any]:
+    """``metrics.multimodality`` with class names; per-class counts as a list of records."""
+    from .metrics import multimodality
+
+    res = multimodality(features, labels, max_components=max_components, seed=seed)
+    return {
+        "mean_components": res["mean_components"],
+        "frac_multimodal": res["frac_multimodal"],
+        "recommendation": res["recommendation"],
+        "per_class": [{"class": names[c], "components": n} for c, n in res["per_class"].items()],
+    }
+
+
+def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: str = "test",
+                 device: str = "cpu", data_dir: str | None = None) -> dict[str, Any]:
+    """Evaluate a trained run; write and return ``run_dir/eval.json`` (``eval_{split}.json``).
+
+    Args:
+        run_dir: directory written by :func:`otcpcc.train.train`.
+        cost_matrix: ``None`` (tree distance), a CSV path keyed by class names (see
+            ``metrics.load_cost_matrix``), or a [K, K] array ``C[true, predicted]``.
+        split: ``"test"`` (default), ``"train"`` or an extra split of the dataset
+            (e.g. ``"target_test"``).
+        device: where to run the model.
+        data_dir: the data's location when it moved since training.
+    """
+    from .metrics import evaluate_all
+
+    run = load_run(run_dir, device=device, data_dir=data_dir)
+    cfg, tree, bundle = run.cfg, run.tree, run.bundle
+    dataset = _split(bundle, split)
+    c, cost_source = _cost_matrix(cost_matrix, tree)
+
+    out = predict(run.model, dataset, run.env, cfg)
+    train = out if split == "train" else predict(run.model, bundle.train, run.env, cfg)
+    feats, labels = out["features"], out["labels"]
+    probs = torch.softmax(out["logits"], dim=1).numpy().astype(np.float64)
+
+    result: dict[str, Any] = {
+        "split": split, "n": int(labels.numel()), "num_classes": tree.num_classes,
+        "epoch": run.epoch, "distance": cfg.distance, "lam": cfg.lam, "seed": cfg.seed,
+        "cost_matrix": cost_source,
+    }
+    metrics = evaluate_all(probs, labels.numpy(), feats.numpy(), train["features"].numpy(),
+                           train["labels"].numpy(), tree, cost_matrix=c)
+    result["fine_acc"] = metrics["fine_top1"]
+    result.update(metrics)
+
+    own = cfg.distance if cfg.distance != "none" else "l2"
+    subsample: dict[str, Any] = {}
+    for name in dict.fromkeys((*YARDSTICKS, own)):
+        options = cfg.distance_options if name == cfg.distance else {}
+        value, info = test_cpcc(feats, labels, tree, name, options, seed=cfg.data_seed)
+        result[f"test_cpcc_{name}"] = value
+        if info is not None:
+            subsample[name] = info
+    result["test_cpcc"] = result[f"test_cpcc_{own}"]
+    result["test_cpcc_distance"] = own
+    result["cpcc_subsample"] = subsample
+    result["multimodality"] = multimodality_summary(
+        feats.numpy(), labels.numpy(), list(tree.leaves), seed=cfg.data_seed)
+
+    name = "eval.json" if split == "test" else f"eval_{split}.json"
+    write_json(run.run_dir / name, result)
+    return result
+
+
+def diagnose(data: str | None = None, *, run: str | os.PathLike | None = None,
+             data_dir: str | None = None, data_options: dict[str, Any] | None = None,
+             data_seed: int = 0, max_components: int = 5, device: str = "cpu",
+             max_per_class: int = 200) -> dict[str, Any]:
+    """Count the modes of every class: on input features of ``data`` (flattened, train split), or
+    on the learned test features of ``run``. Returns the ``multimodality_summary`` plus
+    ``"source"`` and ``"dataset"``.
+
+    At most ``max_per_class`` samples per class are used (a fixed-seed draw).
+    """
+    if run is not None:
+        loaded = load_run(run, device=device, data_dir=data_dir)
+        if data is not None and data != loaded.cfg.data:
+            raise ValueError(f"--data {data!r} differs from the run's dataset "
+                             f"{loaded.cfg.data!r}; drop --data or pick the matching run")
+        out = predict(loaded.model, loaded.bundle.test, loaded.env, loaded.cfg)
+        x, y = out["features"].numpy(), out["labels"].numpy()
+        names, dataset = list(loaded.tree.leaves), loaded.cfg.data
+        source = f"learned test features of {run}"
+    else:
+        if data is None:
+            raise ValueError("diagnose needs --data NAME or --run RUN")
+        cfg = TrainConfig(data=data, data_dir=data_dir, data_options=dict(data_options or {}),
+                          data_seed=data_seed)
+        cfg.validate()
+        bundle = load_data(cfg)
+        ys = np.asarray([int(bundle.train[i][1]) for i in range(len(bundle.train))])
+        from .train import subsample_per_class
+
+        keep = subsample_per_class(ys, max_per_class, seed=data_seed)
+        x = np.stack([torch.as_tensor(bundle.train[int(i)][0]).reshape(-1).float().numpy()
+                      for i in keep])
+        y = ys[keep]
+        names, dataset = list(bundle.tree.leaves), data
+        source = "input features (train split, flattened)"
+    summary = multimodality_summary(x, y, names, seed=data_seed, max_components=max_components)
+    return {"dataset": dataset, "source": source, "n": int(len(y)), **summary}

@@ -1,0 +1,135 @@
+"""`otcpcc` command line: flags, config files, one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from otcpcc import cli
+from otcpcc.cli import main
+from otcpcc.config import TrainConfig
+
+TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
+        "test_per_class=6", "--data-opt", "branching=[2, 3]", "--model-opt", "hidden=[16]",
+        "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress"]
+
+
+def one_line_error(capsys, code, rc=2):
+    assert code == rc
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("otcpcc")
+    return err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *TINY, "--distance", "l2", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_then_evaluate_from_the_command_line(tiny_run, capsys):
+    assert json.loads((tiny_run / "config.json").read_text())["distance"] == "l2"
+    assert main(["evaluate", str(tiny_run)]) == 0
+    out = capsys.readouterr().out
+    assert "test_cpcc_emd" in out and "eval.json" in out
+    assert "fine_top1" in json.loads((tiny_run / "eval.json").read_text())
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--distance", "wasserstein"], "unknown distance 'wasserstein'"),
+    (["--lam", "-1"], "lambda must be >= 0"),
+    (["--batch-size", "0"], "batch_size must be a positive integer"),
+    (["--data", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--epochs", "x"], "invalid int value"),
+    (["--data-opt", "colour=red"], "colour"),
+])
+def test_bad_values_give_one_line_and_status_2(tmp_path, capsys, flags, needle):
+    code = main(["train", *TINY, "--out", str(tmp_path / "r"), *flags])
+    assert needle in one_line_error(capsys, code)
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_existing_run_needs_force_and_resume_needs_same_config(tiny_run, capsys):
+    err = one_line_error(capsys, main(["train", *TINY, "--distance", "l2", "--out", str(tiny_run)]))
+    assert "already holds a run" in err and "--force" in err
+    code = main(["train", *TINY, "--distance", "fastft", "--out", str(tiny_run), "--resume"])
+    err = one_line_error(capsys, code)
+    assert "distance ('l2' -> 'fastft')" in err
+    # the run's own settings are the base of a resume; more epochs extend it
+    code = main(["train", "--out", str(tiny_run), "--resume", "--epochs", "2", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tiny_run / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_evaluate_errors(tmp_path, tiny_run, capsys):
+    err = one_line_error(capsys, main(["evaluate", str(tmp_path / "missing")]))
+    assert "not found" in err
+    bad = tmp_path / "cost.csv"
+    bad.write_text("x,y\ny,0,1\n")
+    err = one_line_error(capsys, main(["evaluate", str(tiny_run), "--cost-matrix", str(bad)]))
+    assert "cost.csv" in err
+    err = one_line_error(capsys, main(["evaluate", str(tiny_run), "--cost-matrix",
+                                       str(tmp_path / "none.csv")]))
+    assert "not found" in err
+
+
+def test_config_file_then_flags(tmp_path, capsys):
+    yml = tmp_path / "c.yaml"
+    yml.write_text("data: synthetic\nlam: 0.25\nepochs: 7\ndistance_options: {reg: 3}\n")
+    args = cli.build_parser().parse_args(["train", "--config", str(yml), "--epochs", "2",
+                                          "--reg", "5", "--n-projections", "4"])
+    cfg = cli.config_from_args(args)
+    assert (cfg.lam, cfg.epochs) == (0.25, 2)  # file value kept, flag wins
+    assert cfg.distance_options == {"reg": 5.0, "n_projections": 4}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"data": "synthetic", "learning_rate": 0.1}))
+    err = one_line_error(capsys, main(["train", "--config", str(bad), "--out", str(tmp_path)]))
+    assert "unknown key 'learning_rate'" in err
+    err = one_line_error(capsys, main(["train", "--config", str(tmp_path / "nope.yaml")]))
+    assert "not found" in err
+
+
+def test_run_config_json_round_trips_as_config(tiny_run):
+    cfg = TrainConfig.from_file(tiny_run / "config.json")
+    assert cfg.distance == "l2" and cfg.data_options["branching"] == [2, 3]
+
+
+def test_interrupt_exits_130_with_one_line(monkeypatch, capsys, tmp_path):
+    from otcpcc.train import TrainingInterrupted
+
+    def interrupted(cfg, out, **kw):
+        raise TrainingInterrupted(out)
+
+    monkeypatch.setattr("otcpcc.train.train", interrupted)
+    code = main(["train", *TINY, "--out", str(tmp_path / "r")])
+    err = one_line_error(capsys, code, rc=130)
+    assert "--resume" in err
+
+
+def test_diagnose_prints_table_and_recommendation(capsys):
+    code = main(["diagnose", "--data", "synthetic", "--data-opt", "train_per_class=12",
+                 "--data-opt", "branching=[2, 3]", "--max-components", "2"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "mean components" in out and "recommendation:" in out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 + 1 + 6 + 2  # title, header, 6 classes, mean, recommendation
+    assert all(ln.split()[-1] in ("1", "2") for ln in lines[2:8])
+
+
+def test_help_everywhere(capsys):
+    for cmd in ([], ["train"], ["evaluate"], ["compare"], ["sweep"], ["diagnose"]):
+        assert main([*cmd, "--help"]) == 0
+        assert "usage: otcpcc" in capsys.readouterr().out
+
+
+def test_python_dash_m_otcpcc_help():
+    res = subprocess.run([sys.executable, "-m", "otcpcc", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and "train" in res.stdout and "evaluate" in res.stdout
