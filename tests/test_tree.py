@@ -529,3 +529,59 @@ def test_error_formats(tmp_path: Path) -> None:
 def test_error_bad_option() -> None:
     with pytest.raises(TreeError, match="on_multiple_parents='last'"):
         LabelTree.from_edges([("a", "b")], on_multiple_parents="last")
+
+
+def test_json_round_trip_keeps_named_levels(tmp_path: Path) -> None:
+    mid = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    top = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    t = LabelTree.from_levels(
+        [mid, top],
+        leaf_names=list("abcdefgh"),
+        level_names=["mid", "coarse"],
+        node_names=[["m0", "m1", "m2", "m3"], ["c0", "c1"]],
+    )
+    for tree in (t, t.restrict(["h", "a", "c"])):
+        tree.to_file(tmp_path / "tree.json")
+        back = LabelTree.from_file(tmp_path / "tree.json")
+        assert structure(back) == structure(tree)
+        assert [(lv.name, lv.ids.tolist(), lv.names) for lv in back.levels] == [
+            (lv.name, lv.ids.tolist(), lv.names) for lv in tree.levels
+        ]
+    r = t.restrict(["h", "a", "c"]).levels
+    assert r[0].names == ["m0", "m1", "m3"] and r[0].ids.tolist() == [2, 0, 1]
+    assert r[1].names == ["c0", "c1"] and r[1].ids.tolist() == [1, 0, 0]
+    # edge files cannot hold level names: read back, the levels are by depth
+    t.to_file(tmp_path / "tree.txt")
+    back = LabelTree.from_file(tmp_path / "tree.txt")
+    assert [lv.name for lv in back.levels] == ["depth2", "depth1"]
+    assert back.levels[0].names == ["m0", "m1", "m2", "m3"]
+    np.testing.assert_array_equal(back.levels[1].ids, top)
+
+
+@pytest.mark.parametrize(
+    ("levels", "match"),
+    [
+        ([{"name": "mid", "nodes": ["mammal", "ghost"]}], r"level 'mid' lists unknown nodes 'ghost'"),
+        ([{"name": "mid", "nodes": ["mammal", "trout"]}], r"lists the root or leaves 'trout'"),
+        ([{"name": "mid", "nodes": ["mammal"]}], r"leaf 'trout' has no ancestor in level 'mid'"),
+        (
+            [{"name": "mid", "nodes": ["mammal", "fish"]}, {"name": "mid", "nodes": ["mammal", "fish"]}],
+            r"duplicate level name 'mid'",
+        ),
+        (
+            [{"name": "a", "nodes": ["mammal", "fish", "vertebrate"]}],
+            r"holds both 'mammal' and its ancestor 'vertebrate'",
+        ),
+        (
+            [{"name": "a", "nodes": ["vertebrate"]}, {"name": "b", "nodes": ["mammal", "fish"]}],
+            r"finest first: 'b' node 'mammal' is not above 'vertebrate'",
+        ),
+        ([{"name": "a", "nodes": "mammal"}], r'"levels" must be a list'),
+    ],
+)
+def test_error_json_levels(tmp_path: Path, levels: list, match: str) -> None:
+    parents = {**DESIGN_EXAMPLE, "mammal": "vertebrate", "fish": "vertebrate", "vertebrate": "animal"}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"parents": parents, "levels": levels}))
+    with pytest.raises(TreeError, match=match):
+        LabelTree.from_file(path)

@@ -176,9 +176,12 @@ class LabelTree:
                 self._depth[c] = self._depth[n] + 1
                 self._rootw[c] = self._rootw[n] + self._weight[c]
                 stack.append(c)
-        self._level_spec = None if level_spec is None else [(str(a), [str(x) for x in b]) for a, b in level_spec]
         self._dist: np.ndarray | None = None
         self._levels: list[Level] | None = None
+        self._level_spec: list[tuple[str, list[str]]] | None = None
+        if level_spec is not None:
+            self._level_spec = [(str(a), [str(x) for x in b]) for a, b in level_spec]
+            self._levels = self._levels_from_spec(self._level_spec)
         self._under: dict[str, list[int]] | None = None
 
     def _find_cycle(self) -> None:
@@ -440,7 +443,8 @@ class LabelTree:
         * ``"json"`` (.json): a nested dict ``{"animal": {"mammal": {"cat": {}, "dog": {}}}}``
           (leaves as ``{}``, ``null``, or children given as a list of names), a flat
           ``{"child": "parent" | null}`` map, or ``{"parents": {child: parent},
-          "weights": {child: w}}``.
+          "weights": {child: w}, "levels": [{"name": str, "nodes": [str, ...]}, ...]}``
+          ("weights" and "levels" optional; levels finest first, as ``tree.levels``).
         * ``"newick"`` (.nwk/.newick/.tre/.tree): ``((cat:1,dog:1)mammal:1,trout:2)animal;``;
           branch lengths become weights (default 1), names may be quoted with ``'...'``
           (``''`` for a quote), ``[...]`` comments are skipped, underscores are kept as is, and
@@ -503,17 +507,35 @@ class LabelTree:
             raise TreeError(f"{src}: expected a non-empty JSON object describing a tree")
         vals = list(data.values())
         if (
-            set(data) <= {"parents", "weights"}
+            set(data) <= {"parents", "weights", "levels"}
             and "parents" in data
             and (
                 "weights" in data
+                or "levels" in data
                 or (isinstance(data["parents"], dict) and any(isinstance(v, str) for v in data["parents"].values()))
             )
         ):
             parents, weights = data["parents"], data.get("weights", {})
             if not isinstance(parents, dict) or not isinstance(weights, dict):
                 raise TreeError(f"{src}: 'parents' and 'weights' must be JSON objects")
-            return cls._from_flat(parents, weights, src)
+            tree = cls._from_flat(parents, weights, src)
+            if "levels" not in data:
+                return tree
+            levels = data["levels"]
+            ok = isinstance(levels, list) and all(
+                isinstance(x, dict)
+                and set(x) == {"name", "nodes"}
+                and isinstance(x["name"], str)
+                and isinstance(x["nodes"], list)
+                and all(isinstance(y, str) for y in x["nodes"])
+                for x in levels
+            )
+            if not ok:
+                raise TreeError(
+                    f'{src}: "levels" must be a list of {{"name": str, "nodes": [str, ...]}} objects, finest first'
+                )
+            spec = [(x["name"], x["nodes"]) for x in levels]
+            return cls(tree._parent, tree._weight, leaves=tree._leaves, level_spec=spec)
         if all(v is None or isinstance(v, str) for v in vals) and any(isinstance(v, str) for v in vals):
             return cls._from_flat(data, {}, src)
         # nested form
@@ -644,9 +666,11 @@ class LabelTree:
         ``format`` ('edges', 'json', 'newick') is inferred from the suffix when ``None``.
         Weights are written only when some weight differs from 1. Edges: one
         ``parent child [weight]`` line per edge, ordered so leaves appear in class-id order
-        (names must not contain whitespace or '#'). JSON: nested when unweighted and the leaf
-        order is a depth-first order, else ``{"parents": ..., "weights": ...}``. Newick: needs
-        the leaf order to be a depth-first order (raises otherwise; use edges or JSON).
+        (names must not contain whitespace or '#'). JSON: nested when unweighted, without
+        named levels and with a depth-first leaf order, else ``{"parents": ..., "weights": ...,
+        "levels": ...}``; only JSON keeps the named levels of a ``from_levels`` tree (edges and
+        Newick files read back get depth-based levels). Newick: needs the leaf order to be a
+        depth-first order (raises otherwise; use edges or JSON).
         """
         path = Path(path)
         fmt = self._format_of(path, format)
@@ -667,13 +691,15 @@ class LabelTree:
             path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         elif fmt == "json":
             kids = self._dfs_children()
-            if kids is None or weighted:
+            if kids is None or weighted or self._level_spec is not None:
                 order = self._edge_order()
                 parents: dict[str, str | None] = {c: self._parent[c] for c in order}
                 parents[self._root] = None
                 obj: Any = {"parents": parents}
                 if weighted:
                     obj["weights"] = {c: self._weight[c] for c in order}
+                if self._level_spec is not None:
+                    obj["levels"] = [{"name": a, "nodes": b} for a, b in self._level_spec]
             else:
 
                 def nest(n: str) -> dict[str, Any]:
@@ -874,8 +900,9 @@ class LabelTree:
     def levels(self) -> list[Level]:
         """Coarse levels, finest first; the root and the leaf level are excluded.
 
-        For ``from_levels`` trees: exactly the given levels (ids relabelled to stay contiguous
-        after :meth:`restrict`). Otherwise one level per depth d = D-1, ..., 1 (D = the largest
+        For ``from_levels`` trees (and JSON files that list levels): exactly the given levels
+        (after :meth:`restrict`, the levels keep their names and the ids of the remaining nodes
+        are renumbered in the same relative order). Otherwise one level per depth d = D-1, ..., 1 (D = the largest
         leaf depth), named ``"depth{d}"``: each leaf maps to its ancestor at depth d, or to
         itself when it is no deeper than d. Ids number that level's nodes in order of first
         appearance over the leaves.
@@ -883,21 +910,7 @@ class LabelTree:
         if self._levels is None:
             out: list[Level] = []
             if self._level_spec is not None:
-                for lname, names in self._level_spec:
-                    present = set(names)
-                    targets = []
-                    for leaf in self._leaves:
-                        n: str | None = self._parent[leaf]
-                        while n is not None and n not in present:
-                            n = self._parent[n]
-                        if n is None:
-                            raise TreeError(f"internal: leaf {leaf!r} has no {lname} ancestor")
-                        targets.append(n)
-                    hit = set(targets)
-                    keep = [x for x in names if x in hit]
-                    pos = {x: j for j, x in enumerate(keep)}
-                    ids = np.array([pos[t] for t in targets], dtype=np.int64)
-                    out.append(Level(lname, ids, keep))
+                out = self._levels_from_spec(self._level_spec)
             else:
                 dmax = max(self._depth[n] for n in self._leaves)
                 for d in range(dmax - 1, 0, -1):
@@ -914,6 +927,52 @@ class LabelTree:
                     out.append(Level(f"depth{d}", ids, list(pos)))
             self._levels = out
         return self._levels
+
+    def _levels_from_spec(self, spec: list[tuple[str, list[str]]]) -> list[Level]:
+        """Validate named levels (internal nodes, finest first) and map every leaf into them."""
+        out: list[Level] = []
+        prev: list[str] | None = None
+        seen: set[str] = set()
+        for lname, names in spec:
+            if lname in seen:
+                raise TreeError(f"duplicate level name {lname!r}; level names must differ")
+            seen.add(lname)
+            bad = [x for x in names if x not in self._parent]
+            if bad:
+                raise TreeError(f"level {lname!r} lists unknown nodes {_listed(bad)}")
+            bad = [x for x in names if x == self._root or not self._children[x]]
+            if bad:
+                raise TreeError(
+                    f"level {lname!r} lists the root or leaves {_listed(bad)}; a level holds internal nodes only"
+                )
+            pos = {x: j for j, x in enumerate(names)}
+            if len(pos) != len(names):
+                dup = [x for x in pos if names.count(x) > 1]
+                raise TreeError(f"level {lname!r} lists {_listed(dup)} twice; list each once")
+            targets: list[str] = []
+            for i, leaf in enumerate(self._leaves):
+                n: str | None = self._parent[leaf]
+                while n is not None and n not in pos:
+                    n = self._parent[n]
+                if n is None:
+                    raise TreeError(f"leaf {leaf!r} has no ancestor in level {lname!r}; every leaf needs one")
+                m = self._parent[n]
+                while m is not None and m not in pos:
+                    m = self._parent[m]
+                if m is not None:
+                    raise TreeError(
+                        f"level {lname!r} holds both {n!r} and its ancestor {m!r}; a level cuts each root path once"
+                    )
+                if prev is not None and self._depth[n] >= self._depth[prev[i]]:
+                    raise TreeError(
+                        f"levels must be listed finest first: {lname!r} node {n!r} is not above "
+                        f"{prev[i]!r} of the level before it (leaf {leaf!r})"
+                    )
+                targets.append(n)
+            ids = np.fromiter((pos[t] for t in targets), dtype=np.int64, count=len(targets))
+            out.append(Level(lname, ids, list(names)))
+            prev = targets
+        return out
 
     # ------------------------------------------------------------------ derived trees
     def restrict(self, leaves: Sequence[str]) -> LabelTree:
