@@ -427,8 +427,9 @@ def test_error_duplicate_names() -> None:
         LabelTree.from_levels([[0, 0, 1]], leaf_names=["cat", "dog", "cat"])
     with pytest.raises(TreeError, match=r"duplicate node names: 'fish'"):
         LabelTree.from_levels([[0, 0, 1]], leaf_names=["cat", "dog", "fish"], node_names=[["mammal", "fish"]])
-    with pytest.raises(TreeError, match=r"duplicate node names: 'root'"):
-        LabelTree.from_levels([[0, 1]], leaf_names=["root", "x"])
+    # a class called "root" is fine: the added root takes the next free name
+    t = LabelTree.from_levels([[0, 1]], leaf_names=["root", "x"], node_names=[["_root", "y"]])
+    assert t.root == "__root" and t.ancestors("root") == ["_root", "__root"]
     with pytest.raises(TreeError, match=r"duplicate node names: 'a'"):
         LabelTree._from_newick("((a,b)c,a)r;", "t.nwk")  # noqa: SLF001
     t = LabelTree.from_parents(DESIGN_EXAMPLE)

@@ -323,7 +323,8 @@ class LabelTree:
         ``0..n_l-1`` with none unused. The levels must nest: fine classes sharing a level-l id
         share their level-(l+1) id. Leaf i is class i. Names: ``leaf_names`` (default
         ``"0".."K-1"``), ``level_names`` (default ``"level1".."levelL"``), ``node_names[l][id]``
-        (default ``f"{level_name}_{id}"``), root ``"root"``. All node names must be distinct.
+        (default ``f"{level_name}_{id}"``), root ``"root"`` (or ``"_root"``, ``"__root"``, ... if
+        a given name is ``"root"``). All node names must be distinct.
         All edge weights are 1. ``tree.levels`` returns exactly these levels.
         """
         arrays: list[np.ndarray] = []
@@ -404,24 +405,25 @@ class LabelTree:
                     )
             per_level.append(names)
         seen: dict[str, str] = {}
-        for where, names in (
-            [("leaf", leaves)] + [(f"{lnames[l]} node", per_level[l]) for l in range(n_lev)] + [("root", ["root"])]
-        ):
+        for where, names in [("leaf", leaves)] + [(f"{lnames[l]} node", per_level[l]) for l in range(n_lev)]:
             for j, nm in enumerate(names):
-                here = f"{where} {j}" if where != "root" else "the root"
+                here = f"{where} {j}"
                 if nm in seen:
                     what = "leaf names" if where == "leaf" else "node names"
                     raise TreeError(f"duplicate {what}: {nm!r} names {seen[nm]} and {here}; names must be unique")
                 seen[nm] = here
+        root = "root"
+        while root in seen:  # a class may be called "root": take the first free "_..._root"
+            root = "_" + root
         parent: dict[str, str | None] = {}
         for i, leaf in enumerate(leaves):
-            parent[leaf] = per_level[0][arrays[0][i]] if n_lev else "root"
+            parent[leaf] = per_level[0][arrays[0][i]] if n_lev else root
         for l in range(n_lev):
             first = np.unique(arrays[l], return_index=True)[1]
             for idx in sorted(first.tolist()):
                 node = per_level[l][arrays[l][idx]]
-                parent[node] = per_level[l + 1][arrays[l + 1][idx]] if l + 1 < n_lev else "root"
-        parent["root"] = None
+                parent[node] = per_level[l + 1][arrays[l + 1][idx]] if l + 1 < n_lev else root
+        parent[root] = None
         return cls(parent, leaves=leaves, level_spec=list(zip(lnames, per_level, strict=True)))
 
     # ------------------------------------------------------------------ files
