@@ -1,0 +1,252 @@
+"""Compare distances and sweep hyper-parameters: train, evaluate, summarise, render.
+
+``run_compare`` trains every distance (``"none"`` = plain cross-entropy) on the same data for the
+same seeds, evaluates each run (``otcpcc.evaluate.evaluate_run``), writes ``summary.json`` and
+renders the report (``otcpcc.report.render_report``). ``run_sweep`` trains a grid over λ and batch
+size and writes ``sweep.csv`` and ``sweep.png``.
+
+Layout::
+
+    out/summary.json, report.md, report.html, *.png      (compare)
+    out/<distance>/seed<k>/                              (one run directory per distance and seed)
+    out/sweep.csv, sweep.png, lam<λ>_bs<B>/              (sweep)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import TrainConfig, canonical_distance
+from .report import _is_number, aggregate_runs, render_report
+
+# the summary's leading keys, in this order; every other evaluation metric follows
+_FIRST_KEYS = ("fine_acc", "test_cpcc_l2", "test_cpcc_emd", "test_cpcc_own", "mistake_severity",
+               "expected_cost")
+
+
+def _as_config(cfg: TrainConfig | Mapping[str, Any]) -> TrainConfig:
+    if isinstance(cfg, TrainConfig):
+        cfg.validate()
+        return cfg
+    return TrainConfig.from_dict(dict(cfg))
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ValueError(f"{out} already exists and is not empty; pass --force to overwrite it "
+                         "or choose another --out")
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into ``parent_child`` keys, keeping scalars (numbers, strings, bools,
+    ``None``); lists and arrays are dropped (they stay in each run's ``eval.json``). Non-finite
+    numbers become ``None`` so that the JSON stays valid."""
+    flat: dict[str, Any] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, prefix=f"{name}_"))
+        elif isinstance(value, (bool, str)) or value is None:
+            flat[name] = value
+        elif _is_number(value):
+            v = float(value) if isinstance(value, (float, np.floating)) else int(value)
+            flat[name] = v if math.isfinite(v) else None
+    return flat
+
+
+def _train_time(run_dir: Path) -> float | None:
+    """Training seconds: ``train_time_s`` of ``run_dir/metrics.json``, else the sum of the
+    ``epoch_time`` column of ``run_dir/log.csv``; ``None`` when neither is there."""
+    try:
+        value = json.loads((run_dir / "metrics.json").read_text()).get("train_time_s")
+        if _is_number(value):
+            return float(value)
+    except (OSError, ValueError, AttributeError):
+        pass
+    path = run_dir / "log.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        times = [r.get("epoch_time") for r in csv.DictReader(f)]
+    try:
+        return float(sum(float(t) for t in times if t not in (None, "")))
+    except ValueError:
+        return None
+
+
+def run_row(run_dir: Path, metrics: Mapping[str, Any], **ids: Any) -> dict[str, Any]:
+    """One summary row: ``ids`` (distance, seed, …), ``fine_acc`` (= ``fine_top1``), the leading
+    metrics (``test_cpcc_own`` = evaluate's ``test_cpcc``, TestCPCC under the run's own
+    distance), every other flattened metric, and ``train_time_s`` (see :func:`_train_time`)."""
+    flat = flatten_metrics(metrics)
+    flat["fine_acc"] = flat.get("fine_top1")
+    if "test_cpcc_own" not in flat and "test_cpcc" in flat:  # evaluate's own-distance TestCPCC
+        flat["test_cpcc_own"] = flat["test_cpcc"]
+    row: dict[str, Any] = dict(ids)
+    row.update({k: flat.get(k) for k in _FIRST_KEYS})
+    row.update({k: v for k, v in flat.items() if k not in row})
+    row["train_time_s"] = _train_time(run_dir)
+    return row
+
+
+def _eval_device(cfg: TrainConfig) -> str:
+    if cfg.device != "auto":
+        return cfg.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: bool,
+                        cost_matrix: Any) -> dict[str, Any]:
+    from .evaluate import evaluate_run
+    from .train import train
+
+    run_dir = Path(train(cfg, run_dir, force=force, progress=progress))
+    return {"run_dir": run_dir,
+            "metrics": evaluate_run(run_dir, cost_matrix=cost_matrix, device=_eval_device(cfg))}
+
+
+def run_compare(base_cfg: TrainConfig | Mapping[str, Any], distances: Sequence[str], seeds: int,
+                out: str | os.PathLike, force: bool = False, progress: bool = True,
+                cost_matrix: Any = None) -> Path:
+    """Train and evaluate every distance for ``seeds`` seeds, summarise and render the report.
+
+    Each distance ``d`` (canonical name; ``"none"`` = plain cross-entropy; λ from ``base_cfg``)
+    trains with seeds ``base_cfg.seed … base_cfg.seed + seeds − 1`` into ``out/d/seed<k>``, so
+    every distance sees the same data and initial seeds. ``out/summary.json`` holds
+    ``{"runs": [row per run], "aggregate": [mean/std per distance]}`` (rows: see :func:`run_row`);
+    then :func:`otcpcc.report.render_report` writes ``report.md``, ``report.html`` and figures.
+    An ``out`` that exists and is not empty raises ``ValueError`` unless ``force``. Returns ``out``.
+    """
+    cfg = _as_config(base_cfg)
+    names = list(dict.fromkeys(canonical_distance(d) for d in distances))
+    if not names:
+        raise ValueError("no distances to compare; pass e.g. --distances none,l2,fastft")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive integer, got {seeds!r}; pass --seeds 1 or more")
+    out = Path(out)
+    _check_out(out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, run_dirs = [], {}
+    total, done = len(names) * seeds, 0
+    for dist in names:
+        run_dirs[dist] = []
+        for seed in range(cfg.seed, cfg.seed + seeds):
+            done += 1
+            _say(progress, f"[compare {done}/{total}] distance={dist} seed={seed}")
+            res = _train_and_evaluate(cfg.replace(distance=dist, seed=seed),
+                                      out / dist / f"seed{seed}", force, progress, cost_matrix)
+            run_dirs[dist].append(res["run_dir"])
+            lam = cfg.lam if dist != "none" else 0.0
+            runs.append(run_row(res["run_dir"], res["metrics"], distance=dist, seed=seed, lam=lam))
+    summary = {"runs": runs, "aggregate": aggregate_runs(runs)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    render_report(out, summary, run_dirs)
+    _say(progress, f"[compare] wrote {out / 'summary.json'} and {out / 'report.html'}")
+    return out
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Rows to CSV: columns = union of keys in first-appearance order; ``None`` → empty cell."""
+    cols: list[str] = []
+    for row in rows:
+        cols += [k for k in row if k not in cols]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in cols})
+
+
+def _val(row: Mapping[str, Any], key: str) -> float:
+    v = row.get(key)
+    return float(v) if _is_number(v) else float("nan")
+
+
+def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """2×2 figure: TestCPCC (emd solid, ℓ2 dashed) and fine accuracy, against λ (one line per
+    batch size) and against batch size (one line per λ)."""
+    from .report import _pyplot, _save
+
+    plt = _pyplot()
+    lams = sorted({float(r["lam"]) for r in rows})
+    sizes = sorted({int(r["batch_size"]) for r in rows})
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    panels = ((0, "test_cpcc_emd", "TestCPCC"), (1, "fine_acc", "fine accuracy"))
+    for r, key, label in panels:
+        for col, (xkey, xs, gkey, groups) in enumerate(
+                (("lam", lams, "batch_size", sizes), ("batch_size", sizes, "lam", lams))):
+            ax = axes[r][col]
+            for i, g in enumerate(groups):
+                sel = sorted((x for x in rows if float(x[gkey]) == g), key=lambda x: x[xkey])
+                xv = [float(x[xkey]) for x in sel]
+                name = f"B={g:g}" if gkey == "batch_size" else f"λ={g:g}"
+                ax.plot(xv, [_val(x, key) for x in sel], "o-", color=cmap(i % 10), label=name)
+                if key == "test_cpcc_emd":
+                    ax.plot(xv, [_val(x, "test_cpcc_l2") for x in sel], "s--",
+                            color=cmap(i % 10), alpha=0.6)
+            ax.set_xlabel("λ" if xkey == "lam" else "batch size")
+            ax.set_ylabel(label + (" (emd solid, l2 dashed)" if key == "test_cpcc_emd" else ""))
+            if xkey == "lam" and len(xs) > 1 and min(xs) >= 0 and max(xs) > 0:
+                positive = [x for x in xs if x > 0]
+                ax.set_xscale("symlog", linthresh=min(positive))
+            if xkey == "batch_size" and len(xs) > 1:
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(xs, [str(int(x)) for x in xs])
+                ax.minorticks_off()
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def run_sweep(base_cfg: TrainConfig | Mapping[str, Any], lams: Sequence[float],
+              batch_sizes: Sequence[int], out: str | os.PathLike, force: bool = False,
+              progress: bool = True) -> Path:
+    """Train and evaluate every (λ, batch size) pair with ``base_cfg``'s distance and seed.
+
+    Runs go to ``out/lam<λ>_bs<B>``; ``out/sweep.csv`` has one row per pair (lam, batch_size,
+    fine_acc, test_cpcc_l2, test_cpcc_emd, mistake_severity, expected_cost, then every other
+    evaluation metric) and ``out/sweep.png`` plots TestCPCC and accuracy against each. The
+    distance must not be ``"none"`` (λ would have no effect). Returns ``out``.
+    """
+    cfg = _as_config(base_cfg)
+    if cfg.distance == "none":
+        raise ValueError("sweep needs a CPCC distance, λ has no effect with distance none; "
+                         "pass e.g. --distance fastft")
+    lams = list(dict.fromkeys(float(x) for x in lams))
+    batch_sizes = list(dict.fromkeys(batch_sizes))
+    if not lams or not batch_sizes:
+        raise ValueError("sweep needs at least one λ and one batch size; pass --lams and "
+                         "--batch-sizes")
+    grid = [cfg.replace(lam=lam, batch_size=bs) for lam in lams for bs in batch_sizes]  # validate
+    out = Path(out)
+    _check_out(out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, c in enumerate(grid, 1):
+        _say(progress, f"[sweep {i}/{len(grid)}] lam={c.lam:g} batch_size={c.batch_size}")
+        res = _train_and_evaluate(c, out / f"lam{c.lam:g}_bs{c.batch_size}", force, progress,
+                                  None)
+        row = run_row(res["run_dir"], res["metrics"], lam=c.lam, batch_size=c.batch_size)
+        rows.append({**row, "distance": c.distance, "seed": c.seed})
+    write_csv(rows, out / "sweep.csv")
+    plot_sweep(rows, out / "sweep.png")
+    _say(progress, f"[sweep] wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")
+    return out

@@ -1,0 +1,424 @@
+"""Report rendering and the compare/sweep drivers.
+
+Numbers in the fabricated summary are chosen so that means, standard deviations, the best cell
+per column and the return-on-investment line can be worked out by hand (see each test).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from otcpcc import LabelTree, compare, report
+
+# ------------------------------------------------------------------ fabricated data
+# none:   fine_acc 0.80, 0.82 -> 0.81 ± 0.01414; severity 3.0, 3.2 -> 3.10; cost 1.0, 1.4 -> 1.20
+# fastft: fine_acc 0.79, 0.81 -> 0.80 ± 0.01414; severity 2.5, 2.7 -> 2.60 ± 0.1414; cost 1.0, 1.0
+# l2:     one seed, fine_acc 0.83 (best), severity None (no mistakes, must be skipped) ...
+RUNS = [
+    {"distance": "none", "seed": 0, "fine_acc": 0.80, "test_cpcc_l2": 0.20, "test_cpcc_emd": 0.10,
+     "mistake_severity": 3.0, "expected_cost": 1.0, "hier_dist@1": 0.6, "map_fine": 0.5,
+     "level1_acc": 0.90, "recommendation": "l2"},
+    {"distance": "none", "seed": 1, "fine_acc": 0.82, "test_cpcc_l2": 0.30, "test_cpcc_emd": 0.20,
+     "mistake_severity": 3.2, "expected_cost": 1.4, "hier_dist@1": 0.8, "map_fine": 0.5,
+     "level1_acc": 0.92, "recommendation": "l2"},
+    {"distance": "fastft", "seed": 0, "fine_acc": 0.79, "test_cpcc_l2": 0.80, "test_cpcc_emd": 0.85,
+     "mistake_severity": 2.5, "expected_cost": 1.0, "hier_dist@1": 0.5, "map_fine": 0.7,
+     "level1_acc": 0.95, "recommendation": "ot"},
+    {"distance": "fastft", "seed": 1, "fine_acc": 0.81, "test_cpcc_l2": 0.90, "test_cpcc_emd": 0.95,
+     "mistake_severity": 2.7, "expected_cost": 1.0, "hier_dist@1": 0.5, "map_fine": 0.6,
+     "level1_acc": 0.95, "recommendation": "ot"},
+    {"distance": "l2", "seed": 0, "fine_acc": 0.83, "test_cpcc_l2": 0.95, "test_cpcc_emd": 0.70,
+     "mistake_severity": None, "expected_cost": 0.9, "hier_dist@1": 0.55, "map_fine": 0.65,
+     "level1_acc": 0.95, "recommendation": "ot"},
+]
+
+LEVELS = [np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 0, 0, 1, 1])]  # 6 leaves, mid, top
+
+
+def _tree() -> LabelTree:
+    return LabelTree.from_levels(LEVELS)
+
+
+def _features(seed: int = 0, n_per_class: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(6), n_per_class)
+    centers = np.array([[0, 0], [1, 0], [0, 4], [1, 4], [9, 0], [10, 0]], dtype=float)
+    x = np.concatenate([centers[y], rng.normal(size=(len(y), 3))], axis=1) + rng.normal(
+        scale=0.1, size=(len(y), 5))
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def _write_log(path: Path, epochs: int, offset: float) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "loss", "ce", "cpcc", "train_acc", "test_acc", "lr", "epoch_time"])
+        for e in range(1, epochs + 1):
+            w.writerow([e, 2 / e + offset, 1.5 / e, 0.5 / e, 1 - 0.5 / e, 0.9 - 0.5 / e, 0.1, 0.25])
+
+
+def _fake_run(path: Path, offset: float = 0.0) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    _tree().to_file(path / "tree.json", format="json")
+    _write_log(path / "log.csv", 4, offset)
+    return path
+
+
+@pytest.fixture
+def fake_features(monkeypatch):
+    """collect_features without a checkpoint: deterministic features from the run's name."""
+    calls = []
+
+    def collect(run_dir, split="test"):
+        calls.append((Path(run_dir).name, split))
+        return _features(seed=len(calls))
+
+    monkeypatch.setattr(report, "collect_features", collect)
+    return calls
+
+
+class StrictHTML(HTMLParser):
+    """Records tags, checks that every end tag closes the innermost open element."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.errors, self.tags = [], [], []
+        self.cells: list[list[tuple[str, bool]]] = []  # table rows of (text, bold)
+        self._row = None
+        self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+        if tag == "tr":
+            self._row = []
+        if tag in ("td", "th"):
+            self._cell = ["", False]
+        if tag == "strong" and self._cell is not None:
+            self._cell[1] = True
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:]}")
+        else:
+            self.stack.pop()
+        if tag in ("td", "th"):
+            self._row.append((self._cell[0], self._cell[1]))
+            self._cell = None
+        if tag == "tr":
+            self.cells.append(self._row)
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[0] += data
+
+
+def _md_table(text: str) -> tuple[list[str], dict[str, list[str]]]:
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        rows[cells[0]] = cells
+    return header, rows
+
+
+# ------------------------------------------------------------------ numbers
+def test_metric_direction():
+    for name in ("fine_acc", "fine_top2", "level1_acc", "test_cpcc_emd", "map_fine", "map_level1"):
+        assert report.metric_direction(name) == "max", name
+    for name in ("mistake_severity", "hier_dist@1", "hier_dist@5", "expected_cost"):
+        assert report.metric_direction(name) == "min", name
+    for name in ("train_time_s", "multimodality_mean_components", "lam"):
+        assert report.metric_direction(name) is None, name
+
+
+def test_aggregate_matches_numpy_and_skips_missing():
+    agg = {r["distance"]: r for r in report.aggregate_runs(RUNS)}
+    assert list(agg) == ["none", "fastft", "l2"]
+    assert agg["none"]["n_runs"] == 2 and agg["l2"]["n_runs"] == 1
+    assert agg["none"]["fine_acc_mean"] == pytest.approx(0.81)
+    assert agg["none"]["fine_acc_std"] == pytest.approx(np.std([0.80, 0.82], ddof=1))
+    assert agg["fastft"]["mistake_severity_mean"] == pytest.approx(2.6)
+    assert agg["fastft"]["mistake_severity_std"] == pytest.approx(math.sqrt(0.02))
+    assert agg["l2"]["fine_acc_mean"] == 0.83 and agg["l2"]["fine_acc_std"] is None  # one seed
+    assert agg["l2"]["mistake_severity_mean"] is None  # no finite value
+    assert "seed_mean" not in agg["none"] and "recommendation_mean" not in agg["none"]
+    # a run with a NaN/None among finite ones: mean over the finite ones only
+    mixed = report.aggregate_runs([{"distance": "a", "x": v} for v in (1.0, None, np.nan, 3.0)])
+    assert mixed[0]["x_mean"] == 2.0 and mixed[0]["x_std"] == pytest.approx(math.sqrt(2))
+    with pytest.raises(ValueError, match="distance"):
+        report.aggregate_runs([{"x": 1.0}])
+
+
+def test_roi_hand_worked():
+    # severity 3.10 -> 2.60: -0.5 / 3.1 = -16.13 %; cost 1.20 -> 1.00: -16.67 %;
+    # accuracy 0.81 -> 0.80: -1.0 point; TestCPCC(emd) 0.15 -> 0.90
+    agg = {r["distance"]: r for r in report.aggregate_runs(RUNS)}
+    r = report.roi(agg["none"], agg["fastft"])
+    assert r["severity_change"] == pytest.approx(-0.5 / 3.1)
+    assert r["cost_change"] == pytest.approx(-0.2 / 1.2)
+    assert r["acc_points"] == pytest.approx(-1.0)
+    line = report.roi_line("fastft", agg["none"], agg["fastft"])
+    assert line == ("fastft: mistake severity 3.10 → 2.60 (−16%), expected cost 1.20 → 1.00 "
+                    "(−17%) at fine accuracy −1.0 points; TestCPCC(emd) 0.15 → 0.90")
+    # missing severity (l2 made no mistakes) and a zero baseline give n/a, never a crash
+    line_l2 = report.roi_line("l2", agg["none"], agg["l2"])
+    assert "mistake severity 3.10 → – (n/a)" in line_l2
+    assert "expected cost 1.20 → 0.90 (−25%)" in line_l2 and "+2.0 points" in line_l2
+    zero = report.roi({"expected_cost_mean": 0.0}, {"expected_cost_mean": 1.0})
+    assert math.isnan(zero["cost_change"])
+    assert report.roi_lines([{"distance": "fastft"}])[0].startswith("No `none` run")
+
+
+def test_best_rows_ties_and_directions():
+    agg = [{"distance": "a", "x_acc_mean": 0.5, "expected_cost_mean": 2.0},
+           {"distance": "b", "x_acc_mean": 0.7, "expected_cost_mean": 1.0},
+           {"distance": "c", "x_acc_mean": 0.7, "expected_cost_mean": None}]
+    assert report.best_rows(agg, "x_acc") == {1, 2}
+    assert report.best_rows(agg, "expected_cost") == {1}
+    assert report.best_rows(agg, "train_time_s") == set()
+
+
+# ------------------------------------------------------------------ the report files
+def test_render_report_files(tmp_path, fake_features):
+    summary = {"runs": RUNS, "aggregate": report.aggregate_runs(RUNS)}
+    run_dirs = {"none": [_fake_run(tmp_path / "none" / "seed0"),
+                         _fake_run(tmp_path / "none" / "seed1", 0.1)],
+                "fastft": [_fake_run(tmp_path / "fastft" / "seed0")],
+                "l2": _fake_run(tmp_path / "l2" / "seed0")}
+    out = tmp_path / "out"
+    report.render_report(out, summary, run_dirs)
+    # one feature collection per method (first seed), on the test split
+    assert fake_features == [("seed0", "test")] * 3
+
+    md = (out / "report.md").read_text()
+    header, rows = _md_table(md)
+    # accuracies first, then CPCC, mAP, costs; identifiers and strings are not columns
+    assert header == ["method", "runs", "fine_acc", "level1_acc", "test_cpcc_l2", "test_cpcc_emd",
+                      "map_fine", "mistake_severity", "hier_dist@1", "expected_cost"]
+    col = {name: i for i, name in enumerate(header)}
+    assert rows["none"][col["fine_acc"]] == "0.810 ± 0.014"
+    assert rows["l2"][col["fine_acc"]] == "**0.830**"  # highest accuracy; one seed: no std
+    assert rows["fastft"][col["mistake_severity"]] == "**2.600 ± 0.141**"  # lowest severity
+    assert rows["l2"][col["mistake_severity"]] == "–"
+    assert rows["l2"][col["expected_cost"]] == "**0.900**"
+    assert rows["fastft"][col["test_cpcc_emd"]] == "**0.900 ± 0.071**"
+    assert rows["l2"][col["test_cpcc_l2"]] == "**0.950**"
+    assert rows["fastft"][col["map_fine"]] == "**0.650 ± 0.071**"
+    assert rows["l2"][col["map_fine"]] == "**0.650**"  # tie: both marked
+    assert rows["none"][col["map_fine"]] == "0.500 ± 0.000"
+    for r in rows.values():  # exactly the expected bold cells, nothing else
+        bold = {header[i] for i, c in enumerate(r) if c.startswith("**")}
+        expected = {"none": set(), "fastft": {"test_cpcc_emd", "mistake_severity",
+                                              "hier_dist@1", "map_fine", "level1_acc"},
+                    "l2": {"fine_acc", "test_cpcc_l2", "expected_cost", "map_fine", "level1_acc"}}
+        assert bold == expected[r[0]], r[0]
+    assert ("fastft: mistake severity 3.10 → 2.60 (−16%), expected cost 1.20 → 1.00 (−17%) "
+            "at fine accuracy −1.0 points") in md
+    for f in report.FIGURES:
+        assert f"({f})" in md
+
+    parser = StrictHTML()
+    parser.feed((out / "report.html").read_text())
+    parser.close()
+    assert parser.errors == [] and parser.stack == []
+    assert "table" in parser.tags and parser.tags.count("img") == 4
+    head = [t for t, _ in parser.cells[0]]
+    assert head == header
+    html_rows = {r[0][0]: r for r in parser.cells[1:]}
+    assert html_rows["fastft"][col["mistake_severity"]] == ("2.600 ± 0.141", True)
+    assert html_rows["none"][col["mistake_severity"]] == ("3.100 ± 0.141", False)
+    assert html_rows["l2"][col["fine_acc"]] == ("0.830", True)
+
+    for f in report.FIGURES:
+        img = imread(out / f)
+        assert img.shape[0] > 150 and img.shape[1] > 300, f
+        assert img[..., :3].std() > 0.05, f  # not a blank canvas
+
+
+def test_render_report_without_runs_dirs(tmp_path):
+    report.render_report(tmp_path, {"runs": RUNS}, {})  # aggregate recomputed, no figures
+    md = (tmp_path / "report.md").read_text()
+    assert "| fastft | 2 |" in md and "![" not in md
+    assert not (tmp_path / "heatmaps.png").exists()
+    with pytest.raises(ValueError, match="runs"):
+        report.render_report(tmp_path, {}, {})
+
+
+def test_learned_distance_matrix_is_class_mean_distance():
+    x, y = _features()
+    y = np.where(y == 3, 2, y)  # class 3 absent
+    d = report.learned_distance_matrix(x, y, 6)
+    means = {c: x[y == c].astype(np.float64).mean(0) for c in (0, 1, 2, 4, 5)}
+    for a in means:
+        for b in means:
+            assert d[a, b] == pytest.approx(np.linalg.norm(means[a] - means[b]), abs=1e-4)
+    assert np.isnan(d[3]).all() and np.isnan(d[:, 3]).all()
+
+
+def test_tree_leaf_order_groups_siblings():
+    order = list(report.tree_leaf_order(_tree().distance_matrix()))
+    pos = {leaf: i for i, leaf in enumerate(order)}
+    for a, b in ((0, 1), (2, 3), (4, 5)):
+        assert abs(pos[a] - pos[b]) == 1  # siblings adjacent
+    assert {pos[4], pos[5]} in ({0, 1}, {4, 5})  # the other top-level branch at one end
+
+
+def test_read_log_and_subsample(tmp_path):
+    _write_log(tmp_path / "log.csv", 3, 0.0)
+    log = report.read_log(tmp_path / "log.csv")
+    np.testing.assert_allclose(log["loss"], [2.0, 1.0, 2 / 3])
+    idx = report.subsample(5000, 1000, seed=1)
+    assert len(idx) == 1000 and len(set(idx)) == 1000 and np.all(np.diff(idx) > 0)
+    np.testing.assert_array_equal(report.subsample(10, 1000), np.arange(10))
+
+
+# ------------------------------------------------------------------ compare / sweep drivers
+def _fake_train_eval(tmp_log):
+    """Stand-in for train + evaluate: metrics depend on (distance, seed, lam, batch size)."""
+    def fake(cfg, run_dir, force, progress, cost_matrix):
+        tmp_log.append((cfg.distance, cfg.seed, cfg.lam, cfg.batch_size, force))
+        _fake_run(Path(run_dir))
+        gain = 0.0 if cfg.distance == "none" else 0.1 * cfg.lam
+        own = "l2" if cfg.distance == "none" else cfg.distance
+        return {"run_dir": Path(run_dir), "metrics": {  # the shape of evaluate_run's result
+            "split": "test", "n": 120, "num_classes": 6, "epoch": 1, "distance": cfg.distance,
+            "lam": cfg.lam, "seed": cfg.seed, "cost_matrix": "tree distance",
+            "fine_acc": 0.8 + 0.01 * cfg.seed - 0.001 * cfg.batch_size / 64,
+            "fine_top1": 0.8 + 0.01 * cfg.seed - 0.001 * cfg.batch_size / 64,
+            "fine_top2": 0.9, "level1_acc": 0.9,
+            "test_cpcc_l2": 0.2 + gain, "test_cpcc_emd": 0.1 + gain, f"test_cpcc_{own}": 0.3,
+            "test_cpcc": 0.3, "test_cpcc_distance": own,
+            "cpcc_subsample": {"emd": {"max_per_class": 100, "n": 600, "of": 1200, "seed": 0}},
+            "mistake_severity": 3.0 - gain, "hier_dist@1": 0.5, "hier_dist@5": 2.0,
+            "expected_cost": 1.0 - gain / 2, "map_fine": 0.5,
+            "multimodality": {"mean_components": 2.5, "per_class": [2, 3],
+                              "recommendation": "ot"},
+            "nan_metric": float("nan")}}
+    return fake
+
+
+def test_run_compare_summary(tmp_path, monkeypatch, fake_features):
+    calls = []
+    monkeypatch.setattr(compare, "_train_and_evaluate", _fake_train_eval(calls))
+    cfg = {"data": "synthetic", "seed": 3, "lam": 2.0, "epochs": 1}
+    out = compare.run_compare(cfg, ["none", "fft", "fastft"], seeds=2, out=tmp_path / "cmp",
+                              progress=False)
+    assert [(c[0], c[1]) for c in calls] == [("none", 3), ("none", 4), ("fastft", 3),
+                                             ("fastft", 4)]  # alias deduplicated, same seeds
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"runs", "aggregate"}
+    run = summary["runs"][2]
+    assert list(run)[:9] == ["distance", "seed", "lam", "fine_acc", "test_cpcc_l2",
+                             "test_cpcc_emd", "test_cpcc_own", "mistake_severity", "expected_cost"]
+    assert run["distance"] == "fastft" and run["seed"] == 3 and run["lam"] == 2.0
+    assert run["fine_acc"] == run["fine_top1"] == pytest.approx(0.8 + 0.03 - 0.004)
+    assert run["mistake_severity"] == pytest.approx(2.8)
+    assert run["multimodality_mean_components"] == 2.5
+    assert run["multimodality_recommendation"] == "ot"
+    assert "multimodality_per_class" not in run and run["nan_metric"] is None
+    assert run["train_time_s"] == pytest.approx(1.0)  # 4 epochs x 0.25 s in the fake log
+    assert run["test_cpcc_own"] == run["test_cpcc"] == run["test_cpcc_fastft"] == 0.3
+    assert run["cpcc_subsample_emd_n"] == 600 and run["test_cpcc_distance"] == "fastft"
+    assert summary["runs"][0]["lam"] == 0.0  # flat CE
+    agg = {a["distance"]: a for a in summary["aggregate"]}
+    assert agg["fastft"]["fine_acc_mean"] == pytest.approx(0.8 + 0.035 - 0.004)
+    assert agg["fastft"]["fine_acc_std"] == pytest.approx(np.std([0.826, 0.836], ddof=1))
+    for name in ("report.md", "report.html", *report.FIGURES):
+        assert (out / name).is_file(), name
+    md = (out / "report.md").read_text()
+    assert "fastft: mistake severity 3.00 → 2.80 (−7%)" in md
+    header, rows = _md_table(md)
+    assert header == ["method", "runs", "fine_acc", "fine_top2", "level1_acc", "test_cpcc_l2",
+                      "test_cpcc_emd", "test_cpcc_own", "map_fine", "mistake_severity",
+                      "hier_dist@1", "hier_dist@5", "expected_cost",
+                      "multimodality_mean_components", "train_time_s"]
+    assert not rows["none"][header.index("test_cpcc_own")].startswith("**")  # no direction
+    assert not rows["fastft"][header.index("test_cpcc_own")].startswith("**")
+
+    with pytest.raises(ValueError, match="--force"):
+        compare.run_compare(cfg, ["none"], seeds=1, out=out, progress=False)
+    compare.run_compare(cfg, ["none"], seeds=1, out=out, force=True, progress=False)
+    assert calls[-1][-1] is True  # force reaches train
+    with pytest.raises(ValueError, match="unknown distance"):
+        compare.run_compare(cfg, ["nope"], seeds=1, out=tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match="seeds"):
+        compare.run_compare(cfg, ["none"], seeds=0, out=tmp_path / "x", progress=False)
+
+
+def test_run_sweep_csv_and_plot(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(compare, "_train_and_evaluate", _fake_train_eval(calls))
+    cfg = {"data": "synthetic", "distance": "fastft", "epochs": 1}
+    out = compare.run_sweep(cfg, [0.0, 0.5, 2.0], [32, 64], tmp_path / "sw", progress=False)
+    assert len(calls) == 6
+    with open(out / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:8] == ["lam", "batch_size", "fine_acc", "test_cpcc_l2", "test_cpcc_emd",
+                                 "test_cpcc_own", "mistake_severity", "expected_cost"]
+    by = {(float(r["lam"]), int(r["batch_size"])): r for r in rows}
+    assert set(by) == {(lam, b) for lam in (0.0, 0.5, 2.0) for b in (32, 64)}
+    assert float(by[(2.0, 32)]["test_cpcc_emd"]) == pytest.approx(0.3)
+    assert float(by[(0.5, 64)]["fine_acc"]) == pytest.approx(0.799)
+    assert (out / "lam0.5_bs64").is_dir()
+    img = imread(out / "sweep.png")
+    assert img.shape[0] > 300 and img[..., :3].std() > 0.05
+    with pytest.raises(ValueError, match="distance none"):
+        compare.run_sweep({"distance": "none"}, [1.0], [32], tmp_path / "s2", progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        compare.run_sweep(cfg, [1.0], [0], tmp_path / "s3", progress=False)
+    with pytest.raises(ValueError, match="lambda"):
+        compare.run_sweep(cfg, [-1.0], [32], tmp_path / "s4", progress=False)
+
+
+# ------------------------------------------------------------------ end to end (real training)
+TINY = dict(data="synthetic", data_options={"branching": [2, 3], "train_per_class": 12,
+                                            "test_per_class": 6},
+            epochs=1, batch_size=16, model_options={"hidden": [32, 16]}, device="cpu")
+
+
+@pytest.mark.slow
+def test_compare_and_sweep_end_to_end(tmp_path):
+    out = compare.run_compare(TINY, ["none", "fastft"], seeds=1, out=tmp_path / "cmp",
+                              progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["distance"], r["seed"]) for r in summary["runs"]] == [("none", 0), ("fastft", 0)]
+    for run, name in zip(summary["runs"], ("none", "fastft"), strict=True):
+        ev = json.loads((out / name / "seed0" / "eval.json").read_text())
+        for key in ("fine_acc", "test_cpcc_l2", "test_cpcc_emd", "mistake_severity",
+                    "expected_cost", "hier_dist@1", "hier_dist@5", "map_fine"):
+            assert run[key] == pytest.approx(ev[key], nan_ok=True), key
+        assert run["fine_acc"] == ev["fine_top1"]
+        assert run["multimodality_mean_components"] == ev["multimodality"]["mean_components"]
+        assert run["train_time_s"] > 0
+    assert [a["distance"] for a in summary["aggregate"]] == ["none", "fastft"]
+    md = (out / "report.md").read_text()
+    assert "fastft: mistake severity" in md and "| none | 1 |" in md
+    for f in report.FIGURES:
+        assert imread(out / f).shape[0] > 150, f
+    # collect_features reproduces the model's test features (6 classes x 6 test samples)
+    x, y = report.collect_features(out / "fastft" / "seed0")
+    assert x.shape[0] == y.shape[0] == 36 and x.dtype == np.float32
+    np.testing.assert_array_equal(np.bincount(y), [6] * 6)
+
+    sw = compare.run_sweep({**TINY, "distance": "fastft"}, [0.0, 1.0], [16], tmp_path / "sw",
+                           progress=False)
+    with open(sw / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(float(r["lam"]), int(r["batch_size"])) for r in rows] == [(0.0, 16), (1.0, 16)]
+    ev = json.loads((sw / "lam1_bs16" / "eval.json").read_text())
+    assert float(rows[1]["test_cpcc_emd"]) == pytest.approx(ev["test_cpcc_emd"])
+    assert imread(sw / "sweep.png").shape[0] > 300
