@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -40,7 +41,7 @@ def pearson(t: Tensor, r: Tensor) -> Tensor | None:
 def _tree_matrix(tree: Any) -> Tensor:
     if not hasattr(tree, "distance_matrix"):
         raise ValueError(f"expected a LabelTree (with distance_matrix()), got {type(tree).__name__}")
-    return torch.as_tensor(tree.distance_matrix(), dtype=torch.float64)
+    return torch.tensor(np.asarray(tree.distance_matrix()), dtype=torch.float64)
 
 
 def _check_labels(labels: Tensor, num_leaves: int) -> None:

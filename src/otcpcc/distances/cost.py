@@ -9,12 +9,12 @@ gradient is the constant-plan (envelope-theorem) formula
 
 taken as 0 where two samples coincide (never NaN).
 
-Two evaluation paths give the same values:
+Two evaluation paths give the same values (switch at ``MATRIX_MAX_N`` samples):
 
-* ``"matrix"``: one [N, N] Euclidean distance matrix from a Gram product (fast for N up to a few
-  thousand: O(N²d) in BLAS), then one gather; backward is one scatter and two products.
-* ``"rows"``: only the needed rows, in chunks, inside a custom autograd function that recomputes
-  differences in backward: memory O(chunk·d) whatever N and the number of entries; O(S·d) time.
+* small N: one [N, N] Gram product gives every distance (O(N²d) in BLAS), entries near zero are
+  recomputed directly; backward is one scatter into [N, N] and one product.
+* large N: only the needed rows, in chunks, recomputed in backward: memory O(chunk·d) whatever N
+  and the number of entries; O(S·d) time.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def cost_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _scale(x: Tensor) -> Tensor:
+def feature_scale(x: Tensor) -> Tensor:
     """A detached positive scalar c with max|x/c| = 1, so squares neither overflow nor underflow."""
     c = x.detach().abs().amax()
     return torch.where(torch.isfinite(c) & (c > 0), c, torch.ones_like(c))
@@ -45,11 +45,11 @@ def _scale(x: Tensor) -> Tensor:
 
 def pairwise_distances(x: Tensor) -> Tensor:
     """[N, d] -> [N, N] Euclidean distances via the Gram matrix (scale-normalised, zero diagonal)."""
-    c = _scale(x)
+    c = feature_scale(x)
     xs = x / c
     sq = (xs * xs).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * (xs @ xs.T)).clamp_min(0)
-    d2 = d2 * (1 - torch.eye(x.shape[0], dtype=x.dtype, device=x.device))
+    d2.fill_diagonal_(0)
     return safe_sqrt(d2) * c
 
 
@@ -60,21 +60,43 @@ def _chunks(n: int, d: int):
 
 
 def row_distances(x: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
-    """[S] ‖x[ia] − x[ib]‖₂ without autograd, in chunks of O(CHUNK_ELEMENTS) memory."""
+    """[S] ‖x[ia] − x[ib]‖₂ without autograd, exactly, in chunks of O(CHUNK_ELEMENTS) memory."""
     out = torch.empty(ia.shape[0], dtype=x.dtype, device=x.device)
-    c = _scale(x)
+    c = feature_scale(x)
     for sl in _chunks(ia.shape[0], x.shape[1]):
         diff = (x[ia[sl]] - x[ib[sl]]) / c
         out[sl] = (diff * diff).sum(1).sqrt() * c
     return out
 
 
-class _RowCost(torch.autograd.Function):
-    """rho = index_add(pair, mass * ‖x[ia] − x[ib]‖) with a recomputing, chunked backward."""
+def gather_distances(x: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
+    """[S] ‖x[ia] − x[ib]‖₂ without autograd, exact.
+
+    For N <= ``MATRIX_MAX_N`` the values come from one Gram product; entries small enough to
+    have lost digits to cancellation (below 1e-3 of the feature scale) are recomputed directly.
+    """
+    with torch.no_grad():
+        if x.shape[0] > MATRIX_MAX_N:
+            return row_distances(x, ia, ib)
+        vals = pairwise_distances(x)[ia, ib]
+        near = torch.nonzero(vals <= 1e-3 * feature_scale(x)).squeeze(1)
+        if near.numel():
+            vals[near] = row_distances(x, ia[near], ib[near])
+        return vals
+
+
+class _PlanCost(torch.autograd.Function):
+    r"""rho = index_add(pair, mass * ‖x[ia] − x[ib]‖) with the constant-plan gradient.
+
+    Backward uses :math:`C_{ab} = g_{t(s)} P_s / \lVert x_a - x_b \rVert` (0 where the samples
+    coincide): for N <= ``MATRIX_MAX_N`` as one dense product,
+    :math:`\nabla X = \operatorname{diag}((C + C^\top)\mathbf{1}) X - (C + C^\top) X`;
+    otherwise by recomputing differences in chunks (memory O(chunk · d)).
+    """
 
     @staticmethod
     def forward(ctx, x, ia, ib, mass, pair, num_pairs):  # noqa: D102
-        norms = row_distances(x, ia, ib)
+        norms = gather_distances(x, ia, ib)
         ctx.save_for_backward(x, ia, ib, mass, pair, norms)
         rho = torch.zeros(num_pairs, dtype=x.dtype, device=x.device)
         return rho.index_add_(0, pair, mass * norms)
@@ -82,9 +104,16 @@ class _RowCost(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_rho):  # noqa: D102
         x, ia, ib, mass, pair, norms = ctx.saved_tensors
-        grad_x = torch.zeros_like(x)
         w = grad_rho[pair] * mass
         coef = torch.where(norms > 0, w / torch.where(norms > 0, norms, 1), 0)
+        n = x.shape[0]
+        if n <= MATRIX_MAX_N:
+            C = torch.zeros(n * n, dtype=x.dtype, device=x.device)
+            C.index_add_(0, ia * n + ib, coef)
+            C = C.view(n, n)
+            C = C + C.T
+            return C.sum(1, keepdim=True) * x - C @ x, None, None, None, None, None
+        grad_x = torch.zeros_like(x)
         for sl in _chunks(ia.shape[0], x.shape[1]):
             g = coef[sl, None] * (x[ia[sl]] - x[ib[sl]])
             grad_x.index_add_(0, ia[sl], g)
@@ -99,7 +128,6 @@ def transport_cost(
     mass: Tensor,
     pair: Tensor,
     num_pairs: int,
-    mode: str = "auto",
 ) -> Tensor:
     r"""Costs of many sparse plans: :math:`\rho_t = \sum_{s:\,pair_s = t} P_s \lVert x_{a_s} - x_{b_s}\rVert_2`.
 
@@ -107,18 +135,10 @@ def transport_cost(
         x: [N, d] grouped features (any float dtype; costs are float32, float64 for float64 input).
         ia, ib: [S] long sample indices of each plan entry; mass: [S] entry masses (no grad);
         pair: [S] long pair index of each entry in ``[0, num_pairs)``.
-        mode: ``"matrix"``, ``"rows"`` or ``"auto"`` (matrix when N <= ``MATRIX_MAX_N``).
 
     Returns:
         [num_pairs] costs, differentiable w.r.t. ``x`` with the constant-plan gradient.
     """
-    if mode not in ("auto", "matrix", "rows"):
-        raise ValueError(f"unknown cost mode {mode!r}; use 'auto', 'matrix' or 'rows'")
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(cost_dtype(x))
-        mass = mass.to(x.dtype).detach()
-        if mode == "matrix" or (mode == "auto" and x.shape[0] <= MATRIX_MAX_N):
-            vals = pairwise_distances(x)[ia, ib]
-            rho = torch.zeros(num_pairs, dtype=x.dtype, device=x.device)
-            return rho.index_add(0, pair, mass * vals)
-        return _RowCost.apply(x, ia, ib, mass, pair, num_pairs)
+        return _PlanCost.apply(x, ia, ib, mass.to(x.dtype).detach(), pair, num_pairs)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cost import row_distances, transport_cost
+from .cost import gather_distances, transport_cost
 from .groups import ClassGroups
 from .weights import sample_weights
 
@@ -36,6 +36,11 @@ BRUTE_FORCE_MAX = 4
 
 
 def _solve_lp(a: np.ndarray, b: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """Optimal plan of one pair; M is rescaled to max 1 (the plan is scale-free, the solver's
+    tolerances are absolute)."""
+    top = M.max()
+    if top > 0:
+        M = M / top
     if _emd_c is not None:
         return _emd_c(a, b, np.ascontiguousarray(M), 100000, 1)[0]
     import ot
@@ -58,7 +63,7 @@ def _permutation_plans(sel, size, ea, eb, x, parts):
     b_idx = torch.as_tensor(eb[sel], device=x.device)[:, None] + torch.arange(size, device=x.device)
     ia = a_idx[:, :, None].expand(-1, -1, size).reshape(-1)
     ib = b_idx[:, None, :].expand(-1, size, -1).reshape(-1)
-    cost = row_distances(x, ia, ib).view(len(sel), size, size)  # [P, n, n]
+    cost = gather_distances(x, ia, ib).view(len(sel), size, size)  # [P, n, n]
     rows = torch.arange(size, device=x.device)
     total = cost[:, rows[None, :], perms].sum(-1)  # [P, n!]
     best = perms[total.argmin(1)].cpu().numpy()  # [P, n]
@@ -68,7 +73,7 @@ def _permutation_plans(sel, size, ea, eb, x, parts):
     parts.append((t, a_np.reshape(-1), b_np.reshape(-1), np.full(t.size, 1.0 / size)))
 
 
-def emd(x: Tensor, groups: ClassGroups, weights: str = "uniform", mode: str = "auto") -> Tensor:
+def emd(x: Tensor, groups: ClassGroups, weights: str = "uniform") -> Tensor:
     """[N, d] grouped features -> [pairs] exact OT costs (sparse plans, one gather)."""
     w = sample_weights(x, groups, weights)
     counts = np.asarray(groups.counts_host)
@@ -107,5 +112,5 @@ def emd(x: Tensor, groups: ClassGroups, weights: str = "uniform", mode: str = "a
 
     return transport_cost(
         x, as_long(ia), as_long(ib), torch.as_tensor(mass, device=dev), as_long(t),
-        groups.num_pairs, mode=mode,
+        groups.num_pairs,
     )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .cost import cost_dtype, row_distances, transport_cost
+from .cost import cost_dtype, gather_distances, transport_cost
 from .groups import ClassGroups
 
 
@@ -65,7 +65,6 @@ def sinkhorn(
     reg: float = 10.0,
     max_iter: int = 1000,
     tol: float | None = None,
-    mode: str = "auto",
 ) -> Tensor:
     """[N, d] grouped features -> [pairs] Sinkhorn transport costs ⟨M, P^ε⟩."""
     if not reg > 0:
@@ -81,10 +80,10 @@ def sinkhorn(
     ib_full = ib[:, None, :].expand(P, n_max, n_max)
     with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
         xd = x.detach().to(dtype)
-        M = row_distances(xd, ia_full.reshape(-1), ib_full.reshape(-1)).view(P, n_max, n_max)
+        M = gather_distances(xd, ia_full.reshape(-1), ib_full.reshape(-1)).view(P, n_max, n_max)
         plan = sinkhorn_plans(M, va, vb, float(reg), int(max_iter), float(tol))
     keep = va[:, :, None] & vb[:, None, :]
     pair = torch.arange(P, device=x.device)[:, None, None].expand(P, n_max, n_max)
     return transport_cost(
-        x, ia_full[keep], ib_full[keep], plan[keep], pair[keep], P, mode=mode
+        x, ia_full[keep], ib_full[keep], plan[keep], pair[keep], P
     )

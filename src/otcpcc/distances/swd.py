@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .cost import cost_dtype, safe_sqrt
+from .cost import cost_dtype, feature_scale, safe_sqrt
 from .groups import ClassGroups
 from .nwcorner import nw_plans_uniform
 
@@ -55,7 +55,8 @@ def swd(
             raise ValueError(
                 f"projections must be [d, L] with d = {x.shape[1]}, got {tuple(projections.shape)}"
             )
-        proj = x @ projections.to(device=x.device, dtype=x.dtype)  # [N, L]
+        c = feature_scale(x)  # work on x / c so that |gap|^p neither overflows nor underflows
+        proj = (x / c) @ projections.to(device=x.device, dtype=x.dtype)  # [N, L]
         # Sort every column within each class: by value, then (stably) by class.
         cls = groups.class_index()
         by_val = torch.argsort(proj.detach(), dim=0, stable=True)
@@ -67,4 +68,5 @@ def swd(
         gap = (ranked[ia] - ranked[ib]).abs().pow(p).mean(1)  # [E]
         wp = torch.zeros(groups.num_pairs, dtype=x.dtype, device=x.device)
         wp = wp.index_add(0, seg.pair, seg.mass * gap)
-        return safe_sqrt(wp) if p == 2 else torch.where(wp > 0, wp, 1).pow(1.0 / p) * (wp > 0)
+        root = safe_sqrt(wp) if p == 2 else torch.where(wp > 0, wp, 1).pow(1.0 / p) * (wp > 0)
+        return root * c
