@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 import numpy as np
@@ -292,3 +293,28 @@ def test_unknown_distance_lists_names():
 def test_single_class_gives_empty():
     classes, rho = class_distances(torch.randn(4, 2), torch.zeros(4, dtype=torch.long), "emd")
     assert classes.tolist() == [0] and rho.numel() == 0
+
+
+def test_sinkhorn_log_domain_matches_pot_log_solver():
+    """Costs spanning far more than 300·reg force the log-domain path (plain scaling underflows)."""
+    import ot
+
+    x, y = batch(14, n=40)
+    reg = 0.02
+    rho = class_distances(torch.tensor(x), torch.tensor(y), "sinkhorn", reg=reg, max_iter=5000)[1]
+    expected = []
+    for i, j in itertools.combinations(np.unique(y), 2):
+        A, B = x[y == i], x[y == j]
+        M = ot.dist(A, B, metric="euclidean")
+        P = ot.sinkhorn(np.full(len(A), 1 / len(A)), np.full(len(B), 1 / len(B)), M, reg,
+                        method="sinkhorn_log", numItermax=20000, stopThr=1e-10)
+        expected.append((P * M).sum())
+    np.testing.assert_allclose(rho.numpy(), expected, rtol=1e-4)
+
+
+def test_sinkhorn_scaling_and_log_paths_agree(monkeypatch):
+    x, y = batch(15)
+    a = class_distances(torch.tensor(x), torch.tensor(y), "sinkhorn")[1]
+    monkeypatch.setattr(sys.modules["otcpcc.distances.sinkhorn"], "SCALING_MAX_RANGE", (0.0, 0.0))
+    b = class_distances(torch.tensor(x), torch.tensor(y), "sinkhorn")[1]
+    torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)

@@ -25,6 +25,8 @@ from torch import Tensor
 from .cost import cost_dtype, gather_distances, transport_cost
 from .groups import ClassGroups
 
+SCALING_MAX_RANGE = (30.0, 300.0)  # float32, float64: exp(-range) stays far from underflow
+
 
 def _padded_index(groups: ClassGroups, which: Tensor, width: int) -> tuple[Tensor, Tensor]:
     """[pairs, width] sample indices of each pair's class (``which``) and their validity mask."""
@@ -35,28 +37,55 @@ def _padded_index(groups: ClassGroups, which: Tensor, width: int) -> tuple[Tenso
     return idx, valid
 
 
+def _log_domain(Mr: Tensor, va: Tensor, vb: Tensor, max_iter: int, tol: float) -> Tensor:
+    """Log-domain iterations on potentials f, g (divided by reg): stable for any cost range."""
+    neg_inf = torch.tensor(-torch.inf, dtype=Mr.dtype, device=Mr.device)
+    log_a = torch.where(va, -torch.log(va.sum(1, keepdim=True).to(Mr.dtype)), neg_inf)
+    log_b = torch.where(vb, -torch.log(vb.sum(1, keepdim=True).to(Mr.dtype)), neg_inf)
+    f = torch.zeros_like(log_a).masked_fill(~va, -torch.inf)
+    g = torch.zeros_like(log_b).masked_fill(~vb, -torch.inf)
+    for it in range(max_iter):
+        g = (log_b - torch.logsumexp(f[:, :, None] - Mr, dim=1)).masked_fill(~vb, -torch.inf)
+        f = (log_a - torch.logsumexp(g[:, None, :] - Mr, dim=2)).masked_fill(~va, -torch.inf)
+        if it % 10 == 0:  # rows are exact after the f update; measure the columns, as POT does
+            col = torch.exp(f[:, :, None] + g[:, None, :] - Mr).sum(1)
+            if (col - log_b.exp()).norm(dim=1).max() < tol:
+                break
+    return torch.exp(f[:, :, None] + g[:, None, :] - Mr)
+
+
+def _scaling(Mr: Tensor, va: Tensor, vb: Tensor, max_iter: int, tol: float) -> Tensor:
+    """Matrix-scaling iterations u, v on K = exp(−(M − min M)/reg) (POT's update order)."""
+    valid = va[:, :, None] & vb[:, None, :]
+    low = torch.where(valid, Mr, torch.inf).amin((1, 2), keepdim=True)
+    K = torch.where(valid, torch.exp(low - Mr), 0)
+    a = va / va.sum(1, keepdim=True).to(Mr.dtype)
+    b = vb / vb.sum(1, keepdim=True).to(Mr.dtype)
+    u = a.clone()
+    for it in range(max_iter):
+        v = torch.where(vb, b / (K * u[:, :, None]).sum(1), 0)
+        u = torch.where(va, a / (K * v[:, None, :]).sum(2), 0)
+        if it % 10 == 0:
+            col = v * (K * u[:, :, None]).sum(1)
+            if (col - b).norm(dim=1).max() < tol:
+                break
+    return u[:, :, None] * K * v[:, None, :]
+
+
 def sinkhorn_plans(
     M: Tensor, va: Tensor, vb: Tensor, reg: float, max_iter: int, tol: float
 ) -> Tensor:
-    """Batched log-domain Sinkhorn with uniform marginals on valid entries; returns [P, n, m] plans."""
-    neg_inf = torch.tensor(-torch.inf, dtype=M.dtype, device=M.device)
-    log_a = torch.where(va, -torch.log(va.sum(1, keepdim=True).to(M.dtype)), neg_inf)
-    log_b = torch.where(vb, -torch.log(vb.sum(1, keepdim=True).to(M.dtype)), neg_inf)
-    Mr = torch.where(va[:, :, None] & vb[:, None, :], M / reg, 0)  # [P, n, m]
-    f = torch.zeros_like(log_a).masked_fill(~va, -torch.inf)  # potentials / reg
-    g = torch.zeros_like(log_b).masked_fill(~vb, -torch.inf)
-    for it in range(max_iter):
-        g = log_b - torch.logsumexp(f[:, :, None] - Mr, dim=1)
-        g = g.masked_fill(~vb, -torch.inf)
-        f = log_a - torch.logsumexp(g[:, None, :] - Mr, dim=2)
-        f = f.masked_fill(~va, -torch.inf)
-        if it % 10 == 0:
-            # after the f update rows are exact; measure the columns as POT does
-            col = torch.exp(f[:, :, None] + g[:, None, :] - Mr).sum(1)
-            err = (col - log_b.exp()).norm(dim=1).max()
-            if err < tol:
-                break
-    return torch.exp(f[:, :, None] + g[:, None, :] - Mr)
+    """[P, n, m] Sinkhorn plans with uniform marginals on the valid rows/columns of each pair.
+
+    Uses matrix scaling when every pair's cost range is under ``SCALING_MAX_RANGE``·reg
+    (no underflow of exp), the log domain otherwise; both converge to the same plan.
+    """
+    valid = va[:, :, None] & vb[:, None, :]
+    Mr = torch.where(valid, M / reg, 0)
+    spread = (Mr.amax((1, 2)) - torch.where(valid, Mr, torch.inf).amin((1, 2))).max()
+    limit = SCALING_MAX_RANGE[Mr.dtype == torch.float64]
+    solve = _scaling if float(spread) < limit else _log_domain
+    return solve(Mr, va, vb, max_iter, tol)
 
 
 def sinkhorn(
