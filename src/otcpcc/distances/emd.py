@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cost import gather_distances, transport_cost
+from .cost import MATRIX_MAX_N, gather_distances, pairwise_distances, transport_cost
 from .groups import ClassGroups
 from .weights import sample_weights
 
@@ -48,29 +48,55 @@ def _solve_lp(a: np.ndarray, b: np.ndarray, M: np.ndarray) -> np.ndarray:
     return ot.emd(a, b, M)
 
 
-def _outer_plans(sel, n, m, ea, eb, wa, wb, parts):
-    """Pairs where one class has a single sample: P = a b^T, entries (i, j) for all i, j."""
-    for t in sel:
-        ia = np.repeat(np.arange(ea[t], ea[t] + n[t]), m[t])
-        ib = np.tile(np.arange(eb[t], eb[t] + m[t]), n[t])
-        parts.append((np.full(ia.size, t), ia, ib, wa[ia] * wb[ib]))
+def _outer_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, parts: list) -> None:
+    """Pairs where one class has a single sample: P = a b^T (the only coupling), all at once."""
+    if sel.size == 0:
+        return
+    size = n[sel] * m[sel]
+    t = np.repeat(sel, size)
+    e = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)
+    ia = ea[t] + e // m[t]
+    ib = eb[t] + e % m[t]
+    parts.append((t, ia, ib, w[ia] * w[ib]))
 
 
-def _permutation_plans(sel, size, ea, eb, x, parts):
+def _permutation_plans(sel: np.ndarray, size: int, ea, eb, x: Tensor, parts: list) -> None:
     """Uniform n = m = size: best of all permutations, for all selected pairs at once."""
-    perms = torch.tensor(list(itertools.permutations(range(size))), device=x.device)
-    a_idx = torch.as_tensor(ea[sel], device=x.device)[:, None] + torch.arange(size, device=x.device)
-    b_idx = torch.as_tensor(eb[sel], device=x.device)[:, None] + torch.arange(size, device=x.device)
+    dev = x.device
+    perms = torch.tensor(list(itertools.permutations(range(size))), device=dev)
+    ar = torch.arange(size, device=dev)
+    a_idx = torch.as_tensor(ea[sel], device=dev)[:, None] + ar
+    b_idx = torch.as_tensor(eb[sel], device=dev)[:, None] + ar
     ia = a_idx[:, :, None].expand(-1, -1, size).reshape(-1)
     ib = b_idx[:, None, :].expand(-1, size, -1).reshape(-1)
     cost = gather_distances(x, ia, ib).view(len(sel), size, size)  # [P, n, n]
-    rows = torch.arange(size, device=x.device)
-    total = cost[:, rows[None, :], perms].sum(-1)  # [P, n!]
+    total = cost[:, ar[None, :], perms].sum(-1)  # [P, n!]
     best = perms[total.argmin(1)].cpu().numpy()  # [P, n]
-    a_np = a_idx.cpu().numpy()
     b_np = np.take_along_axis(b_idx.cpu().numpy(), best, axis=1)
-    t = np.repeat(np.asarray(sel), size)
-    parts.append((t, a_np.reshape(-1), b_np.reshape(-1), np.full(t.size, 1.0 / size)))
+    t = np.repeat(sel, size)
+    parts.append((t, a_idx.cpu().numpy().reshape(-1), b_np.reshape(-1), np.full(t.size, 1.0 / size)))
+
+
+def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, x: Tensor, parts: list) -> None:
+    """The remaining pairs: one network-simplex LP each on the CPU (sparse plans kept)."""
+    if sel.size == 0:
+        return
+    xd = x.detach().to(torch.float64)
+    if x.shape[0] <= MATRIX_MAX_N:
+        D = pairwise_distances(xd).cpu().numpy()
+        block = lambda t: D[ea[t] : ea[t] + n[t], eb[t] : eb[t] + m[t]]  # noqa: E731
+    else:
+        xc = xd.cpu()
+        block = lambda t: torch.cdist(xc[ea[t] : ea[t] + n[t]], xc[eb[t] : eb[t] + m[t]]).numpy()  # noqa: E731
+    ts, rows, cols, vals = [], [], [], []
+    for t in sel.tolist():
+        plan = _solve_lp(w[ea[t] : ea[t] + n[t]], w[eb[t] : eb[t] + m[t]], block(t))
+        r, c = np.nonzero(plan)
+        ts.append(np.full(r.size, t))
+        rows.append(ea[t] + r)
+        cols.append(eb[t] + c)
+        vals.append(plan[r, c])
+    parts.append(tuple(np.concatenate(z) for z in (ts, rows, cols, vals)))
 
 
 def emd(x: Tensor, groups: ClassGroups, weights: str = "uniform") -> Tensor:
@@ -80,13 +106,10 @@ def emd(x: Tensor, groups: ClassGroups, weights: str = "uniform") -> Tensor:
     offs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     pi, pj = groups.pair_i.cpu().numpy(), groups.pair_j.cpu().numpy()
     n, m, ea, eb = counts[pi], counts[pj], offs[pi], offs[pj]
-    if w is None:
-        wn = np.repeat(1.0 / counts, counts)
-    else:
-        wn = w.cpu().numpy()
+    wn = np.repeat(1.0 / counts, counts) if w is None else w.cpu().numpy()
     parts: list[tuple[np.ndarray, ...]] = []
     single = (n == 1) | (m == 1)
-    _outer_plans(np.flatnonzero(single), n, m, ea, eb, wn, wn, parts)
+    _outer_plans(np.flatnonzero(single), n, m, ea, eb, wn, parts)
     rest = ~single
     if w is None:
         for size in range(2, BRUTE_FORCE_MAX + 1):
@@ -94,23 +117,11 @@ def emd(x: Tensor, groups: ClassGroups, weights: str = "uniform") -> Tensor:
             if sel.size:
                 _permutation_plans(sel, size, ea, eb, x.detach(), parts)
                 rest[sel] = False
-    lp = np.flatnonzero(rest)
-    if lp.size:
-        xd = x.detach().to(torch.float64).cpu()
-        for t in lp:
-            A = xd[ea[t] : ea[t] + n[t]]
-            B = xd[eb[t] : eb[t] + m[t]]
-            M = torch.cdist(A, B).numpy()
-            plan = _solve_lp(wn[ea[t] : ea[t] + n[t]], wn[eb[t] : eb[t] + m[t]], M)
-            r, c = np.nonzero(plan)
-            parts.append((np.full(r.size, t), ea[t] + r, eb[t] + c, plan[r, c]))
+    _lp_plans(np.flatnonzero(rest), n, m, ea, eb, wn, x, parts)
     t, ia, ib, mass = (np.concatenate(z) for z in zip(*parts, strict=True))
-    dev = x.device
 
-    def as_long(a):
-        return torch.as_tensor(a, dtype=torch.long, device=dev)
+    def as_tensor(a, dtype=torch.long):
+        return torch.as_tensor(a, dtype=dtype, device=x.device)
 
-    return transport_cost(
-        x, as_long(ia), as_long(ib), torch.as_tensor(mass, device=dev), as_long(t),
-        groups.num_pairs,
-    )
+    return transport_cost(x, as_tensor(ia), as_tensor(ib), as_tensor(mass, torch.float64),
+                          as_tensor(t), groups.num_pairs)
