@@ -318,3 +318,12 @@ def test_sinkhorn_scaling_and_log_paths_agree(monkeypatch):
     monkeypatch.setattr(sys.modules["otcpcc.distances.sinkhorn"], "SCALING_MAX_RANGE", (0.0, 0.0))
     b = class_distances(torch.tensor(x), torch.tensor(y), "sinkhorn")[1]
     torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_features_are_named_for_every_distance(name, bad):
+    x, y = batch(16)
+    x[3, 1] = bad
+    with pytest.raises(ValueError, match="NaN or inf in 1 of 60 rows"):
+        class_distances(torch.tensor(x), torch.tensor(y), name, **options(name, x.shape[1]))

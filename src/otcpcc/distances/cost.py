@@ -27,9 +27,9 @@ CHUNK_ELEMENTS = 1 << 22
 
 
 def safe_sqrt(x: Tensor) -> Tensor:
-    """sqrt(x) for x >= 0 with gradient 0 (not inf/NaN) where x == 0."""
+    """sqrt(x) for x >= 0 with gradient 0 (not inf/NaN) where x == 0; NaN stays NaN."""
     pos = x > 0
-    return torch.where(pos, torch.where(pos, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
+    return torch.where(pos, torch.where(pos, x, torch.ones_like(x)).sqrt(), x * 0)
 
 
 def cost_dtype(x: Tensor) -> torch.dtype:
