@@ -133,3 +133,44 @@ def test_python_dash_m_otcpcc_help():
     res = subprocess.run([sys.executable, "-m", "otcpcc", "--help"], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0 and "train" in res.stdout and "evaluate" in res.stdout
+
+
+def test_compare_and_sweep_pass_their_settings_on(monkeypatch, tmp_path):
+    calls = {}
+
+    def fake_compare(cfg, distances, seeds, out, force=False, progress=True, cost_matrix=None):
+        calls["compare"] = (cfg, distances, seeds, out, force, progress, cost_matrix)
+        return out
+
+    def fake_sweep(cfg, lams, batch_sizes, out, force=False, progress=True):
+        calls["sweep"] = (cfg, lams, batch_sizes, out, force, progress)
+        return out
+
+    monkeypatch.setattr("otcpcc.compare.run_compare", fake_compare)
+    monkeypatch.setattr("otcpcc.compare.run_sweep", fake_sweep)
+    assert main(["compare"]) == 0  # no flags: synthetic, none,l2,fastft, runs/compare
+    cfg, distances, seeds, out, force, progress, cost = calls["compare"]
+    assert cfg.data == "synthetic" and distances == ["none", "l2", "fastft"] and seeds == 1
+    assert str(out) == "runs/compare" and not force and progress and cost is None
+    assert main(["compare", "--distances", "l2,emd", "--seeds", "3", "--lam", "0.5", "--out",
+                 str(tmp_path), "--force", "--no-progress", "--epochs", "4"]) == 0
+    cfg, distances, seeds, out, force, progress, _ = calls["compare"]
+    assert (distances, seeds, out, force, progress) == (["l2", "emd"], 3, tmp_path, True, False)
+    assert (cfg.lam, cfg.epochs) == (0.5, 4)
+    assert main(["sweep", "--lams", "0,1.5", "--batch-sizes", "32,64"]) == 0
+    cfg, lams, sizes, out, _, _ = calls["sweep"]
+    assert cfg.distance == "fastft" and lams == [0.0, 1.5] and sizes == [32, 64]
+    assert str(out) == "runs/sweep"
+
+
+def test_bench_gets_the_rest_of_the_command_line(monkeypatch):
+    seen = {}
+
+    def fake_bench(argv):
+        seen["argv"] = argv
+        return 0
+
+    monkeypatch.setattr("otcpcc.bench.main", fake_bench)
+    assert main(["bench", "--classes", "10", "--device", "cpu"]) == 0
+    assert seen["argv"] == ["--classes", "10", "--device", "cpu"]
+    assert main(["bench"]) == 0 and seen["argv"] == []

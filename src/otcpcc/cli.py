@@ -118,10 +118,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="SyncBatchNorm under torchrun/DDP")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=S, metavar="N", help="epochs (default 30)")
+    g.add_argument("--epochs", type=int, default=S, metavar="N", help="epochs (default 15)")
     g.add_argument("-b", "--batch-size", type=int, default=S, metavar="N",
-                   help="batch size per process (default 256)")
-    g.add_argument("--lr", type=float, default=S, help="learning rate (default 0.05)")
+                   help="batch size per process (default 128)")
+    g.add_argument("--lr", type=float, default=S, help="learning rate (default 0.1)")
     g.add_argument("--momentum", type=float, default=S, help="SGD momentum (default 0.9)")
     g.add_argument("--wd", "--weight-decay", dest="wd", type=float, default=S,
                    help="weight decay (default 5e-4)")
@@ -286,7 +286,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rest = [a for a in args.rest]
     if rest[:1] == ["--"]:
         rest = rest[1:]
-    return int(bench_main(rest) or 0)
+    try:
+        return int(bench_main(rest) or 0)
+    except SystemExit as e:  # its argparse: --help (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
 
 
 # --------------------------------------------------------------------------- parser
@@ -416,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, ImportError) as e:
         if debug:
             raise
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+            print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 2
 
 

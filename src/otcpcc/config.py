@@ -96,9 +96,9 @@ class TrainConfig:
     train_only: list[str] = field(default_factory=list)
     sync_bn: bool = False
     # optimisation
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 0.05
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.1
     momentum: float = 0.9
     wd: float = 5e-4
     optimizer: str = "sgd"

@@ -131,7 +131,8 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
     if cfg.amp and not amp:
         say("otcpcc: note: --amp only acts on CUDA; training in float32 on the CPU")
 
-    model = make_model(cfg, bundle).to(device)
+    # (a resumed run takes its weights from last.pt, not from --weights)
+    model = make_model(cfg.replace(weights=None) if resume else cfg, bundle).to(device)
     if env.world_size > 1:
         if cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -230,6 +231,7 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
         write_json(out / "metrics.json", metrics)
         say(f"otcpcc: test accuracy {metrics['test_acc']:.4f}, "
             f"TestCPCC({metrics['test_cpcc_distance']}) {metrics['test_cpcc']:.4f}; wrote {out}")
+    env.barrier()  # no rank leaves (and tears the process group down) before rank 0 is done
     return out
 
 
