@@ -321,3 +321,51 @@ def test_torchrun_two_ranks_match_one_process_with_the_double_batch(tmp_path):
         assert torch.allclose(pa[k], pb[k], atol=1e-6, rtol=1e-5), k
     ckpt = load_checkpoint(ddp / "last.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2  # one RNG state per rank
+
+
+# --------------------------------------------------------------------------- subpopulation shift
+def _toy_shift(data_dir=None, seed=0, **options):
+    """Synthetic 2 x 4 tree; fine classes 0,1 (and 4,5) are source, 2,3 (and 6,7) target."""
+    from torch.utils.data import TensorDataset
+
+    from otcpcc.data import DataBundle
+    from otcpcc.data.synthetic import load_synthetic
+
+    b = load_synthetic(seed=seed, branching=[2, 4], train_per_class=12, test_per_class=6)
+
+    def part(ds, keep):
+        x, y = ds.tensors
+        m = torch.isin(y, torch.tensor(keep))
+        return TensorDataset(x[m], y[m])
+
+    src, tgt = [0, 1, 4, 5], [2, 3, 6, 7]
+    return DataBundle("toy-shift", part(b.train, src), part(b.test, src), b.tree, b.input_shape,
+                      extra={"target_train": part(b.train, tgt), "target_test": part(b.test, tgt)})
+
+
+def test_evaluate_adds_zero_shot_one_shot_and_cross_retrieval_on_target_splits(tmp_path,
+                                                                               monkeypatch):
+    import otcpcc.data
+    from otcpcc.evaluate import load_run
+
+    monkeypatch.setitem(otcpcc.data.DATASETS, "toy-shift", "otcpcc.data.synthetic:load_synthetic")
+    monkeypatch.setattr(otcpcc.data, "get_dataset", lambda name, **kw: _toy_shift(**kw))
+    run = train(tiny(data="toy-shift", data_options={}, epochs=2), tmp_path / "run", progress=False)
+    res = evaluate_run(run)["target"]
+    tree = LabelTree.from_file(run / "tree.json")
+    coarse = tree.levels[-1]
+    assert coarse.ids[[0, 1, 2, 3]].tolist() == [coarse.ids[0]] * 4  # targets share coarse nodes
+
+    loaded = load_run(run)
+    x, y = loaded.bundle.extra["target_test"].tensors
+    with torch.no_grad():
+        p = torch.softmax(loaded.model(x)[1].double(), 1).numpy()
+    p[:, [2, 3, 6, 7]] = 0  # only source classes were trained
+    q = np.stack([p[:, coarse.ids == c].sum(1) for c in range(len(coarse.names))], 1)
+    expected = float(np.mean(q.argmax(1) == coarse.ids[y.numpy()]))
+    assert res[f"zero_shot_{coarse.name}_acc"] == pytest.approx(expected)
+    assert res["num_target_classes"] == 4 and len(res["one_shot_samples"]) == 4
+    assert 0 <= res["one_shot_fine_acc"] <= 1
+    assert f"map_{coarse.name}" in res and "map_fine" not in res
+    _, ty = loaded.bundle.extra["target_train"].tensors
+    assert sorted(ty[res["one_shot_samples"]].tolist()) == [2, 3, 6, 7]  # one shot per class

@@ -12,7 +12,10 @@ probabilities (and train features for the retrieval prototypes), and writes ``RU
 - ``test_cpcc_l2``, ``test_cpcc_emd`` and ``test_cpcc_{own distance}`` (TestCPCC on the whole split;
   ``emd``/``sinkhorn`` on at most 100 samples per class, drawn with a fixed seed and recorded in
   ``cpcc_subsample``); ``test_cpcc`` is the run's own distance (``l2`` for plain CE);
-- ``multimodality``: Gaussian-mixture mode counts (AIC) per class of the learned test features.
+- ``multimodality``: Gaussian-mixture mode counts (AIC) per class of the learned test features;
+- ``target`` (datasets with ``target_train``/``target_test`` splits, e.g. BREEDS): zero-shot
+  coarse accuracy on the target classes, one-shot linear probe, source -> target retrieval
+  (see :func:`subpopulation_shift`).
 
 ``diagnose(data, run=None)`` runs the same mode count on input features (flattened) or on a
 run's learned features: the pilot step that says whether OT distances should beat ``l2``.
@@ -194,9 +197,83 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
     result["multimodality"] = multimodality_summary(
         feats.numpy(), labels.numpy(), list(tree.leaves), seed=cfg.data_seed)
 
+    if split == "test" and {"target_train", "target_test"} <= set(bundle.extra):
+        result["target"] = subpopulation_shift(run, train, seed=cfg.data_seed)
+
     name = "eval.json" if split == "test" else f"eval_{split}.json"
     write_json(run.run_dir / name, result)
     return result
+
+
+def dataset_labels(dataset: Any) -> np.ndarray:
+    """Labels of a dataset without decoding its inputs when it exposes them (``samples``,
+    ``targets``, ``TensorDataset``, ``Subset`` of those); otherwise by iterating."""
+    from torch.utils.data import Subset, TensorDataset
+
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy().astype(np.int64)
+    if hasattr(dataset, "samples"):
+        return np.asarray([int(y) for _, y in dataset.samples], dtype=np.int64)
+    if hasattr(dataset, "targets"):
+        return np.asarray(dataset.targets, dtype=np.int64)
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
+
+
+def subpopulation_shift(run: LoadedRun, source_train: dict[str, torch.Tensor],
+                        seed: int = 0) -> dict[str, Any]:
+    """BREEDS-style downstream tasks on target classes (new fine classes under the same coarse ones).
+
+    - ``zero_shot_{level}_acc``: coarse accuracy on ``target_test`` by marginalisation: the fine
+      softmax restricted to the source classes (the only ones trained), renormalised, summed over
+      each ancestor's leaves, argmax, compared with the sample's ancestor.
+    - ``one_shot_fine_acc``: a linear probe on the frozen encoder: one ``target_train`` sample per
+      target class (a fixed-seed draw), L2-normalised features, multinomial logistic regression
+      (scikit-learn, C = 1), accuracy on ``target_test`` among the target classes.
+    - ``map_{level}``: source -> target retrieval (prototypes = mean source train feature per
+      coarse node, queries = target test features, cosine, AP per node, mean).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from torch.utils.data import Subset
+
+    from .metrics import level_accuracies, retrieval_map
+
+    tree, bundle = run.tree, run.bundle
+    test = predict(run.model, bundle.extra["target_test"], run.env, run.cfg)
+    y = test["labels"].numpy()
+    source = np.unique(source_train["labels"].numpy())
+    probs = torch.softmax(test["logits"].double(), dim=1).numpy()
+    mask = np.zeros(tree.num_classes)
+    mask[source] = 1.0
+    probs = probs * mask
+    probs /= np.maximum(probs.sum(axis=1, keepdims=True), 1e-300)
+    out: dict[str, Any] = {"n": int(y.size), "num_target_classes": int(np.unique(y).size)}
+    for key, value in level_accuracies(probs, y, tree).items():
+        if not key.startswith("fine_"):
+            out[f"zero_shot_{key}"] = value
+
+    pool = bundle.extra["target_train"]
+    labels = dataset_labels(pool)
+    rng = np.random.default_rng(seed)
+    shots = np.array([rng.choice(np.flatnonzero(labels == c)) for c in np.unique(labels)])
+    support = predict(run.model, Subset(pool, shots.tolist()), run.env, run.cfg)
+
+    def unit(x: torch.Tensor) -> np.ndarray:
+        x = x.numpy().astype(np.float64)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    if np.unique(labels).size >= 2:
+        probe = LogisticRegression(C=1.0, max_iter=2000)
+        probe.fit(unit(support["features"]), support["labels"].numpy())
+        out["one_shot_fine_acc"] = float(np.mean(probe.predict(unit(test["features"])) == y))
+    else:
+        out["one_shot_fine_acc"] = float("nan")
+    out["one_shot_samples"] = [int(i) for i in shots]
+    maps = retrieval_map(source_train["features"].numpy(), source_train["labels"].numpy(),
+                         test["features"].numpy(), y, tree)
+    out.update({k: v for k, v in maps.items() if k != "map_fine"})
+    return out
 
 
 def diagnose(data: str | None = None, *, run: str | os.PathLike | None = None,
