@@ -72,28 +72,26 @@ def _segments(vals: Tensor, is_a: Tensor, n: Tensor, m: Tensor, block: Tensor) -
 
 
 def nw_plans_uniform(groups: ClassGroups, dtype: torch.dtype = torch.float64) -> Segments:
-    """NW-corner plans of every pair with uniform weights 1/n and 1/m (closed form, no sort)."""
-    n = groups.counts[groups.pair_i]
-    m = groups.counts[groups.pair_j]
-    lengths = n + m + 2
-    total = int(sum(c + 1 for c in groups.counts_host) * (len(groups.counts_host) - 1))
-    block = torch.cumsum(lengths, 0) - lengths
-    tot_a, tot_b = _pair_totals(groups)
-    ta, p = _ragged_arange(n + 1, tot_a)
-    tb, q = _ragged_arange(m + 1, tot_b)
-    na, ma, nb, mb = n[ta], m[ta], n[tb], m[tb]
-    pos_a = block[ta] + p + torch.div(p * ma + na - 1, na, rounding_mode="floor")
-    pos_b = block[tb] + q + torch.div(q * nb, mb, rounding_mode="floor") + 1
-    num = torch.empty(total, dtype=torch.long, device=n.device)
-    num[pos_a] = p * ma
-    num[pos_b] = q * nb
-    is_a = torch.zeros(total, dtype=torch.bool, device=n.device)
-    is_a[pos_a] = True
-    owner = torch.repeat_interleave(
-        torch.arange(n.numel(), device=n.device), lengths, output_size=total
-    )
-    vals = num.to(dtype) / (n * m).to(dtype)[owner]
-    return _segments(vals, is_a, n, m, block)
+    """NW-corner plans of every pair with uniform weights 1/n and 1/m: closed form, no sort.
+
+    Pair (n, m) gets entries r = 1 .. n + m − 1, one per segment of the merged breakpoints
+    {p·m} ∪ {q·n} (common denominator n·m, A first on ties): entry r moves
+    ``a = ⌊r n / (n + m)⌋`` (there are a + 1 A-breakpoints among the first r + 1) to
+    ``b = r − 1 − a``, with mass (min((a+1)m, (b+1)n) − max(a m, b n)) / (n m), which is 0 on ties.
+    """
+    n = groups.counts.index_select(0, groups.pair_i)
+    m = groups.counts.index_select(0, groups.pair_j)
+    lengths = n + m - 1
+    total = int(sum(groups.counts_host) * (len(groups.counts_host) - 1)) - groups.num_pairs
+    pair = torch.arange(n.numel(), device=n.device)
+    starts = torch.cumsum(lengths, 0) - lengths
+    per = torch.stack([pair, n, m, starts]).T.repeat_interleave(lengths, 0, output_size=total)
+    pair, n, m, start = per.unbind(1)
+    r = torch.arange(1, total + 1, device=n.device) - start
+    a = torch.div(r * n, n + m, rounding_mode="floor")
+    b = r - 1 - a
+    overlap = torch.minimum((a + 1) * m, (b + 1) * n) - torch.maximum(a * m, b * n)
+    return Segments(pair, a, b, overlap.to(dtype) / (n * m).to(dtype))
 
 
 def nw_plans_weighted(groups: ClassGroups, weights: Tensor) -> Segments:
