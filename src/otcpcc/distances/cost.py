@@ -9,7 +9,7 @@ gradient is the constant-plan (envelope-theorem) formula
 
 taken as 0 where two samples coincide (never NaN).
 
-Two evaluation paths give the same values (switch at ``MATRIX_MAX_N`` samples):
+Two evaluation paths give the same values (switch at ``MATRIX_MAX_N`` samples, per device):
 
 * small N: one [N, N] Gram product gives every distance (O(N²d) in BLAS), entries near zero are
   recomputed directly; backward is one scatter into [N, N] and one product.
@@ -22,7 +22,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-MATRIX_MAX_N = 2048
+# Largest N for which the [N, N] distance matrix is used (per device type): on a GPU the Gram
+# product is far cheaper than gathering O(pairs · n) rows of d features; on a CPU only for small N.
+MATRIX_MAX_N = {"cpu": 2048, "cuda": 16384}
+
+
+def use_matrix(x: Tensor) -> bool:
+    """Whether the [N, N] Gram path serves ``x`` [N, d] (see ``MATRIX_MAX_N``)."""
+    return x.shape[0] <= MATRIX_MAX_N.get(x.device.type, MATRIX_MAX_N["cpu"])
 CHUNK_ELEMENTS = 1 << 22
 
 
@@ -76,7 +83,7 @@ def gather_distances(x: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
     have lost digits to cancellation (below 1e-3 of the feature scale) are recomputed directly.
     """
     with torch.no_grad():
-        if x.shape[0] > MATRIX_MAX_N:
+        if not use_matrix(x):
             return row_distances(x, ia, ib)
         vals = pairwise_distances(x)[ia, ib]
         near = torch.nonzero(vals <= 1e-3 * feature_scale(x)).squeeze(1)
@@ -107,7 +114,7 @@ class _PlanCost(torch.autograd.Function):
         w = grad_rho[pair] * mass
         coef = torch.where(norms > 0, w / torch.where(norms > 0, norms, 1), 0)
         n = x.shape[0]
-        if n <= MATRIX_MAX_N:
+        if use_matrix(x):
             C = torch.zeros(n * n, dtype=x.dtype, device=x.device)
             C.index_add_(0, ia * n + ib, coef)
             C = C.view(n, n)
