@@ -314,7 +314,7 @@ def _fake_train_eval(tmp_log):
 def test_run_compare_summary(tmp_path, monkeypatch, fake_features):
     calls = []
     monkeypatch.setattr(compare, "_train_and_evaluate", _fake_train_eval(calls))
-    cfg = {"data": "synthetic", "seed": 3, "lam": 2.0, "epochs": 1}
+    cfg = {"data": "synthetic", "seed": 3, "lam": 2.0, "epochs": 1, "batch_size": 256}
     out = compare.run_compare(cfg, ["none", "fft", "fastft"], seeds=2, out=tmp_path / "cmp",
                               progress=False)
     assert [(c[0], c[1]) for c in calls] == [("none", 3), ("none", 4), ("fastft", 3),

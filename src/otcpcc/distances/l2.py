@@ -1,6 +1,6 @@
 r"""Distance between class means (``l2``): :math:`\rho(A, B) = \lVert \bar x_A - \bar x_B \rVert_2`.
 
-The ℓ2-CPCC baseline. O(N d + k² d); the [k, k] mean-distance matrix comes from one Gram product.
+The ℓ2-CPCC baseline. O(N d + k² d): the [k, k] mean-distance matrix comes from one Gram product.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .cost import cost_dtype, pairwise_distances
+from .cost import transport_cost
 from .groups import ClassGroups
 
 
@@ -20,7 +20,13 @@ def class_means(x: Tensor, groups: ClassGroups) -> Tensor:
 
 
 def l2(x: Tensor, groups: ClassGroups) -> Tensor:
-    """[N, d] grouped features -> [pairs] distances between class means."""
+    """[N, d] grouped features -> [pairs] distances between class means.
+
+    The means are k "samples" and each pair a one-entry plan of mass 1, so the distances and their
+    gradient come from the same exact evaluation as every OT distance.
+    """
     with torch.autocast(device_type=x.device.type, enabled=False):
-        means = class_means(x.to(cost_dtype(x)), groups)
-        return pairwise_distances(means)[groups.pair_i, groups.pair_j]
+        means = class_means(x.float() if x.dtype != torch.float64 else x, groups)
+    pairs = torch.arange(groups.num_pairs, device=x.device)
+    mass = torch.ones(groups.num_pairs, dtype=means.dtype, device=x.device)
+    return transport_cost(means, groups.pair_i, groups.pair_j, mass, pairs, groups.num_pairs)
