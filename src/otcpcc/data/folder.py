@@ -211,6 +211,35 @@ def _list_split(split_dir: Path) -> dict[str, list[Path]]:
     return out
 
 
+def image_bundle(
+    name: str,
+    train_samples: list[tuple[Path, int]],
+    test_samples: list[tuple[Path, int]],
+    tree: LabelTree,
+    image_opts: Mapping[str, Any],
+    meta: dict[str, Any],
+) -> DataBundle:
+    """The DataBundle of two (path, label) lists: drops undecodable images first when
+    ``skip_bad_images`` is set (counted in ``meta``), then applies the split's transforms."""
+    if image_opts["skip_bad_images"]:
+        train_samples, bad_train = verify_images(train_samples)
+        test_samples, bad_test = verify_images(test_samples)
+        meta["skipped_images"] = {"train": len(bad_train), "test": len(bad_test)}
+        meta["skipped_files"] = bad_train + bad_test
+    meta["num_train"] = len(train_samples)
+    meta["num_test"] = len(test_samples)
+    train_tf, test_tf = image_transforms(image_opts)
+    size = image_opts["image_size"]
+    return DataBundle(
+        name=name,
+        train=ImageFileDataset(train_samples, train_tf),
+        test=ImageFileDataset(test_samples, test_tf),
+        tree=tree,
+        input_shape=(3, size, size),
+        meta=meta,
+    )
+
+
 def load_folder(
     data_dir: str | Path | None,
     seed: int = 0,
@@ -263,20 +292,4 @@ def load_folder(
         "data_dir": str(root),
         "seed": seed,
     }
-    if image_opts["skip_bad_images"]:
-        train_samples, bad_train = verify_images(train_samples)
-        test_samples, bad_test = verify_images(test_samples)
-        meta["skipped_images"] = {"train": len(bad_train), "test": len(bad_test)}
-        meta["skipped_files"] = bad_train + bad_test
-    meta["num_train"] = len(train_samples)
-    meta["num_test"] = len(test_samples)
-    train_tf, test_tf = image_transforms(image_opts)
-    size = image_opts["image_size"]
-    return DataBundle(
-        name="folder",
-        train=ImageFileDataset(train_samples, train_tf),
-        test=ImageFileDataset(test_samples, test_tf),
-        tree=label_tree,
-        input_shape=(3, size, size),
-        meta=meta,
-    )
+    return image_bundle("folder", train_samples, test_samples, label_tree, image_opts, meta)

@@ -35,13 +35,7 @@ import numpy as np
 
 from ..tree import LabelTree
 from .bundle import DataBundle
-from .folder import (
-    ImageFileDataset,
-    image_transforms,
-    pop_image_options,
-    reject_unknown_options,
-    verify_images,
-)
+from .folder import image_bundle, pop_image_options, reject_unknown_options
 
 __all__ = ["TAXONOMY_LEVELS", "load_inat2021"]
 
@@ -227,20 +221,4 @@ def load_inat2021(
         "data_dir": str(root),
         "seed": seed,
     }
-    if image_opts["skip_bad_images"]:
-        train_samples, bad_train = verify_images(train_samples)
-        test_samples, bad_test = verify_images(test_samples)
-        meta["skipped_images"] = {"train": len(bad_train), "test": len(bad_test)}
-        meta["skipped_files"] = bad_train + bad_test
-    meta["num_train"] = len(train_samples)
-    meta["num_test"] = len(test_samples)
-    train_tf, test_tf = image_transforms(image_opts)
-    size = image_opts["image_size"]
-    return DataBundle(
-        name="inat2021",
-        train=ImageFileDataset(train_samples, train_tf),
-        test=ImageFileDataset(test_samples, test_tf),
-        tree=tree,
-        input_shape=(3, size, size),
-        meta=meta,
-    )
+    return image_bundle("inat2021", train_samples, test_samples, tree, image_opts, meta)
