@@ -327,3 +327,22 @@ def test_non_finite_features_are_named_for_every_distance(name, bad):
     x[3, 1] = bad
     with pytest.raises(ValueError, match="NaN or inf in 1 of 60 rows"):
         class_distances(torch.tensor(x), torch.tensor(y), name, **options(name, x.shape[1]))
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA; the cpu case is its twin")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_on_device_matches_float64_oracle(name, device):
+    x, y = batch(17)
+    opts = options(name, x.shape[1])
+    expected = oracle(name, x, y, opts)
+    if opts:
+        opts["projections"] = opts["projections"].float().to(device)
+    xt = torch.tensor(x, dtype=torch.float32, device=device, requires_grad=True)
+    rho = class_distances(xt, torch.tensor(y, device=device), name, **opts)[1]
+    rho.sum().backward()
+    assert rho.device.type == device and torch.isfinite(xt.grad).all()
+    np.testing.assert_allclose(rho.detach().cpu().double().numpy(), expected, rtol=1e-4)
