@@ -57,9 +57,12 @@ def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str, op
     groups, rho = grouped_distances(features, labels, distance, **options)
     if groups.num_classes < 2:
         return None
-    cls = groups.classes.to(tree_dist.device)
-    t = tree_dist[cls[groups.pair_i.to(cls.device)], cls[groups.pair_j.to(cls.device)]]
-    return pearson(t.to(rho.device), rho)
+    if tree_dist.device != rho.device:
+        tree_dist = tree_dist.to(rho.device)
+    k = tree_dist.shape[0]
+    ci, cj = groups.classes.index_select(0, groups.pair_i), groups.classes.index_select(0, groups.pair_j)
+    t = tree_dist.view(-1).index_select(0, ci * k + cj)
+    return pearson(t, rho)
 
 
 class CPCCLoss(nn.Module):

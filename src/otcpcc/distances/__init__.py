@@ -90,7 +90,7 @@ def grouped_distances(
     if groups.num_classes < 2:
         check_batch(features, labels)
         return groups, features.new_zeros(0)
-    rho = DISTANCES[name](features[groups.order], groups, **options)
+    rho = DISTANCES[name](features.index_select(0, groups.order), groups, **options)
     if not upfront and not bool(torch.isfinite(rho.detach()).all()):
         check_batch(features, labels)  # names the bad rows
         raise ValueError(f"{name} distances are not finite although the features are; "

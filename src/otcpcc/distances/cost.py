@@ -85,7 +85,7 @@ def gather_distances(x: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
     with torch.no_grad():
         if not use_matrix(x):
             return row_distances(x, ia, ib)
-        vals = pairwise_distances(x)[ia, ib]
+        vals = pairwise_distances(x).view(-1).index_select(0, ia * x.shape[0] + ib)
         near = torch.nonzero(vals <= 1e-3 * feature_scale(x)).squeeze(1)
         if near.numel():
             vals[near] = row_distances(x, ia[near], ib[near])
@@ -111,7 +111,7 @@ class _PlanCost(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_rho):  # noqa: D102
         x, ia, ib, mass, pair, norms = ctx.saved_tensors
-        w = grad_rho[pair] * mass
+        w = grad_rho.index_select(0, pair) * mass
         coef = torch.where(norms > 0, w / torch.where(norms > 0, norms, 1), 0)
         n = x.shape[0]
         if use_matrix(x):

@@ -29,6 +29,4 @@ def fastft(x: Tensor, groups: ClassGroups, weights: str = "uniform") -> Tensor:
     """[N, d] grouped features -> [pairs] FastFT distances (north-west corner in batch order)."""
     w = sample_weights(x, groups, weights)
     seg = nw_plans_uniform(groups) if w is None else nw_plans_weighted(groups, w)
-    ia = groups.offsets[groups.pair_i][seg.pair] + seg.a
-    ib = groups.offsets[groups.pair_j][seg.pair] + seg.b
-    return transport_cost(x, ia, ib, seg.mass, seg.pair, groups.num_pairs)
+    return transport_cost(x, seg.ia, seg.ib, seg.mass, seg.pair, groups.num_pairs)

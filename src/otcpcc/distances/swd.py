@@ -63,9 +63,7 @@ def swd(
         by_cls = torch.argsort(cls[by_val], dim=0, stable=True)
         ranked = proj.gather(0, by_val.gather(0, by_cls))  # [N, L], sorted within class
         seg = nw_plans_uniform(groups, dtype=x.dtype)
-        ia = groups.offsets[groups.pair_i][seg.pair] + seg.a
-        ib = groups.offsets[groups.pair_j][seg.pair] + seg.b
-        gap = (ranked[ia] - ranked[ib]).abs().pow(p).mean(1)  # [E]
+        gap = (ranked.index_select(0, seg.ia) - ranked.index_select(0, seg.ib)).abs().pow(p).mean(1)  # [E]
         wp = torch.zeros(groups.num_pairs, dtype=x.dtype, device=x.device)
         wp = wp.index_add(0, seg.pair, seg.mass * gap)
         root = safe_sqrt(wp) if p == 2 else torch.where(wp > 0, wp, 1).pow(1.0 / p) * (wp > 0)
