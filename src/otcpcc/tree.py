@@ -13,7 +13,8 @@ weights this is ``depth(i) + depth(j) - 2 * depth(lca)``.
 Constructors (classmethods): :meth:`LabelTree.from_parents`, :meth:`LabelTree.from_edges`,
 :meth:`LabelTree.from_levels`, :meth:`LabelTree.from_file` (edge lists, JSON, Newick);
 :meth:`LabelTree.to_file` writes any of the three file formats so that files round-trip
-(leaf order, structure and weights).
+(leaf order, structure and weights); the file formats are read and written in
+:mod:`otcpcc.tree_files`.
 
 Leaf order (= class ids) is the order of first appearance in the input: dict order for
 ``from_parents`` (a child before its parent in each item), edge order for ``from_edges`` and edge
@@ -26,29 +27,15 @@ the offending nodes and the fix.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = ["LabelTree", "Level", "TreeError"]
 
-_FORMATS = ("edges", "json", "newick")
-_SUFFIXES = {
-    ".txt": "edges",
-    ".tsv": "edges",
-    ".edges": "edges",
-    ".json": "json",
-    ".nwk": "newick",
-    ".newick": "newick",
-    ".tre": "newick",
-    ".tree": "newick",
-}
 _MAX_LISTED = 5  # how many names an error message lists before "..."
 
 
@@ -136,7 +123,7 @@ class LabelTree:
         unknown = [c for c in weight if c not in self._parent]
         if unknown:
             raise TreeError(f"weights given for unknown nodes {_listed(unknown)}")
-        at_root = [c for c in weight if c in self._parent and self._parent[c] is None]
+        at_root = [c for c in weight if self._parent[c] is None]
         if at_root:
             raise TreeError(
                 f"weight given for root {_listed(at_root)}, which has no parent edge; weights "
@@ -452,215 +439,22 @@ class LabelTree:
           (``''`` for a quote), ``[...]`` comments are skipped, underscores are kept as is, and
           unnamed internal nodes are named ``"_node1"``, ``"_node2"``, ...
         """
-        path = Path(path)
-        fmt = cls._format_of(path, format)
-        text = path.read_text(encoding="utf-8")
-        if fmt == "edges":
-            edges: list[tuple[Any, ...]] = []
-            where: list[str] = []
-            for lineno, raw in enumerate(text.splitlines(), 1):
-                line = raw.split("#", 1)[0].strip()
-                if not line:
-                    continue
-                parts = line.split()
-                loc = f"{path}:{lineno}"
-                if len(parts) not in (2, 3):
-                    raise TreeError(
-                        f"{loc}: expected 'parent child [weight]' (whitespace separated), got {raw.strip()!r}"
-                    )
-                if len(parts) == 3:
-                    try:
-                        w = float(parts[2])
-                    except ValueError:
-                        raise TreeError(
-                            f"{loc}: expected 'parent child [weight]' with a numeric weight, got {raw.strip()!r}"
-                        ) from None
-                    edges.append((parts[0], parts[1], w))
-                else:
-                    edges.append((parts[0], parts[1]))
-                where.append(loc)
-            if not edges:
-                raise TreeError(f"empty tree: {path} holds no edges ('parent child [weight]' lines)")
-            return cls._from_edge_list(edges, on_multiple_parents, where)
-        if fmt == "json":
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise TreeError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-            return cls._from_json(data, str(path))
-        return cls._from_newick(text, str(path))
+        from .tree_files import read_tree
 
-    @staticmethod
-    def _format_of(path: Path, format: str | None) -> str:
-        if format is not None:
-            if format not in _FORMATS:
-                raise TreeError(f"unknown tree format {format!r}; use one of {', '.join(_FORMATS)}")
-            return format
-        fmt = _SUFFIXES.get(path.suffix.lower())
-        if fmt is None:
-            raise TreeError(
-                f"cannot tell the tree format of {str(path)!r} from its suffix; pass format='edges', 'json' or 'newick'"
-            )
-        return fmt
+        return read_tree(path, format, on_multiple_parents)
 
+    # the two parsers below live in tree_files; these names stay for tests/test_tree.py
     @classmethod
     def _from_json(cls, data: Any, src: str) -> LabelTree:
-        if not isinstance(data, dict) or not data:
-            raise TreeError(f"{src}: expected a non-empty JSON object describing a tree")
-        vals = list(data.values())
-        if (
-            set(data) <= {"parents", "weights", "levels"}
-            and "parents" in data
-            and (
-                "weights" in data
-                or "levels" in data
-                or (isinstance(data["parents"], dict) and any(isinstance(v, str) for v in data["parents"].values()))
-            )
-        ):
-            parents, weights = data["parents"], data.get("weights", {})
-            if not isinstance(parents, dict) or not isinstance(weights, dict):
-                raise TreeError(f"{src}: 'parents' and 'weights' must be JSON objects")
-            tree = cls._from_flat(parents, weights, src)
-            if "levels" not in data:
-                return tree
-            levels = data["levels"]
-            ok = isinstance(levels, list) and all(
-                isinstance(x, dict)
-                and set(x) == {"name", "nodes"}
-                and isinstance(x["name"], str)
-                and isinstance(x["nodes"], list)
-                and all(isinstance(y, str) for y in x["nodes"])
-                for x in levels
-            )
-            if not ok:
-                raise TreeError(
-                    f'{src}: "levels" must be a list of {{"name": str, "nodes": [str, ...]}} objects, finest first'
-                )
-            spec = [(x["name"], x["nodes"]) for x in levels]
-            return cls(tree._parent, tree._weight, leaves=tree._leaves, level_spec=spec)
-        if all(v is None or isinstance(v, str) for v in vals) and any(isinstance(v, str) for v in vals):
-            return cls._from_flat(data, {}, src)
-        # nested form
-        edges: list[tuple[str, str]] = []
-        roots: list[str] = []
+        from .tree_files import _from_json
 
-        def walk(name: Any, sub: Any, parent: str | None) -> None:
-            name = _check_name(name, f"{src}: node name")
-            if parent is None:
-                roots.append(name)
-            else:
-                edges.append((parent, name))
-            if sub is None:
-                return
-            if isinstance(sub, dict):
-                for k, v in sub.items():
-                    walk(k, v, name)
-            elif isinstance(sub, list):
-                for item in sub:
-                    if isinstance(item, dict):
-                        for k, v in item.items():
-                            walk(k, v, name)
-                    else:
-                        walk(item, None, name)
-            else:
-                raise TreeError(
-                    f"{src}: the value under {name!r} is {sub!r}; in a nested tree each value must "
-                    "be an object, a list of names, or null"
-                )
-
-        for k, v in data.items():
-            walk(k, v, None)
-        if len(roots) > 1:
-            raise TreeError(f"several roots: {_listed(roots)} are top-level keys in {src}; nest them under one root")
-        if not edges:
-            return cls({roots[0]: None})
-        return cls._from_edge_list(edges, "error", None)
-
-    @classmethod
-    def _from_flat(cls, parents: dict[str, Any], weights: dict[str, Any], src: str) -> LabelTree:
-        for c, p in parents.items():
-            if p is not None and not isinstance(p, str):
-                raise TreeError(f"{src}: parent of {c!r} is {p!r}; a flat map needs a name or null per child")
-        return cls.from_parents(parents, weights)
+        return _from_json(data, src)
 
     @classmethod
     def _from_newick(cls, text: str, src: str) -> LabelTree:
-        tokens = _newick_tokens(text, src)
-        # node = [name | None, length | None, children]
-        root: list[Any] = [None, None, []]
-        cur = root
-        stack: list[list[Any]] = []
-        i = 0
-        done = False
-        while i < len(tokens):
-            kind, val = tokens[i]
-            if done:
-                raise TreeError(f"{src}: text after the closing ';' of the Newick tree")
-            if kind == "(":
-                child: list[Any] = [None, None, []]
-                cur[2].append(child)
-                stack.append(cur)
-                cur = child
-            elif kind == ",":
-                if not stack:
-                    raise TreeError(f"{src}: ',' outside parentheses in Newick text")
-                child = [None, None, []]
-                stack[-1][2].append(child)
-                cur = child
-            elif kind == ")":
-                if not stack:
-                    raise TreeError(f"{src}: unbalanced ')' in Newick text")
-                cur = stack.pop()
-            elif kind == ":":
-                if i + 1 >= len(tokens) or tokens[i + 1][0] != "label":
-                    raise TreeError(f"{src}: ':' must be followed by a branch length in Newick")
-                try:
-                    cur[1] = float(tokens[i + 1][1])
-                except ValueError:
-                    raise TreeError(f"{src}: branch length {tokens[i + 1][1]!r} is not a number") from None
-                i += 1
-            elif kind == ";":
-                if stack:
-                    raise TreeError(f"{src}: unbalanced '(' in Newick text (missing ')')")
-                done = True
-            else:  # label
-                if cur[0] is not None:
-                    raise TreeError(f"{src}: two names {cur[0]!r} and {val!r} for one Newick node")
-                cur[0] = val
-            i += 1
-        if stack:
-            raise TreeError(f"{src}: unbalanced '(' in Newick text (missing ')')")
-        if not root[2] and root[0] is None:
-            raise TreeError(f"empty tree: {src} holds no Newick tree")
-        # name unnamed internal nodes, check leaves are named
-        taken: set[str] = set()
-        todo = [root]
-        while todo:
-            n = todo.pop()
-            if n[0] is not None:
-                taken.add(n[0])
-            todo.extend(n[2])
-        counter = 0
-        parent: dict[str, str | None] = {}
-        weight: dict[str, float] = {}
-        todo2: list[tuple[list[Any], str | None]] = [(root, None)]
-        while todo2:
-            n, par = todo2.pop()
-            if n[0] is None:
-                if not n[2]:
-                    raise TreeError(f"{src}: a Newick leaf has no name (child of {par!r}); every leaf needs one")
-                counter += 1
-                while f"_node{counter}" in taken:
-                    counter += 1
-                n[0] = f"_node{counter}"
-            name = _check_name(n[0])
-            if name in parent:
-                raise TreeError(f"duplicate node names: {name!r} appears twice in {src}; names must be unique")
-            parent[name] = par
-            if par is not None:
-                weight[name] = 1.0 if n[1] is None else n[1]
-            todo2.extend((c, name) for c in reversed(n[2]))
-        return cls(parent, weight)
+        from .tree_files import _from_newick
+
+        return _from_newick(text, src)
 
     def to_file(self, path: str | os.PathLike[str], format: str | None = None) -> None:
         """Write the tree so that :meth:`from_file` reads back the same tree and leaf order.
@@ -674,95 +468,9 @@ class LabelTree:
         Newick files read back get depth-based levels). Newick: needs the leaf order to be a
         depth-first order (raises otherwise; use edges or JSON).
         """
-        path = Path(path)
-        fmt = self._format_of(path, format)
-        weighted = any(w != 1.0 for w in self._weight.values())
-        if fmt == "edges":
-            bad = [n for n in self._nodes if re.search(r"\s|#", n)]
-            if bad:
-                raise TreeError(
-                    f"node names {_listed(bad)} contain whitespace or '#', which the edges format "
-                    "cannot hold; write JSON or Newick instead"
-                )
-            if len(self._nodes) == 1:
-                raise TreeError(f"the single-node tree {self._root!r} has no edge to write; use JSON or Newick")
-            lines = ["# parent child" + (" weight" if weighted else "")]
-            for c in self._edge_order():
-                p = self._parent[c]
-                lines.append(f"{p}\t{c}" + (f"\t{self._weight[c]!r}" if weighted else ""))
-            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        elif fmt == "json":
-            kids = self._dfs_children()
-            if kids is None or weighted or self._level_spec is not None:
-                order = self._edge_order()
-                parents: dict[str, str | None] = {c: self._parent[c] for c in order}
-                parents[self._root] = None
-                obj: Any = {"parents": parents}
-                if weighted:
-                    obj["weights"] = {c: self._weight[c] for c in order}
-                if self._level_spec is not None:
-                    obj["levels"] = [{"name": a, "nodes": b} for a, b in self._level_spec]
-            else:
+        from .tree_files import write_tree
 
-                def nest(n: str) -> dict[str, Any]:
-                    return {c: nest(c) for c in kids[n]}
-
-                obj = {self._root: nest(self._root)}
-            path.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-        else:
-            kids = self._dfs_children()
-            if kids is None:
-                raise TreeError(
-                    "the leaf order is not a depth-first order of the tree (the leaves under some "
-                    "node are not contiguous), which Newick cannot hold; write edges or JSON"
-                )
-
-            def label(n: str) -> str:
-                if re.fullmatch(r"[^\s()\[\]':;,]+", n):
-                    return n
-                return "'" + n.replace("'", "''") + "'"
-
-            def render(n: str) -> str:
-                s = label(n)
-                if kids[n]:
-                    s = "(" + ",".join(render(c) for c in kids[n]) + ")" + s
-                if weighted and n != self._root:
-                    s += f":{self._weight[n]!r}"
-                return s
-
-            path.write_text(render(self._root) + ";\n", encoding="utf-8")
-
-    def _edge_order(self) -> list[str]:
-        """Children of all edges, ordered so that leaves first appear in class-id order."""
-        out: list[str] = []
-        seen: set[str] = {self._root}
-        for leaf in self._leaves:
-            path = []
-            n: str | None = leaf
-            while n is not None and n not in seen:
-                path.append(n)
-                seen.add(n)
-                n = self._parent[n]
-            out.extend(reversed(path))
-        return out
-
-    def _dfs_children(self) -> dict[str, list[str]] | None:
-        """Children ordered by their smallest leaf id, or None if leaves are not DFS-ordered."""
-        first: dict[str, int] = {}
-        for i, leaf in enumerate(self._leaves):
-            n: str | None = leaf
-            while n is not None and n not in first:
-                first[n] = i
-                n = self._parent[n]
-        kids = {n: sorted(self._children[n], key=first.__getitem__) for n in self._nodes}
-        seq: list[str] = []
-        stack = [self._root]
-        while stack:
-            n = stack.pop()
-            if not kids[n]:
-                seq.append(n)
-            stack.extend(reversed(kids[n]))
-        return kids if seq == self._leaves else None
+        write_tree(self, path, format)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -909,24 +617,21 @@ class LabelTree:
         itself when it is no deeper than d. Ids number that level's nodes in order of first
         appearance over the leaves.
         """
-        if self._levels is None:
+        if self._levels is None:  # named levels were set up by __init__; these are by depth
             out: list[Level] = []
-            if self._level_spec is not None:
-                out = self._levels_from_spec(self._level_spec)
-            else:
-                dmax = max(self._depth[n] for n in self._leaves)
-                for d in range(dmax - 1, 0, -1):
-                    targets = []
-                    for leaf in self._leaves:
-                        n = leaf
-                        while self._depth[n] > d:
-                            n = self._parent[n]  # type: ignore[assignment]
-                        targets.append(n)
-                    pos: dict[str, int] = {}
-                    for t in targets:
-                        pos.setdefault(t, len(pos))
-                    ids = np.array([pos[t] for t in targets], dtype=np.int64)
-                    out.append(Level(f"depth{d}", ids, list(pos)))
+            dmax = max(self._depth[n] for n in self._leaves)
+            for d in range(dmax - 1, 0, -1):
+                targets = []
+                for leaf in self._leaves:
+                    n = leaf
+                    while self._depth[n] > d:
+                        n = self._parent[n]  # type: ignore[assignment]
+                    targets.append(n)
+                pos: dict[str, int] = {}
+                for t in targets:
+                    pos.setdefault(t, len(pos))
+                ids = np.array([pos[t] for t in targets], dtype=np.int64)
+                out.append(Level(f"depth{d}", ids, list(pos)))
             self._levels = out
         return self._levels
 
@@ -1006,43 +711,3 @@ class LabelTree:
         if self._level_spec is not None:
             spec = [(a, [x for x in b if x in keep]) for a, b in self._level_spec]
         return LabelTree(parent, weight, leaves=leaves, level_spec=spec)
-
-
-def _newick_tokens(text: str, src: str) -> list[tuple[str, str]]:
-    tokens: list[tuple[str, str]] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch.isspace():
-            i += 1
-        elif ch == "[":
-            j = text.find("]", i)
-            if j < 0:
-                raise TreeError(f"{src}: unclosed '[' comment in Newick text")
-            i = j + 1
-        elif ch in "(),:;":
-            tokens.append((ch, ch))
-            i += 1
-        elif ch == "'":
-            buf = []
-            i += 1
-            while True:
-                if i >= n:
-                    raise TreeError(f"{src}: unclosed quote in Newick text")
-                if text[i] == "'":
-                    if i + 1 < n and text[i + 1] == "'":
-                        buf.append("'")
-                        i += 2
-                        continue
-                    i += 1
-                    break
-                buf.append(text[i])
-                i += 1
-            tokens.append(("label", "".join(buf)))
-        else:
-            j = i
-            while j < n and not text[j].isspace() and text[j] not in "(),:;[']":
-                j += 1
-            tokens.append(("label", text[i:j]))
-            i = j
-    return tokens

@@ -1,0 +1,401 @@
+"""Label-tree files: read and write edge lists, JSON and Newick.
+
+:func:`read_tree` and :func:`write_tree` back :meth:`LabelTree.from_file` and
+:meth:`LabelTree.to_file`, whose docstrings describe the three formats. Every invalid file raises
+:class:`TreeError` with a one-line message naming the file (and line, where known) and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .tree import LabelTree, TreeError, _check_name, _listed
+
+__all__ = ["read_tree", "write_tree"]
+
+_FORMATS = ("edges", "json", "newick")
+_SUFFIXES = {
+    ".txt": "edges",
+    ".tsv": "edges",
+    ".edges": "edges",
+    ".json": "json",
+    ".nwk": "newick",
+    ".newick": "newick",
+    ".tre": "newick",
+    ".tree": "newick",
+}
+
+
+def _format_of(path: Path, format: str | None) -> str:
+    if format is not None:
+        if format not in _FORMATS:
+            raise TreeError(f"unknown tree format {format!r}; use one of {', '.join(_FORMATS)}")
+        return format
+    fmt = _SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise TreeError(
+            f"cannot tell the tree format of {str(path)!r} from its suffix; pass format='edges', 'json' or 'newick'"
+        )
+    return fmt
+
+
+# ---------------------------------------------------------------------- reading
+def read_tree(
+    path: str | os.PathLike[str],
+    format: str | None = None,
+    on_multiple_parents: str = "error",
+) -> LabelTree:
+    """Read a tree file (see :meth:`LabelTree.from_file`); ``format`` is inferred from the suffix."""
+    path = Path(path)
+    fmt = _format_of(path, format)
+    text = path.read_text(encoding="utf-8")
+    if fmt == "edges":
+        return _from_edges_text(text, path, on_multiple_parents)
+    if fmt == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TreeError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        return _from_json(data, str(path))
+    return _from_newick(text, str(path))
+
+
+def _from_edges_text(text: str, path: Path, on_multiple_parents: str) -> LabelTree:
+    edges: list[tuple[Any, ...]] = []
+    where: list[str] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        loc = f"{path}:{lineno}"
+        if len(parts) not in (2, 3):
+            raise TreeError(f"{loc}: expected 'parent child [weight]' (whitespace separated), got {raw.strip()!r}")
+        if len(parts) == 3:
+            try:
+                w = float(parts[2])
+            except ValueError:
+                raise TreeError(
+                    f"{loc}: expected 'parent child [weight]' with a numeric weight, got {raw.strip()!r}"
+                ) from None
+            edges.append((parts[0], parts[1], w))
+        else:
+            edges.append((parts[0], parts[1]))
+        where.append(loc)
+    if not edges:
+        raise TreeError(f"empty tree: {path} holds no edges ('parent child [weight]' lines)")
+    return LabelTree._from_edge_list(edges, on_multiple_parents, where)
+
+
+def _from_json(data: Any, src: str) -> LabelTree:
+    if not isinstance(data, dict) or not data:
+        raise TreeError(f"{src}: expected a non-empty JSON object describing a tree")
+    vals = list(data.values())
+    if (
+        set(data) <= {"parents", "weights", "levels"}
+        and "parents" in data
+        and (
+            "weights" in data
+            or "levels" in data
+            or (isinstance(data["parents"], dict) and any(isinstance(v, str) for v in data["parents"].values()))
+        )
+    ):
+        parents, weights = data["parents"], data.get("weights", {})
+        if not isinstance(parents, dict) or not isinstance(weights, dict):
+            raise TreeError(f"{src}: 'parents' and 'weights' must be JSON objects")
+        tree = _from_flat(parents, weights, src)
+        if "levels" not in data:
+            return tree
+        levels = data["levels"]
+        ok = isinstance(levels, list) and all(
+            isinstance(x, dict)
+            and set(x) == {"name", "nodes"}
+            and isinstance(x["name"], str)
+            and isinstance(x["nodes"], list)
+            and all(isinstance(y, str) for y in x["nodes"])
+            for x in levels
+        )
+        if not ok:
+            raise TreeError(
+                f'{src}: "levels" must be a list of {{"name": str, "nodes": [str, ...]}} objects, finest first'
+            )
+        spec = [(x["name"], x["nodes"]) for x in levels]
+        parent = {n: tree.parent(n) for n in tree.nodes}
+        weight = {n: tree.weight(n) for n, p in parent.items() if p is not None}
+        return LabelTree(parent, weight, leaves=tree.leaves, level_spec=spec)
+    if all(v is None or isinstance(v, str) for v in vals) and any(isinstance(v, str) for v in vals):
+        return _from_flat(data, {}, src)
+    # nested form
+    edges: list[tuple[str, str]] = []
+    roots: list[str] = []
+
+    def walk(name: Any, sub: Any, parent: str | None) -> None:
+        name = _check_name(name, f"{src}: node name")
+        if parent is None:
+            roots.append(name)
+        else:
+            edges.append((parent, name))
+        if sub is None:
+            return
+        if isinstance(sub, dict):
+            for k, v in sub.items():
+                walk(k, v, name)
+        elif isinstance(sub, list):
+            for item in sub:
+                if isinstance(item, dict):
+                    for k, v in item.items():
+                        walk(k, v, name)
+                else:
+                    walk(item, None, name)
+        else:
+            raise TreeError(
+                f"{src}: the value under {name!r} is {sub!r}; in a nested tree each value must "
+                "be an object, a list of names, or null"
+            )
+
+    for k, v in data.items():
+        walk(k, v, None)
+    if len(roots) > 1:
+        raise TreeError(f"several roots: {_listed(roots)} are top-level keys in {src}; nest them under one root")
+    if not edges:
+        return LabelTree({roots[0]: None})
+    return LabelTree._from_edge_list(edges, "error", None)
+
+
+def _from_flat(parents: dict[str, Any], weights: dict[str, Any], src: str) -> LabelTree:
+    for c, p in parents.items():
+        if p is not None and not isinstance(p, str):
+            raise TreeError(f"{src}: parent of {c!r} is {p!r}; a flat map needs a name or null per child")
+    return LabelTree.from_parents(parents, weights)
+
+
+def _from_newick(text: str, src: str) -> LabelTree:
+    tokens = _newick_tokens(text, src)
+    # node = [name | None, length | None, children]
+    root: list[Any] = [None, None, []]
+    cur = root
+    stack: list[list[Any]] = []
+    i = 0
+    done = False
+    while i < len(tokens):
+        kind, val = tokens[i]
+        if done:
+            raise TreeError(f"{src}: text after the closing ';' of the Newick tree")
+        if kind == "(":
+            child: list[Any] = [None, None, []]
+            cur[2].append(child)
+            stack.append(cur)
+            cur = child
+        elif kind == ",":
+            if not stack:
+                raise TreeError(f"{src}: ',' outside parentheses in Newick text")
+            child = [None, None, []]
+            stack[-1][2].append(child)
+            cur = child
+        elif kind == ")":
+            if not stack:
+                raise TreeError(f"{src}: unbalanced ')' in Newick text")
+            cur = stack.pop()
+        elif kind == ":":
+            if i + 1 >= len(tokens) or tokens[i + 1][0] != "label":
+                raise TreeError(f"{src}: ':' must be followed by a branch length in Newick")
+            try:
+                cur[1] = float(tokens[i + 1][1])
+            except ValueError:
+                raise TreeError(f"{src}: branch length {tokens[i + 1][1]!r} is not a number") from None
+            i += 1
+        elif kind == ";":
+            if stack:
+                raise TreeError(f"{src}: unbalanced '(' in Newick text (missing ')')")
+            done = True
+        else:  # label
+            if cur[0] is not None:
+                raise TreeError(f"{src}: two names {cur[0]!r} and {val!r} for one Newick node")
+            cur[0] = val
+        i += 1
+    if stack:
+        raise TreeError(f"{src}: unbalanced '(' in Newick text (missing ')')")
+    if not root[2] and root[0] is None:
+        raise TreeError(f"empty tree: {src} holds no Newick tree")
+    # name unnamed internal nodes, check leaves are named
+    taken: set[str] = set()
+    todo = [root]
+    while todo:
+        n = todo.pop()
+        if n[0] is not None:
+            taken.add(n[0])
+        todo.extend(n[2])
+    counter = 0
+    parent: dict[str, str | None] = {}
+    weight: dict[str, float] = {}
+    todo2: list[tuple[list[Any], str | None]] = [(root, None)]
+    while todo2:
+        n, par = todo2.pop()
+        if n[0] is None:
+            if not n[2]:
+                raise TreeError(f"{src}: a Newick leaf has no name (child of {par!r}); every leaf needs one")
+            counter += 1
+            while f"_node{counter}" in taken:
+                counter += 1
+            n[0] = f"_node{counter}"
+        name = _check_name(n[0])
+        if name in parent:
+            raise TreeError(f"duplicate node names: {name!r} appears twice in {src}; names must be unique")
+        parent[name] = par
+        if par is not None:
+            weight[name] = 1.0 if n[1] is None else n[1]
+        todo2.extend((c, name) for c in reversed(n[2]))
+    return LabelTree(parent, weight)
+
+
+def _newick_tokens(text: str, src: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+        elif ch == "[":
+            j = text.find("]", i)
+            if j < 0:
+                raise TreeError(f"{src}: unclosed '[' comment in Newick text")
+            i = j + 1
+        elif ch in "(),:;":
+            tokens.append((ch, ch))
+            i += 1
+        elif ch == "'":
+            buf = []
+            i += 1
+            while True:
+                if i >= n:
+                    raise TreeError(f"{src}: unclosed quote in Newick text")
+                if text[i] == "'":
+                    if i + 1 < n and text[i + 1] == "'":
+                        buf.append("'")
+                        i += 2
+                        continue
+                    i += 1
+                    break
+                buf.append(text[i])
+                i += 1
+            tokens.append(("label", "".join(buf)))
+        else:
+            j = i
+            while j < n and not text[j].isspace() and text[j] not in "(),:;[']":
+                j += 1
+            tokens.append(("label", text[i:j]))
+            i = j
+    return tokens
+
+
+# ---------------------------------------------------------------------- writing
+def write_tree(tree: LabelTree, path: str | os.PathLike[str], format: str | None = None) -> None:
+    """Write ``tree`` so that :func:`read_tree` reads it back (see :meth:`LabelTree.to_file`)."""
+    path = Path(path)
+    fmt = _format_of(path, format)
+    weighted = any(tree.weight(n) != 1.0 for n in tree.nodes if n != tree.root)
+    if fmt == "edges":
+        text = _edges_text(tree, weighted)
+    elif fmt == "json":
+        text = _json_text(tree, weighted)
+    else:
+        text = _newick_text(tree, weighted)
+    path.write_text(text, encoding="utf-8")
+
+
+def _edges_text(tree: LabelTree, weighted: bool) -> str:
+    bad = [n for n in tree.nodes if re.search(r"\s|#", n)]
+    if bad:
+        raise TreeError(
+            f"node names {_listed(bad)} contain whitespace or '#', which the edges format "
+            "cannot hold; write JSON or Newick instead"
+        )
+    if len(tree.nodes) == 1:
+        raise TreeError(f"the single-node tree {tree.root!r} has no edge to write; use JSON or Newick")
+    lines = ["# parent child" + (" weight" if weighted else "")]
+    for c in _edge_order(tree):
+        lines.append(f"{tree.parent(c)}\t{c}" + (f"\t{tree.weight(c)!r}" if weighted else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _json_text(tree: LabelTree, weighted: bool) -> str:
+    kids = _dfs_children(tree)
+    level_spec = tree._level_spec  # named levels (from_levels / JSON levels), which only JSON keeps
+    if kids is None or weighted or level_spec is not None:
+        order = _edge_order(tree)
+        parents: dict[str, str | None] = {c: tree.parent(c) for c in order}
+        parents[tree.root] = None
+        obj: Any = {"parents": parents}
+        if weighted:
+            obj["weights"] = {c: tree.weight(c) for c in order}
+        if level_spec is not None:
+            obj["levels"] = [{"name": a, "nodes": b} for a, b in level_spec]
+    else:
+
+        def nest(n: str) -> dict[str, Any]:
+            return {c: nest(c) for c in kids[n]}
+
+        obj = {tree.root: nest(tree.root)}
+    return json.dumps(obj, indent=1) + "\n"
+
+
+def _newick_text(tree: LabelTree, weighted: bool) -> str:
+    kids = _dfs_children(tree)
+    if kids is None:
+        raise TreeError(
+            "the leaf order is not a depth-first order of the tree (the leaves under some "
+            "node are not contiguous), which Newick cannot hold; write edges or JSON"
+        )
+
+    def label(n: str) -> str:
+        if re.fullmatch(r"[^\s()\[\]':;,]+", n):
+            return n
+        return "'" + n.replace("'", "''") + "'"
+
+    def render(n: str) -> str:
+        s = label(n)
+        if kids[n]:
+            s = "(" + ",".join(render(c) for c in kids[n]) + ")" + s
+        if weighted and n != tree.root:
+            s += f":{tree.weight(n)!r}"
+        return s
+
+    return render(tree.root) + ";\n"
+
+
+def _edge_order(tree: LabelTree) -> list[str]:
+    """Children of all edges, ordered so that leaves first appear in class-id order."""
+    out: list[str] = []
+    seen: set[str] = {tree.root}
+    for leaf in tree.leaves:
+        path = []
+        n: str | None = leaf
+        while n is not None and n not in seen:
+            path.append(n)
+            seen.add(n)
+            n = tree.parent(n)
+        out.extend(reversed(path))
+    return out
+
+
+def _dfs_children(tree: LabelTree) -> dict[str, list[str]] | None:
+    """Children ordered by their smallest leaf id, or None if leaves are not DFS-ordered."""
+    first: dict[str, int] = {}
+    for i, leaf in enumerate(tree.leaves):
+        n: str | None = leaf
+        while n is not None and n not in first:
+            first[n] = i
+            n = tree.parent(n)
+    kids = {n: sorted(tree.children(n), key=first.__getitem__) for n in tree.nodes}
+    seq: list[str] = []
+    stack = [tree.root]
+    while stack:
+        n = stack.pop()
+        if not kids[n]:
+            seq.append(n)
+        stack.extend(reversed(kids[n]))
+    return kids if seq == tree.leaves else None
