@@ -137,19 +137,23 @@ def test_l2_gradient_matches_means_formula():
     np.testing.assert_allclose(xt.grad.numpy(), grad, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["emd", "sinkhorn", "fastft"])
-def test_large_batch_row_path_equals_matrix_path(name, monkeypatch):
+@pytest.mark.parametrize("name", ["l2", "emd", "sinkhorn", "fastft"])
+def test_row_path_and_tiled_gram_path_equal_one_gram(name, monkeypatch):
+    """Rows (forced), one Gram tile (default) and many small tiles give identical costs and grads."""
     x, y = batch(8, n=50)
     grads, vals = [], []
-    for limit in (10_000, 0):
-        monkeypatch.setitem(cost_module.MATRIX_MAX_N, "cpu", limit)
+    for always, ratio, tile in ((10_000, 0, 1 << 24), (0, 0, 1 << 24), (10_000, 0, 7 * 50)):
+        monkeypatch.setattr(cost_module, "GRAM_ALWAYS_N", always)
+        monkeypatch.setattr(cost_module, "GRAM_RATIO", ratio)
+        monkeypatch.setattr(cost_module, "TILE_ELEMENTS", tile)
         xt = torch.tensor(x, requires_grad=True)
         rho = class_distances(xt, torch.tensor(y), name)[1]
         (rho * torch.arange(rho.shape[0])).sum().backward()
         grads.append(xt.grad)
         vals.append(rho.detach())
-    torch.testing.assert_close(vals[0], vals[1], rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+    for v, g in zip(vals[1:], grads[1:], strict=True):
+        torch.testing.assert_close(v, vals[0], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(g, grads[0], rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["l2", "emd", "sinkhorn", "swd"])

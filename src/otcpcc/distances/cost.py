@@ -1,6 +1,6 @@
 r"""Evaluate transport costs :math:`\rho_t = \sum_s P_s \lVert x_{a_s} - x_{b_s} \rVert_2` for many plans at once.
 
-Every OT distance in this package ends here: a solver returns its plans as sparse entries
+Every distance in this package ends here: a solver returns its plans as sparse entries
 ``(a_s, b_s, P_s, t_s)`` (sample indices into the grouped batch, mass, and the pair the entry
 belongs to), and one call evaluates all pairs' costs with autograd. Plans are constants, so the
 gradient is the constant-plan (envelope-theorem) formula
@@ -9,12 +9,18 @@ gradient is the constant-plan (envelope-theorem) formula
 
 taken as 0 where two samples coincide (never NaN).
 
-Two evaluation paths give the same values (switch at ``MATRIX_MAX_N`` samples, per device):
+Two evaluation paths give the same values; :func:`use_gram` picks one from N and the number of
+entries S:
 
-* small N: one [N, N] Gram product gives every distance (O(N²d) in BLAS), entries near zero are
-  recomputed directly; backward is one scatter into [N, N] and one product.
-* large N: only the needed rows, in chunks, recomputed in backward: memory O(chunk·d) whatever N
-  and the number of entries; O(S·d) time.
+* Gram tiles (N small, or N² within ``GRAM_RATIO``·S): distances of a tile of T rows against all
+  N samples come from one product (BLAS, O(T N d)); the needed entries are gathered from it.
+  Backward scatters the coefficients into the same tiles and needs two products per tile. Memory
+  O(T N) with T·N ≤ ``TILE_ELEMENTS``, so never an unbounded [N, N] matrix.
+* Rows (N large and entries sparse, e.g. 50,000 samples in 100 classes): only the needed
+  differences, in chunks, recomputed in backward; O(S d) time, O(chunk · d) memory.
+
+Entries whose Gram distance is below 1e-3 of the feature scale, where cancellation may have eaten
+digits, are recomputed from their differences, so values are exact on both paths.
 """
 
 from __future__ import annotations
@@ -22,15 +28,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Largest N for which the [N, N] distance matrix is used (per device type): on a GPU the Gram
-# product is far cheaper than gathering O(pairs · n) rows of d features; on a CPU only for small N.
-MATRIX_MAX_N = {"cpu": 2048, "cuda": 16384}
+GRAM_ALWAYS_N = 2048  # up to this many samples the Gram path is always cheaper
+GRAM_RATIO = 128  # above it: Gram while N² <= GRAM_RATIO · S (a product beats a gather ~this much)
+TILE_ELEMENTS = 1 << 24  # floats in one [T, N] tile
+CHUNK_ELEMENTS = 1 << 22  # floats in one [rows, d] chunk of the rows path
 
 
-def use_matrix(x: Tensor) -> bool:
-    """Whether the [N, N] Gram path serves ``x`` [N, d] (see ``MATRIX_MAX_N``)."""
-    return x.shape[0] <= MATRIX_MAX_N.get(x.device.type, MATRIX_MAX_N["cpu"])
-CHUNK_ELEMENTS = 1 << 22
+def use_gram(n: int, entries: int) -> bool:
+    """Whether the Gram-tile path serves N samples and ``entries`` plan entries."""
+    return n <= GRAM_ALWAYS_N or n * n <= GRAM_RATIO * entries
 
 
 def safe_sqrt(x: Tensor) -> Tensor:
@@ -60,50 +66,84 @@ def pairwise_distances(x: Tensor) -> Tensor:
     return safe_sqrt(d2) * c
 
 
-def _chunks(n: int, d: int):
-    step = max(1, CHUNK_ELEMENTS // max(d, 1))
+def _chunks(n: int, per_item: int, budget: int):
+    step = max(1, budget // max(per_item, 1))
     for s in range(0, n, step):
         yield slice(s, min(n, s + step))
 
 
 def row_distances(x: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
-    """[S] ‖x[ia] − x[ib]‖₂ without autograd, exactly, in chunks of O(CHUNK_ELEMENTS) memory."""
+    """[S] ‖x[ia] − x[ib]‖₂ without autograd, from the differences, in bounded chunks."""
     out = torch.empty(ia.shape[0], dtype=x.dtype, device=x.device)
     c = feature_scale(x)
-    for sl in _chunks(ia.shape[0], x.shape[1]):
-        diff = (x[ia[sl]] - x[ib[sl]]) / c
+    for sl in _chunks(ia.shape[0], x.shape[1], CHUNK_ELEMENTS):
+        diff = (x.index_select(0, ia[sl]) - x.index_select(0, ib[sl])) / c
         out[sl] = (diff * diff).sum(1).sqrt() * c
     return out
 
 
-def gather_distances(x: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
-    """[S] ‖x[ia] − x[ib]‖₂ without autograd, exact.
+class _Tiles:
+    """Plan entries sorted by their first sample and split into row tiles of the [N, N] matrix."""
 
-    For N <= ``MATRIX_MAX_N`` the values come from one Gram product; entries small enough to
-    have lost digits to cancellation (below 1e-3 of the feature scale) are recomputed directly.
-    """
+    def __init__(self, n: int, ia: Tensor, ib: Tensor):
+        self.n = n
+        self.order = torch.argsort(ia)
+        self.ia = ia.index_select(0, self.order)
+        self.ib = ib.index_select(0, self.order)
+        rows = max(1, min(n, TILE_ELEMENTS // max(n, 1)))
+        self.starts = list(range(0, n, rows)) + [n]
+        bounds = torch.tensor(self.starts, device=ia.device)
+        self.cuts = torch.searchsorted(self.ia, bounds).tolist()
+
+    def __iter__(self):
+        """(row slice, entry slice, flat index into the [rows, N] tile) for every tile."""
+        for k in range(len(self.starts) - 1):
+            r0, r1 = self.starts[k], self.starts[k + 1]
+            e = slice(self.cuts[k], self.cuts[k + 1])
+            yield slice(r0, r1), e, (self.ia[e] - r0) * self.n + self.ib[e]
+
+
+def gram_distances(x: Tensor, ia: Tensor, ib: Tensor, tiles: _Tiles | None = None) -> Tensor:
+    """[S] ‖x[ia] − x[ib]‖₂ without autograd, from Gram tiles; near-zero entries recomputed."""
+    tiles = tiles or _Tiles(x.shape[0], ia, ib)
+    c = feature_scale(x)
+    xs = x / c
+    sq = (xs * xs).sum(1)
+    sorted_vals = torch.empty(ia.shape[0], dtype=x.dtype, device=x.device)
+    for rows, e, flat in tiles:
+        d2 = sq[rows, None] + sq[None, :] - 2.0 * (xs[rows] @ xs.T)
+        sorted_vals[e] = d2.view(-1).index_select(0, flat).clamp_min(0).sqrt()
+    vals = torch.empty_like(sorted_vals).index_copy_(0, tiles.order, sorted_vals) * c
+    near = torch.nonzero(vals <= 1e-3 * c).squeeze(1)
+    if near.numel():
+        vals[near] = row_distances(x, ia.index_select(0, near), ib.index_select(0, near))
+    return vals
+
+
+def gather_distances(x: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
+    """[S] exact ‖x[ia] − x[ib]‖₂ without autograd, by the cheaper path (:func:`use_gram`)."""
     with torch.no_grad():
-        if not use_matrix(x):
-            return row_distances(x, ia, ib)
-        vals = pairwise_distances(x).view(-1).index_select(0, ia * x.shape[0] + ib)
-        near = torch.nonzero(vals <= 1e-3 * feature_scale(x)).squeeze(1)
-        if near.numel():
-            vals[near] = row_distances(x, ia[near], ib[near])
-        return vals
+        if use_gram(x.shape[0], ia.shape[0]):
+            return gram_distances(x, ia, ib)
+        return row_distances(x, ia, ib)
 
 
 class _PlanCost(torch.autograd.Function):
     r"""rho = index_add(pair, mass * ‖x[ia] − x[ib]‖) with the constant-plan gradient.
 
     Backward uses :math:`C_{ab} = g_{t(s)} P_s / \lVert x_a - x_b \rVert` (0 where the samples
-    coincide): for N <= ``MATRIX_MAX_N`` as one dense product,
-    :math:`\nabla X = \operatorname{diag}((C + C^\top)\mathbf{1}) X - (C + C^\top) X`;
-    otherwise by recomputing differences in chunks (memory O(chunk · d)).
+    coincide). Per Gram tile R of rows: :math:`\nabla X_R \mathrel{+}= \operatorname{diag}(C_R
+    \mathbf{1}) X_R - C_R X` and :math:`\nabla X \mathrel{+}= \operatorname{diag}(C_R^\top
+    \mathbf{1}) X - C_R^\top X_R`; on the rows path by recomputed differences.
     """
 
     @staticmethod
     def forward(ctx, x, ia, ib, mass, pair, num_pairs):  # noqa: D102
-        norms = gather_distances(x, ia, ib)
+        gram = use_gram(x.shape[0], ia.shape[0])
+        tiles = _Tiles(x.shape[0], ia, ib) if gram else None
+        with torch.no_grad():
+            norms = gram_distances(x, ia, ib, tiles) if gram else row_distances(x, ia, ib)
+        ctx.tiles = tiles
         ctx.save_for_backward(x, ia, ib, mass, pair, norms)
         rho = torch.zeros(num_pairs, dtype=x.dtype, device=x.device)
         return rho.index_add_(0, pair, mass * norms)
@@ -113,18 +153,22 @@ class _PlanCost(torch.autograd.Function):
         x, ia, ib, mass, pair, norms = ctx.saved_tensors
         w = grad_rho.index_select(0, pair) * mass
         coef = torch.where(norms > 0, w / torch.where(norms > 0, norms, 1), 0)
-        n = x.shape[0]
-        if use_matrix(x):
-            C = torch.zeros(n * n, dtype=x.dtype, device=x.device)
-            C.index_add_(0, ia * n + ib, coef)
-            C = C.view(n, n)
-            C = C + C.T
-            return C.sum(1, keepdim=True) * x - C @ x, None, None, None, None, None
         grad_x = torch.zeros_like(x)
-        for sl in _chunks(ia.shape[0], x.shape[1]):
-            g = coef[sl, None] * (x[ia[sl]] - x[ib[sl]])
-            grad_x.index_add_(0, ia[sl], g)
-            grad_x.index_add_(0, ib[sl], -g)
+        n = x.shape[0]
+        if ctx.tiles is not None:
+            coef = coef.index_select(0, ctx.tiles.order)
+            for rows, e, flat in ctx.tiles:
+                C = torch.zeros((rows.stop - rows.start) * n, dtype=x.dtype, device=x.device)
+                C = C.index_add_(0, flat, coef[e]).view(-1, n)
+                xr = x[rows]
+                grad_x[rows] += C.sum(1, keepdim=True) * xr - C @ x
+                grad_x += C.sum(0)[:, None] * x - C.T @ xr
+            return grad_x, None, None, None, None, None
+        for sl in _chunks(ia.shape[0], x.shape[1], CHUNK_ELEMENTS):
+            a, b = ia[sl], ib[sl]
+            g = coef[sl, None] * (x.index_select(0, a) - x.index_select(0, b))
+            grad_x.index_add_(0, a, g)
+            grad_x.index_add_(0, b, -g)
         return grad_x, None, None, None, None, None
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cost import gather_distances, pairwise_distances, transport_cost, use_matrix
+from .cost import GRAM_ALWAYS_N, gather_distances, pairwise_distances, transport_cost
 from .groups import ClassGroups
 from .weights import sample_weights
 
@@ -82,7 +82,7 @@ def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, x: Tensor, parts: li
     if sel.size == 0:
         return
     xd = x.detach().to(torch.float64)
-    if use_matrix(x):
+    if x.shape[0] <= GRAM_ALWAYS_N:
         D = pairwise_distances(xd).cpu().numpy()
         block = lambda t: D[ea[t] : ea[t] + n[t], eb[t] : eb[t] + m[t]]  # noqa: E731
     else:
