@@ -9,11 +9,9 @@ of the BREEDS selection, brute-force crop search, hand-worked trees.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import pickle
-import struct
 from collections import Counter
 from pathlib import Path
 
@@ -21,8 +19,18 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from fakes import (
+    BREEDS_DIR,
+    C10_NAMES,
+    C100_F2C,
+    C100_FINE,
+    CIFAR100_TABLE,
+)
+from fakes import dump_pickle as _dump
+from fakes import write_cifar10 as _write_cifar10
+from fakes import write_cifar100 as _write_cifar100
+from fakes import write_jpeg as _jpeg
 from otcpcc.data import get_dataset
 from otcpcc.data.breeds import BREEDS_SETTINGS, BreedsHierarchy, breeds_split, load_living17
 from otcpcc.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
@@ -30,105 +38,6 @@ from otcpcc.data.features import load_features
 from otcpcc.data.folder import load_folder
 from otcpcc.data.inat import load_inat2021
 from otcpcc.data.safe_pickle import UnsafePickleError, safe_load, safe_loads
-
-BREEDS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "breeds"
-
-# The published CIFAR-100 superclass table (https://www.cs.toronto.edu/~kriz/cifar.html)
-CIFAR100_TABLE = {
-    "aquatic_mammals": ["beaver", "dolphin", "otter", "seal", "whale"],
-    "fish": ["aquarium_fish", "flatfish", "ray", "shark", "trout"],
-    "flowers": ["orchid", "poppy", "rose", "sunflower", "tulip"],
-    "food_containers": ["bottle", "bowl", "can", "cup", "plate"],
-    "fruit_and_vegetables": ["apple", "mushroom", "orange", "pear", "sweet_pepper"],
-    "household_electrical_devices": ["clock", "keyboard", "lamp", "telephone", "television"],
-    "household_furniture": ["bed", "chair", "couch", "table", "wardrobe"],
-    "insects": ["bee", "beetle", "butterfly", "caterpillar", "cockroach"],
-    "large_carnivores": ["bear", "leopard", "lion", "tiger", "wolf"],
-    "large_man-made_outdoor_things": ["bridge", "castle", "house", "road", "skyscraper"],
-    "large_natural_outdoor_scenes": ["cloud", "forest", "mountain", "plain", "sea"],
-    "large_omnivores_and_herbivores": ["camel", "cattle", "chimpanzee", "elephant", "kangaroo"],
-    "medium_mammals": ["fox", "porcupine", "possum", "raccoon", "skunk"],
-    "non-insect_invertebrates": ["crab", "lobster", "snail", "spider", "worm"],
-    "people": ["baby", "boy", "girl", "man", "woman"],
-    "reptiles": ["crocodile", "dinosaur", "lizard", "snake", "turtle"],
-    "small_mammals": ["hamster", "mouse", "rabbit", "shrew", "squirrel"],
-    "trees": ["maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"],
-    "vehicles_1": ["bicycle", "bus", "motorcycle", "pickup_truck", "train"],
-    "vehicles_2": ["lawn_mower", "rocket", "streetcar", "tank", "tractor"],
-}
-C100_COARSE = sorted(CIFAR100_TABLE)
-C100_FINE = sorted(n for names in CIFAR100_TABLE.values() for n in names)
-C100_F2C = np.array(
-    [next(C100_COARSE.index(c) for c, ns in CIFAR100_TABLE.items() if f in ns) for f in C100_FINE]
-)
-C10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-             "truck"]
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Writes str/bytes as python-2 ``str`` (BINSTRING), as the original CIFAR files do."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_str8(self, obj):
-        raw = obj.encode("latin1") if isinstance(obj, str) else obj
-        if len(raw) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_str8
-    dispatch[str] = _save_str8
-
-
-def _dump(obj, path: Path, py2: bool) -> None:
-    if py2:
-        buf = io.BytesIO()
-        _Py2Pickler(buf, protocol=2).dump(obj)
-        path.write_bytes(buf.getvalue())
-    else:
-        path.write_bytes(pickle.dumps(obj, protocol=2))
-
-
-def _images(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-
-
-def _write_cifar10(root: Path, py2: bool = True) -> dict:
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    out = {"train_x": [], "train_y": []}
-    for b in range(1, 6):
-        x, y = _images(rng, 4), [(b + i) % 10 for i in range(4)]
-        _dump({b"batch_label": b"training batch", b"labels": y, b"data": x,
-               b"filenames": [b"f.png"] * 4}, d / f"data_batch_{b}", py2)
-        out["train_x"].append(x)
-        out["train_y"] += y
-    tx, ty = _images(rng, 10), list(range(10))
-    _dump({b"labels": ty, b"data": tx}, d / "test_batch", py2)
-    _dump({b"label_names": [n.encode() for n in C10_NAMES], b"num_cases_per_batch": 4,
-           b"num_vis": 3072}, d / "batches.meta", py2)
-    out["test_x"], out["test_y"] = tx, ty
-    out["train_x"] = np.concatenate(out["train_x"])
-    return out
-
-
-def _write_cifar100(root: Path, f2c: np.ndarray = C100_F2C, py2: bool = False) -> dict:
-    d = root / "cifar-100-python"
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    fine_train = np.repeat(np.arange(100), 2)
-    fine_test = np.arange(100)
-    xs = {"train": _images(rng, 200), "test": _images(rng, 100)}
-    for name, fine in (("train", fine_train), ("test", fine_test)):
-        _dump({b"filenames": [b"x.png"] * len(fine), b"batch_label": name.encode(),
-               b"fine_labels": fine.tolist(), b"coarse_labels": f2c[fine].tolist(),
-               b"data": xs[name]}, d / name, py2)
-    _dump({b"fine_label_names": [n.encode() for n in C100_FINE],
-           b"coarse_label_names": [n.encode() for n in C100_COARSE]}, d / "meta", py2)
-    return {"train_x": xs["train"], "train_y": fine_train, "test_x": xs["test"]}
 
 
 def _normalised(row: np.ndarray, mean, std) -> torch.Tensor:
@@ -327,12 +236,6 @@ def test_cifar100_errors(tmp_path):
 
 
 # ----------------------------------------------------------------------------- image folders
-
-
-def _jpeg(path: Path, value: int, size: int = 12) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.full((size, size, 3), value, dtype=np.uint8)
-    Image.fromarray(arr).save(path, format="JPEG")
 
 
 def test_folder_tree_restrict_missing_and_bad_images(tmp_path):

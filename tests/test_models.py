@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
-from otcpcc.models import ARCHS, build_model, count_parameters, reset_head
+from otcpcc.models import ARCHS, build_model, count_parameters, reset_head, set_frozen_bn_eval
 
 TINY_VIT = {"num_layers": 1, "hidden_dim": 32, "num_heads": 2, "mlp_dim": 64}
 
@@ -376,3 +376,46 @@ def test_reset_head_and_count_parameters():
     assert count_parameters(model) == (4 * 3 + 3 + 3 * 7 + 7, 3 * 7 + 7)
     with torch.no_grad():
         assert math.isclose(float(logits.sum()), float(model.classifier(features).sum()))
+
+
+def _bn_stats(model):
+    return {n: (m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked))
+            for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+
+
+def test_frozen_batchnorm_keeps_running_statistics_in_train_mode():
+    torch.manual_seed(0)
+    model = build_model("cnn", (3, 8, 8), 4, channels=(4, 6, 8),
+                        train_only=["features.4", "features.5"])
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    # features.1 / .5 / .9 are the BatchNorms of conv blocks 0 / 1 / 2; only block 1 is trainable
+    assert sorted(bns) == ["backbone.features.1", "backbone.features.5", "backbone.features.9"]
+    model.train()
+    assert model.training
+    assert [bns[n].training for n in sorted(bns)] == [False, True, False]
+    before = _bn_stats(model)
+    model(torch.randn(6, 3, 8, 8))
+    after = _bn_stats(model)
+    for name in ("backbone.features.1", "backbone.features.9"):  # frozen: unchanged
+        assert torch.equal(before[name][0], after[name][0]) and after[name][2] == 0
+    assert not torch.equal(before["backbone.features.5"][0], after["backbone.features.5"][0])
+    assert after["backbone.features.5"][2] == 1
+    # eval() still puts everything in eval mode; train() again re-applies the rule
+    model.eval()
+    assert not any(m.training for m in bns.values())
+    model.train()
+    assert [bns[n].training for n in sorted(bns)] == [False, True, False]
+
+
+def test_frozen_batchnorm_train_option_and_linear_probe():
+    probe = build_model("resnet18", (3, 32, 32), 5, freeze=["backbone"])
+    probe.train()
+    assert not any(m.training for m in probe.modules() if isinstance(m, nn.BatchNorm2d))
+    assert probe.classifier.training
+    plain = build_model("resnet18", (3, 32, 32), 5, freeze=["backbone"], frozen_bn="train")
+    plain.train()
+    assert all(m.training for m in plain.modules() if isinstance(m, nn.BatchNorm2d))
+    assert set_frozen_bn_eval(plain) == [n for n, m in plain.named_modules()
+                                         if isinstance(m, nn.BatchNorm2d)]
+    with pytest.raises(ValueError, match="frozen_bn must be 'eval'"):
+        build_model("mlp", (4,), 2, frozen_bn="fixed")

@@ -2,15 +2,17 @@
 
 Flags follow torchvision's reference training scripts (``--epochs --batch-size --lr --momentum
 --wd --arch --device --seed --workers --amp --resume --out``). Settings resolve as: defaults <
-``--config FILE`` (YAML or JSON) < flags. Expected errors (bad names or values, missing files,
-a run directory that exists or does not fit) print one line ``otcpcc: error: ...`` on stderr and
-exit with status 2; Ctrl-C during training saves a checkpoint and exits with status 130.
-Set ``OTCPCC_DEBUG=1`` to get the full traceback instead.
+``--preset paper`` (published per-dataset values) < ``--config FILE`` (YAML or JSON) < flags.
+Expected errors (bad names or values, missing files, a run directory that exists or does not fit)
+print one line ``otcpcc: error: ...`` on stderr and exit with status 2; Ctrl-C during training
+saves a checkpoint and exits with status 130. Set ``OTCPCC_DEBUG=1`` to get the full traceback
+instead.
 
 Examples::
 
     otcpcc train --data synthetic --distance fastft --lam 1 --epochs 20 --out runs/fastft
     otcpcc train --out runs/fastft --resume --epochs 20
+    otcpcc train --preset paper --data cifar100 --data-dir ~/data --distance fastft --out runs/c100
     otcpcc evaluate runs/fastft --cost-matrix costs.csv
     otcpcc compare                      # synthetic data, distances none,l2,fastft -> runs/compare
     otcpcc diagnose --data digits       # are the classes multi-modal? (OT vs l2)
@@ -28,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import OPTIMIZERS, SCHEDULES, TrainConfig
+from .config import OPTIMIZERS, PRESET_NAMES, SCHEDULES, TrainConfig
 
 PROG = "otcpcc"
 
@@ -83,6 +85,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", metavar="FILE",
                    help="YAML or JSON file of config keys (a run's config.json works too); "
                         "flags override it")
+    g.add_argument("--preset", default=S, choices=PRESET_NAMES,
+                   help="paper: the published per-dataset hyperparameters of the CPCC / OT-CPCC "
+                        "reference code for --data (cifar10, cifar100, breeds-*, inat2021); "
+                        "--config and flags override them")
 
     g = p.add_argument_group("data")
     g.add_argument("--data", default=S, metavar="NAME",
@@ -205,6 +211,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and args.out and not args.config and (Path(args.out) / "config.json").is_file():
         args.config = str(Path(args.out) / "config.json")  # resume: the run's settings < flags
     cfg = config_from_args(args)
+    if cfg.weights and not args.resume and not Path(cfg.weights).is_file():
+        raise FileNotFoundError(f"weights file {cfg.weights!r} does not exist; pass the path of a "
+                                "saved state dict with --weights")
+    if cfg.preset and cfg.data == "inat2021" and not cfg.weights:
+        _say(args, f"{PROG}: note: the published iNaturalist protocol fine-tunes layer4 of an "
+                   "ImageNet-pretrained ResNet-18; pass its local state dict with --weights")
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.data}_{cfg.distance}_seed{cfg.seed}"
     run = train(cfg, out, resume=args.resume, force=args.force, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -224,11 +236,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     keys += [k for k in res if k.startswith("map_")]
     keys += ["mistake_severity", "hier_dist@1", "hier_dist@5", "expected_cost"]
     keys += [k for k in res if k.startswith("test_cpcc_")]
-    width = max(len(k) for k in keys)
-    for k in keys:
-        if k in res:
-            v = res[k]
-            print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    rows = [(k, res[k]) for k in keys if k in res]
+    target = res.get("target") or {}  # subpopulation-shift tasks (BREEDS-style target classes)
+    rows += [(f"target.{k}", v) for k, v in target.items()
+             if k.startswith(("zero_shot_", "one_shot_fine", "map_"))]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
     mm = res["multimodality"]
     print(f"{'mean_components':<{width}}  {mm['mean_components']:.2f}")
     name = "eval.json" if args.split == "test" else f"eval_{args.split}.json"

@@ -1,6 +1,7 @@
 """Training configuration: one dataclass holding every knob, loaded from flags and/or a file.
 
-Precedence (lowest first): the defaults below, then a ``--config`` file (YAML or JSON), then the
+Precedence (lowest first): the defaults below, then a ``preset`` (``--preset paper``: the published
+per-dataset hyperparameters, :data:`PRESETS`), then a ``--config`` file (YAML or JSON), then the
 flags given on the command line. :meth:`TrainConfig.validate` checks every value and raises
 :class:`ConfigError` (a ``ValueError``) with a one-line message naming the problem and the fix.
 
@@ -43,6 +44,91 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "none")
 SPLITS = ("train", "test")
 
+# ------------------------------------------------------------------------------ presets
+# ``--preset paper``: the pre-training hyperparameters of the reference code of
+#   [CPCC]    Zeng, Tachet des Combes, Zhao, "Learning structured representations by embedding class
+#             hierarchy", ICLR 2023: github.com/hanzhaoml/HierarchyCPCC (commit 67d9ff9), and
+#   [OT-CPCC] Zeng, Du, Yamada, Zhao, "Learning structured representations by embedding class
+#             hierarchy with fast optimal transport", ICLR 2025: github.com/uiuctml/OTCPCC
+#             (commit 62c3e75).
+# Both build ``SGD(model.parameters(), **pre.json["optimizer"])`` and
+# ``StepLR(optimizer, **pre.json["scheduler"])`` (param.py), stepped once per epoch; a key that a
+# pre.json leaves out takes torch's default (SGD momentum 0, StepLR gamma 0.1). Batch size 1024 and
+# lambda 1 are the defaults of OT-CPCC's pretrain.py (``--batch_size 1024``, ``--lamb 1``); its
+# ``--arch`` default is res18. The preset sets no ``distance``: add ``--distance fastft`` (OT-CPCC),
+# ``l2`` (CPCC) or leave ``none`` (the flat cross-entropy baseline).
+PRESET_NAMES = ("paper",)
+_PAPER_COMMON: dict[str, Any] = {
+    "batch_size": 1024,  # [OT-CPCC] pretrain.py --batch_size default 1024
+    "lam": 1.0,  # [CPCC] main.py / [OT-CPCC] pretrain.py --lamb default 1
+    "optimizer": "sgd",  # [both] param.py: torch.optim.SGD
+    "schedule": "step",  # [both] param.py: torch.optim.lr_scheduler.StepLR, stepped per epoch
+    "warmup_epochs": 0,  # [both] no warm-up
+    "arch": "resnet18",  # [OT-CPCC] pretrain.py --arch default res18 (CIFAR 3x3 stem on 32 px)
+}
+# ``--preset paper`` values per dataset name (the only preset so far).
+PRESETS: dict[str, dict[str, Any]] = {
+    # [OT-CPCC] dataset/cifar10/pre.json
+    "cifar10": {"epochs": 100, "lr": 0.01, "momentum": 0.9, "wd": 5e-4,
+                "step_size": 60, "gamma": 0.1},
+    # [CPCC] cifar/pre.json (CIFAR-100; OT-CPCC's dataset/cifar100/pre.json was not
+    # available to us). subpop: pre-training on the source classes of the 60/40
+    # subpopulation split, as OT-CPCC's make_dataloader(..., "ss") does.
+    "cifar100": {"epochs": 200, "lr": 0.1, "momentum": 0.9, "wd": 5e-4,
+                 "step_size": 60, "gamma": 0.2, "data_options": {"subpop": True}},
+    # NOT FROM THE PAPER: living17's pre.json was not available to us; these copy
+    # nonliving26 (the other 4-subclass BREEDS setting, similar size).
+    "breeds-living17": {"epochs": 450, "lr": 0.01, "momentum": 0.0, "wd": 1e-4,
+                        "step_size": 150, "gamma": 0.1},
+    # [CPCC] breeds/nonliving26/pre.json: epochs 450, lr 0.01, weight_decay 1e-4,
+    # step_size 150; momentum 0 and gamma 0.1 are torch's defaults (not in the file).
+    "breeds-nonliving26": {"epochs": 450, "lr": 0.01, "momentum": 0.0, "wd": 1e-4,
+                           "step_size": 150, "gamma": 0.1},
+    # [CPCC] breeds/entity13/pre.json: epochs 300, lr 0.01, weight_decay 1e-4, step_size 100;
+    # momentum and gamma are not in the file, so SGD's momentum 0 and StepLR's gamma 0.1 apply.
+    "breeds-entity13": {"epochs": 300, "lr": 0.01, "momentum": 0.0, "wd": 1e-4,
+                        "step_size": 100, "gamma": 0.1},
+    # NOT FROM THE PAPER: entity30's pre.json was not available to us; these copy
+    # entity13 (the other whole-hierarchy BREEDS setting, similar size).
+    "breeds-entity30": {"epochs": 300, "lr": 0.01, "momentum": 0.0, "wd": 1e-4,
+                        "step_size": 100, "gamma": 0.1},
+    # [OT-CPCC] dataset/inat/pre.json; dataset/inat/model.py fine-tunes an
+    # ImageNet-pretrained ResNet-18 with only layer4 (and the head) trainable: pass the
+    # weights file with --weights. dataset/inat/data.py: fine = taxonomic class,
+    # coarse = phylum.
+    "inat2021": {"epochs": 120, "lr": 0.1, "momentum": 0.9, "wd": 5e-4,
+                 "step_size": 60, "gamma": 0.2, "train_only": ["layer4"],
+                 "data_options": {"fine": "class", "coarse": "phylum"}},
+}
+OPTION_KEYS = ("data_options", "model_options", "distance_options")
+
+
+def preset_values(preset: str, data: str) -> dict[str, Any]:
+    """The config values ``preset`` sets for dataset ``data`` (a fresh dict).
+
+    Raises :class:`ConfigError` for an unknown preset or a dataset the preset does not cover.
+    """
+    if preset not in PRESET_NAMES:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESET_NAMES)}")
+    if data not in PRESETS:
+        raise ConfigError(
+            f"--preset {preset} has no published values for dataset {data!r}; it covers "
+            f"{', '.join(PRESETS)}: pass one of them with --data, or drop --preset"
+        )
+    values = {**_PAPER_COMMON, **PRESETS[data]}
+    return {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+            for k, v in values.items()}
+
+
+def merge_config(lower: dict[str, Any], upper: dict[str, Any]) -> dict[str, Any]:
+    """``upper`` over ``lower``; the ``*_options`` mappings merge key by key."""
+    out = {**lower, **upper}
+    for key in OPTION_KEYS:
+        if isinstance(lower.get(key), dict) and isinstance(upper.get(key), dict):
+            out[key] = {**lower[key], **upper[key]}
+    return out
+
+
 # Keys allowed to differ when resuming a run: they do not change what is being trained
 # (``epochs`` may grow to extend a finished run).
 RESUME_FREE_KEYS = frozenset({"epochs", "device", "workers", "eval_every", "data_dir"})
@@ -67,7 +153,8 @@ class TrainConfig:
     to the loader, e.g. ``{"train_per_class": 50}``), ``data_seed`` (the dataset's own seed:
     splits and synthetic draws; fixed while ``seed`` varies, so seeds measure training noise),
     ``tree`` (a tree file that replaces the dataset's own tree; any format
-    ``LabelTree.from_file`` reads).
+    ``LabelTree.from_file`` reads). ``preset`` (``"paper"``): fills every key not given
+    explicitly from :data:`PRESETS` for ``data`` (see :meth:`from_dict`).
     Model: ``arch`` (``"auto"`` = ``mlp`` for vectors, ``cnn`` for small images, ``resnet18``
     otherwise), ``model_options`` (extra keyword arguments of ``build_model``), ``weights`` (local
     pretrained file), ``freeze`` (parameter-name patterns to freeze), ``train_only`` (the only
@@ -82,6 +169,8 @@ class TrainConfig:
     autocast, CUDA only), ``eval_every`` (test accuracy every N epochs; the last epoch always).
     """
 
+    # published hyperparameters as the base (``--preset paper``)
+    preset: str | None = None
     # data
     data: str = "synthetic"
     data_dir: str | None = None
@@ -124,7 +213,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
-        """Build from a mapping; unknown keys raise :class:`ConfigError` naming the key."""
+        """Build from a mapping; unknown keys raise :class:`ConfigError` naming the key.
+
+        With ``preset`` set, the preset's values for ``data`` fill every key the mapping does not
+        give (``*_options`` merge key by key), so the order is defaults < preset < ``values``.
+        """
         values = {k: v for k, v in dict(values).items() if k != "meta"}
         names = cls.field_names()
         for key in values:
@@ -132,6 +225,9 @@ class TrainConfig:
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(names)}"
                 raise ConfigError(f"unknown key {key!r} in {source}; {hint}")
+        if values.get("preset") is not None:
+            data = values.get("data", cls.data)
+            values = merge_config(preset_values(str(values["preset"]), str(data)), values)
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -143,7 +239,7 @@ class TrainConfig:
 
     @classmethod
     def from_args(cls, args: Any) -> TrainConfig:
-        """Build from an argparse namespace: defaults < ``args.config`` file < given flags.
+        """Build from an argparse namespace: defaults < preset < ``args.config`` file < flags.
 
         Only attributes that are config keys and not ``None`` count as given, so the parser's
         defaults must be ``None`` (or ``argparse.SUPPRESS``) for flags that override the file.
@@ -152,12 +248,14 @@ class TrainConfig:
         base: dict[str, Any] = {}
         if given.get("config"):
             base = {k: v for k, v in load_config_file(given["config"]).items() if k != "meta"}
-            cls.from_dict(base, source=str(given["config"]))  # report bad keys against the file
+            # report bad keys against the file (its preset is applied once, below)
+            cls.from_dict({k: v for k, v in base.items() if k != "preset"},
+                          source=str(given["config"]))
         names = set(cls.field_names())
         for key, value in given.items():
             if key not in names or value is None:
                 continue
-            if key in ("data_options", "model_options", "distance_options"):
+            if key in OPTION_KEYS:
                 merged = dict(base.get(key) or {})
                 merged.update(value)
                 value = merged
@@ -245,6 +343,8 @@ class TrainConfig:
                 raise bad(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.arch, str) or not self.arch:
             raise bad(f"arch must be a model name, got {self.arch!r}")
+        if self.preset is not None and self.preset not in PRESET_NAMES:
+            raise bad(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESET_NAMES)}")
 
     # ------------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:

@@ -31,7 +31,10 @@ Architectures (``build_model(arch, ...)``):
   when ``timm`` is installed; its pooled output is the features.
 
 ``weights=PATH`` loads a local state dict (never downloads); ``freeze`` / ``train_only`` set
-``requires_grad`` by name patterns. See :func:`build_model`.
+``requires_grad`` by name patterns. A BatchNorm layer whose parameters are all frozen stays in eval
+mode when the model is put in training mode (its running statistics stay fixed, as for a frozen
+layer they should); ``frozen_bn="train"`` keeps the plain PyTorch behaviour (statistics keep
+updating, as in the OT-CPCC reference code). See :func:`build_model` and :func:`set_frozen_bn_eval`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ __all__ = [
     "count_parameters",
     "load_weights",
     "reset_head",
+    "set_frozen_bn_eval",
 ]
 
 ARCHS: tuple[str, ...] = ("mlp", "cnn", "resnet18", "resnet34", "resnet50", "vit_b_16", "vit_l_16")
@@ -78,6 +82,7 @@ class FeatureClassifier(nn.Module):
     def __init__(self, arch: str, backbone: nn.Module, feature_dim: int, num_classes: int,
                  input_shape: tuple[int, ...], head_prefix: str | None = None) -> None:
         super().__init__()
+        self.frozen_bn_eval = True  # see train()
         self.arch = arch
         self.input_shape = tuple(input_shape)
         self.feature_dim = int(feature_dim)
@@ -85,6 +90,14 @@ class FeatureClassifier(nn.Module):
         self.head_prefix = head_prefix
         self.backbone = backbone
         self.classifier = nn.Linear(self.feature_dim, self.num_classes)
+
+    def train(self, mode: bool = True) -> FeatureClassifier:
+        """``nn.Module.train``; then, when ``frozen_bn_eval`` is set, BatchNorm layers whose
+        parameters are all frozen go back to eval mode (:func:`set_frozen_bn_eval`)."""
+        super().train(mode)
+        if mode and self.frozen_bn_eval:
+            set_frozen_bn_eval(self)
+        return self
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x ``[N, *input_shape]`` → (features ``[N, feature_dim]``, logits ``[N, num_classes]``)"""
@@ -265,7 +278,8 @@ def _build_timm(arch, input_shape, num_classes, kw):
 
 def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int, *,
                 weights: str | os.PathLike | None = None, freeze: Sequence[str] = (),
-                train_only: Sequence[str] = (), **kw: Any) -> FeatureClassifier:
+                train_only: Sequence[str] = (), frozen_bn: str = "eval",
+                **kw: Any) -> FeatureClassifier:
     """Build ``arch`` for inputs of shape ``input_shape`` and ``num_classes`` classes.
 
     Args:
@@ -282,14 +296,17 @@ def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int, *,
         train_only: name patterns of the only parameters left trainable; everything else is
             frozen except ``classifier``, which stays trainable (e.g. ``["layer4"]``: train only a
             ResNet's last stage and the head). Applied before ``freeze``.
+        frozen_bn: ``"eval"`` (default): ``model.train()`` leaves every BatchNorm layer whose
+            parameters are all frozen in eval mode, so its running statistics stay fixed;
+            ``"train"``: plain PyTorch behaviour (they keep updating in training mode).
         **kw: architecture options (see the module docstring).
 
     Patterns are ``fnmatch`` patterns matched against parameter names, with or without the
     ``backbone.`` prefix, and as prefixes on module boundaries: ``"layer4"`` matches
     ``backbone.layer4.0.conv1.weight``; ``"backbone"`` matches the whole backbone (linear probe);
     ``"*.bias"`` every bias. A pattern that matches no parameter raises ``ValueError``.
-    Freezing sets ``requires_grad`` only: BatchNorm running statistics of frozen layers still
-    update in ``train()`` mode.
+    Freezing sets ``requires_grad``; with ``frozen_bn="eval"`` frozen BatchNorm layers also keep
+    their running statistics (see :func:`set_frozen_bn_eval`).
 
     Returns:
         a :class:`FeatureClassifier` whose ``forward(x)`` gives ``(features [N, feature_dim],
@@ -305,6 +322,9 @@ def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int, *,
     if isinstance(freeze, str) or isinstance(train_only, str):
         raise ValueError("freeze and train_only take a list of patterns, not a string; "
                          "write e.g. freeze=['backbone']")
+    if frozen_bn not in ("eval", "train"):
+        raise ValueError(f"frozen_bn must be 'eval' (frozen BatchNorm layers keep their running "
+                         f"statistics) or 'train' (they keep updating), got {frozen_bn!r}")
     if arch == "mlp":
         model = _build_mlp(input_shape, num_classes, kw)
     elif arch == "cnn":
@@ -321,7 +341,8 @@ def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int, *,
         _set_trainable(model, train_only, trainable=True)
     if freeze:
         _set_trainable(model, freeze, trainable=False)
-    return model
+    model.frozen_bn_eval = frozen_bn == "eval"
+    return model.train(model.training)
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,6 +366,24 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     params = list(model.parameters())
     return (sum(p.numel() for p in params),
             sum(p.numel() for p in params if p.requires_grad))
+
+
+def set_frozen_bn_eval(model: nn.Module) -> list[str]:
+    """Put every BatchNorm layer whose affine parameters are all frozen (``requires_grad`` False)
+    in eval mode: it then normalises with its running statistics and no longer updates them.
+
+    Call it after ``model.train()`` (a :class:`FeatureClassifier` does so itself unless built with
+    ``frozen_bn="train"``). BatchNorm layers without affine parameters are left as they are.
+    Returns the names of the modules switched to eval mode.
+    """
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+                names.append(name)
+    return names
 
 
 def _pattern_matches(name: str, pattern: str) -> bool:
