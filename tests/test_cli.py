@@ -150,12 +150,12 @@ def test_compare_and_sweep_pass_their_settings_on(monkeypatch, tmp_path):
     monkeypatch.setattr("otcpcc.compare.run_sweep", fake_sweep)
     assert main(["compare"]) == 0  # no flags: synthetic, none,l2,fastft, runs/compare
     cfg, distances, seeds, out, force, progress, cost = calls["compare"]
-    assert cfg.data == "synthetic" and distances == ["none", "l2", "fastft"] and seeds == 1
+    assert cfg.data == "synthetic" and distances == ["none", "l2", "fastft"] and seeds == 3
     assert str(out) == "runs/compare" and not force and progress and cost is None
-    assert main(["compare", "--distances", "l2,emd", "--seeds", "3", "--lam", "0.5", "--out",
+    assert main(["compare", "--distances", "l2,emd", "--seeds", "2", "--lam", "0.5", "--out",
                  str(tmp_path), "--force", "--no-progress", "--epochs", "4"]) == 0
     cfg, distances, seeds, out, force, progress, _ = calls["compare"]
-    assert (distances, seeds, out, force, progress) == (["l2", "emd"], 3, tmp_path, True, False)
+    assert (distances, seeds, out, force, progress) == (["l2", "emd"], 2, tmp_path, True, False)
     assert (cfg.lam, cfg.epochs) == (0.5, 4)
     assert main(["sweep", "--lams", "0,1.5", "--batch-sizes", "32,64"]) == 0
     cfg, lams, sizes, out, _, _ = calls["sweep"]

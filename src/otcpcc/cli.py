@@ -355,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("comparison")
     g.add_argument("--distances", type=_name_list, default=["none", "l2", "fastft"],
                    metavar="LIST", help="comma-separated distances (default none,l2,fastft)")
-    g.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="seeds per distance: seed .. seed+N-1 (default 1)")
+    g.add_argument("--seeds", type=int, default=3, metavar="N",
+                   help="seeds per distance: seed .. seed+N-1 (default 3: mean ± std)")
     g.add_argument("-o", "--out", default="runs/compare", metavar="DIR",
                    help="output directory (default runs/compare)")
     g.add_argument("--force", action="store_true", help="overwrite an existing --out")
