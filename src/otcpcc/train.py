@@ -134,8 +134,10 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
     # (a resumed run takes its weights from last.pt, not from --weights)
     model = make_model(cfg.replace(weights=None) if resume else cfg, bundle).to(device)
     if env.world_size > 1:
-        if cfg.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if cfg.sync_bn:  # SyncBatchNorm on CUDA, a gloo-capable twin on the CPU
+            from .syncbn import convert_sync_batchnorm
+
+            model = convert_sync_batchnorm(model, device)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     core = unwrap(model)
@@ -469,14 +471,22 @@ class ResumableSampler(Sampler[int]):
 class StopRequest:
     """Turn the first Ctrl-C into a flag checked between steps; a second one aborts at once."""
 
+    # torchrun's agent relays the terminal's SIGINT to its workers, which already got it from
+    # the terminal: a second signal this soon after the first is the same Ctrl-C
+    RELAY_WINDOW_S = 2.0
+
     def __init__(self) -> None:
         self.requested = False
+        self._at = 0.0
         self._old: Any = None
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
+            if time.monotonic() - self._at < self.RELAY_WINDOW_S:
+                return
             raise KeyboardInterrupt
         self.requested = True
+        self._at = time.monotonic()
         print("\notcpcc: interrupted: finishing this step and saving a checkpoint "
               "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
 
@@ -518,11 +528,15 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, env: DistEnv, *, resume: bool, 
     from .config import load_config_file
 
     if resume:
-        saved = TrainConfig.from_dict(load_config_file(out / "config.json"),
-                                      source=str(out / "config.json"))
-        diff = saved.differences(cfg)
-        if diff:
-            details = ", ".join(f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})" for k in diff)
+        raw = load_config_file(out / "config.json")
+        saved = TrainConfig.from_dict(raw, source=str(out / "config.json"))
+        changes = [f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})"
+                   for k in saved.differences(cfg)]
+        ran_on = int((raw.get("meta") or {}).get("world_size", env.world_size))
+        if ran_on != env.world_size:  # (last.pt is checked too) refuse before rewriting files
+            changes.append(f"world_size ({ran_on} -> {env.world_size})")
+        if changes:
+            details = ", ".join(changes)
             raise RunDirError(
                 f"cannot resume {out} with a different configuration: {details}; "
                 "resume with the original settings or start a new run with another --out"
