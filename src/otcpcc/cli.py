@@ -424,8 +424,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TrainingInterrupted as e:
-        print(f"{PROG}: interrupted; checkpoint saved in {e.run_dir}/last.pt; continue with "
-              f"{PROG} train --out {e.run_dir} --resume", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            again = f"{PROG} train --out {e.run_dir} --resume"
+            if "WORLD_SIZE" in os.environ:  # under torchrun: the same launcher again
+                again = f"torchrun --nproc_per_node {os.environ['WORLD_SIZE']} -m {again}"
+            print(f"{PROG}: interrupted; checkpoint saved in {e.run_dir}/last.pt; continue with "
+                  f"{again}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
