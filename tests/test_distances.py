@@ -299,12 +299,13 @@ def test_single_class_gives_empty():
     assert classes.tolist() == [0] and rho.numel() == 0
 
 
-def test_sinkhorn_log_domain_matches_pot_log_solver():
-    """Costs spanning far more than 300·reg force the log-domain path (plain scaling underflows)."""
+def test_sinkhorn_log_domain_matches_pot_log_solver(monkeypatch):
+    """The log-domain path (forced; it serves costs spanning more than 300·reg) against POT's."""
     import ot
 
+    monkeypatch.setattr(sys.modules["otcpcc.distances.sinkhorn"], "SCALING_MAX_RANGE", (0.0, 0.0))
     x, y = batch(14, n=40)
-    reg = 0.02
+    reg = 0.03
     rho = class_distances(torch.tensor(x), torch.tensor(y), "sinkhorn", reg=reg, max_iter=5000)[1]
     expected = []
     for i, j in itertools.combinations(np.unique(y), 2):

@@ -96,7 +96,7 @@ def test_degenerate_batches_give_one_and_zero_gradient(name):
     loss.backward()
     assert loss.item() == 1.0 and torch.equal(same.grad, torch.zeros(6, 3))
     siblings = torch.randn(4, 3, requires_grad=True)  # zero variance of tree distances
-    assert float(crit(siblings, torch.tensor([0, 0, 1, 1]))) == 1.0
+    assert crit(siblings, torch.tensor([0, 0, 1, 1])).item() == 1.0
     assert cpcc(one_class, torch.zeros(6, dtype=torch.long), TREE, name) == 0.0
 
 
