@@ -83,14 +83,20 @@ def row_distances(x: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
 
 
 class _Tiles:
-    """Plan entries sorted by their first sample and split into row tiles of the [N, N] matrix."""
+    """Plan entries split into row tiles of the [N, N] matrix (sorted by first sample when there
+    is more than one tile; a single tile keeps the entries' order)."""
 
     def __init__(self, n: int, ia: Tensor, ib: Tensor):
         self.n = n
+        rows = max(1, min(n, TILE_ELEMENTS // max(n, 1)))
+        self.single = rows >= n
+        if self.single:
+            self.order, self.ia, self.ib = None, ia, ib
+            self.starts, self.cuts = [0, n], [0, ia.shape[0]]
+            return
         self.order = torch.argsort(ia)
         self.ia = ia.index_select(0, self.order)
         self.ib = ib.index_select(0, self.order)
-        rows = max(1, min(n, TILE_ELEMENTS // max(n, 1)))
         self.starts = list(range(0, n, rows)) + [n]
         bounds = torch.tensor(self.starts, device=ia.device)
         self.cuts = torch.searchsorted(self.ia, bounds).tolist()
@@ -101,6 +107,16 @@ class _Tiles:
             r0, r1 = self.starts[k], self.starts[k + 1]
             e = slice(self.cuts[k], self.cuts[k + 1])
             yield slice(r0, r1), e, (self.ia[e] - r0) * self.n + self.ib[e]
+
+    def unsort(self, sorted_vals: Tensor) -> Tensor:
+        """Values in tile order -> values in the entries' order."""
+        if self.order is None:
+            return sorted_vals
+        return torch.empty_like(sorted_vals).index_copy_(0, self.order, sorted_vals)
+
+    def sort(self, vals: Tensor) -> Tensor:
+        """Values in the entries' order -> tile order."""
+        return vals if self.order is None else vals.index_select(0, self.order)
 
 
 def gram_distances(x: Tensor, ia: Tensor, ib: Tensor, tiles: _Tiles | None = None) -> Tensor:
@@ -113,7 +129,7 @@ def gram_distances(x: Tensor, ia: Tensor, ib: Tensor, tiles: _Tiles | None = Non
     for rows, e, flat in tiles:
         d2 = sq[rows, None] + sq[None, :] - 2.0 * (xs[rows] @ xs.T)
         sorted_vals[e] = d2.view(-1).index_select(0, flat).clamp_min(0).sqrt()
-    vals = torch.empty_like(sorted_vals).index_copy_(0, tiles.order, sorted_vals) * c
+    vals = tiles.unsort(sorted_vals) * c
     near = torch.nonzero(vals <= 1e-3 * c).squeeze(1)
     if near.numel():
         vals[near] = row_distances(x, ia.index_select(0, near), ib.index_select(0, near))
@@ -155,11 +171,16 @@ class _PlanCost(torch.autograd.Function):
         coef = torch.where(norms > 0, w / torch.where(norms > 0, norms, 1), 0)
         grad_x = torch.zeros_like(x)
         n = x.shape[0]
-        if ctx.tiles is not None:
-            coef = coef.index_select(0, ctx.tiles.order)
-            for rows, e, flat in ctx.tiles:
+        tiles = ctx.tiles
+        if tiles is not None:
+            coef = tiles.sort(coef)
+            for rows, e, flat in tiles:
                 C = torch.zeros((rows.stop - rows.start) * n, dtype=x.dtype, device=x.device)
                 C = C.index_add_(0, flat, coef[e]).view(-1, n)
+                if tiles.single:  # one [N, N] tile: both sides in one product
+                    C = C + C.T
+                    grad_x = C.sum(1, keepdim=True) * x - C @ x
+                    break
                 xr = x[rows]
                 grad_x[rows] += C.sum(1, keepdim=True) * xr - C @ x
                 grad_x += C.sum(0)[:, None] * x - C.T @ xr
