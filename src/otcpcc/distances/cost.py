@@ -126,9 +126,10 @@ def gram_distances(x: Tensor, ia: Tensor, ib: Tensor, tiles: _Tiles | None = Non
     xs = x / c
     sq = (xs * xs).sum(1)
     sorted_vals = torch.empty(ia.shape[0], dtype=x.dtype, device=x.device)
-    for rows, e, flat in tiles:
-        d2 = sq[rows, None] + sq[None, :] - 2.0 * (xs[rows] @ xs.T)
-        sorted_vals[e] = d2.view(-1).index_select(0, flat).clamp_min(0).sqrt()
+    for rows, e, flat in tiles:  # gather from the Gram tile, then finish only the needed entries
+        g = (xs[rows] @ xs.T).view(-1).index_select(0, flat)
+        d2 = sq.index_select(0, tiles.ia[e]) + sq.index_select(0, tiles.ib[e]) - 2.0 * g
+        sorted_vals[e] = d2.clamp_min(0).sqrt()
     vals = tiles.unsort(sorted_vals) * c
     near = torch.nonzero(vals <= 1e-3 * c).squeeze(1)
     if near.numel():
@@ -174,13 +175,14 @@ class _PlanCost(torch.autograd.Function):
         tiles = ctx.tiles
         if tiles is not None:
             coef = tiles.sort(coef)
+            if tiles.single:  # one [N, N] tile, filled symmetrically: both sides in one product
+                C = torch.zeros(n * n, dtype=x.dtype, device=x.device)
+                C.index_add_(0, ia * n + ib, coef).index_add_(0, ib * n + ia, coef)
+                C = C.view(n, n)
+                return C.sum(1, keepdim=True) * x - C @ x, None, None, None, None, None
             for rows, e, flat in tiles:
                 C = torch.zeros((rows.stop - rows.start) * n, dtype=x.dtype, device=x.device)
                 C = C.index_add_(0, flat, coef[e]).view(-1, n)
-                if tiles.single:  # one [N, N] tile: both sides in one product
-                    C = C + C.T
-                    grad_x = C.sum(1, keepdim=True) * x - C @ x
-                    break
                 xr = x[rows]
                 grad_x[rows] += C.sum(1, keepdim=True) * xr - C @ x
                 grad_x += C.sum(0)[:, None] * x - C.T @ xr
