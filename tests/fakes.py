@@ -8,6 +8,7 @@ hierarchy files in ../shared/data/breeds.
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import struct
 from collections.abc import Sequence
@@ -150,3 +151,31 @@ def write_image_folder(root: Path, classes: Sequence[str], train_per_class: int 
             write_noise_jpeg(root / "train" / c / f"{c}_{i}.JPEG", rng, size)
         for i in range(val_per_class):
             write_noise_jpeg(root / "val" / c / f"val_{c}_{i}.JPEG", rng, size)
+
+
+def inat_category(cid: int, kingdom: str, phylum: str, cls: str, order: str, family: str,
+                  genus: str, epithet: str) -> dict:
+    """One iNaturalist 2021 ``categories`` entry (the competition's fields)."""
+    return {"id": cid, "name": f"{genus} {epithet}", "common_name": "x",
+            "supercategory": "x", "kingdom": kingdom, "phylum": phylum, "class": cls,
+            "order": order, "family": family, "genus": genus, "specific_epithet": epithet,
+            "image_dir_name": f"{cid:05d}_{genus}_{epithet}"}
+
+
+def write_inat2021(root: Path, categories: Sequence[dict], train_per_class: int = 2,
+                   val_per_class: int = 1, size: int = 8, seed: int = 0) -> None:
+    """``root/{train_mini,val}.json`` (COCO-style) and noise JPEGs at each image's ``file_name``
+    (``<split>/<image_dir_name>/<i>.jpg``); ``per_class`` images of every category."""
+    rng = np.random.default_rng(seed)
+    for split, per in (("train_mini", train_per_class), ("val", val_per_class)):
+        images, anns = [], []
+        for c in categories:
+            for i in range(per):
+                iid = len(images) + (10**6 if split == "val" else 0)
+                fname = f"{split}/{c['image_dir_name']}/{i}.jpg"
+                write_noise_jpeg(root / fname, rng, size)
+                images.append({"id": iid, "file_name": fname, "width": size, "height": size})
+                anns.append({"id": iid, "image_id": iid, "category_id": c["id"]})
+        (root / f"{split}.json").write_text(json.dumps(
+            {"info": {}, "images": images, "annotations": anns,
+             "categories": list(categories), "licenses": []}))

@@ -281,7 +281,8 @@ def test_preset_order_defaults_preset_file_flags(tmp_path):
         (300, 0.01, 0.0, 1e-4, 100, 0.1)
     inat = TrainConfig.from_dict({"preset": "paper", "data": "inat2021"})
     assert inat.train_only == ["layer4"] and inat.data_options == {"fine": "class",
-                                                                   "coarse": "phylum"}
+                                                                   "coarse": "phylum",
+                                                                   "subpop": True}
     # every preset names a real dataset and validates; a full dict (config.json) is not touched
     for name in PRESETS:
         assert name in DATASETS

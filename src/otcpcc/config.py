@@ -95,10 +95,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # [OT-CPCC] dataset/inat/pre.json; dataset/inat/model.py fine-tunes an
     # ImageNet-pretrained ResNet-18 with only layer4 (and the head) trainable: pass the
     # weights file with --weights. dataset/inat/data.py: fine = taxonomic class,
-    # coarse = phylum.
+    # coarse = phylum; make_dataloader always applies its 60/40 subpopulation split
+    # (pre-training on the source classes), hence subpop.
     "inat2021": {"epochs": 120, "lr": 0.1, "momentum": 0.9, "wd": 5e-4,
                  "step_size": 60, "gamma": 0.2, "train_only": ["layer4"],
-                 "data_options": {"fine": "class", "coarse": "phylum"}},
+                 "data_options": {"fine": "class", "coarse": "phylum", "subpop": True}},
 }
 OPTION_KEYS = ("data_options", "model_options", "distance_options")
 

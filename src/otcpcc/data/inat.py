@@ -22,12 +22,29 @@ smallest category id.
 
 Options: ``fine``, ``coarse``, ``train_split`` ("train_mini" | "train"), ``image_root``,
 ``image_size`` (224), ``augment`` (True), ``skip_bad_images`` (False; else a bad image raises
-``ValueError`` naming it when read). Items: ``(float [3, S, S], leaf id)``.
+``ValueError`` naming it when read), ``subpop`` (False), ``subpop_level`` (the level just above
+``fine``). Items: ``(float [3, S, S], leaf id)``.
+
+Subpopulation split (``subpop=True``), the rule of OT-CPCC's ``dataset/inat/data.py``
+(``make_subpopsplit_dataset``; reproduced, not copied): fine classes are grouped by their taxon at
+``subpop_level`` (OT-CPCC: fine = class, grouped by phylum, the level above). Within a group of
+``n`` fine classes, taken by increasing fine id (smallest category id), the first
+``floor(0.4 n)`` are *target* and the other ``n - floor(0.4 n)`` *source* (``floor(0.4 n)`` equals
+the reference's ``int(0.4 * n)`` for every ``n``). Groups with ``n <= 2`` would leave a side
+empty; the reference leaves them out of both training splits, and so does this loader, which
+drops them from the tree and every split (listed in ``meta["dropped_classes"]``; the reference
+still puts their val images in its source test split). Leaves: source classes first, then target
+classes, each block by increasing fine id, so the source splits use labels ``0..K_s-1`` (the
+reference's relabelling of each subset) and every split's label is a leaf id of the same tree.
+``train``/``test`` hold the source classes of train_mini/val; ``extra["target_train"]`` and
+``extra["target_test"]`` the target classes. The split depends on the taxonomy only, not on
+``seed``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +52,16 @@ import numpy as np
 
 from ..tree import LabelTree
 from .bundle import DataBundle
-from .folder import image_bundle, pop_image_options, reject_unknown_options
+from .folder import (
+    ImageFileDataset,
+    image_bundle,
+    image_transforms,
+    pop_image_options,
+    reject_unknown_options,
+    verify_images,
+)
 
-__all__ = ["TAXONOMY_LEVELS", "load_inat2021"]
+__all__ = ["TAXONOMY_LEVELS", "load_inat2021", "subpop_split"]
 
 TAXONOMY_LEVELS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
@@ -80,8 +104,33 @@ def _taxon_path(cat: dict[str, Any], path: Path) -> tuple[str, ...]:
     return tuple(out)
 
 
+def subpop_split(groups: Sequence[Hashable]) -> tuple[list[int], list[int], list[int]]:
+    """OT-CPCC's 60/40 iNaturalist split: ``(source, target, dropped)`` fine class indices.
+
+    ``groups[i]`` is the coarse group of fine class ``i`` (fine classes in label order). Per group
+    of ``n`` classes (increasing index): the first ``floor(0.4 n)`` are target, the rest source;
+    groups with ``n <= 2`` are dropped. Each returned list is sorted.
+    """
+    members: dict[Hashable, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    source: list[int] = []
+    target: list[int] = []
+    dropped: list[int] = []
+    for ids in members.values():
+        n = len(ids)
+        if n <= 2:
+            dropped.extend(ids)
+            continue
+        k = (2 * n) // 5  # == int(0.4 * n), the reference's rounding
+        target.extend(ids[:k])
+        source.extend(ids[k:])
+    return sorted(source), sorted(target), sorted(dropped)
+
+
 def _samples(
-    data: dict[str, Any], path: Path, cat_to_label: dict[int, int], image_root: Path
+    data: dict[str, Any], path: Path, cat_to_label: dict[int, int], image_root: Path,
+    ignore: set[int] | frozenset[int] = frozenset(),
 ) -> list[tuple[Path, int]]:
     files = {}
     for img in data["images"]:
@@ -97,6 +146,8 @@ def _samples(
             raise ValueError(f"{path}: annotation {ann!r} lacks image_id or category_id") from None
         if image_id not in files:
             raise ValueError(f"{path}: annotation refers to unknown image id {image_id!r}")
+        if cat in ignore:
+            continue
         if cat not in cat_to_label:
             raise ValueError(f"{path}: annotation refers to unknown category id {cat!r}")
         out.append((image_root / files[image_id], cat_to_label[cat]))
@@ -135,12 +186,23 @@ def load_inat2021(
     ``meta``: ``fine_level``, ``level_names`` (tree levels finest first, e.g. ``["genus",
     "family", ..., "kingdom"]``), ``classes`` (leaf names), ``category_to_label`` ({category id:
     leaf id}), ``train_split``, ``num_train``, ``num_test``, ``data_dir``, ``seed``; with
-    ``skip_bad_images`` ``skipped_images`` ({split: count}) and ``skipped_files``.
+    ``skip_bad_images`` ``skipped_images`` ({split: count}) and ``skipped_files``. With
+    ``subpop=True`` (see the module docstring) also ``subpop_level``, ``source_classes`` /
+    ``target_classes`` (leaf names, in leaf order), ``num_source_classes``, ``dropped_classes``
+    (fine taxon names of the groups with <= 2 classes), ``num_target_train``,
+    ``num_target_test``; ``category_to_label`` then omits the dropped categories.
     """
     train_split = options.pop("train_split", "train_mini")
     image_root_opt = options.pop("image_root", None)
+    subpop = options.pop("subpop", False)
+    subpop_level = options.pop("subpop_level", None)
     image_opts = pop_image_options(options)
-    reject_unknown_options("inat2021", options, ["fine", "coarse", "train_split", "image_root"])
+    reject_unknown_options(
+        "inat2021", options, ["fine", "coarse", "train_split", "image_root", "subpop",
+                              "subpop_level"]
+    )
+    if not isinstance(subpop, bool):
+        raise ValueError(f"inat2021: subpop must be true or false, got {subpop!r}")
     if fine not in TAXONOMY_LEVELS or coarse not in TAXONOMY_LEVELS:
         raise ValueError(
             f"fine={fine!r} and coarse={coarse!r} must be taxonomy levels {list(TAXONOMY_LEVELS)}"
@@ -148,6 +210,20 @@ def load_inat2021(
     fi, ci = TAXONOMY_LEVELS.index(fine), TAXONOMY_LEVELS.index(coarse)
     if ci > fi:
         raise ValueError(f"coarse level {coarse!r} must be above fine level {fine!r}")
+    if subpop:
+        if ci == fi:
+            raise ValueError(
+                f"subpop needs a coarse level above fine level {fine!r}; got coarse={coarse!r}"
+            )
+        if subpop_level is None:
+            subpop_level = TAXONOMY_LEVELS[fi - 1]
+        if subpop_level not in TAXONOMY_LEVELS[ci:fi]:
+            raise ValueError(
+                f"subpop_level must be a tree level between coarse and fine "
+                f"{list(TAXONOMY_LEVELS[ci:fi])}, got {subpop_level!r}"
+            )
+    elif subpop_level is not None:
+        raise ValueError("subpop_level is only used with subpop=true")
     if train_split not in ("train_mini", "train"):
         raise ValueError(f"train_split must be 'train_mini' or 'train', got {train_split!r}")
     if data_dir is None:
@@ -178,6 +254,29 @@ def load_inat2021(
             key_index[key] = len(fine_keys)
             fine_keys.append(key)
         cat_to_label[cid] = key_index[key]
+
+    dropped_cats: set[int] = set()
+    split_meta: dict[str, Any] = {}
+    num_source = len(fine_keys)
+    if subpop:
+        sj = TAXONOMY_LEVELS.index(subpop_level)
+        source, target, dropped = subpop_split([k[: sj + 1] for k in fine_keys])
+        if not source:
+            raise ValueError(
+                f"subpop: no {subpop_level} has 3 or more {fine} classes, so the 60/40 split "
+                "is empty"
+            )
+        order = source + target
+        new_label = {old: new for new, old in enumerate(order)}
+        dropped_set = set(dropped)
+        dropped_cats = {cid for cid, old in cat_to_label.items() if old in dropped_set}
+        cat_to_label = {
+            cid: new_label[old] for cid, old in cat_to_label.items() if old not in dropped_set
+        }
+        split_meta = {"subpop_level": subpop_level,
+                      "dropped_classes": [fine_keys[i][-1] for i in dropped]}
+        fine_keys = [fine_keys[i] for i in order]
+        num_source = len(source)
 
     # coarse levels, finest first: fi-1 down to ci
     level_idx = list(range(fi - 1, ci - 1, -1))
@@ -210,8 +309,8 @@ def load_inat2021(
         levels, leaf_names=classes, level_names=level_names, node_names=node_names
     )
 
-    train_samples = _samples(train_json, train_path, cat_to_label, image_root)
-    test_samples = _samples(val_json, val_path, cat_to_label, image_root)
+    train_samples = _samples(train_json, train_path, cat_to_label, image_root, dropped_cats)
+    test_samples = _samples(val_json, val_path, cat_to_label, image_root, dropped_cats)
     meta: dict[str, Any] = {
         "fine_level": fine,
         "level_names": level_names,
@@ -221,4 +320,28 @@ def load_inat2021(
         "data_dir": str(root),
         "seed": seed,
     }
-    return image_bundle("inat2021", train_samples, test_samples, tree, image_opts, meta)
+    if not subpop:
+        return image_bundle("inat2021", train_samples, test_samples, tree, image_opts, meta)
+
+    meta.update(split_meta)
+    meta["source_classes"] = classes[:num_source]
+    meta["target_classes"] = classes[num_source:]
+    meta["num_source_classes"] = num_source
+    target_train = [s for s in train_samples if s[1] >= num_source]
+    target_test = [s for s in test_samples if s[1] >= num_source]
+    bundle = image_bundle(
+        "inat2021",
+        [s for s in train_samples if s[1] < num_source],
+        [s for s in test_samples if s[1] < num_source],
+        tree, image_opts, meta,
+    )
+    train_tf, test_tf = image_transforms(image_opts)
+    for key, samples, tf in (("target_train", target_train, train_tf),
+                             ("target_test", target_test, test_tf)):
+        if image_opts["skip_bad_images"]:
+            samples, bad = verify_images(samples)
+            meta["skipped_images"][key] = len(bad)
+            meta["skipped_files"].extend(bad)
+        meta[f"num_{key}"] = len(samples)
+        bundle.extra[key] = ImageFileDataset(samples, tf)
+    return bundle
