@@ -351,3 +351,18 @@ def test_float32_on_device_matches_float64_oracle(name, device):
     rho.sum().backward()
     assert rho.device.type == device and torch.isfinite(xt.grad).all()
     np.testing.assert_allclose(rho.detach().cpu().double().numpy(), expected, rtol=1e-4)
+
+
+def test_emd_threaded_lp_equals_serial(monkeypatch):
+    emd_module = sys.modules["otcpcc.distances.emd"]
+    x, y = batch(18, n=80)
+    serial = class_distances(torch.tensor(x), torch.tensor(y), "emd")[1]
+    monkeypatch.setattr(emd_module, "LP_PARALLEL_MIN_CELLS", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threaded = class_distances(torch.tensor(x), torch.tensor(y), "emd")[1]
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(threaded, serial, rtol=0, atol=0)
+    np.testing.assert_allclose(threaded.numpy(), oracle_distances("emd", x, y), rtol=1e-6)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from .groups import ClassGroups
 from .weights import sample_weights
 
 BRUTE_FORCE_MAX = 4
+LP_PARALLEL_MIN_CELLS = 200_000  # below this, thread start-up costs more than it saves
 
 
 @functools.cache
@@ -84,7 +86,12 @@ def _permutation_plans(sel: np.ndarray, size: int, ea, eb, x: Tensor, parts: lis
 
 
 def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, x: Tensor, parts: list) -> None:
-    """The remaining pairs: one network-simplex LP each on the CPU (sparse plans kept)."""
+    """The remaining pairs: one network-simplex LP each on the CPU (sparse plans kept).
+
+    The solver releases the GIL, so when there is enough work (``LP_PARALLEL_MIN_CELLS`` cost
+    entries in all) the pairs are split into one contiguous share per thread
+    (``torch.get_num_threads()``).
+    """
     if sel.size == 0:
         return
     xd = x.detach().to(torch.float64)
@@ -94,15 +101,28 @@ def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, x: Tensor, parts: li
     else:
         xc = xd.cpu()
         block = lambda t: torch.cdist(xc[ea[t] : ea[t] + n[t]], xc[eb[t] : eb[t] + m[t]]).numpy()  # noqa: E731
-    ts, rows, cols, vals = [], [], [], []
-    for t in sel.tolist():
-        plan = _solve_lp(w[ea[t] : ea[t] + n[t]], w[eb[t] : eb[t] + m[t]], block(t))
-        r, c = np.nonzero(plan)
-        ts.append(np.full(r.size, t))
-        rows.append(ea[t] + r)
-        cols.append(eb[t] + c)
-        vals.append(plan[r, c])
-    parts.append(tuple(np.concatenate(z) for z in (ts, rows, cols, vals)))
+
+    def solve(share: list[int]) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        out = []
+        for t in share:
+            plan = _solve_lp(w[ea[t] : ea[t] + n[t]], w[eb[t] : eb[t] + m[t]], block(t))
+            r, c = np.nonzero(plan)
+            out.append((t, ea[t] + r, eb[t] + c, plan[r, c]))
+        return out
+
+    pairs = sel.tolist()
+    workers = max(1, min(torch.get_num_threads(), len(pairs)))
+    if workers > 1 and int((n[sel] * m[sel]).sum()) >= LP_PARALLEL_MIN_CELLS:
+        with ThreadPoolExecutor(workers) as pool:
+            results = [r for share in pool.map(solve, np.array_split(pairs, workers)) for r in share]
+    else:
+        results = solve(pairs)
+    parts.append((
+        np.concatenate([np.full(r.size, t) for t, r, _, _ in results]),
+        np.concatenate([r for _, r, _, _ in results]),
+        np.concatenate([c for _, _, c, _ in results]),
+        np.concatenate([v for _, _, _, v in results]),
+    ))
 
 
 def emd(x: Tensor, groups: ClassGroups, weights: str = "uniform") -> Tensor:
