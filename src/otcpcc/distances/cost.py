@@ -52,7 +52,8 @@ def cost_dtype(x: Tensor) -> torch.dtype:
 
 def feature_scale(x: Tensor) -> Tensor:
     """A detached positive scalar c with max|x/c| = 1, so squares neither overflow nor underflow."""
-    c = x.detach().abs().amax()
+    lo, hi = x.detach().aminmax()  # one pass, no |x| copy
+    c = torch.maximum(hi, -lo)
     return torch.where(torch.isfinite(c) & (c > 0), c, torch.ones_like(c))
 
 
