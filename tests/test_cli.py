@@ -48,6 +48,13 @@ def test_train_then_evaluate_from_the_command_line(tiny_run, capsys):
     (["--data", "imagenet"], "unknown dataset 'imagenet'"),
     (["--epochs", "x"], "invalid int value"),
     (["--data-opt", "colour=red"], "colour"),
+    (["--distance", "fastft", "--dist-opt", "foo=1"], "'fastft' has no option 'foo'"),
+    (["--distance", "l2", "--reg", "1"], "'l2' has no option 'reg'"),
+    (["--distance", "fastft", "--dist-opt", "weights=bogus"], "unknown sample weighting 'bogus'"),
+    (["--distance", "swd", "--n-projections", "0"], "n_projections must be an integer >= 1"),
+    (["--distance", "l2", "--lam", "inf"], "lam must be a finite number"),
+    (["--lr", "inf"], "lr must be a finite number"),
+    (["--wd", "nan"], "wd must be a finite number"),
 ])
 def test_bad_values_give_one_line_and_status_2(tmp_path, capsys, flags, needle):
     code = main(["train", *TINY, "--out", str(tmp_path / "r"), *flags])
@@ -174,3 +181,32 @@ def test_bench_gets_the_rest_of_the_command_line(monkeypatch):
     assert main(["bench", "--classes", "10", "--device", "cpu"]) == 0
     assert seen["argv"] == ["--classes", "10", "--device", "cpu"]
     assert main(["bench"]) == 0 and seen["argv"] == []
+
+
+def test_bad_distance_option_with_force_keeps_the_existing_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--distance", "l2", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code = main(["train", *TINY, "--distance", "fastft", "--dist-opt", "foo=1", "--force",
+                 "--out", str(out)])
+    assert "no option 'foo'" in one_line_error(capsys, code)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_tree_file_missing_a_class_names_the_file_and_the_classes(tmp_path, capsys):
+    tree = tmp_path / "tree.txt"
+    tree.write_text("root c0\nc0 c0.f0\nc0 c0.f1\nroot c1\nc1 c1.f0\n")  # c1.f1, c1.f2, c0.f2 missing
+    code = main(["train", *TINY, "--tree", str(tree), "--out", str(tmp_path / "r")])
+    err = one_line_error(capsys, code)
+    assert "tree.txt" in err and "'c0.f2'" in err and "add them under their parents" in err
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_swd_test_cpcc_is_reproducible(tmp_path):
+    out = tmp_path / "swd"
+    assert main(["train", *TINY, "--distance", "swd", "--out", str(out)]) == 0
+    assert main(["evaluate", str(out)]) == 0
+    first = json.loads((out / "eval.json").read_text())["test_cpcc_swd"]
+    assert main(["evaluate", str(out)]) == 0
+    assert json.loads((out / "eval.json").read_text())["test_cpcc_swd"] == first
+    assert json.loads((out / "metrics.json").read_text())["test_cpcc"] == pytest.approx(first)

@@ -131,3 +131,16 @@ def test_cpcc_rewards_hierarchical_features():
     good = cpcc(torch.tensor(x), torch.tensor(y), TREE, "emd")
     bad = cpcc(torch.tensor(x), torch.tensor(rng.permutation(12)[y]), TREE, "emd")
     assert good > 0.8 and good > bad + 0.3
+
+
+@pytest.mark.parametrize("distance, options, match", [
+    ("l2", {"reg": 1.0}, "'l2' has no option 'reg'"),
+    ("sk", {"reg": 0.0}, "reg must be a finite number > 0"),
+    ("swd", {"n_projections": 0}, "n_projections must be an integer >= 1"),
+    ("fastft", {"weights": "heavy"}, "unknown sample weighting 'heavy'"),
+])
+def test_bad_options_fail_at_construction(distance, options, match):
+    with pytest.raises(ValueError, match=match):
+        CPCCLoss(TREE, distance, **options)
+    with pytest.raises(ValueError, match=match):
+        class_distances(torch.randn(4, 2), torch.tensor([0, 0, 1, 1]), distance, **options)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -311,6 +312,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise bad(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise bad(f"{name} must be a finite number, got {value!r}; "
+                          f"pass --{name} with a finite value")
             setattr(self, name, float(value))
         if not self.lr > 0:
             raise bad(f"learning rate must be > 0, got {self.lr}; pass --lr with a positive value")
@@ -332,6 +336,13 @@ class TrainConfig:
         for name in ("data_options", "model_options", "distance_options"):
             if not isinstance(getattr(self, name), dict):
                 raise bad(f"{name} must be a mapping of option names to values")
+        if self.distance != "none":
+            from .distances import check_options
+
+            try:
+                check_options(self.distance, self.distance_options)
+            except ValueError as e:
+                raise bad(f"{e}; fix --dist-opt/--reg/--n-projections") from None
         for name in ("freeze", "train_only"):
             value = getattr(self, name)
             if isinstance(value, str):

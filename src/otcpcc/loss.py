@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .distances import grouped_distances, resolve
+from .distances import check_options, grouped_distances, resolve
 from .gather import all_gather_labels, all_gather_with_grad
 
 
@@ -85,6 +85,7 @@ class CPCCLoss(nn.Module):
     def __init__(self, tree: Any, distance: str = "fastft", gather: bool = False, **options: Any):
         super().__init__()
         self.distance = resolve(distance)
+        check_options(self.distance, options)
         self.gather = gather
         self.options = options
         self.register_buffer("tree_dist", _tree_matrix(tree), persistent=False)

@@ -387,7 +387,13 @@ def load_data(cfg: TrainConfig):
 
         if not Path(cfg.tree).is_file():
             raise FileNotFoundError(f"tree file {cfg.tree!r} not found; check the --tree path")
-        bundle.tree = LabelTree.from_file(cfg.tree).restrict(list(bundle.tree.leaves))
+        user_tree = LabelTree.from_file(cfg.tree)
+        missing = [c for c in bundle.tree.leaves if c not in set(user_tree.leaves)]
+        if missing:
+            shown = ", ".join(repr(c) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise ValueError(f"--tree {cfg.tree}: {len(missing)} class(es) of {cfg.data} are not leaves "
+                             f"of this tree: {shown}; add them under their parents")
+        bundle.tree = user_tree.restrict(list(bundle.tree.leaves))
     return bundle
 
 
@@ -624,7 +630,8 @@ def subsample_per_class(labels: np.ndarray, max_per_class: int, seed: int = 0) -
 def test_cpcc(features: torch.Tensor, labels: torch.Tensor, tree, distance: str,
               options: dict[str, Any] | None = None, seed: int = 0) -> tuple[float, dict | None]:
     """TestCPCC of ``features`` under ``distance``; ``emd``/``sinkhorn`` use at most 100 samples
-    per class (seeded). Returns ``(value, subsample_info or None)``."""
+    per class and ``swd`` fixed directions, both drawn from ``seed``. Returns
+    ``(value, subsample_info or None)``."""
     from .loss import cpcc
 
     info = None
@@ -636,7 +643,10 @@ def test_cpcc(features: torch.Tensor, labels: torch.Tensor, tree, distance: str,
             info = {"max_per_class": cap, "n": int(keep.numel()), "of": int(labels.numel()),
                     "seed": seed}
             features, labels = features[keep], labels[keep]
-    value = cpcc(features, labels, tree, distance=distance, **(options or {}))
+    options = dict(options or {})
+    if distance == "swd" and "seed" not in options and "projections" not in options:
+        options["seed"] = seed  # fixed directions: the same run always gets the same TestCPCC
+    value = cpcc(features, labels, tree, distance=distance, **options)
     return float(value), info
 
 
@@ -651,7 +661,8 @@ def final_metrics(model: nn.Module, bundle, cfg: TrainConfig, env: DistEnv,
     options = cfg.distance_options if cfg.distance != "none" else {}
     value, info = (float("nan"), None)
     if env.is_main:
-        value, info = test_cpcc(res["features"], labels, bundle.tree, distance, options)
+        value, info = test_cpcc(res["features"], labels, bundle.tree, distance, options,
+                                seed=cfg.data_seed)
     times = [float(r["epoch_time"]) for r in history]
     seen = sum(float(r["samples_per_s"]) * float(r["epoch_time"]) for r in history)
     core = unwrap(model)

@@ -18,6 +18,8 @@ name           ρ(A, B)                                      options
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,7 @@ from .groups import ClassGroups, group_by_class
 from .l2 import l2
 from .sinkhorn import sinkhorn
 from .swd import random_projections, swd
+from .weights import WEIGHTINGS
 
 DISTANCES: dict[str, Callable[..., Tensor]] = {
     "l2": l2,
@@ -48,6 +51,32 @@ def resolve(name: str) -> str:
         known = sorted(DISTANCES) + sorted(ALIASES)
         raise ValueError(f"unknown distance {name!r}; choose one of: {', '.join(known)}")
     return key
+
+
+def _option_names(fn: Callable[..., Tensor]) -> tuple[str, ...]:
+    return tuple(inspect.signature(fn).parameters)[2:]  # after (x, groups)
+
+
+OPTIONS = {name: _option_names(fn) for name, fn in DISTANCES.items()}
+
+
+def check_options(distance: str, options: dict[str, Any]) -> None:
+    """One-line ValueError for an option a distance does not take or a value it cannot use."""
+    name = resolve(distance)
+    for key, value in options.items():
+        if key not in OPTIONS[name]:
+            allowed = ", ".join(OPTIONS[name]) or "none"
+            raise ValueError(f"distance {name!r} has no option {key!r} (its options: {allowed})")
+        if key == "weights" and value not in WEIGHTINGS:
+            raise ValueError(f"unknown sample weighting {value!r}; use one of {', '.join(WEIGHTINGS)}")
+        positive_int = key in ("n_projections", "max_iter")
+        if positive_int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} option {key} must be an integer >= 1, got {value!r}")
+        if key in ("reg", "tol", "p") and not (isinstance(value, (int, float))
+                                               and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} option {key} must be a finite number > 0, got {value!r}")
+        if key == "p" and value < 1:
+            raise ValueError(f"swd option p must be >= 1, got {value!r}")
 
 
 def check_batch(features: Tensor, labels: Tensor, finite: bool = True) -> None:
@@ -82,6 +111,7 @@ def grouped_distances(
 ) -> tuple[ClassGroups, Tensor]:
     """Validated batch -> (groups, rho [pairs]); the shared core of class_distances and CPCC."""
     name = resolve(distance)
+    check_options(name, options)
     # Solvers that feed an LP or iterations need finite input up front; for the closed-form
     # ones a NaN/inf shows in the [pairs] output, which is far cheaper to scan than [N, d].
     upfront = name in ("emd", "sinkhorn")
@@ -121,7 +151,9 @@ def class_distances(
 __all__ = [
     "ALIASES",
     "DISTANCES",
+    "OPTIONS",
     "ClassGroups",
+    "check_options",
     "class_distances",
     "group_by_class",
     "random_projections",

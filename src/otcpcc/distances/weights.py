@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .groups import ClassGroups
+from .l2 import class_means
 
 WEIGHTINGS = ("uniform", "near", "far")
 
@@ -27,9 +28,7 @@ def sample_weights(x: Tensor, groups: ClassGroups, kind: str = "uniform") -> Ten
     x = x.detach().to(torch.float64)
     cls = groups.class_index()
     k = groups.num_classes
-    means = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, cls, x)
-    means = means / groups.counts[:, None].to(x.dtype)
-    dist = (x - means[cls]).norm(dim=1)
+    dist = (x - class_means(x, groups).index_select(0, cls)).norm(dim=1)
     logits = -dist if kind == "near" else dist
     shift = torch.full((k,), -torch.inf, dtype=x.dtype, device=x.device)
     shift = shift.scatter_reduce(0, cls, logits, reduce="amax")
