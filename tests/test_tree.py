@@ -415,14 +415,16 @@ def test_error_two_parents_in_file(tmp_path: Path) -> None:
         LabelTree.from_file(path)
 
 
-def test_error_several_roots() -> None:
+def test_error_several_roots(tmp_path: Path) -> None:
     with pytest.raises(TreeError, match=r"several roots: 'animal', 'plant'"):
         LabelTree.from_parents({"cat": "animal", "rose": "plant"})
+    path = tmp_path / "t.json"
+    path.write_text('{"a": {"x": {}}, "b": {}}')
     with pytest.raises(TreeError, match=r"several roots: 'a', 'b'"):
-        LabelTree._from_json({"a": {"x": {}}, "b": {}}, "t.json")  # noqa: SLF001
+        LabelTree.from_file(path)
 
 
-def test_error_duplicate_names() -> None:
+def test_error_duplicate_names(tmp_path: Path) -> None:
     with pytest.raises(TreeError, match=r"duplicate leaf names: 'cat'"):
         LabelTree.from_levels([[0, 0, 1]], leaf_names=["cat", "dog", "cat"])
     with pytest.raises(TreeError, match=r"duplicate node names: 'fish'"):
@@ -430,8 +432,10 @@ def test_error_duplicate_names() -> None:
     # a class called "root" is fine: the added root takes the next free name
     t = LabelTree.from_levels([[0, 1]], leaf_names=["root", "x"], node_names=[["_root", "y"]])
     assert t.root == "__root" and t.ancestors("root") == ["_root", "__root"]
+    newick = tmp_path / "t.nwk"
+    newick.write_text("((a,b)c,a)r;")
     with pytest.raises(TreeError, match=r"duplicate node names: 'a'"):
-        LabelTree._from_newick("((a,b)c,a)r;", "t.nwk")  # noqa: SLF001
+        LabelTree.from_file(newick)
     t = LabelTree.from_parents(DESIGN_EXAMPLE)
     with pytest.raises(TreeError, match=r"duplicate leaf names 'cat'"):
         t.restrict(["cat", "dog", "cat"])

@@ -443,19 +443,6 @@ class LabelTree:
 
         return read_tree(path, format, on_multiple_parents)
 
-    # the two parsers below live in tree_files; these names stay for tests/test_tree.py
-    @classmethod
-    def _from_json(cls, data: Any, src: str) -> LabelTree:
-        from .tree_files import _from_json
-
-        return _from_json(data, src)
-
-    @classmethod
-    def _from_newick(cls, text: str, src: str) -> LabelTree:
-        from .tree_files import _from_newick
-
-        return _from_newick(text, src)
-
     def to_file(self, path: str | os.PathLike[str], format: str | None = None) -> None:
         """Write the tree so that :meth:`from_file` reads back the same tree and leaf order.
 
