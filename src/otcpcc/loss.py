@@ -97,6 +97,8 @@ class CPCCLoss(nn.Module):
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
         if self.gather:
             features, labels = all_gather_with_grad(features), all_gather_labels(labels)
+        if self.tree_dist.device != features.device:  # moved once, not copied every call
+            self.tree_dist = self.tree_dist.to(features.device)
         corr = _cpcc(features, labels, self.tree_dist, self.distance, self.options)
         if corr is None:
             return features.sum() * 0 + 1.0
