@@ -5,11 +5,13 @@ r"""Exact optimal transport (``emd``): the earth mover's distance with Euclidean
 
 Same value as POT ``ot.emd2(a, b, M)``. Each pair is a small LP; they are solved without
 autograd and returned as sparse plans (at most n + m − 1 non-zeros), then all costs are
-evaluated in one gather. Two cases need no LP:
+evaluated in one gather. Three cases need no LP:
 
 * a class with one sample: the only coupling is :math:`P = a b^\top`;
 * uniform weights and n = m ≤ 4: an optimal plan is a permutation matrix / n (Birkhoff), found
-  by comparing all n! permutations for all such pairs at once.
+  by comparing all n! permutations for all such pairs at once;
+* a class with two samples: a fractional knapsack (greedy by the difference of the two samples'
+  distances), for all such pairs at once.
 
 The rest go to POT's network simplex (C++), pair by pair.
 Reference: Bonneel et al., "Displacement interpolation using Lagrangian mass transport" (2011).
@@ -85,6 +87,41 @@ def _permutation_plans(sel: np.ndarray, size: int, ea, eb, x: Tensor, parts: lis
     parts.append((t, a_idx.cpu().numpy().reshape(-1), b_np.reshape(-1), np.full(t.size, 1.0 / size)))
 
 
+def _two_source_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, x: Tensor, parts: list) -> None:
+    """Pairs where one class has exactly two samples s0, s1: a fractional knapsack, all at once.
+
+    With flows f_j from s0 and β_j − f_j from s1 to each sample t_j of the other class, the cost is
+    Σ_j β_j D(s1, t_j) + Σ_j f_j (D(s0, t_j) − D(s1, t_j)) under 0 ≤ f_j ≤ β_j, Σ_j f_j = α0:
+    filling the t_j in increasing order of D(s0, t_j) − D(s1, t_j) is optimal.
+    """
+    if sel.size == 0:
+        return
+    swap = n[sel] != 2  # then the other class (B) is the two-sample one
+    src = np.where(swap, eb[sel], ea[sel])
+    dst = np.where(swap, ea[sel], eb[sel])
+    cnt = np.where(swap, n[sel], m[sel])
+    j = np.arange(cnt.max())
+    valid = j[None, :] < cnt[:, None]
+    tgt = dst[:, None] + np.where(valid, j, 0)  # [P, width]
+    dev = x.device
+    t_flat = torch.as_tensor(tgt.reshape(-1), device=dev)
+    width = tgt.shape[1]
+    d = [gather_distances(x, torch.as_tensor(np.repeat(src + k, width), device=dev), t_flat)
+         .view(len(sel), width).cpu().double().numpy() for k in (0, 1)]
+    delta = np.where(valid, d[0] - d[1], np.inf)
+    order = np.argsort(delta, axis=1, kind="stable")
+    beta = np.where(valid, w[tgt], 0.0)
+    beta_sorted = np.take_along_axis(beta, order, axis=1)
+    before = np.cumsum(beta_sorted, axis=1) - beta_sorted
+    f_sorted = np.clip(w[src][:, None] - before, 0.0, beta_sorted)
+    f = np.empty_like(f_sorted)
+    np.put_along_axis(f, order, f_sorted, axis=1)
+    for k, flow in ((0, f), (1, beta - f)):
+        keep = valid & (flow > 0)
+        rows, cols = np.nonzero(keep)
+        parts.append((sel[rows], src[rows] + k, tgt[rows, cols], flow[rows, cols]))
+
+
 def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, x: Tensor, parts: list) -> None:
     """The remaining pairs: one network-simplex LP each on the CPU (sparse plans kept).
 
@@ -143,7 +180,9 @@ def emd(x: Tensor, groups: ClassGroups, weights: str = "uniform") -> Tensor:
             if sel.size:
                 _permutation_plans(sel, size, ea, eb, x.detach(), parts)
                 rest[sel] = False
-    _lp_plans(np.flatnonzero(rest), n, m, ea, eb, wn, x, parts)
+    two = rest & ((n == 2) | (m == 2))
+    _two_source_plans(np.flatnonzero(two), n, m, ea, eb, wn, x.detach(), parts)
+    _lp_plans(np.flatnonzero(rest & ~two), n, m, ea, eb, wn, x, parts)
     t, ia, ib, mass = (np.concatenate(z) for z in zip(*parts, strict=True))
 
     def as_tensor(a, dtype=torch.long):
