@@ -153,6 +153,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         opt.step()
         res["step"] = (loss.detach(), {k: v.detach() for k, v in model.module.state_dict().items()})
         torch.save(res, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # both ranks done before either tears the gloo group down
     finally:
         dist.destroy_process_group()
 
