@@ -15,6 +15,7 @@ tests/test_distributed.py RANK WORLD INIT_FILE OUT_DIR``).
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import os
 import shutil
@@ -153,7 +154,12 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         opt.step()
         res["step"] = (loss.detach(), {k: v.detach() for k, v in model.module.state_dict().items()})
         torch.save(res, Path(out_dir) / f"rank{rank}.pt")
-        dist.barrier()  # both ranks done before either tears the gloo group down
+        # Free the DDP wrapper (its reducer holds the group) and meet at a barrier before the
+        # group is torn down; otherwise a rank could abort at exit ("terminate called without an
+        # active exception"), seen once in CI.
+        del model, opt
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
