@@ -95,9 +95,8 @@ def sinkhorn(
     max_iter: int = 1000,
     tol: float | None = None,
 ) -> Tensor:
-    """[N, d] grouped features -> [pairs] Sinkhorn transport costs ⟨M, P^ε⟩."""
-    if not reg > 0:
-        raise ValueError(f"sinkhorn needs reg > 0, got {reg}")
+    """[N, d] grouped features -> [pairs] Sinkhorn transport costs ⟨M, P^ε⟩ (options checked by
+    :func:`otcpcc.distances.check_options`)."""
     dtype = cost_dtype(x)
     if tol is None:
         tol = 1e-9 if dtype == torch.float64 else 1e-6

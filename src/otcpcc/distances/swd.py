@@ -42,14 +42,11 @@ def swd(
     projections: Tensor | None = None,
     seed: int | None = None,
 ) -> Tensor:
-    """[N, d] grouped features -> [pairs] sliced Wasserstein distances."""
-    if p < 1:
-        raise ValueError(f"swd needs p >= 1, got {p}")
+    """[N, d] grouped features -> [pairs] sliced Wasserstein distances (option values checked by
+    :func:`otcpcc.distances.check_options`)."""
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(cost_dtype(x))
         if projections is None:
-            if n_projections < 1:
-                raise ValueError(f"n_projections must be >= 1, got {n_projections}")
             projections = random_projections(x.shape[1], n_projections, seed, x.device, x.dtype)
         if projections.ndim != 2 or projections.shape[0] != x.shape[1]:
             raise ValueError(

@@ -20,9 +20,9 @@ WEIGHTINGS = ("uniform", "near", "far")
 
 
 def sample_weights(x: Tensor, groups: ClassGroups, kind: str = "uniform") -> Tensor | None:
-    """[N] float64 weights in grouped order, summing to 1 within each class; None for uniform."""
-    if kind not in WEIGHTINGS:
-        raise ValueError(f"unknown sample weighting {kind!r}; use one of {', '.join(WEIGHTINGS)}")
+    """[N] float64 weights in grouped order, summing to 1 within each class; None for uniform.
+
+    ``kind`` is one of ``WEIGHTINGS`` (checked by :func:`otcpcc.distances.check_options`)."""
     if kind == "uniform":
         return None
     x = x.detach().to(torch.float64)
