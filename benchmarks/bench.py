@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 try:
-    from otcpcc.bench import main
+    from otcpcc.bench.speed import main
 except ImportError:  # not installed: use the checkout's src/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from otcpcc.bench import main
+    from otcpcc.bench.speed import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

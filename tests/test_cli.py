@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from otcpcc import cli
+from otcpcc.cli import commands as cli
 from otcpcc.cli import main
-from otcpcc.config import TrainConfig
+from otcpcc.runs.config import TrainConfig
 
 TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
         "test_per_class=6", "--data-opt", "branching=[2, 3]", "--model-opt", "hidden=[16]",
@@ -108,12 +108,12 @@ def test_run_config_json_round_trips_as_config(tiny_run):
 
 
 def test_interrupt_exits_130_with_one_line(monkeypatch, capsys, tmp_path):
-    from otcpcc.train import TrainingInterrupted
+    from otcpcc.training import TrainingInterrupted
 
     def interrupted(cfg, out, **kw):
         raise TrainingInterrupted(out)
 
-    monkeypatch.setattr("otcpcc.train.train", interrupted)
+    monkeypatch.setattr("otcpcc.training.train", interrupted)
     code = main(["train", *TINY, "--out", str(tmp_path / "r")])
     err = one_line_error(capsys, code, rc=130)
     assert "--resume" in err
@@ -153,8 +153,8 @@ def test_compare_and_sweep_pass_their_settings_on(monkeypatch, tmp_path):
         calls["sweep"] = (cfg, lams, batch_sizes, out, force, progress)
         return out
 
-    monkeypatch.setattr("otcpcc.compare.run_compare", fake_compare)
-    monkeypatch.setattr("otcpcc.compare.run_sweep", fake_sweep)
+    monkeypatch.setattr("otcpcc.study.compare.run_compare", fake_compare)
+    monkeypatch.setattr("otcpcc.study.compare.run_sweep", fake_sweep)
     assert main(["compare"]) == 0  # no flags: synthetic, none,l2,fastft, runs/compare
     cfg, distances, seeds, out, force, progress, cost = calls["compare"]
     assert cfg.data == "synthetic" and distances == ["none", "l2", "fastft"] and seeds == 3
@@ -177,7 +177,7 @@ def test_bench_gets_the_rest_of_the_command_line(monkeypatch):
         seen["argv"] = argv
         return 0
 
-    monkeypatch.setattr("otcpcc.bench.main", fake_bench)
+    monkeypatch.setattr("otcpcc.bench.speed.main", fake_bench)
     assert main(["bench", "--classes", "10", "--device", "cpu"]) == 0
     assert seen["argv"] == ["--classes", "10", "--device", "cpu"]
     assert main(["bench"]) == 0 and seen["argv"] == []

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from otcpcc.checkpoint import load_checkpoint
-from otcpcc.loss import CPCCLoss
+from otcpcc.objectives import CPCCLoss
+from otcpcc.runs.checkpoint import load_checkpoint
 from otcpcc.tree import LabelTree
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,7 @@ def bn_probe() -> torch.Tensor:
 
 def sync_bn_layer() -> torch.nn.Module:
     """A BatchNorm2d with non-trivial affine weights, converted for sync on the CPU."""
-    from otcpcc.syncbn import convert_sync_batchnorm
+    from otcpcc.distributed.syncbn import convert_sync_batchnorm
 
     bn = torch.nn.BatchNorm2d(3, momentum=0.3).double()
     with torch.no_grad():
@@ -107,7 +107,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     """Run every 2-process check on this rank; save what the parent compares."""
     import torch.distributed as dist
 
-    from otcpcc.gather import all_gather_labels, all_gather_with_grad
+    from otcpcc.distributed.gather import all_gather_labels, all_gather_with_grad
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -138,7 +138,8 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                      bn.running_mean.clone(), bn.running_var.clone())
 
         # evaluation: predict() shards a 13-sample split over the ranks and gathers it back
-        from otcpcc.train import DistEnv, predict
+        from otcpcc.distributed.env import DistEnv
+        from otcpcc.evaluation.inference import predict
 
         env = DistEnv(rank=rank, world_size=world)
         res["predict"] = predict(toy_model().float(), toy_split(), env, SimpleNamespace(
@@ -214,7 +215,7 @@ def test_all_gather_with_an_empty_rank(ranks):
 def test_cpu_sync_batchnorm_uses_the_global_batch(ranks):
     """BatchNorm2d on the 12 images in one process == CPUSyncBatchNorm on 5 + 7 in two: outputs,
     input gradients, summed affine gradients and running statistics."""
-    from otcpcc.syncbn import CPUSyncBatchNorm
+    from otcpcc.distributed.syncbn import CPUSyncBatchNorm
 
     bn = sync_bn_layer()
     assert isinstance(bn, CPUSyncBatchNorm)  # outside a process group: plain BatchNorm
@@ -236,7 +237,8 @@ def test_cpu_sync_batchnorm_uses_the_global_batch(ranks):
 
 
 def test_predict_gathers_the_whole_split_in_dataset_order(ranks):
-    from otcpcc.train import DistEnv, predict
+    from otcpcc.distributed.env import DistEnv
+    from otcpcc.evaluation.inference import predict
 
     one = predict(toy_model().float(), toy_split(), DistEnv(), SimpleNamespace(batch_size=4,
                                                                               workers=0))
@@ -272,7 +274,7 @@ def test_ctrl_c_relayed_by_torchrun_is_one_request(monkeypatch):
     that is one request to stop after the step; a later second Ctrl-C still aborts."""
     import signal
 
-    from otcpcc.train import StopRequest
+    from otcpcc.training.control import StopRequest
 
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGINT)
@@ -299,7 +301,7 @@ FLAGS = ["--data", "synthetic", "--data-opt", "train_per_class=8", "--data-opt",
 
 
 def single_cfg(**kw):
-    from otcpcc.config import TrainConfig
+    from otcpcc.runs.config import TrainConfig
 
     base = dict(data="synthetic", data_options=dict(DATA), model_options=dict(MODEL),
                 sync_bn=True, distance="l2", lam=LAM, lr=0.05, device="cpu", batch_size=16,
@@ -347,7 +349,7 @@ def ddp_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def one_run(tmp_path_factory) -> Path:
     """1 process x batch 16 (--sync-bn is a no-op in one process)."""
-    from otcpcc.train import train
+    from otcpcc.training import train
 
     return train(single_cfg(), tmp_path_factory.mktemp("one") / "run", progress=False)
 
@@ -388,7 +390,7 @@ def test_rank0_alone_writes_one_run_directory(ddp_run):
 def test_ddp_test_metrics_cover_the_whole_test_split(ddp_run, tmp_path):
     """TestCPCC and accuracy of the 2-rank run (test split gathered from both ranks, 23 + 22
     samples) equal a single-process evaluation of the same checkpoint."""
-    from otcpcc.evaluate import evaluate_run
+    from otcpcc.evaluation.evaluate import evaluate_run
 
     run = tmp_path / "run"
     shutil.copytree(ddp_run, run)
@@ -402,7 +404,8 @@ def test_ddp_test_metrics_cover_the_whole_test_split(ddp_run, tmp_path):
 
 def test_resume_under_torchrun_matches_a_resumed_single_process_run(ddp_run, one_run, tmp_path):
     from otcpcc.cli import main
-    from otcpcc.train import RunDirError, train
+    from otcpcc.runs.rundir import RunDirError
+    from otcpcc.training import train
 
     ddp, one = tmp_path / "ddp", tmp_path / "one"
     shutil.copytree(ddp_run, ddp)

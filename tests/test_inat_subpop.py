@@ -18,8 +18,8 @@ import torch
 from fakes import inat_category, write_inat2021
 from otcpcc.cli import main
 from otcpcc.data.inat import load_inat2021, subpop_split
-from otcpcc.evaluate import load_run
-from otcpcc.train import predict
+from otcpcc.evaluation.evaluate import load_run
+from otcpcc.evaluation.inference import predict
 
 # (kingdom, phylum, [classes]); two classes get a second species
 TAXA = [

@@ -24,11 +24,12 @@ import yaml
 
 from fakes import BREEDS_DIR, C100_F2C, write_cifar100, write_image_folder
 from otcpcc.cli import main
-from otcpcc.config import PRESETS, ConfigError, TrainConfig, preset_values
 from otcpcc.data import DATASETS
 from otcpcc.data.breeds import BREEDS_SETTINGS, BreedsHierarchy, breeds_split
-from otcpcc.evaluate import evaluate_run, load_run
-from otcpcc.train import predict, train
+from otcpcc.evaluation.evaluate import evaluate_run, load_run
+from otcpcc.evaluation.inference import predict
+from otcpcc.runs.config import PRESETS, ConfigError, TrainConfig, preset_values
+from otcpcc.training import train
 
 RUN = ["--device", "cpu", "--no-progress"]
 TINY_VIT = {"num_layers": 1, "hidden_dim": 32, "mlp_dim": 64, "num_heads": 2}

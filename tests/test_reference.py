@@ -10,7 +10,7 @@ import torch
 from scipy.spatial.distance import cdist
 from scipy.stats import pearsonr
 
-from otcpcc.bench import format_table, load_reference, main
+from otcpcc.bench.speed import format_table, load_reference, main
 
 ref = load_reference()
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from otcpcc import LabelTree, compare, report
+from otcpcc import LabelTree
+from otcpcc.study import compare, figures, report, tables
 
 # ------------------------------------------------------------------ fabricated data
 # none:   fine_acc 0.80, 0.82 -> 0.81 ± 0.01414; severity 3.0, 3.2 -> 3.10; cost 1.0, 1.4 -> 1.20
@@ -80,7 +81,7 @@ def fake_features(monkeypatch):
         calls.append((Path(run_dir).name, split))
         return _features(seed=len(calls))
 
-    monkeypatch.setattr(report, "collect_features", collect)
+    monkeypatch.setattr(figures, "collect_features", collect)
     return calls
 
 
@@ -138,15 +139,15 @@ def _md_table(text: str) -> tuple[list[str], dict[str, list[str]]]:
 # ------------------------------------------------------------------ numbers
 def test_metric_direction():
     for name in ("fine_acc", "fine_top2", "level1_acc", "test_cpcc_emd", "map_fine", "map_level1"):
-        assert report.metric_direction(name) == "max", name
+        assert tables.metric_direction(name) == "max", name
     for name in ("mistake_severity", "hier_dist@1", "hier_dist@5", "expected_cost"):
-        assert report.metric_direction(name) == "min", name
+        assert tables.metric_direction(name) == "min", name
     for name in ("train_time_s", "multimodality_mean_components", "lam"):
-        assert report.metric_direction(name) is None, name
+        assert tables.metric_direction(name) is None, name
 
 
 def test_aggregate_matches_numpy_and_skips_missing():
-    agg = {r["distance"]: r for r in report.aggregate_runs(RUNS)}
+    agg = {r["distance"]: r for r in tables.aggregate_runs(RUNS)}
     assert list(agg) == ["none", "fastft", "l2"]
     assert agg["none"]["n_runs"] == 2 and agg["l2"]["n_runs"] == 1
     assert agg["none"]["fine_acc_mean"] == pytest.approx(0.81)
@@ -157,44 +158,44 @@ def test_aggregate_matches_numpy_and_skips_missing():
     assert agg["l2"]["mistake_severity_mean"] is None  # no finite value
     assert "seed_mean" not in agg["none"] and "recommendation_mean" not in agg["none"]
     # a run with a NaN/None among finite ones: mean over the finite ones only
-    mixed = report.aggregate_runs([{"distance": "a", "x": v} for v in (1.0, None, np.nan, 3.0)])
+    mixed = tables.aggregate_runs([{"distance": "a", "x": v} for v in (1.0, None, np.nan, 3.0)])
     assert mixed[0]["x_mean"] == 2.0 and mixed[0]["x_std"] == pytest.approx(math.sqrt(2))
     with pytest.raises(ValueError, match="distance"):
-        report.aggregate_runs([{"x": 1.0}])
+        tables.aggregate_runs([{"x": 1.0}])
 
 
 def test_roi_hand_worked():
     # severity 3.10 -> 2.60: -0.5 / 3.1 = -16.13 %; cost 1.20 -> 1.00: -16.67 %;
     # accuracy 0.81 -> 0.80: -1.0 point; TestCPCC(emd) 0.15 -> 0.90
-    agg = {r["distance"]: r for r in report.aggregate_runs(RUNS)}
-    r = report.roi(agg["none"], agg["fastft"])
+    agg = {r["distance"]: r for r in tables.aggregate_runs(RUNS)}
+    r = tables.roi(agg["none"], agg["fastft"])
     assert r["severity_change"] == pytest.approx(-0.5 / 3.1)
     assert r["cost_change"] == pytest.approx(-0.2 / 1.2)
     assert r["acc_points"] == pytest.approx(-1.0)
-    line = report.roi_line("fastft", agg["none"], agg["fastft"])
+    line = tables.roi_line("fastft", agg["none"], agg["fastft"])
     assert line == ("fastft: mistake severity 3.10 → 2.60 (−16%), expected cost 1.20 → 1.00 "
                     "(−17%) at fine accuracy −1.0 points; TestCPCC(emd) 0.15 → 0.90")
     # missing severity (l2 made no mistakes) and a zero baseline give n/a, never a crash
-    line_l2 = report.roi_line("l2", agg["none"], agg["l2"])
+    line_l2 = tables.roi_line("l2", agg["none"], agg["l2"])
     assert "mistake severity 3.10 → – (n/a)" in line_l2
     assert "expected cost 1.20 → 0.90 (−25%)" in line_l2 and "+2.0 points" in line_l2
-    zero = report.roi({"expected_cost_mean": 0.0}, {"expected_cost_mean": 1.0})
+    zero = tables.roi({"expected_cost_mean": 0.0}, {"expected_cost_mean": 1.0})
     assert math.isnan(zero["cost_change"])
-    assert report.roi_lines([{"distance": "fastft"}])[0].startswith("No `none` run")
+    assert tables.roi_lines([{"distance": "fastft"}])[0].startswith("No `none` run")
 
 
 def test_best_rows_ties_and_directions():
     agg = [{"distance": "a", "x_acc_mean": 0.5, "expected_cost_mean": 2.0},
            {"distance": "b", "x_acc_mean": 0.7, "expected_cost_mean": 1.0},
            {"distance": "c", "x_acc_mean": 0.7, "expected_cost_mean": None}]
-    assert report.best_rows(agg, "x_acc") == {1, 2}
-    assert report.best_rows(agg, "expected_cost") == {1}
-    assert report.best_rows(agg, "train_time_s") == set()
+    assert tables.best_rows(agg, "x_acc") == {1, 2}
+    assert tables.best_rows(agg, "expected_cost") == {1}
+    assert tables.best_rows(agg, "train_time_s") == set()
 
 
 # ------------------------------------------------------------------ the report files
 def test_render_report_files(tmp_path, fake_features):
-    summary = {"runs": RUNS, "aggregate": report.aggregate_runs(RUNS)}
+    summary = {"runs": RUNS, "aggregate": tables.aggregate_runs(RUNS)}
     run_dirs = {"none": [_fake_run(tmp_path / "none" / "seed0"),
                          _fake_run(tmp_path / "none" / "seed1", 0.1)],
                 "fastft": [_fake_run(tmp_path / "fastft" / "seed0")],
@@ -228,7 +229,7 @@ def test_render_report_files(tmp_path, fake_features):
         assert bold == expected[r[0]], r[0]
     assert ("fastft: mistake severity 3.10 → 2.60 (−16%), expected cost 1.20 → 1.00 (−17%) "
             "at fine accuracy −1.0 points") in md
-    for f in report.FIGURES:
+    for f in tables.FIGURES:
         assert f"({f})" in md
 
     parser = StrictHTML()
@@ -243,7 +244,7 @@ def test_render_report_files(tmp_path, fake_features):
     assert html_rows["none"][col["mistake_severity"]] == ("3.100 ± 0.141", False)
     assert html_rows["l2"][col["fine_acc"]] == ("0.830", True)
 
-    for f in report.FIGURES:
+    for f in tables.FIGURES:
         img = imread(out / f)
         assert img.shape[0] > 150 and img.shape[1] > 300, f
         assert img[..., :3].std() > 0.05, f  # not a blank canvas
@@ -261,7 +262,7 @@ def test_render_report_without_runs_dirs(tmp_path):
 def test_learned_distance_matrix_is_class_mean_distance():
     x, y = _features()
     y = np.where(y == 3, 2, y)  # class 3 absent
-    d = report.learned_distance_matrix(x, y, 6)
+    d = figures.learned_distance_matrix(x, y, 6)
     means = {c: x[y == c].astype(np.float64).mean(0) for c in (0, 1, 2, 4, 5)}
     for a in means:
         for b in means:
@@ -270,7 +271,7 @@ def test_learned_distance_matrix_is_class_mean_distance():
 
 
 def test_tree_leaf_order_groups_siblings():
-    order = list(report.tree_leaf_order(_tree().distance_matrix()))
+    order = list(figures.tree_leaf_order(_tree().distance_matrix()))
     pos = {leaf: i for i, leaf in enumerate(order)}
     for a, b in ((0, 1), (2, 3), (4, 5)):
         assert abs(pos[a] - pos[b]) == 1  # siblings adjacent
@@ -279,11 +280,11 @@ def test_tree_leaf_order_groups_siblings():
 
 def test_read_log_and_subsample(tmp_path):
     _write_log(tmp_path / "log.csv", 3, 0.0)
-    log = report.read_log(tmp_path / "log.csv")
+    log = figures.read_log(tmp_path / "log.csv")
     np.testing.assert_allclose(log["loss"], [2.0, 1.0, 2 / 3])
-    idx = report.subsample(5000, 1000, seed=1)
+    idx = figures.subsample(5000, 1000, seed=1)
     assert len(idx) == 1000 and len(set(idx)) == 1000 and np.all(np.diff(idx) > 0)
-    np.testing.assert_array_equal(report.subsample(10, 1000), np.arange(10))
+    np.testing.assert_array_equal(figures.subsample(10, 1000), np.arange(10))
 
 
 # ------------------------------------------------------------------ compare / sweep drivers
@@ -337,7 +338,7 @@ def test_run_compare_summary(tmp_path, monkeypatch, fake_features):
     agg = {a["distance"]: a for a in summary["aggregate"]}
     assert agg["fastft"]["fine_acc_mean"] == pytest.approx(0.8 + 0.035 - 0.004)
     assert agg["fastft"]["fine_acc_std"] == pytest.approx(np.std([0.826, 0.836], ddof=1))
-    for name in ("report.md", "report.html", *report.FIGURES):
+    for name in ("report.md", "report.html", *tables.FIGURES):
         assert (out / name).is_file(), name
     md = (out / "report.md").read_text()
     assert "fastft: mistake severity 3.00 → 2.80 (−7%)" in md
@@ -407,10 +408,10 @@ def test_compare_and_sweep_end_to_end(tmp_path):
     assert [a["distance"] for a in summary["aggregate"]] == ["none", "fastft"]
     md = (out / "report.md").read_text()
     assert "fastft: mistake severity" in md and "| none | 1 |" in md
-    for f in report.FIGURES:
+    for f in tables.FIGURES:
         assert imread(out / f).shape[0] > 150, f
     # collect_features reproduces the model's test features (6 classes x 6 test samples)
-    x, y = report.collect_features(out / "fastft" / "seed0")
+    x, y = figures.collect_features(out / "fastft" / "seed0")
     assert x.shape[0] == y.shape[0] == 36 and x.dtype == np.float32
     np.testing.assert_array_equal(np.bincount(y), [6] * 6)
 

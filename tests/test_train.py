@@ -13,19 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from otcpcc import train as train_mod
-from otcpcc.checkpoint import get_rng_state, load_checkpoint, set_rng_state
-from otcpcc.config import ConfigError, TrainConfig
-from otcpcc.evaluate import evaluate_run
-from otcpcc.train import (
-    LOG_COLUMNS,
-    ResumableSampler,
-    RunDirError,
-    TrainingInterrupted,
-    lr_at,
-    subsample_per_class,
-    train,
-)
+from otcpcc.evaluation.evaluate import evaluate_run
+from otcpcc.evaluation.inference import subsample_per_class
+from otcpcc.runs.checkpoint import get_rng_state, load_checkpoint, set_rng_state
+from otcpcc.runs.config import ConfigError, TrainConfig
+from otcpcc.runs.log import LOG_COLUMNS
+from otcpcc.runs.rundir import RunDirError
+from otcpcc.training import TrainingInterrupted, train
+from otcpcc.training import loop as train_mod
+from otcpcc.training.control import ResumableSampler
+from otcpcc.training.optim import lr_at
 from otcpcc.tree import LabelTree
 
 TINY_DATA = {"train_per_class": 12, "test_per_class": 6, "branching": [2, 3]}  # 6 classes
@@ -140,7 +137,7 @@ def test_train_writes_a_complete_run_directory(tmp_path, distance):
 
 
 def test_test_accuracy_in_metrics_matches_a_forward_pass(tmp_path):
-    from otcpcc.evaluate import load_run
+    from otcpcc.evaluation.evaluate import load_run
 
     run = train(tiny(), tmp_path / "run", progress=False)
     loaded = load_run(run)
@@ -248,7 +245,7 @@ def test_evaluate_run_writes_every_metric(tmp_path):
 
 
 def test_evaluate_with_a_cost_matrix_csv(tmp_path):
-    from otcpcc.evaluate import load_run
+    from otcpcc.evaluation.evaluate import load_run
 
     run = train(tiny(epochs=1), tmp_path / "run", progress=False)
     names = LabelTree.from_file(run / "tree.json").leaves
@@ -305,7 +302,7 @@ def _toy_shift(data_dir=None, seed=0, **options):
 def test_evaluate_adds_zero_shot_one_shot_and_cross_retrieval_on_target_splits(tmp_path,
                                                                                monkeypatch):
     import otcpcc.data
-    from otcpcc.evaluate import load_run
+    from otcpcc.evaluation.evaluate import load_run
 
     monkeypatch.setitem(otcpcc.data.DATASETS, "toy-shift", "otcpcc.data.synthetic:load_synthetic")
     monkeypatch.setattr(otcpcc.data, "get_dataset", lambda name, **kw: _toy_shift(**kw))

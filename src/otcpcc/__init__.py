@@ -1,7 +1,7 @@
 """otcpcc: make a model's feature space respect a label hierarchy (CPCC with optimal-transport distances)."""
 
 from .distances import class_distances
-from .loss import CPCCLoss, cpcc
+from .objectives import CPCCLoss, cpcc
 from .tree import LabelTree
 
 __version__ = "0.1.0"

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import OPTIMIZERS, PRESET_NAMES, SCHEDULES, TrainConfig
+from ..runs.config import OPTIMIZERS, PRESET_NAMES, SCHEDULES, TrainConfig
 
 PROG = "otcpcc"
 
@@ -206,7 +206,7 @@ def _say(args: argparse.Namespace, msg: str) -> None:
 
 # --------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from ..training import train
 
     if args.resume and args.out and not args.config and (Path(args.out) / "config.json").is_file():
         args.config = str(Path(args.out) / "config.json")  # resume: the run's settings < flags
@@ -225,7 +225,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run
+    from ..evaluation.evaluate import evaluate_run
 
     res = evaluate_run(args.run, cost_matrix=args.cost_matrix, split=args.split,
                        device=args.device, data_dir=args.data_dir)
@@ -251,7 +251,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import run_compare
+    from ..study.compare import run_compare
 
     cfg = config_from_args(args)
     out = run_compare(cfg, args.distances, args.seeds, Path(args.out), force=args.force,
@@ -261,7 +261,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .compare import run_sweep
+    from ..study.compare import run_sweep
 
     if args.distance is None:
         args.distance = "fastft"
@@ -273,7 +273,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from .evaluate import diagnose
+    from ..evaluation.diagnose import diagnose
 
     res = diagnose(args.data if args.data or args.run else "synthetic", run=args.run,
                    data_dir=args.data_dir, data_options=dict(args.data_opt or []),
@@ -295,7 +295,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
+    from ..bench.speed import main as bench_main
 
     rest = [a for a in args.rest]
     if rest[:1] == ["--"]:
@@ -310,7 +310,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog=PROG, description=__doc__, formatter_class=fmt)
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -410,7 +410,7 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``otcpcc`` and ``python -m otcpcc``; returns the exit status."""
-    from .train import TrainingInterrupted
+    from ..training import TrainingInterrupted
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # everything after "bench" belongs to otcpcc.bench

@@ -1,4 +1,4 @@
-"""The evaluation protocol (DESIGN.md §6) on a finished run directory, and the multi-modality pilot.
+"""The evaluation protocol on a finished run directory.
 
 ``evaluate_run(RUN)`` rebuilds the data and the model from ``RUN/config.json``, ``RUN/tree.json``
 and ``RUN/last.pt`` (loaded with ``weights_only=True``), computes test features and softmax
@@ -16,9 +16,6 @@ probabilities (and train features for the retrieval prototypes), and writes ``RU
 - ``target`` (datasets with ``target_train``/``target_test`` splits, e.g. BREEDS): zero-shot
   coarse accuracy on the target classes, one-shot linear probe, source -> target retrieval
   (see :func:`subpopulation_shift`).
-
-``diagnose(data, run=None)`` runs the same mode count on input features (flattened) or on a
-run's learned features: the pilot step that says whether OT distances should beat ``l2``.
 """
 
 from __future__ import annotations
@@ -32,17 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import CHECKPOINT, load_checkpoint, write_json
-from .config import ConfigError, TrainConfig, load_config_file
-from .train import (
-    DistEnv,
-    RunDirError,
-    load_data,
-    make_model,
-    predict,
-    resolve_device,
-    test_cpcc,
-)
+from ..distributed.env import DistEnv, resolve_device
+from ..runs.build import load_data, make_model
+from ..runs.checkpoint import CHECKPOINT, load_checkpoint, write_json
+from ..runs.config import ConfigError, TrainConfig, load_config_file
+from ..runs.rundir import RunDirError
+from .inference import predict, test_cpcc
 
 YARDSTICKS = ("l2", "emd")  # TestCPCC distances reported for every model
 
@@ -66,7 +58,7 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu",
 
     ``data_dir`` overrides the recorded data location (the data moved since training).
     """
-    from .tree import LabelTree
+    from ..tree import LabelTree
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -118,7 +110,7 @@ def _split(bundle: Any, split: str) -> Any:
 
 
 def _cost_matrix(cost_matrix: Any, tree: Any) -> tuple[np.ndarray | None, str]:
-    from .metrics import load_cost_matrix
+    from ..metrics import load_cost_matrix
 
     if cost_matrix is None:
         return None, "tree distance"
@@ -138,7 +130,7 @@ def _cost_matrix(cost_matrix: Any, tree: Any) -> tuple[np.ndarray | None, str]:
 def multimodality_summary(features: np.ndarray, labels: np.ndarray, names: list[str],
                           seed: int = 0, max_components: int = 5) -> dict[str, Any]:
     """``metrics.multimodality`` with class names; per-class counts as a list of records."""
-    from .metrics import multimodality
+    from ..metrics import multimodality
 
     res = multimodality(features, labels, max_components=max_components, seed=seed)
     return {
@@ -162,7 +154,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
         device: where to run the model.
         data_dir: the data's location when it moved since training.
     """
-    from .metrics import evaluate_all
+    from ..metrics import evaluate_all
 
     run = load_run(run_dir, device=device, data_dir=data_dir)
     cfg, tree, bundle = run.cfg, run.tree, run.bundle
@@ -238,7 +230,7 @@ def subpopulation_shift(run: LoadedRun, source_train: dict[str, torch.Tensor],
     from sklearn.linear_model import LogisticRegression
     from torch.utils.data import Subset
 
-    from .metrics import level_accuracies, retrieval_map
+    from ..metrics import level_accuracies, retrieval_map
 
     tree, bundle = run.tree, run.bundle
     test = predict(run.model, bundle.extra["target_test"], run.env, run.cfg)
@@ -277,42 +269,3 @@ def subpopulation_shift(run: LoadedRun, source_train: dict[str, torch.Tensor],
                          test["features"].numpy(), y, tree)
     out.update({k: v for k, v in maps.items() if k != "map_fine"})
     return out
-
-
-def diagnose(data: str | None = None, *, run: str | os.PathLike | None = None,
-             data_dir: str | None = None, data_options: dict[str, Any] | None = None,
-             data_seed: int = 0, max_components: int = 5, device: str = "cpu",
-             max_per_class: int = 200) -> dict[str, Any]:
-    """Count the modes of every class: on input features of ``data`` (flattened, train split), or
-    on the learned test features of ``run``. Returns the ``multimodality_summary`` plus
-    ``"source"`` and ``"dataset"``.
-
-    At most ``max_per_class`` samples per class are used (a fixed-seed draw).
-    """
-    if run is not None:
-        loaded = load_run(run, device=device, data_dir=data_dir)
-        if data is not None and data != loaded.cfg.data:
-            raise ValueError(f"--data {data!r} differs from the run's dataset "
-                             f"{loaded.cfg.data!r}; drop --data or pick the matching run")
-        out = predict(loaded.model, loaded.bundle.test, loaded.env, loaded.cfg)
-        x, y = out["features"].numpy(), out["labels"].numpy()
-        names, dataset = list(loaded.tree.leaves), loaded.cfg.data
-        source = f"learned test features of {run}"
-    else:
-        if data is None:
-            raise ValueError("diagnose needs --data NAME or --run RUN")
-        cfg = TrainConfig(data=data, data_dir=data_dir, data_options=dict(data_options or {}),
-                          data_seed=data_seed)
-        cfg.validate()
-        bundle = load_data(cfg)
-        ys = np.asarray([int(bundle.train[i][1]) for i in range(len(bundle.train))])
-        from .train import subsample_per_class
-
-        keep = subsample_per_class(ys, max_per_class, seed=data_seed)
-        x = np.stack([torch.as_tensor(bundle.train[int(i)][0]).reshape(-1).float().numpy()
-                      for i in keep])
-        y = ys[keep]
-        names, dataset = list(bundle.tree.leaves), data
-        source = "input features (train split, flattened)"
-    summary = multimodality_summary(x, y, names, seed=data_seed, max_components=max_components)
-    return {"dataset": dataset, "source": source, "n": int(len(y)), **summary}

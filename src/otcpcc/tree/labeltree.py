@@ -14,7 +14,7 @@ Constructors (classmethods): :meth:`LabelTree.from_parents`, :meth:`LabelTree.fr
 :meth:`LabelTree.from_levels`, :meth:`LabelTree.from_file` (edge lists, JSON, Newick);
 :meth:`LabelTree.to_file` writes any of the three file formats so that files round-trip
 (leaf order, structure and weights); the file formats are read and written in
-:mod:`otcpcc.tree_files`.
+:mod:`otcpcc.tree.files`.
 
 Leaf order (= class ids) is the order of first appearance in the input: dict order for
 ``from_parents`` (a child before its parent in each item), edge order for ``from_edges`` and edge
@@ -27,60 +27,14 @@ the offending nodes and the fix.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-__all__ = ["LabelTree", "Level", "TreeError"]
-
-_MAX_LISTED = 5  # how many names an error message lists before "..."
-
-
-class TreeError(ValueError):
-    """An invalid label tree or tree file (the message names the nodes and the fix)."""
-
-
-class Level(NamedTuple):
-    """One coarse level of a tree.
-
-    ``ids[i]`` is the id (in ``0..len(names)-1``) of leaf i's ancestor at this level, and
-    ``names[ids[i]]`` that ancestor's node name.
-    """
-
-    name: str
-    ids: np.ndarray  # int64 [K]
-    names: list[str]
-
-
-def _listed(names: Iterable[Any]) -> str:
-    names = list(names)
-    shown = ", ".join(repr(n) for n in names[:_MAX_LISTED])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > _MAX_LISTED else "")
-
-
-def _check_name(name: Any, what: str = "node name") -> str:
-    if not isinstance(name, str):
-        raise TreeError(f"{what} {name!r} is a {type(name).__name__}; node names must be strings")
-    if not name:
-        raise TreeError(f"empty {what}; every node needs a non-empty name")
-    return str(name)
-
-
-def _check_weight(w: Any, child: str, parent: str | None) -> float:
-    try:
-        x = float(w)
-    except (TypeError, ValueError):
-        raise TreeError(
-            f"weight {w!r} of edge {parent!r} -> {child!r} is not a number; weights must be finite and >= 0"
-        ) from None
-    if not math.isfinite(x) or x < 0:
-        raise TreeError(
-            f"weight {x!r} of edge {parent!r} -> {child!r} is negative or not finite; weights must be finite and >= 0"
-        )
-    return x
+from .common import Level, TreeError, _check_name, _check_weight, _listed
+from .files import read_tree, write_tree
 
 
 class LabelTree:
@@ -439,9 +393,7 @@ class LabelTree:
           (``''`` for a quote), ``[...]`` comments are skipped, underscores are kept as is, and
           unnamed internal nodes are named ``"_node1"``, ``"_node2"``, ...
         """
-        from .tree_files import read_tree
-
-        return read_tree(path, format, on_multiple_parents)
+        return read_tree(cls, path, format, on_multiple_parents)
 
     def to_file(self, path: str | os.PathLike[str], format: str | None = None) -> None:
         """Write the tree so that :meth:`from_file` reads back the same tree and leaf order.
@@ -455,8 +407,6 @@ class LabelTree:
         Newick files read back get depth-based levels). Newick: needs the leaf order to be a
         depth-first order (raises otherwise; use edges or JSON).
         """
-        from .tree_files import write_tree
-
         write_tree(self, path, format)
 
     # ------------------------------------------------------------------ queries

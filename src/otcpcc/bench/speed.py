@@ -5,11 +5,11 @@ K classes with every class present, and a two-level tree (K fine classes under `
 groups, ``LabelTree.from_levels``). The timed unit is one forward + backward of the loss
 (``torch.cuda.synchronize`` around it on CUDA); the figure is the median over repeats.
 
-The baseline is ``benchmarks/reference.py`` from the source checkout (the straightforward Python
-loop over class pairs with POT per pair). When it is not found (an installed wheel), only
-``otcpcc`` is timed. The baseline is skipped automatically where one call is estimated to take
-longer than ``--reference-budget`` seconds; the estimate times the baseline on a few of the
-batch's classes and scales by the number of pairs.
+The baseline is :mod:`otcpcc.bench.reference`, installed with the package (the straightforward
+Python loop over class pairs with POT per pair; ``--reference FILE`` times another one). It is
+skipped automatically where one call is estimated to take longer than ``--reference-budget``
+seconds; the estimate times the baseline on a few of the batch's classes and scales by the
+number of pairs.
 
 Columns: distance, B, ours ms, reference ms, speed-up (reference / ours), |value difference|
 between the two losses, and the largest absolute difference between their feature gradients.
@@ -42,33 +42,23 @@ _REFERENCE_MODULE = "otcpcc_benchmarks_reference"
 
 
 # --------------------------------------------------------------------------- reference lookup
-def reference_candidates(path: str | os.PathLike | None = None) -> list[Path]:
-    """Places searched for ``reference.py``, in order: ``path`` (a file or a folder), the
-    ``OTCPCC_REFERENCE`` environment variable, ``benchmarks/`` of the source checkout this
-    package was imported from, ``./benchmarks``."""
-    found: list[Path] = []
-    for p in (path, os.environ.get("OTCPCC_REFERENCE")):
-        if p:
-            p = Path(p)
-            found.append(p / "reference.py" if p.is_dir() else p)
-    found.append(Path(__file__).resolve().parents[2] / "benchmarks" / "reference.py")
-    found.append(Path.cwd() / "benchmarks" / "reference.py")
-    return found
+def load_reference(path: str | os.PathLike | None = None) -> ModuleType:
+    """The baseline: :mod:`otcpcc.bench.reference` (installed with the package), or the
+    ``reference.py`` at ``path`` (a file, or a folder holding one) when given."""
+    if path is None:
+        from . import reference
 
-
-def load_reference(path: str | os.PathLike | None = None) -> ModuleType | None:
-    """Import the baseline ``benchmarks/reference.py`` (see :func:`reference_candidates`);
-    None when no candidate exists."""
-    if path is None and _REFERENCE_MODULE in sys.modules:
-        return sys.modules[_REFERENCE_MODULE]
-    for candidate in reference_candidates(path):
-        if candidate.is_file():
-            spec = importlib.util.spec_from_file_location(_REFERENCE_MODULE, candidate)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[_REFERENCE_MODULE] = module
-            spec.loader.exec_module(module)
-            return module
-    return None
+        return reference
+    p = Path(path)
+    p = p / "reference.py" if p.is_dir() else p
+    if not p.is_file():
+        raise FileNotFoundError(f"--reference {path}: no reference.py there; drop --reference to use the "
+                                "baseline installed with otcpcc")
+    spec = importlib.util.spec_from_file_location(_REFERENCE_MODULE, p)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_REFERENCE_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 # --------------------------------------------------------------------------- problem setup
@@ -386,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "seconds (default 60)")
     p.add_argument("--no-reference", action="store_true", help="time otcpcc only")
     p.add_argument("--reference", default=None, metavar="PATH",
-                   help="reference.py (or its folder); default: benchmarks/ of the checkout")
+                   help="another reference.py (or its folder) to time; default: otcpcc.bench.reference")
     p.add_argument("--n-projections", type=int, default=10, help="swd directions L")
     p.add_argument("--weights", default="uniform", choices=["uniform", "near", "far"],
                    help="sample weights of emd and fastft (default uniform)")
@@ -426,10 +416,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     reference = None
     if not args.no_reference:
-        reference = load_reference(args.reference)
-        if reference is None:
-            say("otcpcc bench: baseline benchmarks/reference.py not found (it lives in the source "
-                "checkout; pass --reference PATH); timing otcpcc only")
+        try:
+            reference = load_reference(args.reference)
+        except FileNotFoundError as err:
+            print(f"otcpcc bench: {err}", file=sys.stderr)
+            return 2
 
     say(f"device={device} dtype={args.dtype} K={args.classes} coarse={args.coarse} "
         f"d={args.dim} repeats={args.repeats} torch={torch.__version__} "
@@ -442,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reference=reference, reference_repeats=args.reference_repeats,
             reference_budget=args.reference_budget, device=device, dtype=dtype,
             seed=args.seed, n_projections=args.n_projections, weights=args.weights,
-            missing_note="--no-reference" if args.no_reference else "baseline not found",
+            missing_note="--no-reference",
             log=say)
     except ValueError as err:
         print(f"otcpcc bench: {err}", file=sys.stderr)

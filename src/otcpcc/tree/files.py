@@ -11,9 +11,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .tree import LabelTree, TreeError, _check_name, _listed
+from .common import TreeError, _check_name, _listed
+
+if TYPE_CHECKING:  # the class is passed in as ``cls``: no import cycle at run time
+    from .labeltree import LabelTree
 
 __all__ = ["read_tree", "write_tree"]
 
@@ -45,6 +48,7 @@ def _format_of(path: Path, format: str | None) -> str:
 
 # ---------------------------------------------------------------------- reading
 def read_tree(
+    cls: type[LabelTree],
     path: str | os.PathLike[str],
     format: str | None = None,
     on_multiple_parents: str = "error",
@@ -54,17 +58,17 @@ def read_tree(
     fmt = _format_of(path, format)
     text = path.read_text(encoding="utf-8")
     if fmt == "edges":
-        return _from_edges_text(text, path, on_multiple_parents)
+        return _from_edges_text(cls, text, path, on_multiple_parents)
     if fmt == "json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TreeError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-        return _from_json(data, str(path))
-    return _from_newick(text, str(path))
+        return _from_json(cls, data, str(path))
+    return _from_newick(cls, text, str(path))
 
 
-def _from_edges_text(text: str, path: Path, on_multiple_parents: str) -> LabelTree:
+def _from_edges_text(cls: type[LabelTree], text: str, path: Path, on_multiple_parents: str) -> LabelTree:
     edges: list[tuple[Any, ...]] = []
     where: list[str] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
@@ -88,10 +92,10 @@ def _from_edges_text(text: str, path: Path, on_multiple_parents: str) -> LabelTr
         where.append(loc)
     if not edges:
         raise TreeError(f"empty tree: {path} holds no edges ('parent child [weight]' lines)")
-    return LabelTree._from_edge_list(edges, on_multiple_parents, where)
+    return cls._from_edge_list(edges, on_multiple_parents, where)
 
 
-def _from_json(data: Any, src: str) -> LabelTree:
+def _from_json(cls: type[LabelTree], data: Any, src: str) -> LabelTree:
     if not isinstance(data, dict) or not data:
         raise TreeError(f"{src}: expected a non-empty JSON object describing a tree")
     vals = list(data.values())
@@ -107,7 +111,7 @@ def _from_json(data: Any, src: str) -> LabelTree:
         parents, weights = data["parents"], data.get("weights", {})
         if not isinstance(parents, dict) or not isinstance(weights, dict):
             raise TreeError(f"{src}: 'parents' and 'weights' must be JSON objects")
-        tree = _from_flat(parents, weights, src)
+        tree = _from_flat(cls, parents, weights, src)
         if "levels" not in data:
             return tree
         levels = data["levels"]
@@ -126,9 +130,9 @@ def _from_json(data: Any, src: str) -> LabelTree:
         spec = [(x["name"], x["nodes"]) for x in levels]
         parent = {n: tree.parent(n) for n in tree.nodes}
         weight = {n: tree.weight(n) for n, p in parent.items() if p is not None}
-        return LabelTree(parent, weight, leaves=tree.leaves, level_spec=spec)
+        return cls(parent, weight, leaves=tree.leaves, level_spec=spec)
     if all(v is None or isinstance(v, str) for v in vals) and any(isinstance(v, str) for v in vals):
-        return _from_flat(data, {}, src)
+        return _from_flat(cls, data, {}, src)
     # nested form
     edges: list[tuple[str, str]] = []
     roots: list[str] = []
@@ -162,18 +166,18 @@ def _from_json(data: Any, src: str) -> LabelTree:
     if len(roots) > 1:
         raise TreeError(f"several roots: {_listed(roots)} are top-level keys in {src}; nest them under one root")
     if not edges:
-        return LabelTree({roots[0]: None})
-    return LabelTree._from_edge_list(edges, "error", None)
+        return cls({roots[0]: None})
+    return cls._from_edge_list(edges, "error", None)
 
 
-def _from_flat(parents: dict[str, Any], weights: dict[str, Any], src: str) -> LabelTree:
+def _from_flat(cls: type[LabelTree], parents: dict[str, Any], weights: dict[str, Any], src: str) -> LabelTree:
     for c, p in parents.items():
         if p is not None and not isinstance(p, str):
             raise TreeError(f"{src}: parent of {c!r} is {p!r}; a flat map needs a name or null per child")
-    return LabelTree.from_parents(parents, weights)
+    return cls.from_parents(parents, weights)
 
 
-def _from_newick(text: str, src: str) -> LabelTree:
+def _from_newick(cls: type[LabelTree], text: str, src: str) -> LabelTree:
     tokens = _newick_tokens(text, src)
     # node = [name | None, length | None, children]
     root: list[Any] = [None, None, []]
@@ -249,7 +253,7 @@ def _from_newick(text: str, src: str) -> LabelTree:
         if par is not None:
             weight[name] = 1.0 if n[1] is None else n[1]
         todo2.extend((c, name) for c in reversed(n[2]))
-    return LabelTree(parent, weight)
+    return cls(parent, weight)
 
 
 def _newick_tokens(text: str, src: str) -> list[tuple[str, str]]:

@@ -271,7 +271,7 @@ class TrainConfig:
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Check every value; raise :class:`ConfigError` naming the first bad one and the fix."""
-        from .data import DATASETS  # local: keep `import otcpcc.config` light
+        from ..data import DATASETS  # local: keep `import otcpcc.config` light
 
         def bad(msg: str) -> ConfigError:
             return ConfigError(msg)
@@ -337,7 +337,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), dict):
                 raise bad(f"{name} must be a mapping of option names to values")
         if self.distance != "none":
-            from .distances import check_options
+            from ..distances import check_options
 
             try:
                 check_options(self.distance, self.distance_options)
@@ -417,7 +417,7 @@ def environment_info() -> dict[str, Any]:
     import numpy
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "versions": {

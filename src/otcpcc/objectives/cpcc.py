@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .distances import check_options, grouped_distances, resolve
-from .gather import all_gather_labels, all_gather_with_grad
+from ..distances import check_options, grouped_distances, resolve
+from ..distributed.gather import all_gather_labels, all_gather_with_grad
 
 
 def pearson(t: Tensor, r: Tensor) -> Tensor | None:

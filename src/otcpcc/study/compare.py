@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import TrainConfig, canonical_distance
-from .report import _is_number, aggregate_runs, render_report
+from ..runs.config import TrainConfig, canonical_distance
+from .report import render_report
+from .tables import _is_number, aggregate_runs
 
 # the summary's leading keys, in this order; every other evaluation metric follows
 _FIRST_KEYS = ("fine_acc", "test_cpcc_l2", "test_cpcc_emd", "test_cpcc_own", "mistake_severity",
@@ -115,8 +116,8 @@ def _eval_device(cfg: TrainConfig) -> str:
 
 def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: bool,
                         cost_matrix: Any) -> dict[str, Any]:
-    from .evaluate import evaluate_run
-    from .train import train
+    from ..evaluation.evaluate import evaluate_run
+    from ..training import train
 
     run_dir = Path(train(cfg, run_dir, force=force, progress=progress))
     return {"run_dir": run_dir,
@@ -183,7 +184,7 @@ def _val(row: Mapping[str, Any], key: str) -> float:
 def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """2×2 figure: TestCPCC (emd solid, ℓ2 dashed) and fine accuracy, against λ (one line per
     batch size) and against batch size (one line per λ)."""
-    from .report import _pyplot, _save
+    from .figures import _pyplot, _save
 
     plt = _pyplot()
     lams = sorted({float(r["lam"]) for r in rows})

@@ -1,0 +1,1 @@
+"""Benchmarks: ``otcpcc bench`` (``speed.py``) against the per-pair reference loop (``reference.py``)."""

@@ -1,0 +1,5 @@
+"""``otcpcc <command>``."""
+
+from .commands import main
+
+__all__ = ["main"]

@@ -1,0 +1,170 @@
+"""How costly the mistakes are: mistake severity, hierarchical distance@k, expected cost, and the
+cost-matrix CSV loader."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._arrays import _as_labels, _as_probs, _as_scores, _as_square
+
+
+def mistake_severity(preds: Any, labels: Any, D: Any) -> float:
+    """Mean distance ``D[pred_i, label_i]`` over the mistakes ``pred_i != label_i``.
+
+    Args:
+        preds: [N] predicted fine ids (e.g. ``probs.argmax(1)``).
+        labels: [N] true fine ids.
+        D: [K, K] class distance matrix (e.g. ``tree.distance_matrix()``, the tree path length;
+            for unit-weight trees with all leaves at one depth this is twice the LCA height).
+
+    Returns:
+        The mean over mistakes, or NaN when there are none.
+    """
+    d = _as_square(D, "D")
+    k = d.shape[0]
+    y = _as_labels(labels, None, k)
+    p = _as_labels(preds, y.shape[0], k, "preds")
+    wrong = p != y
+    if not wrong.any():
+        return math.nan
+    return float(d[p[wrong], y[wrong]].mean())
+
+
+def hier_dist_at_k(probs: Any, labels: Any, D: Any, k: int) -> float:
+    """Average hierarchical distance@k (Bertinetto et al., 2020, "Making better mistakes").
+
+    ``(1/N) sum_i (1/k) sum_{j in topk(i)} D[j, label_i]``, where ``topk(i)`` are the ``k``
+    classes with the highest scores for sample ``i`` (ties broken by the lower class id). A
+    correct class in the top-k contributes ``D[y, y]`` (0 for a tree distance matrix). Only the
+    ranking is used, so ``probs`` may equally be logits.
+
+    Args:
+        probs: [N, K] scores; labels: [N] fine ids; D: [K, K] distances; k: 1 <= k <= K.
+
+    Returns:
+        The average (NaN for an empty input).
+    """
+    d = _as_square(D, "D")
+    kk = d.shape[0]
+    s = _as_scores(probs, "probs", kk)
+    y = _as_labels(labels, s.shape[0], kk)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= kk:
+        raise ValueError(f"k must be an integer in 1..{kk} (the number of classes), got {k!r}")
+    if s.shape[0] == 0:
+        return math.nan
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]  # [N, k]
+    return float(d[top, y[:, None]].mean())
+
+
+def expected_cost(probs: Any, labels: Any, C: Any) -> float:
+    """Expected misclassification cost ``(1/N) sum_i sum_j probs[i, j] * C[labels_i, j]``.
+
+    Args:
+        probs: [N, K] softmax probabilities.
+        labels: [N] true fine ids.
+        C: [K, K] cost matrix, rows = true class, columns = predicted class.
+
+    Returns:
+        The mean expected cost (NaN for an empty input).
+    """
+    c = _as_square(C, "C")
+    kk = c.shape[0]
+    p = _as_probs(probs, num_classes=kk)
+    y = _as_labels(labels, p.shape[0], kk)
+    if p.shape[0] == 0:
+        return math.nan
+    return float(np.mean(np.sum(p * c[y], axis=1)))
+
+
+def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray:
+    """Read a misclassification cost matrix from a CSV keyed by class name.
+
+    File layout: a header row of class names (the first, corner cell may be empty or anything;
+    it may also be left out), then one row per class: its name, then its costs. Entry
+    ``(row r, column c)`` is the cost of predicting ``c`` when the truth is ``r``. Rows and
+    columns may come in any order; the result is reordered to ``class_names``.
+
+    Returns:
+        float64 [K, K] with ``C[i, j]`` = cost(true ``class_names[i]``, predicted
+        ``class_names[j]``), K = len(class_names).
+
+    Raises:
+        ValueError: empty file, ragged row, duplicate / missing / extra class, non-numeric,
+            non-finite or negative cost (one line naming the class and the fix).
+    """
+    path = Path(path)
+    names = [str(n) for n in class_names]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"class_names lists {dup!r} twice; pass each class once")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [[cell.strip() for cell in r] for r in csv.reader(f)]
+    rows = [r for r in rows if any(r)]  # drop blank lines
+    if len(rows) < 2:
+        raise ValueError(f"{path}: needs a header row of class names and one row per class")
+    header, body = rows[0], rows[1:]
+    lengths = [len(r) for r in body]
+    width = max(set(lengths), key=lengths.count)  # the usual row length; report the odd ones
+    for i, r in enumerate(body, start=2):
+        if len(r) != width:
+            raise ValueError(
+                f"{path}: row {i} ({r[0]!r}) has {len(r)} cells, expected {width}; "
+                f"give every row a name and one cost per column"
+            )
+    if len(header) == width:
+        cols = header[1:]
+    elif len(header) == width - 1:
+        cols = header
+    else:
+        raise ValueError(
+            f"{path}: header has {len(header)} cells but rows have {width}; "
+            f"the header must list one class name per cost column"
+        )
+    row_names = [r[0] for r in body]
+    for what, keys in (("column", cols), ("row", row_names)):
+        seen: set[str] = set()
+        for key in keys:
+            if key in seen:
+                raise ValueError(f"{path}: class {key!r} appears in two {what}s; keep one")
+            seen.add(key)
+        for name in names:
+            if name not in seen:
+                raise ValueError(
+                    f"{path}: class {name!r} has no {what}; add a {what} for it "
+                    f"(the file must cover every class)"
+                )
+        wanted = set(names)
+        for key in keys:
+            if key not in wanted:
+                raise ValueError(
+                    f"{path}: {what} class {key!r} is not one of the dataset's classes; "
+                    f"remove it or fix the spelling"
+                )
+    col_index = {n: j for j, n in enumerate(cols)}
+    row_index = {n: i for i, n in enumerate(row_names)}
+    k = len(names)
+    out = np.empty((k, k), dtype=np.float64)
+    for i, rn in enumerate(names):
+        r = body[row_index[rn]]
+        for j, cn in enumerate(names):
+            cell = r[1 + col_index[cn]]
+            try:
+                v = float(cell)
+            except ValueError:
+                raise ValueError(
+                    f"{path}: cost for true {rn!r}, predicted {cn!r} is {cell!r}, not a number; "
+                    f"write a non-negative number"
+                ) from None
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(
+                    f"{path}: cost for true {rn!r}, predicted {cn!r} is {cell}; "
+                    f"costs must be finite and >= 0"
+                )
+            out[i, j] = v
+    return out

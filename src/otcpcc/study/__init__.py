@@ -1,0 +1,2 @@
+"""Studies over several runs: ``compare`` and ``sweep`` drivers (``compare.py``) and their report
+(``report.py``)."""

@@ -1,0 +1,280 @@
+"""The figures of a comparison: tree vs learned distance heatmaps, dendrograms, PCA/t-SNE maps,
+training curves."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .tables import FIGURES, fmt
+
+
+def collect_features(run_dir: str | os.PathLike, split: str = "test") -> tuple[np.ndarray,
+                                                                              np.ndarray]:
+    """Features and labels of a run's model on one split of its data.
+
+    Rebuilds the dataset and model the way ``otcpcc evaluate`` does
+    (:func:`otcpcc.evaluate.load_run`: ``config.json``, ``tree.json``, ``last.pt``) and runs the
+    model (eval mode, no grad, CPU, dataset order) over ``split`` ("train", "test" or an extra
+    split of the dataset) with :func:`otcpcc.train.predict`. Returns ``features`` float32
+    [N, feature_dim] (the input of the final linear layer) and ``labels`` int64 [N] (fine class
+    ids = leaf ids of the run's tree).
+    """
+    from ..evaluation.evaluate import _split, load_run
+    from ..evaluation.inference import predict
+
+    run = load_run(run_dir, device="cpu")
+    res = predict(run.model, _split(run.bundle, split), run.env, run.cfg)
+    return (res["features"].numpy().astype(np.float32, copy=False),
+            res["labels"].numpy().astype(np.int64, copy=False))
+
+
+def _load_tree(run_dir: Path):
+    from ..tree import LabelTree
+
+    path = Path(run_dir) / "tree.json"
+    if not path.exists():
+        raise ValueError(f"{path} is missing: pass a run directory written by `otcpcc train`")
+    return LabelTree.from_file(path, format="json")
+
+
+def learned_distance_matrix(features: np.ndarray, labels: np.ndarray, num_classes: int
+                            ) -> np.ndarray:
+    """[K, K] ℓ2 distances between class means (``otcpcc.class_distances(..., "l2")``).
+
+    Rows and columns of classes absent from ``labels`` are NaN; the diagonal is 0.
+    """
+    import torch
+    from scipy.spatial.distance import squareform
+
+    from ..distances import class_distances
+
+    classes, rho = class_distances(torch.as_tensor(np.asarray(features, dtype=np.float32)),
+                                   torch.as_tensor(np.asarray(labels, dtype=np.int64)), "l2")
+    idx = np.asarray(classes.detach().cpu().numpy(), dtype=np.int64)
+    full = np.full((num_classes, num_classes), np.nan)
+    full[np.ix_(idx, idx)] = squareform(rho.detach().cpu().numpy().astype(np.float64),
+                                        checks=False)
+    return full
+
+
+# --------------------------------------------------------------------------------------------
+# figures (matplotlib Agg); each function writes one PNG and returns its path
+# --------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def tree_leaf_order(tree_d: np.ndarray) -> np.ndarray:
+    """Leaf order of the average-linkage dendrogram of a tree-distance matrix (groups siblings)."""
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    if len(tree_d) < 2:
+        return np.arange(len(tree_d))
+    return leaves_list(linkage(squareform(tree_d, checks=False), "average"))
+
+
+def plot_heatmaps(tree_d: np.ndarray, learned: Mapping[str, np.ndarray], path: Path,
+                  titles: Mapping[str, str] | None = None) -> Path:
+    """Tree distances, then each method's learned class distances, in dendrogram order."""
+    plt = _pyplot()
+    order = tree_leaf_order(tree_d)
+    panels = [("tree distance", tree_d)] + [
+        ((titles or {}).get(name, name), m) for name, m in learned.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False)
+    for ax, (title, m) in zip(axes[0], panels, strict=True):
+        im = ax.imshow(m[np.ix_(order, order)], cmap="viridis")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return _save(fig, path)
+
+
+def _dendrogram(ax, d: np.ndarray, names: Sequence[str], title: str) -> None:
+    from scipy.cluster.hierarchy import dendrogram, linkage
+    from scipy.spatial.distance import squareform
+
+    keep = ~np.isnan(d).all(axis=1) if len(d) else np.zeros(0, bool)
+    d = d[np.ix_(keep, keep)]
+    names = [n for n, k in zip(names, keep, strict=True) if k]
+    ax.set_title(title, fontsize=9)
+    if len(d) < 2:
+        ax.text(0.5, 0.5, "fewer than 2 classes", ha="center", transform=ax.transAxes)
+        return
+    z = linkage(squareform(np.nan_to_num(d), checks=False), "average")
+    show = len(names) <= 40
+    dendrogram(z, ax=ax, labels=list(names) if show else None, no_labels=not show,
+               leaf_font_size=7, orientation="left", color_threshold=0)
+
+
+def plot_dendrograms(tree_d: np.ndarray, learned: Mapping[str, np.ndarray],
+                     leaf_names: Sequence[str], path: Path) -> Path:
+    """The given tree's dendrogram beside each method's learned-distance dendrogram."""
+    plt = _pyplot()
+    panels = [("given tree", tree_d)] + [(f"{n} (learned, average linkage)", m)
+                                        for n, m in learned.items()]
+    height = max(3.0, 0.16 * min(len(leaf_names), 40) + 1.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), height), squeeze=False)
+    for ax, (title, m) in zip(axes[0], panels, strict=True):
+        _dendrogram(ax, m, leaf_names, title)
+    return _save(fig, path)
+
+
+def subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` of ``n`` items (all when n ≤ max_points)."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+
+
+def embed_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(PCA, t-SNE) 2-D coordinates of ``features`` [n, d]; t-SNE perplexity min(15, (n−1)/3)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    x = np.asarray(features, dtype=np.float64)
+    n = len(x)
+    pca = PCA(n_components=2, random_state=seed).fit_transform(x) if n >= 2 else np.zeros((n, 2))
+    if n < 5:
+        return pca, pca.copy()
+    perplexity = float(min(15.0, max(1.0, (n - 1) / 3.0)))
+    # one OpenMP thread: t-SNE's threads spin-wait and slow down 20x on a busy machine
+    with threadpool_limits(limits=1, user_api="openmp"):
+        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                    max_iter=500).fit_transform(x)
+    return pca, tsne
+
+
+def plot_embeddings(features: Mapping[str, tuple[np.ndarray, np.ndarray]], coarse_ids: np.ndarray,
+                    coarse_names: Sequence[str], path: Path, max_points: int = 1000,
+                    seed: int = 0) -> Path:
+    """Per method (row): PCA and t-SNE of ≤ ``max_points`` test features, coloured by coarse class.
+
+    ``features[name] = (X [N, d], fine labels [N])``; ``coarse_ids[fine] = coarse id``.
+    """
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10" if len(coarse_names) <= 10 else "tab20")
+    fig, axes = plt.subplots(len(features), 2, figsize=(8, 3.6 * len(features)), squeeze=False)
+    for row, (name, (x, y)) in zip(axes, features.items(), strict=True):
+        idx = subsample(len(x), max_points, seed)
+        coarse = np.asarray(coarse_ids)[np.asarray(y)[idx]]
+        for ax, coords, kind in zip(row, embed_2d(np.asarray(x)[idx], seed), ("PCA", "t-SNE"),
+                                    strict=True):
+            for c in np.unique(coarse):
+                m = coarse == c
+                ax.scatter(coords[m, 0], coords[m, 1], s=5, color=cmap(int(c) % cmap.N),
+                           label=str(coarse_names[int(c)]))
+            ax.set_title(f"{name}: {kind}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if len(coarse_names) <= 20:
+            row[1].legend(fontsize=6, markerscale=2, loc="best")
+    return _save(fig, path)
+
+
+def read_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Columns of a ``log.csv`` as float arrays (empty cells → NaN)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+
+    def num(v: str | None) -> float:
+        try:
+            return float(v) if v not in (None, "") else float("nan")
+        except ValueError:
+            return float("nan")
+
+    return {k: np.array([num(r.get(k)) for r in rows]) for k in rows[0]}
+
+
+_CURVES = (("loss", "total loss"), ("ce", "cross-entropy"), ("cpcc", "batch CPCC (train)"),
+           ("test_acc", "accuracy (test solid, train dashed)"))
+
+
+def _plot_finite(ax, x: np.ndarray, y: np.ndarray, **kw: Any) -> None:
+    """Plot only the finite points (test accuracy is NaN on epochs without evaluation)."""
+    m = np.isfinite(x) & np.isfinite(y)
+    if m.any():
+        ax.plot(x[m], y[m], marker="o" if m.sum() == 1 else None, **kw)
+
+
+def plot_curves(logs: Mapping[str, Sequence[Path]], path: Path) -> Path:
+    """Training curves, one colour per method, one line per run (seed)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(_CURVES), figsize=(4 * len(_CURVES), 3.2), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for i, (name, files) in enumerate(logs.items()):
+        color = cmap(i % 10)
+        for j, f in enumerate(files):
+            log = read_log(f)
+            if "epoch" not in log:
+                continue
+            label = name if j == 0 else None
+            for ax, (col, title) in zip(axes[0], _CURVES, strict=True):
+                ax.set_title(title, fontsize=9)
+                ax.set_xlabel("epoch")
+                if col in log:
+                    _plot_finite(ax, log["epoch"], log[col], color=color, label=label, alpha=0.85)
+                if col == "test_acc" and "train_acc" in log:
+                    _plot_finite(ax, log["epoch"], log["train_acc"], color=color, ls="--",
+                                 alpha=0.6)
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------------------------
+def _run_list(v: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    if isinstance(v, (str, os.PathLike)):
+        return [Path(v)]
+    return [Path(p) for p in v]
+
+
+def render_figures(out: Path, aggregate: Sequence[Mapping[str, Any]],
+                   run_dirs: Mapping[str, Any], max_points: int = 1000) -> list[str]:
+    """Write the four PNGs into ``out``; return their file names (none if no run directories)."""
+    runs = {name: _run_list(v) for name, v in run_dirs.items() if _run_list(v)}
+    if not runs:
+        return []
+    first = {name: dirs[0] for name, dirs in runs.items()}
+    tree = _load_tree(next(iter(first.values())))
+    tree_d = np.asarray(tree.distance_matrix(), dtype=np.float64)
+    k = tree.num_classes
+    feats = {name: collect_features(d, "test") for name, d in first.items()}
+    learned = {name: learned_distance_matrix(x, y, k) for name, (x, y) in feats.items()}
+    cp = {r["distance"]: r.get("test_cpcc_l2_mean") for r in aggregate}
+    titles = {n: f"{n} (TestCPCC l2 {fmt(cp.get(n), 2)})" for n in learned}
+    plot_heatmaps(tree_d, learned, out / "heatmaps.png", titles)
+    plot_dendrograms(tree_d, learned, tree.leaves, out / "dendrogram.png")
+    levels = tree.levels
+    if levels:
+        coarse_ids, coarse_names = np.asarray(levels[-1].ids), list(levels[-1].names)
+    else:
+        coarse_ids, coarse_names = np.arange(k), list(tree.leaves)
+    plot_embeddings(feats, coarse_ids, coarse_names, out / "embedding.png", max_points)
+    logs = {n: [d / "log.csv" for d in dirs if (d / "log.csv").exists()]
+            for n, dirs in runs.items()}
+    plot_curves(logs, out / "curves.png")
+    return list(FIGURES)

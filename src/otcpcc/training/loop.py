@@ -1,0 +1,253 @@
+"""The training loop: cross-entropy plus lambda * (1 - CPCC) on the model's features.
+
+Read :func:`train` top to bottom; it is the whole story:
+
+1. settle the run directory (``config.json`` + ``tree.json``; an existing run is never silently
+   overwritten: ``force`` starts over, ``resume`` continues from ``last.pt``);
+2. seed every generator, load the data (``otcpcc.data.get_dataset``) and build the model
+   (``otcpcc.models.build_model``);
+3. loss = CE(logits, y) + lam * CPCCLoss(tree, distance)(features, y) (``distance="none"``: CE);
+4. SGD or AdamW, learning rate a pure function of the epoch (cosine, step or constant, with an
+   optional linear warm-up), so resuming needs no scheduler object;
+5. per epoch: one pass over a DistributedSampler order seeded with ``seed * 1000`` and
+   ``set_epoch(epoch)`` (also in a single process), test accuracy, one row of ``log.csv``
+   (and TensorBoard when installed), an atomic checkpoint ``last.pt``;
+6. at the end ``metrics.json``: final accuracies, TestCPCC under the run's distance, epoch
+   times, samples/s and ``world_size``.
+
+Exact resume. The data order of epoch ``e`` depends only on ``(seed, e)``, the DataLoader draws
+from its own generator (never the global one), and the checkpoint holds the torch / numpy /
+Python RNG states, so on the CPU ``--resume`` reproduces the uninterrupted run bit for bit. Ctrl-C
+(SIGINT) sets a flag; the current optimisation step finishes, a checkpoint with the position
+inside the epoch is written and :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) is raised.
+A second Ctrl-C aborts at once (the previous checkpoint stays valid).
+
+Distributed (``torchrun --nproc_per_node N -m otcpcc train ...``). With ``WORLD_SIZE > 1`` in the
+environment the process group is initialised (nccl on CUDA, gloo on CPU), the model is wrapped in
+DistributedDataParallel (optionally with SyncBatchNorm), each rank reads its DistributedSampler
+shard with ``batch_size`` samples per step, and CPCC is computed on the features and labels
+gathered from all ranks (``CPCCLoss(gather=True)``), so the regulariser sees the global batch of
+``N * batch_size``. Rank 0 alone writes files; evaluation gathers outputs from all ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..distributed.env import DistEnv, init_distributed, unwrap
+from ..evaluation.inference import accuracy, final_metrics
+from ..runs.build import load_data, make_model, resolve_arch, seed_everything
+from ..runs.checkpoint import (
+    CHECKPOINT,
+    get_rng_state,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    write_csv,
+    write_json,
+)
+from ..runs.config import ConfigError, TrainConfig
+from ..runs.log import LOG_COLUMNS, format_row, log_tensorboard, open_tensorboard, printer, progress_bar
+from ..runs.rundir import RunDirError, check_run_dir, prepare_run_dir
+from .control import ResumableSampler, StopRequest, TrainingInterrupted
+from .optim import lr_at, make_criterion, make_optimizer
+from .step import EpochTotals, train_step
+
+
+def train(cfg: TrainConfig | dict[str, Any], out: str | os.PathLike, *, resume: bool = False,
+          force: bool = False, progress: bool = True) -> Path:
+    """Train one model as configured; return the run directory ``out``.
+
+    Files in ``out``: ``config.json`` (resolved values, versions, git commit), ``tree.json``,
+    ``log.csv`` (one row per epoch: ``LOG_COLUMNS``), ``last.pt`` (checkpoint), ``metrics.json``
+    and, when tensorboard is installed, ``tb/``.
+
+    Raises:
+        ConfigError / RunDirError (ValueError): bad settings; ``out`` already holds a run and
+            neither ``force`` nor ``resume`` is given; ``resume`` without a run or onto a
+            different configuration.
+        TrainingInterrupted: on Ctrl-C, after saving a checkpoint.
+    """
+    cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
+    cfg.validate()
+    out = Path(out)
+    if resume and force:
+        raise RunDirError(
+            "pass either --resume (continue the run) or --force (start over), not both"
+        )
+    env = init_distributed(cfg)
+    try:
+        return _train(cfg, out, env, resume=resume, force=force, progress=progress)
+    finally:
+        env.close()
+
+
+def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bool,
+           progress: bool) -> Path:
+    say = printer(progress and env.is_main)
+
+    # 1. Run directory: refuse to clobber before spending time on data.
+    env.on_main(lambda: check_run_dir(out, resume=resume, force=force))
+
+    # 2. Seed, data, model.
+    seed_everything(cfg.seed)
+    bundle = load_data(cfg)
+    cfg = cfg.replace(arch=resolve_arch(cfg.arch, bundle.input_shape))
+    env.on_main(lambda: prepare_run_dir(out, cfg, env, resume=resume, force=force,
+                                        tree=bundle.tree))
+    device = env.device
+    amp = cfg.amp and device.type == "cuda"
+    if cfg.amp and not amp:
+        say("otcpcc: note: --amp only acts on CUDA; training in float32 on the CPU")
+
+    # (a resumed run takes its weights from last.pt, not from --weights)
+    model = make_model(cfg.replace(weights=None) if resume else cfg, bundle).to(device)
+    if env.world_size > 1:
+        if cfg.sync_bn:  # SyncBatchNorm on CUDA, a gloo-capable twin on the CPU
+            from ..distributed.syncbn import convert_sync_batchnorm
+
+            model = convert_sync_batchnorm(model, device)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    core = unwrap(model)
+
+    # 3. Loss: CE + lam * (1 - CPCC) on the features, CPCC over the global batch.
+    criterion = make_criterion(cfg, bundle.tree, gather=env.world_size > 1)
+
+    # 4. Optimiser; the learning rate is set from lr_at(cfg, epoch) at every epoch start.
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("no trainable parameters left; loosen --freeze / --train-only")
+    optimizer = make_optimizer(cfg, params)
+
+    # Data order: a DistributedSampler (one replica in a single process) reseeded per epoch.
+    sampler = ResumableSampler(DistributedSampler(
+        bundle.train, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+        seed=cfg.seed * 1000, drop_last=False))
+    loader = DataLoader(
+        bundle.train, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+        pin_memory=device.type == "cuda", generator=torch.Generator(),
+        drop_last=len(sampler) % cfg.batch_size == 1)  # a batch of one breaks BatchNorm
+    steps_per_epoch = len(loader)
+
+    # 5. Resume: weights, optimiser, history, position and RNG states from last.pt.
+    start_epoch, start_step, partial, history = 0, 0, None, []
+    if resume:
+        state = load_checkpoint(out / CHECKPOINT, map_location="cpu")
+        _check_checkpoint(state, cfg, env, out)
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, start_step = int(state["epoch"]), int(state["step"])
+        partial, history = state.get("partial"), list(state["history"])
+        history = [row for row in history if row["epoch"] <= start_epoch]
+        rng = state["rng"]
+        set_rng_state(rng[env.rank] if env.rank < len(rng) else rng[0])
+        where = f"epoch {start_epoch + 1}, step {start_step}" if start_step else \
+            f"the end of epoch {start_epoch}"
+        say(f"otcpcc: resuming {out} from {where}")
+    tb = open_tensorboard(out, history) if env.is_main else None
+
+    # 6. Epochs.
+    try:
+        with StopRequest() as stop:
+            for epoch in range(start_epoch, cfg.epochs):
+                lr = lr_at(cfg, epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                skip = start_step if epoch == start_epoch else 0
+                sampler.set_epoch(epoch, skip_samples=skip * cfg.batch_size)
+                loader.generator.manual_seed(cfg.seed * 1000 + epoch)
+                acc = EpochTotals.from_state(partial if epoch == start_epoch else None)
+
+                model.train()
+                bar = progress_bar(progress and env.is_main, steps_per_epoch, skip,
+                                    f"epoch {epoch + 1}/{cfg.epochs}")
+                step = skip
+                t0 = time.perf_counter()
+                for x, y in loader:
+                    stats = train_step(model, criterion, optimizer, x, y, cfg, device, amp)
+                    acc.add(stats)
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(acc.postfix(time.perf_counter() - t0), refresh=False)
+                    if env.any(stop.requested) and step < steps_per_epoch:
+                        acc.seconds += time.perf_counter() - t0
+                        state = _state(core, optimizer, cfg, env, epoch, step, acc, history)
+                        if env.is_main:
+                            save_checkpoint(out, state)
+                        bar.close()
+                        raise TrainingInterrupted(out)
+                bar.close()
+                acc.seconds += time.perf_counter() - t0
+
+                row = acc.finish(env, epoch=epoch + 1, lr=lr)
+                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                    row["test_acc"] = accuracy(model, bundle.test, env, cfg, amp)
+                history.append(row)
+                state = _state(core, optimizer, cfg, env, epoch + 1, 0, None, history)
+                if env.is_main:
+                    save_checkpoint(out, state)
+                    write_csv(out / "log.csv", history, LOG_COLUMNS)
+                    log_tensorboard(tb, row)
+                say(format_row(row, cfg.epochs))
+                if env.any(stop.requested) and epoch + 1 < cfg.epochs:
+                    raise TrainingInterrupted(out)
+    finally:
+        if tb is not None:
+            tb.close()
+
+    # 7. Final metrics (TestCPCC over the whole test split, gathered from all ranks).
+    metrics = final_metrics(model, bundle, cfg, env, history, amp)
+    if env.is_main:
+        write_json(out / "metrics.json", metrics)
+        say(f"otcpcc: test accuracy {metrics['test_acc']:.4f}, "
+            f"TestCPCC({metrics['test_cpcc_distance']}) {metrics['test_cpcc']:.4f}; wrote {out}")
+    env.barrier()  # no rank leaves (and tears the process group down) before rank 0 is done
+    return out
+
+
+def _state(core: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, env: DistEnv,
+           epoch: int, step: int, totals: EpochTotals | None,
+           history: list[dict[str, Any]]) -> dict[str, Any]:
+    """A checkpoint: plain tensors, numbers and containers only (``weights_only=True`` loads it).
+
+    ``epoch`` counts completed epochs; ``step`` > 0 marks a mid-epoch checkpoint, whose running
+    sums are in ``partial``. ``rng`` holds one entry per rank.
+    """
+    return {
+        "model": core.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "partial": None if totals is None else dict(totals.__dict__),
+        "history": [dict(r) for r in history],
+        "rng": env.gather_objects(get_rng_state()),
+        "config": cfg.to_dict(),
+        "world_size": env.world_size,
+    }
+
+
+def _check_checkpoint(state: dict[str, Any], cfg: TrainConfig, env: DistEnv, out: Path) -> None:
+    saved = TrainConfig.from_dict(state["config"], source=str(out / CHECKPOINT))
+    diff = saved.differences(cfg)
+    if int(state.get("world_size", 1)) != env.world_size:
+        diff.append(f"world_size ({state.get('world_size', 1)} -> {env.world_size})")
+    if diff:
+        raise RunDirError(
+            f"cannot resume {out}: the checkpoint was trained with different {', '.join(diff)}; "
+            "resume with the original settings or start a new run with another --out"
+        )
+    if int(state["epoch"]) > cfg.epochs:
+        raise RunDirError(
+            f"cannot resume {out}: it already trained {state['epoch']} epochs, more than "
+            f"--epochs {cfg.epochs}; pass --epochs {state['epoch']} or more"
+        )
+
+

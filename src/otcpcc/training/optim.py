@@ -1,0 +1,45 @@
+"""The objective and optimiser of a run, and its learning rate as a pure function of the epoch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..runs.config import TrainConfig
+
+
+def make_criterion(cfg: TrainConfig, tree, gather: bool = False) -> nn.Module | None:
+    """``CPCCLoss(tree, distance, gather, **distance_options)``, or ``None`` for plain CE."""
+    if cfg.distance == "none":
+        return None
+    from ..objectives import CPCCLoss
+
+    return CPCCLoss(tree, distance=cfg.distance, gather=gather, **cfg.distance_options)
+
+
+def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.wd)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate of 0-based ``epoch``.
+
+    Warm-up ``w`` epochs: ``lr * (epoch + 1) / (w + 1)``. Then, with ``t = epoch - w`` and
+    ``T = epochs - w``: cosine ``lr * (1 + cos(pi t / T)) / 2``; step ``lr * gamma ** (t //
+    step_size)``; none ``lr``.
+    """
+    w = cfg.warmup_epochs
+    if epoch < w:
+        return cfg.lr * (epoch + 1) / (w + 1)
+    t, total = epoch - w, max(cfg.epochs - w, 1)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t / total))
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** (t // cfg.step_size)
+    return cfg.lr
+
+
