@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,14 +109,7 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
         say("otcpcc: note: --amp only acts on CUDA; training in float32 on the CPU")
 
     # (a resumed run takes its weights from last.pt, not from --weights)
-    model = make_model(cfg.replace(weights=None) if resume else cfg, bundle).to(device)
-    if env.world_size > 1:
-        if cfg.sync_bn:  # SyncBatchNorm on CUDA, a gloo-capable twin on the CPU
-            from ..distributed.syncbn import convert_sync_batchnorm
-
-            model = convert_sync_batchnorm(model, device)
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = wrap_for_ddp(make_model(cfg.replace(weights=None) if resume else cfg, bundle).to(device), cfg, env)
     core = unwrap(model)
 
     # 3. Loss: CE + lam * (1 - CPCC) on the features, CPCC over the global batch.
@@ -140,21 +134,13 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
     # 5. Resume: weights, optimiser, history, position and RNG states from last.pt.
     start_epoch, start_step, partial, history = 0, 0, None, []
     if resume:
-        state = load_checkpoint(out / CHECKPOINT, map_location="cpu")
-        _check_checkpoint(state, cfg, env, out)
-        core.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, start_step = int(state["epoch"]), int(state["step"])
-        partial, history = state.get("partial"), list(state["history"])
-        history = [row for row in history if row["epoch"] <= start_epoch]
-        rng = state["rng"]
-        set_rng_state(rng[env.rank] if env.rank < len(rng) else rng[0])
+        start_epoch, start_step, partial, history = restore(out, core, optimizer, cfg, env)
         where = f"epoch {start_epoch + 1}, step {start_step}" if start_step else \
             f"the end of epoch {start_epoch}"
         say(f"otcpcc: resuming {out} from {where}")
     tb = open_tensorboard(out, history) if env.is_main else None
 
-    # 6. Epochs.
+    # 6. Epochs: lr from the schedule, one pass, test accuracy, log row, checkpoint.
     try:
         with StopRequest() as stop:
             for epoch in range(start_epoch, cfg.epochs):
@@ -164,30 +150,19 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
                 skip = start_step if epoch == start_epoch else 0
                 sampler.set_epoch(epoch, skip_samples=skip * cfg.batch_size)
                 loader.generator.manual_seed(cfg.seed * 1000 + epoch)
-                acc = EpochTotals.from_state(partial if epoch == start_epoch else None)
+                totals = EpochTotals.from_state(partial if epoch == start_epoch else None)
 
-                model.train()
-                bar = progress_bar(progress and env.is_main, steps_per_epoch, skip,
-                                    f"epoch {epoch + 1}/{cfg.epochs}")
-                step = skip
-                t0 = time.perf_counter()
-                for x, y in loader:
-                    stats = train_step(model, criterion, optimizer, x, y, cfg, device, amp)
-                    acc.add(stats)
-                    step += 1
-                    bar.update(1)
-                    bar.set_postfix(acc.postfix(time.perf_counter() - t0), refresh=False)
-                    if env.any(stop.requested) and step < steps_per_epoch:
-                        acc.seconds += time.perf_counter() - t0
-                        state = _state(core, optimizer, cfg, env, epoch, step, acc, history)
-                        if env.is_main:
-                            save_checkpoint(out, state)
-                        bar.close()
-                        raise TrainingInterrupted(out)
-                bar.close()
-                acc.seconds += time.perf_counter() - t0
+                def save_partial(step: int, totals: EpochTotals, epoch: int = epoch) -> None:
+                    state = _state(core, optimizer, cfg, env, epoch, step, totals, history)
+                    if env.is_main:
+                        save_checkpoint(out, state)
+                    raise TrainingInterrupted(out)
 
-                row = acc.finish(env, epoch=epoch + 1, lr=lr)
+                train_one_epoch(model, criterion, optimizer, loader, cfg, env, amp, totals,
+                                first_step=skip, steps=steps_per_epoch, stop=stop, on_stop=save_partial,
+                                desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress)
+
+                row = totals.finish(env, epoch=epoch + 1, lr=lr)
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     row["test_acc"] = accuracy(model, bundle.test, env, cfg, amp)
                 history.append(row)
@@ -211,6 +186,58 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
             f"TestCPCC({metrics['test_cpcc_distance']}) {metrics['test_cpcc']:.4f}; wrote {out}")
     env.barrier()  # no rank leaves (and tears the process group down) before rank 0 is done
     return out
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module | None, optimizer: torch.optim.Optimizer,
+                    loader: DataLoader, cfg: TrainConfig, env: DistEnv, amp: bool, totals: EpochTotals, *,
+                    first_step: int, steps: int, stop: StopRequest, on_stop: Callable[[int, EpochTotals], None],
+                    desc: str, progress: bool) -> EpochTotals:
+    """One pass over ``loader`` (which already skips the ``first_step`` steps a mid-epoch checkpoint
+    saw), adding every step's figures to ``totals``. After a Ctrl-C on any rank the current step
+    finishes and ``on_stop(step, totals)`` saves and raises."""
+    model.train()
+    bar = progress_bar(progress and env.is_main, steps, first_step, desc)
+    step, t0 = first_step, time.perf_counter()
+    try:
+        for x, y in loader:
+            totals.add(train_step(model, criterion, optimizer, x, y, cfg, env.device, amp))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(totals.postfix(time.perf_counter() - t0), refresh=False)
+            if env.any(stop.requested) and step < steps:
+                totals.seconds += time.perf_counter() - t0
+                on_stop(step, totals)
+    finally:
+        bar.close()
+    totals.seconds += time.perf_counter() - t0
+    return totals
+
+
+def wrap_for_ddp(model: nn.Module, cfg: TrainConfig, env: DistEnv) -> nn.Module:
+    """Under torchrun: DistributedDataParallel, with SyncBatchNorm when ``cfg.sync_bn``."""
+    if env.world_size == 1:
+        return model
+    if cfg.sync_bn:  # SyncBatchNorm on CUDA, a gloo-capable twin on the CPU
+        from ..distributed.syncbn import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model, env.device)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+
+
+def restore(out: Path, core: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+            env: DistEnv) -> tuple[int, int, dict[str, Any] | None, list[dict[str, Any]]]:
+    """Load ``out/last.pt`` into the model and optimiser and set this rank's RNG states; return
+    ``(completed epochs, step inside the next epoch, its running sums, log history)``."""
+    state = load_checkpoint(out / CHECKPOINT, map_location="cpu")
+    _check_checkpoint(state, cfg, env, out)
+    core.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    epoch, step = int(state["epoch"]), int(state["step"])
+    history = [row for row in state["history"] if row["epoch"] <= epoch]
+    rng = state["rng"]
+    set_rng_state(rng[env.rank] if env.rank < len(rng) else rng[0])
+    return epoch, step, state.get("partial"), history
 
 
 def _state(core: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, env: DistEnv,

@@ -35,6 +35,7 @@ import numpy as np
 
 from .common import Level, TreeError, _check_name, _check_weight, _listed
 from .files import read_tree, write_tree
+from .levels import named_levels, parents_from_levels
 
 
 class LabelTree:
@@ -122,7 +123,7 @@ class LabelTree:
         self._level_spec: list[tuple[str, list[str]]] | None = None
         if level_spec is not None:
             self._level_spec = [(str(a), [str(x) for x in b]) for a, b in level_spec]
-            self._levels = self._levels_from_spec(self._level_spec)
+            self._levels = named_levels(self, self._level_spec)
         self._under: dict[str, list[int]] | None = None
 
     def _find_cycle(self) -> None:
@@ -268,104 +269,8 @@ class LabelTree:
         a given name is ``"root"``). All node names must be distinct.
         All edge weights are 1. ``tree.levels`` returns exactly these levels.
         """
-        arrays: list[np.ndarray] = []
-        for l, lev in enumerate(levels):
-            a = np.asarray(lev)
-            if a.ndim != 1:
-                raise TreeError(f"level {l} has shape {a.shape}; each level must be a 1-D array [K]")
-            if a.size and a.dtype.kind not in "iu":
-                if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
-                    a = a.astype(np.int64)
-                else:
-                    raise TreeError(f"level {l} holds {a.dtype} values; levels must be integer ids")
-            arrays.append(a.astype(np.int64))
-        n_lev = len(arrays)
-        if n_lev:
-            k = len(arrays[0])
-            bad = [l for l, a in enumerate(arrays) if len(a) != k]
-            if bad:
-                raise TreeError(
-                    f"levels have different lengths ({[len(a) for a in arrays]}); each level maps "
-                    "every fine class to an ancestor"
-                )
-            if leaf_names is not None and len(leaf_names) != k:
-                raise TreeError(f"{len(leaf_names)} leaf_names for {k} fine classes; give one each")
-        elif leaf_names is not None:
-            k = len(leaf_names)
-        else:
-            raise TreeError("empty tree: no levels and no leaf_names were given")
-        if k == 0:
-            raise TreeError("empty tree: the levels have no fine classes")
-        if level_names is None:
-            lnames = [f"level{l + 1}" for l in range(n_lev)]
-        else:
-            lnames = [_check_name(x, "level name") for x in level_names]
-            if len(lnames) != n_lev:
-                raise TreeError(f"{len(lnames)} level_names for {n_lev} levels; give one each")
-            if len(set(lnames)) != n_lev:
-                raise TreeError(f"duplicate level_names in {lnames}; level names must differ")
-        if node_names is not None and len(node_names) != n_lev:
-            raise TreeError(f"node_names has {len(node_names)} lists for {n_lev} levels")
-        sizes: list[int] = []
-        for l, a in enumerate(arrays):
-            if a.min() < 0:
-                raise TreeError(f"level {lnames[l]!r} has negative ids; ids must be 0..n-1")
-            n = int(a.max()) + 1
-            used = np.bincount(a, minlength=n) > 0
-            if not used.all():
-                missing = np.flatnonzero(~used).tolist()
-                raise TreeError(
-                    f"level {lnames[l]!r} ids must be 0..n-1 with none unused; ids {missing[:5]} "
-                    "are unused (relabel with np.unique(ids, return_inverse=True))"
-                )
-            sizes.append(n)
-        for l in range(n_lev - 1):
-            lo, hi = arrays[l], arrays[l + 1]
-            up = np.full(sizes[l], -1, dtype=np.int64)
-            up[lo] = hi  # last writer wins; check that all writers agree
-            clash = np.flatnonzero(up[lo] != hi)
-            if clash.size:
-                i = int(clash[0])
-                j = int(np.flatnonzero((lo == lo[i]) & (hi != hi[i]))[0])
-                i, j = min(i, j), max(i, j)
-                raise TreeError(
-                    f"levels do not nest: {lnames[l]} node {int(lo[i])} (fine classes {i} and {j}) "
-                    f"maps to {lnames[l + 1]} nodes {int(hi[i])} and {int(hi[j])}; every node "
-                    "needs one parent"
-                )
-        leaves = [str(i) for i in range(k)] if leaf_names is None else [_check_name(x, "leaf name") for x in leaf_names]
-        per_level: list[list[str]] = []
-        for l in range(n_lev):
-            if node_names is None:
-                names = [f"{lnames[l]}_{j}" for j in range(sizes[l])]
-            else:
-                names = [_check_name(x, f"{lnames[l]} node name") for x in node_names[l]]
-                if len(names) != sizes[l]:
-                    raise TreeError(
-                        f"node_names[{l}] has {len(names)} names for {sizes[l]} {lnames[l]} nodes; give one per id"
-                    )
-            per_level.append(names)
-        seen: dict[str, str] = {}
-        for where, names in [("leaf", leaves)] + [(f"{lnames[l]} node", per_level[l]) for l in range(n_lev)]:
-            for j, nm in enumerate(names):
-                here = f"{where} {j}"
-                if nm in seen:
-                    what = "leaf names" if where == "leaf" else "node names"
-                    raise TreeError(f"duplicate {what}: {nm!r} names {seen[nm]} and {here}; names must be unique")
-                seen[nm] = here
-        root = "root"
-        while root in seen:  # a class may be called "root": take the first free "_..._root"
-            root = "_" + root
-        parent: dict[str, str | None] = {}
-        for i, leaf in enumerate(leaves):
-            parent[leaf] = per_level[0][arrays[0][i]] if n_lev else root
-        for l in range(n_lev):
-            first = np.unique(arrays[l], return_index=True)[1]
-            for idx in sorted(first.tolist()):
-                node = per_level[l][arrays[l][idx]]
-                parent[node] = per_level[l + 1][arrays[l + 1][idx]] if l + 1 < n_lev else root
-        parent[root] = None
-        return cls(parent, leaves=leaves, level_spec=list(zip(lnames, per_level, strict=True)))
+        parent, leaves, spec = parents_from_levels(levels, leaf_names, level_names, node_names)
+        return cls(parent, leaves=leaves, level_spec=spec)
 
     # ------------------------------------------------------------------ files
     @classmethod
@@ -571,52 +476,6 @@ class LabelTree:
                 out.append(Level(f"depth{d}", ids, list(pos)))
             self._levels = out
         return self._levels
-
-    def _levels_from_spec(self, spec: list[tuple[str, list[str]]]) -> list[Level]:
-        """Validate named levels (internal nodes, finest first) and map every leaf into them."""
-        out: list[Level] = []
-        prev: list[str] | None = None
-        seen: set[str] = set()
-        for lname, names in spec:
-            if lname in seen:
-                raise TreeError(f"duplicate level name {lname!r}; level names must differ")
-            seen.add(lname)
-            bad = [x for x in names if x not in self._parent]
-            if bad:
-                raise TreeError(f"level {lname!r} lists unknown nodes {_listed(bad)}")
-            bad = [x for x in names if x == self._root or not self._children[x]]
-            if bad:
-                raise TreeError(
-                    f"level {lname!r} lists the root or leaves {_listed(bad)}; a level holds internal nodes only"
-                )
-            pos = {x: j for j, x in enumerate(names)}
-            if len(pos) != len(names):
-                dup = [x for x in pos if names.count(x) > 1]
-                raise TreeError(f"level {lname!r} lists {_listed(dup)} twice; list each once")
-            targets: list[str] = []
-            for i, leaf in enumerate(self._leaves):
-                n: str | None = self._parent[leaf]
-                while n is not None and n not in pos:
-                    n = self._parent[n]
-                if n is None:
-                    raise TreeError(f"leaf {leaf!r} has no ancestor in level {lname!r}; every leaf needs one")
-                m = self._parent[n]
-                while m is not None and m not in pos:
-                    m = self._parent[m]
-                if m is not None:
-                    raise TreeError(
-                        f"level {lname!r} holds both {n!r} and its ancestor {m!r}; a level cuts each root path once"
-                    )
-                if prev is not None and self._depth[n] >= self._depth[prev[i]]:
-                    raise TreeError(
-                        f"levels must be listed finest first: {lname!r} node {n!r} is not above "
-                        f"{prev[i]!r} of the level before it (leaf {leaf!r})"
-                    )
-                targets.append(n)
-            ids = np.fromiter((pos[t] for t in targets), dtype=np.int64, count=len(targets))
-            out.append(Level(lname, ids, list(names)))
-            prev = targets
-        return out
 
     # ------------------------------------------------------------------ derived trees
     def restrict(self, leaves: Sequence[str]) -> LabelTree:
