@@ -15,13 +15,14 @@ from ._arrays import _as_labels, _as_probs, _as_scores, _as_square
 
 
 def mistake_severity(preds: Any, labels: Any, D: Any) -> float:
-    """Mean distance ``D[pred_i, label_i]`` over the mistakes ``pred_i != label_i``.
+    """Mean distance ``D[label_i, pred_i]`` over the mistakes ``pred_i != label_i``.
 
     Args:
         preds: [N] predicted fine ids (e.g. ``probs.argmax(1)``).
         labels: [N] true fine ids.
-        D: [K, K] class distance matrix (e.g. ``tree.distance_matrix()``, the tree path length;
-            for unit-weight trees with all leaves at one depth this is twice the LCA height).
+        D: [K, K] class distance or cost matrix, rows = true class, columns = predicted class (as
+            every cost matrix here); e.g. ``tree.distance_matrix()``, the tree path length (for
+            unit-weight trees with all leaves at one depth, twice the LCA height).
 
     Returns:
         The mean over mistakes, or NaN when there are none.
@@ -33,13 +34,13 @@ def mistake_severity(preds: Any, labels: Any, D: Any) -> float:
     wrong = p != y
     if not wrong.any():
         return math.nan
-    return float(d[p[wrong], y[wrong]].mean())
+    return float(d[y[wrong], p[wrong]].mean())
 
 
 def hier_dist_at_k(probs: Any, labels: Any, D: Any, k: int) -> float:
     """Average hierarchical distance@k (Bertinetto et al., 2020, "Making better mistakes").
 
-    ``(1/N) sum_i (1/k) sum_{j in topk(i)} D[j, label_i]``, where ``topk(i)`` are the ``k``
+    ``(1/N) sum_i (1/k) sum_{j in topk(i)} D[label_i, j]`` (rows = true class), where ``topk(i)`` are the ``k``
     classes with the highest scores for sample ``i`` (ties broken by the lower class id). A
     correct class in the top-k contributes ``D[y, y]`` (0 for a tree distance matrix). Only the
     ranking is used, so ``probs`` may equally be logits.
@@ -59,7 +60,7 @@ def hier_dist_at_k(probs: Any, labels: Any, D: Any, k: int) -> float:
     if s.shape[0] == 0:
         return math.nan
     top = np.argsort(-s, axis=1, kind="stable")[:, :k]  # [N, k]
-    return float(d[top, y[:, None]].mean())
+    return float(d[y[:, None], top].mean())
 
 
 def expected_cost(probs: Any, labels: Any, C: Any) -> float:
