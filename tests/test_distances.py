@@ -248,6 +248,10 @@ def test_autocast_costs_in_float32(name):
     assert rho.dtype == torch.float32
     rho.sum().backward()
     assert torch.isfinite(xt.grad).all()
+    # the values are those of the bf16-rounded features, computed in float32
+    rounded = xt.detach().to(torch.bfloat16).float()
+    want = class_distances(rounded, torch.tensor(y), name, **opts)[1]
+    torch.testing.assert_close(rho.detach(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_float32_matches_float64():

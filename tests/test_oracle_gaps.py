@@ -160,3 +160,82 @@ def test_expected_cost_reads_true_row_predicted_column():
     y = rng.integers(0, 5, size=6)
     brute = np.mean([sum(probs[i, j] * c[y[i], j] for j in range(5)) for i in range(6)])
     assert expected_cost(probs, y, c) == pytest.approx(brute)
+
+
+# ----------------------------------------------------------------------------- AMP and SyncBatchNorm
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA; the cpu case is its twin")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_amp_step_runs_the_model_in_bf16_and_cpcc_in_float32(device):
+    """train_step(amp=True): the forward runs under bf16 autocast (the loss moves by bf16 rounding, not
+    more), the CPCC term receives float32 features, and the step equals one computed by hand."""
+    from otcpcc.objectives import CPCCLoss
+    from otcpcc.training.step import train_step
+    from otcpcc.tree import LabelTree
+
+    dev = torch.device(device)
+    tree = LabelTree.from_levels([[0, 0, 1, 1]])
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 6, generator=g), torch.arange(16) % 4
+    seen = []
+
+    class Spy(CPCCLoss):
+        def forward(self, features, labels):
+            seen.append(features.dtype)
+            return super().forward(features, labels)
+
+    def run(amp: bool):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU()).to(dev)
+        head = torch.nn.Linear(8, 4).to(dev)
+        net = _TwoHeads(model, head)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        cfg = TrainConfig(lam=1.0, distance="l2")
+        stats = train_step(net, Spy(tree, distance="l2"), opt, x, y, cfg, dev, amp)
+        return stats, net
+
+    full, net32 = run(False)
+    half, net16 = run(True)
+    assert seen == [torch.float32, torch.float32]
+    assert half.loss != full.loss  # autocast is really on
+    assert half.loss == pytest.approx(full.loss, rel=2e-2)
+    # by hand: the same forward under autocast, CE + (1 - CPCC) in float32
+    torch.manual_seed(0)
+    ref = _TwoHeads(torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU()), torch.nn.Linear(8, 4)).to(dev)
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
+        f, z = ref(x.to(dev))
+    from otcpcc import cpcc as cpcc_value
+    f, z = f.detach(), z.detach()
+    want = float(torch.nn.functional.cross_entropy(z.float(), y.to(dev))) + 1.0 - cpcc_value(f.float(), y.to(dev), tree)
+    assert half.loss == pytest.approx(want, rel=1e-5)
+
+
+class _TwoHeads(torch.nn.Module):
+    def __init__(self, body, head):
+        super().__init__()
+        self.body, self.head = body, head
+
+    def forward(self, x):
+        f = self.body(x)
+        return f, self.head(f)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sync_batchnorm_conversion_per_device(device):
+    """--sync-bn: PyTorch's SyncBatchNorm on CUDA, the gloo-capable CPUSyncBatchNorm on the CPU; the
+    converted layer keeps the running statistics and affine parameters."""
+    from otcpcc.distributed.syncbn import CPUSyncBatchNorm, convert_sync_batchnorm
+
+    bn = torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        bn.running_mean.copy_(torch.tensor([0.5, -0.5, 1.5]))
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), bn).to(device)
+    out = convert_sync_batchnorm(model, torch.device(device))
+    layer = out[1]
+    want = torch.nn.SyncBatchNorm if device == "cuda" else CPUSyncBatchNorm
+    assert isinstance(layer, want)
+    assert torch.equal(layer.weight.detach().cpu(), torch.tensor([1.0, 2.0, 3.0]))
+    assert torch.equal(layer.running_mean.cpu(), torch.tensor([0.5, -0.5, 1.5]))

@@ -233,7 +233,19 @@ def test_evaluate_run_writes_every_metric(tmp_path):
                 "test_cpcc_l2", "test_cpcc_emd", "test_cpcc_fastft", "test_cpcc",
                 "multimodality", "cpcc_subsample"):
         assert key in saved, key
-    assert res["test_cpcc"] == res["test_cpcc_fastft"]
+    assert res["test_cpcc"] == res["test_cpcc_fastft"]  # the run's own distance is fastft
+    # TestCPCC(fastft) and TestCPCC(l2) against the per-pair reference loop on the same test features
+    from otcpcc.bench.reference import reference_cpcc_loss
+    from otcpcc.evaluation.evaluate import load_run
+    from otcpcc.evaluation.inference import predict
+
+    loaded = load_run(run)
+    out = predict(loaded.model, loaded.bundle.test, loaded.env, loaded.cfg)
+    feats, labels = out["features"].double(), out["labels"]
+    tree_d = loaded.tree.distance_matrix()
+    for name in ("fastft", "l2"):
+        want = 1.0 - float(reference_cpcc_loss(feats, labels, tree_d, name))
+        assert res[f"test_cpcc_{name}"] == pytest.approx(want, abs=1e-5), name
     assert res["cost_matrix"] == "tree distance"
     assert {"mean_components", "recommendation", "per_class"} <= set(saved["multimodality"])
     # hier_dist@1 is the mean tree distance of top-1 predictions = severity * error rate

@@ -19,8 +19,9 @@ entries S:
 * Rows (N large and entries sparse, e.g. 50,000 samples in 100 classes): only the needed
   differences, in chunks, recomputed in backward; O(S d) time, O(chunk · d) memory.
 
-Entries whose Gram distance is below 1e-3 of the feature scale, where cancellation may have eaten
-digits, are recomputed from their differences, so values are exact on both paths.
+Gram entries where cancellation may have eaten the digits (``d² ≤ tol · (‖a‖² + ‖b‖²)``, see
+:func:`cancellation_tolerance`) are recomputed from their differences, so values are exact on both
+paths, also for features with a large common offset.
 """
 
 from __future__ import annotations
