@@ -55,7 +55,7 @@ MUTANTS = (
            "pair_j, pair_i = torch.triu_indices(k, k, offset=1, device=labels.device)", DIST),
     Mutant("swd: wrong root for p != 2", "distances/swd.py",
            ".pow(1.0 / p)", ".pow(0.5)", DIST),
-    Mutant("emd: large-N block transposed", "distances/emd.py",
+    Mutant("emd: large-N block costs scaled", "distances/emd.py",
            "torch.cdist(xc[ea[t] : ea[t] + n[t]], xc[eb[t] : eb[t] + m[t]])",
            "torch.cdist(xc[ea[t] : ea[t] + n[t]], xc[eb[t] : eb[t] + m[t]]) * 1.01", DIST),
     Mutant("l2: means doubled", "distances/l2.py",
