@@ -107,8 +107,9 @@ def run_mutant(m: Mutant, timeout: float) -> tuple[str, float, str]:
         except subprocess.TimeoutExpired:
             return "killed", time.perf_counter() - t0, "timeout"
         dt = time.perf_counter() - t0
-        last = (res.stdout.strip().splitlines() or [""])[-1]
-        return ("survived" if res.returncode == 0 else "killed"), dt, last
+        lines = res.stdout.strip().splitlines() or [""]
+        failed = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
+        return ("survived" if res.returncode == 0 else "killed"), dt, (failed or lines)[-1][:160]
 
 
 def main(argv: list[str] | None = None) -> int:
