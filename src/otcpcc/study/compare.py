@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..runs.config import TrainConfig, canonical_distance
+from .notes import run_collapse
 from .report import render_report
 from .tables import _is_number, aggregate_runs
 
@@ -103,6 +104,7 @@ def run_row(run_dir: Path, metrics: Mapping[str, Any], **ids: Any) -> dict[str, 
     row.update({k: flat.get(k) for k in _FIRST_KEYS})
     row.update({k: v for k, v in flat.items() if k not in row})
     row["train_time_s"] = _train_time(run_dir)
+    row["collapsed"] = run_collapse(run_dir)  # "epoch E: reason" or None
     return row
 
 

@@ -1,0 +1,135 @@
+"""Render figures in a child process, so that a native crash or a hang cannot kill the report.
+
+t-SNE, PCA (BLAS/OpenMP) and matplotlib run native code; a segmentation fault there would end the
+whole ``otcpcc compare`` before ``report.md`` is written. :func:`render_isolated` runs a list of
+plot jobs (a function of :mod:`otcpcc.study.figures` and its keyword arguments) in one child
+Python process (``python -m otcpcc.study.render JOBS STATUS``), which logs ``start``/``done``/
+``error`` per job to a status file. A job that raises is skipped with its error message; a job
+during which the child dies (signal, exit) or exceeds its time is skipped with that cause, and a
+new child renders the remaining jobs. Every skip becomes a ``"figure skipped: ..."`` note.
+
+Cost: one extra interpreter start (imports of torch, matplotlib, scikit-learn: ~2 s) per report,
+one more per crash. The job file is a pickle written and read by this process's own child in a
+private temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FIGURE_TIMEOUT_S", "render_isolated"]
+
+# seconds allowed per figure (t-SNE of 1000 points per method is the slow part: a few seconds)
+FIGURE_TIMEOUT_S = 300.0
+# plot functions a job may name (in otcpcc.study.figures)
+_ALLOWED = ("plot_heatmaps", "plot_dendrograms", "plot_embeddings", "plot_curves")
+
+
+def _cause(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"the renderer crashed ({name})"
+    return f"the renderer exited with status {returncode}"
+
+
+def _read_status(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [line.split("\t", 2) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def render_isolated(jobs: Sequence[Mapping[str, Any]], notes: list[str] | None = None, *,
+                    timeout_s: float = FIGURE_TIMEOUT_S) -> list[str]:
+    """Run plot ``jobs`` in a child process; return the names of the figures written.
+
+    ``jobs[i] = {"name": "embedding.png", "func": "plot_embeddings", "kwargs": {...}}`` (the
+    kwargs include the output ``path``). Skipped figures add ``"figure skipped: NAME: reason"``
+    to ``notes``. ``timeout_s`` applies per job (the child gets ``timeout_s`` × jobs left).
+    """
+    notes = notes if notes is not None else []
+    pending = [dict(j) for j in jobs]
+    for j in pending:
+        if j["func"] not in _ALLOWED:
+            raise ValueError(f"unknown figure function {j['func']!r}; one of {_ALLOWED}")
+    done: list[str] = []
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding the otcpcc package
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with tempfile.TemporaryDirectory(prefix="otcpcc-figures-") as tmp:
+        attempt = 0
+        while pending:
+            attempt += 1
+            job_file = Path(tmp) / f"jobs{attempt}.pkl"
+            status = Path(tmp) / f"status{attempt}.txt"
+            log = Path(tmp) / f"stderr{attempt}.txt"
+            job_file.write_bytes(pickle.dumps(pending))
+            with open(log, "wb") as err:
+                try:
+                    rc: int | None = subprocess.run(
+                        [sys.executable, "-m", "otcpcc.study.render", str(job_file), str(status)],
+                        env=env, stdout=subprocess.DEVNULL, stderr=err,
+                        timeout=timeout_s * len(pending), check=False).returncode
+                except subprocess.TimeoutExpired:
+                    rc = None
+            started, finished = None, set()
+            for rec in _read_status(status):
+                if rec[0] == "start":
+                    started = rec[1]
+                elif rec[0] == "done":
+                    done.append(rec[1])
+                    finished.add(rec[1])
+                elif rec[0] == "error":
+                    notes.append(f"figure skipped: {rec[1]}: {rec[2] if len(rec) > 2 else 'error'}")
+                    finished.add(rec[1])
+            if rc == 0:
+                missing = [j["name"] for j in pending if j["name"] not in finished]
+                notes += [f"figure skipped: {m}: not rendered" for m in missing]
+                break
+            cause = (f"the renderer took longer than {timeout_s * len(pending):.0f} s"
+                     if rc is None else _cause(rc))
+            if started is None or started in finished:  # died before/between jobs: give up
+                notes += [f"figure skipped: {j['name']}: {cause}" for j in pending
+                          if j["name"] not in finished]
+                break
+            notes.append(f"figure skipped: {started}: {cause}")
+            finished.add(started)
+            pending = [j for j in pending if j["name"] not in finished]
+    order = [j["name"] for j in jobs]
+    return sorted(set(done), key=order.index)
+
+
+def _child(job_file: str, status_file: str) -> int:
+    """The child's side: run each job, logging start/done/error (flushed) to ``status_file``."""
+    from . import figures
+
+    jobs = pickle.loads(Path(job_file).read_bytes())  # written by our parent, in its tmp dir
+    with open(status_file, "a", encoding="utf-8") as st:
+        for job in jobs:
+            st.write(f"start\t{job['name']}\n")
+            st.flush()
+            try:
+                getattr(figures, job["func"])(**job["kwargs"])
+            except Exception as exc:  # noqa: BLE001 (any error skips this figure only)
+                msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+                traceback.print_exc()
+                st.write(f"error\t{job['name']}\t{msg}\n")
+            else:
+                st.write(f"done\t{job['name']}\n")
+            st.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1], sys.argv[2]))
