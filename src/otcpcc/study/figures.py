@@ -269,6 +269,9 @@ def _run_list(v: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     return [Path(p) for p in v]
 
 
+_FN = __name__ + ":"  # jobs name this module's plot functions
+
+
 def render_figures(out: Path, aggregate: Sequence[Mapping[str, Any]],
                    run_dirs: Mapping[str, Any], max_points: int = 1000,
                    notes: list[str] | None = None) -> list[str]:
@@ -307,21 +310,21 @@ def render_figures(out: Path, aggregate: Sequence[Mapping[str, Any]],
     logs = {n: [d / "log.csv" for d in dirs if (d / "log.csv").exists()]
             for n, dirs in runs.items()}
     jobs: list[dict[str, Any]] = [
-        {"name": "heatmaps.png", "func": "plot_heatmaps",
+        {"name": "heatmaps.png", "func": _FN + "plot_heatmaps",
          "kwargs": {"tree_d": tree_d, "learned": learned, "path": out / "heatmaps.png",
                     "titles": titles}},
-        {"name": "dendrogram.png", "func": "plot_dendrograms",
+        {"name": "dendrogram.png", "func": _FN + "plot_dendrograms",
          "kwargs": {"tree_d": tree_d, "learned": learned, "leaf_names": list(tree.leaves),
                     "path": out / "dendrogram.png"}}]
     if good:
-        jobs.append({"name": "embedding.png", "func": "plot_embeddings",
+        jobs.append({"name": "embedding.png", "func": _FN + "plot_embeddings",
                      "kwargs": {"features": good, "coarse_ids": coarse_ids,
                                 "coarse_names": coarse_names, "path": out / "embedding.png",
                                 "max_points": max_points}})
     else:
         notes.append("figure skipped: embedding.png: every method's test features are "
                      "degenerate (nothing to map with PCA/t-SNE)")
-    jobs.append({"name": "curves.png", "func": "plot_curves",
+    jobs.append({"name": "curves.png", "func": _FN + "plot_curves",
                  "kwargs": {"logs": logs, "path": out / "curves.png"}})
     for job in jobs:  # a stale figure from an earlier report must not be shown as this one's
         (out / job["name"]).unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 
 t-SNE, PCA (BLAS/OpenMP) and matplotlib run native code; a segmentation fault there would end the
 whole ``otcpcc compare`` before ``report.md`` is written. :func:`render_isolated` runs a list of
-plot jobs (a function of :mod:`otcpcc.study.figures` and its keyword arguments) in one child
+plot jobs (a function named ``"module:function"`` and its arguments) in one child
 Python process (``python -m otcpcc.study.render JOBS STATUS``), which logs ``start``/``done``/
 ``error`` per job to a status file. A job that raises is skipped with its error message; a job
 during which the child dies (signal, exit) or exceeds its time is skipped with that cause, and a
@@ -30,8 +30,6 @@ __all__ = ["FIGURE_TIMEOUT_S", "render_isolated"]
 
 # seconds allowed per figure (t-SNE of 1000 points per method is the slow part: a few seconds)
 FIGURE_TIMEOUT_S = 300.0
-# plot functions a job may name (in otcpcc.study.figures)
-_ALLOWED = ("plot_heatmaps", "plot_dendrograms", "plot_embeddings", "plot_curves")
 
 
 def _cause(returncode: int) -> str:
@@ -54,15 +52,16 @@ def render_isolated(jobs: Sequence[Mapping[str, Any]], notes: list[str] | None =
                     timeout_s: float = FIGURE_TIMEOUT_S) -> list[str]:
     """Run plot ``jobs`` in a child process; return the names of the figures written.
 
-    ``jobs[i] = {"name": "embedding.png", "func": "plot_embeddings", "kwargs": {...}}`` (the
-    kwargs include the output ``path``). Skipped figures add ``"figure skipped: NAME: reason"``
-    to ``notes``. ``timeout_s`` applies per job (the child gets ``timeout_s`` × jobs left).
+    ``jobs[i] = {"name": "embedding.png", "func": "otcpcc.study.figures:plot_embeddings",
+    "kwargs": {...}}`` (the kwargs include the output ``path``; optional ``"args": [...]``).
+    Skipped figures add ``"figure skipped: NAME: reason"`` to ``notes``. ``timeout_s`` applies
+    per job (the child gets ``timeout_s`` × the jobs left).
     """
     notes = notes if notes is not None else []
     pending = [dict(j) for j in jobs]
     for j in pending:
-        if j["func"] not in _ALLOWED:
-            raise ValueError(f"unknown figure function {j['func']!r}; one of {_ALLOWED}")
+        if ":" not in j["func"]:
+            raise ValueError(f"job {j['name']!r}: func must be 'module:function', got {j['func']!r}")
     done: list[str] = []
     root = str(Path(__file__).resolve().parents[2])  # the folder holding the otcpcc package
     env = dict(os.environ)
@@ -112,7 +111,7 @@ def render_isolated(jobs: Sequence[Mapping[str, Any]], notes: list[str] | None =
 
 def _child(job_file: str, status_file: str) -> int:
     """The child's side: run each job, logging start/done/error (flushed) to ``status_file``."""
-    from . import figures
+    import importlib
 
     jobs = pickle.loads(Path(job_file).read_bytes())  # written by our parent, in its tmp dir
     with open(status_file, "a", encoding="utf-8") as st:
@@ -120,7 +119,9 @@ def _child(job_file: str, status_file: str) -> int:
             st.write(f"start\t{job['name']}\n")
             st.flush()
             try:
-                getattr(figures, job["func"])(**job["kwargs"])
+                module, _, name = job["func"].partition(":")
+                fn = getattr(importlib.import_module(module), name)
+                fn(*job.get("args", ()), **job.get("kwargs", {}))
             except Exception as exc:  # noqa: BLE001 (any error skips this figure only)
                 msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
                 traceback.print_exc()

@@ -94,9 +94,9 @@ def feature_degeneracy(features: np.ndarray) -> str | None:
     x = np.asarray(features, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
-    x = x.reshape(len(x), -1)
     if x.size == 0:
         return None
+    x = x.reshape(len(x), -1)
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(axis=1).sum())
         return f"non-finite features ({bad} of {len(x)} rows)"
