@@ -28,7 +28,7 @@ from otcpcc.training.health import (
 
 def _rows(accs, ces=None):
     ces = ces if ces is not None else [2.4] * len(accs)
-    return [{"epoch": i + 1, "train_acc": a, "ce": c} for i, (a, c) in enumerate(zip(accs, ces))]
+    return [{"epoch": i + 1, "train_acc": a, "ce": c} for i, (a, c) in enumerate(zip(accs, ces, strict=True))]
 
 
 def test_chance_thresholds_hand_worked():
