@@ -1,21 +1,22 @@
 """Render figures in a child process, so that a native crash or a hang cannot kill the report.
 
-t-SNE, PCA (BLAS/OpenMP) and matplotlib run native code; a segmentation fault there would end the
-whole ``otcpcc compare`` before ``report.md`` is written. :func:`render_isolated` runs a list of
-plot jobs (a function named ``"module:function"`` and its arguments) in one child
-Python process (``python -m otcpcc.study.render JOBS STATUS``), which logs ``start``/``done``/
-``error`` per job to a status file. A job that raises is skipped with its error message; a job
-during which the child dies (signal, exit) or exceeds its time is skipped with that cause, and a
-new child renders the remaining jobs. Every skip becomes a ``"figure skipped: ..."`` note.
+t-SNE, PCA (BLAS/OpenMP) and matplotlib run native code; a segmentation fault there (t-SNE on
+identical rows does segfault) would end the whole ``otcpcc compare`` before ``report.md`` is
+written. :func:`render_isolated` runs a list of plot jobs (a function named ``"module:function"``
+and its arguments) in one child Python process (``python .../otcpcc/study/render.py JOBS
+STATUS``), which logs ``start``/``done``/``error`` per job to a status file. A job that raises is
+skipped with its error message; a job during which the child dies (signal, exit) or exceeds its
+time is skipped with that cause, and a new child renders the remaining jobs. Every skip becomes a
+``"figure skipped: ..."`` note.
 
-Cost: one extra interpreter start (imports of torch, matplotlib, scikit-learn: ~2 s) per report,
-one more per crash. The job file is a pickle written and read by this process's own child in a
-private temporary directory.
+Cost: one extra interpreter start per report, one more per crash. The child registers ``otcpcc``
+and ``otcpcc.training`` as bare packages, so torch (which no plot needs) is never imported: the
+start costs the matplotlib, SciPy and scikit-learn imports only, about half. The job file is a
+pickle that this process writes for its own child, in a private temporary directory.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import signal
 import subprocess
@@ -63,9 +64,6 @@ def render_isolated(jobs: Sequence[Mapping[str, Any]], notes: list[str] | None =
         if ":" not in j["func"]:
             raise ValueError(f"job {j['name']!r}: func must be 'module:function', got {j['func']!r}")
     done: list[str] = []
-    root = str(Path(__file__).resolve().parents[2])  # the folder holding the otcpcc package
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with tempfile.TemporaryDirectory(prefix="otcpcc-figures-") as tmp:
         attempt = 0
         while pending:
@@ -77,8 +75,8 @@ def render_isolated(jobs: Sequence[Mapping[str, Any]], notes: list[str] | None =
             with open(log, "wb") as err:
                 try:
                     rc: int | None = subprocess.run(
-                        [sys.executable, "-m", "otcpcc.study.render", str(job_file), str(status)],
-                        env=env, stdout=subprocess.DEVNULL, stderr=err,
+                        [sys.executable, str(Path(__file__).resolve()), str(job_file), str(status)],
+                        stdout=subprocess.DEVNULL, stderr=err,
                         timeout=timeout_s * len(pending), check=False).returncode
                 except subprocess.TimeoutExpired:
                     rc = None
@@ -132,5 +130,21 @@ def _child(job_file: str, status_file: str) -> int:
     return 0
 
 
+def _bare_packages() -> None:
+    """Register ``otcpcc`` and ``otcpcc.training`` without running their ``__init__`` (which
+    import torch and the training loop); their submodules (figures, health, tables) import as
+    usual."""
+    import types
+
+    pkg = Path(__file__).resolve().parents[1]
+    for name, path in (("otcpcc", pkg), ("otcpcc.training", pkg / "training")):
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = [str(path)]
+            sys.modules[name] = module
+
+
 if __name__ == "__main__":
+    sys.path.pop(0)  # this file's folder: its module names (report, tables, ...) must not shadow
+    _bare_packages()
     sys.exit(_child(sys.argv[1], sys.argv[2]))
