@@ -471,7 +471,7 @@ def test_features_npz_layouts_trees_and_nonfinite(tmp_path):
     parents = json.dumps({"cat": "mammal", "dog": "mammal", "trout": "animal",
                           "mammal": "animal"})
     np.savez(tmp_path / "f.npz", features=x, labels=y, split=split, tree_parents=parents)
-    b = load_features(tmp_path / "f.npz")
+    b = load_features(tmp_path / "f.npz", standardize=False)  # raw values (default: standardised)
     assert b.input_shape == (5,) and b.tree.leaves == ["cat", "dog", "trout"]
     assert len(b.train) == 9 and len(b.test) == 3
     xt, yt = b.test[1]

@@ -15,6 +15,14 @@
 
 Labels must lie in ``0..K-1``; non-finite features are an error naming how many and the file.
 Items: ``(float tensor [d], int64 tensor)``.
+
+Standardisation (option ``standardize``, default ``True``): every split is mapped to
+``(x - mean) / std`` with the per-dimension mean and standard deviation (ddof 0) of the *train*
+split (a dimension with std ≤ 1e-6 · max(1, |mean|) keeps std 1). Embeddings of norm ~50 would
+otherwise make SGD at the default lr diverge. The statistics are a pure function of the file,
+the split and ``seed``, so evaluation (which reloads the data the same way) applies exactly the
+same transform; they are kept in ``meta["standardize"]`` (``{"mean": [d], "std": [d]}``), which
+the run records in ``metrics.json``. ``standardize=False`` keeps the raw values.
 """
 
 from __future__ import annotations
@@ -29,11 +37,31 @@ import numpy as np
 from ..tree import LabelTree
 from .bundle import DataBundle
 from .folder import flat_tree, resolve_tree
-from .tensors import check_fraction, check_seed, stratified_split, tensor_dataset
+from .tensors import check_bool, check_fraction, check_seed, stratified_split, tensor_dataset
 
-__all__ = ["load_features"]
+__all__ = ["load_features", "standardization", "standardize_features"]
 
-_KNOWN = ["tree", "test_fraction"]
+_KNOWN = ["standardize", "test_fraction", "tree"]
+# a dimension whose train std is at most this fraction of max(1, |mean|) is constant: std 1
+_CONSTANT_REL = 1e-6
+
+
+def standardization(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension ``(mean, std)`` [d] float32 of ``x_train`` [n, d] (float64 sums, ddof 0).
+
+    A dimension with ``std <= 1e-6 * max(1, |mean|)`` (constant on the train split) gets std 1,
+    so it is centred but never blown up. O(n·d).
+    """
+    x = np.asarray(x_train, dtype=np.float64)
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std = np.where(std <= _CONSTANT_REL * np.maximum(1.0, np.abs(mean)), 1.0, std)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def standardize_features(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(x - mean) / std`` as float32 [n, d] (the transform every split gets)."""
+    return ((np.asarray(x, dtype=np.float64) - mean) / std).astype(np.float32)
 
 
 def _find_file(data_dir: str | Path | None) -> Path:
@@ -127,10 +155,12 @@ def load_features(data_dir: str | Path | None = None, seed: int = 0, **options: 
 
     ``meta``: ``file``, ``classes`` (leaf names), ``feature_dim``, ``tree_source`` ("tree_parents",
     "levels", a path, "LabelTree" or "flat"), ``split_source`` ("split", "arrays" or
-    "stratified"), ``num_train``, ``num_test``, ``seed``.
+    "stratified"), ``num_train``, ``num_test``, ``seed``, ``standardize`` (``{"mean": [d],
+    "std": [d]}`` of the train split, or ``None`` with ``standardize=False``).
     """
     tree_opt = options.pop("tree", None)
     test_fraction = options.pop("test_fraction", 0.2)
+    standardize = check_bool("features: standardize", options.pop("standardize", True))
     if options:
         raise ValueError(
             f"features: unknown option(s) {', '.join(sorted(options))}; known: {', '.join(_KNOWN)}"
@@ -209,6 +239,11 @@ def load_features(data_dir: str | Path | None = None, seed: int = 0, **options: 
                 f"{path}: {key} must lie in 0..{k - 1} (the tree's {k} leaves), got "
                 f"{lab.min()}..{lab.max()}"
             )
+    stats = None
+    if standardize:
+        mean, std = standardization(x_tr)
+        x_tr, x_te = standardize_features(x_tr, mean, std), standardize_features(x_te, mean, std)
+        stats = {"mean": mean.tolist(), "std": std.tolist()}
     meta = {
         "file": str(path),
         "classes": list(tree.leaves),
@@ -218,6 +253,7 @@ def load_features(data_dir: str | Path | None = None, seed: int = 0, **options: 
         "num_train": len(y_tr),
         "num_test": len(y_te),
         "seed": seed,
+        "standardize": stats,
     }
     return DataBundle(
         name="features",

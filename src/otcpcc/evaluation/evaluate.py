@@ -20,6 +20,7 @@ probabilities (and train features for the retrieval prototypes), and writes ``RU
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu",
             "--data-dir at the data the run was trained on"
         )
     bundle.tree = tree
+    _check_input_transform(run, bundle)
     env = DistEnv(device=resolve_device(device))
     model = make_model(cfg.replace(weights=None), bundle)
     state = load_checkpoint(run / CHECKPOINT, map_location="cpu")
@@ -95,6 +97,24 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu",
                           f"the model of config.json ({first}); retrain the run") from None
     model.to(env.device).eval()
     return LoadedRun(run, cfg, tree, bundle, model, int(state["epoch"]), env)
+
+
+def _check_input_transform(run: Path, bundle: Any) -> None:
+    """The input standardisation recomputed from the data must be the one the run trained with
+    (``metrics.json``'s ``input_standardization``); a changed data file would silently shift it."""
+    try:
+        recorded = json.loads((run / "metrics.json").read_text()).get("input_standardization")
+    except (OSError, ValueError, AttributeError):
+        return  # an unfinished run: nothing recorded yet
+    now = bundle.meta.get("standardize")
+    same = recorded is None or (now is not None and all(
+        np.shape(recorded[k]) == np.shape(now[k])
+        and np.allclose(recorded[k], now[k], rtol=1e-5, atol=1e-6) for k in ("mean", "std")))
+    if not same:
+        raise RunDirError(
+            f"incompatible run directory {str(run)!r}: the input standardisation of the data now "
+            "differs from the one recorded in metrics.json (the data file changed); point "
+            "--data-dir at the data the run was trained on")
 
 
 def _split(bundle: Any, split: str) -> Any:

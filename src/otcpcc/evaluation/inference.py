@@ -110,7 +110,8 @@ def test_cpcc(features: torch.Tensor, labels: torch.Tensor, tree, distance: str,
 
 def final_metrics(model: nn.Module, bundle, cfg: TrainConfig, env: DistEnv,
                   history: list[dict[str, Any]], amp: bool) -> dict[str, Any]:
-    """``metrics.json``: final accuracies, TestCPCC under the run's distance, timing."""
+    """``metrics.json``: final accuracies, TestCPCC under the run's distance, timing, and
+    ``input_standardization`` (``{"mean": [d], "std": [d]}``) when the loader standardised."""
     res = predict(model, bundle.test, env, cfg, amp)
     labels = res["labels"]
     test_acc = float((res["logits"].argmax(1) == labels).float().mean()) if labels.numel() else \
@@ -149,6 +150,9 @@ def final_metrics(model: nn.Module, bundle, cfg: TrainConfig, env: DistEnv,
         "feature_dim": int(getattr(core, "feature_dim", res["features"].shape[1])),
         "parameters": int(sum(p.numel() for p in core.parameters())),
         "trainable_parameters": int(sum(p.numel() for p in core.parameters() if p.requires_grad)),
+        # the input transform the loader applied (features: train-split mean/std), if any
+        **({"input_standardization": std} if (std := getattr(bundle, "meta", {}).get("standardize"))
+           else {}),
     }
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..runs.config import TrainConfig, canonical_distance
+from .notes import run_collapse
 from .report import render_report
 from .tables import _is_number, aggregate_runs
 
@@ -94,7 +95,8 @@ def _train_time(run_dir: Path) -> float | None:
 def run_row(run_dir: Path, metrics: Mapping[str, Any], **ids: Any) -> dict[str, Any]:
     """One summary row: ``ids`` (distance, seed, …), ``fine_acc`` (= ``fine_top1``), the leading
     metrics (``test_cpcc_own`` = evaluate's ``test_cpcc``, TestCPCC under the run's own
-    distance), every other flattened metric, and ``train_time_s`` (see :func:`_train_time`)."""
+    distance), every other flattened metric, ``train_time_s`` (see :func:`_train_time`) and
+    ``collapsed`` (``"epoch E: reason"`` from ``metrics.json``, or ``None``)."""
     flat = flatten_metrics(metrics)
     flat["fine_acc"] = flat.get("fine_top1")
     if "test_cpcc_own" not in flat and "test_cpcc" in flat:  # evaluate's own-distance TestCPCC
@@ -103,6 +105,7 @@ def run_row(run_dir: Path, metrics: Mapping[str, Any], **ids: Any) -> dict[str, 
     row.update({k: flat.get(k) for k in _FIRST_KEYS})
     row.update({k: v for k, v in flat.items() if k not in row})
     row["train_time_s"] = _train_time(run_dir)
+    row["collapsed"] = run_collapse(run_dir)  # "epoch E: reason" or None
     return row
 
 

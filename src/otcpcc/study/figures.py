@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..training.health import feature_degeneracy
 from .tables import FIGURES, fmt
 
 
@@ -147,13 +148,20 @@ def subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
 
 
 def embed_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(PCA, t-SNE) 2-D coordinates of ``features`` [n, d]; t-SNE perplexity min(15, (n−1)/3)."""
+    """(PCA, t-SNE) 2-D coordinates of ``features`` [n, d]; t-SNE perplexity min(15, (n−1)/3).
+
+    Degenerate input (non-finite, or every row (nearly) the same: ``feature_degeneracy``) gets
+    zeros for both, without calling PCA or t-SNE (they divide by a zero variance, and t-SNE's
+    native code has crashed the process on such input).
+    """
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
     x = np.asarray(features, dtype=np.float64)
     n = len(x)
+    if feature_degeneracy(x) is not None:
+        return np.zeros((n, 2)), np.zeros((n, 2))
     pca = PCA(n_components=2, random_state=seed).fit_transform(x) if n >= 2 else np.zeros((n, 2))
     if n < 5:
         return pca, pca.copy()
@@ -177,6 +185,15 @@ def plot_embeddings(features: Mapping[str, tuple[np.ndarray, np.ndarray]], coars
     fig, axes = plt.subplots(len(features), 2, figsize=(8, 3.6 * len(features)), squeeze=False)
     for row, (name, (x, y)) in zip(axes, features.items(), strict=True):
         idx = subsample(len(x), max_points, seed)
+        why = feature_degeneracy(np.asarray(x)[idx])
+        if why is not None:  # nothing to map: say so in the panels
+            for ax, kind in zip(row, ("PCA", "t-SNE"), strict=True):
+                ax.set_title(f"{name}: {kind}", fontsize=9)
+                ax.text(0.5, 0.5, f"skipped:\n{why}", ha="center", va="center", fontsize=8,
+                        wrap=True, transform=ax.transAxes)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            continue
         coarse = np.asarray(coarse_ids)[np.asarray(y)[idx]]
         for ax, coords, kind in zip(row, embed_2d(np.asarray(x)[idx], seed), ("PCA", "t-SNE"),
                                     strict=True):
@@ -187,7 +204,7 @@ def plot_embeddings(features: Mapping[str, tuple[np.ndarray, np.ndarray]], coars
             ax.set_title(f"{name}: {kind}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-        if len(coarse_names) <= 20:
+        if len(coarse_names) <= 20 and row[1].get_legend_handles_labels()[0]:
             row[1].legend(fontsize=6, markerscale=2, loc="best")
     return _save(fig, path)
 
@@ -252,9 +269,23 @@ def _run_list(v: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     return [Path(p) for p in v]
 
 
+_FN = __name__ + ":"  # jobs name this module's plot functions
+
+
 def render_figures(out: Path, aggregate: Sequence[Mapping[str, Any]],
-                   run_dirs: Mapping[str, Any], max_points: int = 1000) -> list[str]:
-    """Write the four PNGs into ``out``; return their file names (none if no run directories)."""
+                   run_dirs: Mapping[str, Any], max_points: int = 1000,
+                   notes: list[str] | None = None) -> list[str]:
+    """Write the PNGs into ``out``; return the names of those written (none without run dirs).
+
+    Features are computed here; the plots run in a child process (:func:`render_isolated`) so
+    that a native crash skips a figure instead of ending the command. A method whose test
+    features are degenerate (non-finite or (nearly) identical: a collapsed run) is left out of
+    the heatmaps, dendrograms and embedding map, and the embedding map is skipped when no method
+    is left. Each omission or skip appends a one-line note to ``notes``.
+    """
+    from .render import render_isolated
+
+    notes = notes if notes is not None else []
     runs = {name: _run_list(v) for name, v in run_dirs.items() if _run_list(v)}
     if not runs:
         return []
@@ -263,18 +294,41 @@ def render_figures(out: Path, aggregate: Sequence[Mapping[str, Any]],
     tree_d = np.asarray(tree.distance_matrix(), dtype=np.float64)
     k = tree.num_classes
     feats = {name: collect_features(d, "test") for name, d in first.items()}
-    learned = {name: learned_distance_matrix(x, y, k) for name, (x, y) in feats.items()}
+    bad = {name: why for name, (x, _) in feats.items() if (why := feature_degeneracy(x))}
+    for name, why in bad.items():
+        notes.append(f"`{name}` left out of the heatmaps, dendrogram and embedding figures: its "
+                     f"test features are degenerate ({why})")
+    good = {name: xy for name, xy in feats.items() if name not in bad}
+    learned = {name: learned_distance_matrix(x, y, k) for name, (x, y) in good.items()}
     cp = {r["distance"]: r.get("test_cpcc_l2_mean") for r in aggregate}
     titles = {n: f"{n} (TestCPCC l2 {fmt(cp.get(n), 2)})" for n in learned}
-    plot_heatmaps(tree_d, learned, out / "heatmaps.png", titles)
-    plot_dendrograms(tree_d, learned, tree.leaves, out / "dendrogram.png")
     levels = tree.levels
     if levels:
         coarse_ids, coarse_names = np.asarray(levels[-1].ids), list(levels[-1].names)
     else:
         coarse_ids, coarse_names = np.arange(k), list(tree.leaves)
-    plot_embeddings(feats, coarse_ids, coarse_names, out / "embedding.png", max_points)
     logs = {n: [d / "log.csv" for d in dirs if (d / "log.csv").exists()]
             for n, dirs in runs.items()}
-    plot_curves(logs, out / "curves.png")
-    return list(FIGURES)
+    jobs: list[dict[str, Any]] = [
+        {"name": "heatmaps.png", "func": _FN + "plot_heatmaps",
+         "kwargs": {"tree_d": tree_d, "learned": learned, "path": out / "heatmaps.png",
+                    "titles": titles}},
+        {"name": "dendrogram.png", "func": _FN + "plot_dendrograms",
+         "kwargs": {"tree_d": tree_d, "learned": learned, "leaf_names": list(tree.leaves),
+                    "path": out / "dendrogram.png"}}]
+    if good:
+        jobs.append({"name": "embedding.png", "func": _FN + "plot_embeddings",
+                     "kwargs": {"features": good, "coarse_ids": coarse_ids,
+                                "coarse_names": coarse_names, "path": out / "embedding.png",
+                                "max_points": max_points}})
+    else:
+        notes.append("figure skipped: embedding.png: every method's test features are "
+                     "degenerate (nothing to map with PCA/t-SNE)")
+    jobs.append({"name": "curves.png", "func": _FN + "plot_curves",
+                 "kwargs": {"logs": logs, "path": out / "curves.png"}})
+    for job in jobs:  # a stale figure from an earlier report must not be shown as this one's
+        (out / job["name"]).unlink(missing_ok=True)
+    if not good:
+        (out / "embedding.png").unlink(missing_ok=True)
+    written = render_isolated(jobs, notes)
+    return [f for f in FIGURES if f in written]

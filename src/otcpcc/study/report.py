@@ -18,7 +18,9 @@
 - ``curves.png``: training curves (loss, CE, batch CPCC, train/test accuracy) from each run's
   ``log.csv``.
 
-Figures use one run directory per method (its first seed); curves use every run.
+Figures use one run directory per method (its first seed); curves use every run. Figures are
+rendered in a child process; a figure that cannot be drawn (degenerate features of a collapsed
+run, a crash) is skipped, and a ``## Notes`` section lists the skips and every collapsed run.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .figures import render_figures
+from .notes import collapse_notes, notes_html, notes_markdown
 from .tables import aggregate_runs, best_rows, cell, roi_lines, table_columns
 
 
@@ -68,16 +71,19 @@ _LEGEND = ("Mean ± sample standard deviation over seeds (the mean alone for one
            "mAP; lower for mistake severity, hier_dist@k and expected cost).")
 
 
-def render_markdown(aggregate: Sequence[Mapping[str, Any]], figures: Sequence[str]) -> str:
+def render_markdown(aggregate: Sequence[Mapping[str, Any]], figures: Sequence[str],
+                    notes: Sequence[str] = ()) -> str:
     parts = ["# otcpcc comparison", "", _LEGEND, "", markdown_table(aggregate), "",
              "## Return on investment (against `none`)", ""]
     parts += [f"- {line}" for line in roi_lines(aggregate)]
+    parts += notes_markdown(notes)
     if figures:
         parts += ["", "## Figures", ""] + [f"![{f[:-4]}]({f})" for f in figures]
     return "\n".join(parts) + "\n"
 
 
-def render_html(aggregate: Sequence[Mapping[str, Any]], out: Path, figures: Sequence[str]) -> str:
+def render_html(aggregate: Sequence[Mapping[str, Any]], out: Path, figures: Sequence[str],
+                notes: Sequence[str] = ()) -> str:
     imgs = []
     for f in figures:
         data = base64.b64encode((out / f).read_bytes()).decode("ascii")
@@ -93,6 +99,7 @@ def render_html(aggregate: Sequence[Mapping[str, Any]], out: Path, figures: Sequ
         f"<title>otcpcc comparison</title>\n<style>{style}</style>\n</head>\n<body>\n"
         f"<h1>otcpcc comparison</h1>\n<p>{html.escape(_LEGEND)}</p>\n{html_table(aggregate)}\n"
         f"<h2>Return on investment (against none)</h2>\n<ul>\n{roi_items}\n</ul>\n"
+        + notes_html(notes)
         + (("<h2>Figures</h2>\n" + "\n".join(imgs) + "\n") if imgs else "")
         + "</body>\n</html>\n"
     )
@@ -113,6 +120,8 @@ def render_report(out: str | os.PathLike, summary: Mapping[str, Any],
     if "runs" not in summary:
         raise ValueError("summary has no 'runs' list: pass the dict written to summary.json")
     aggregate = summary.get("aggregate") or aggregate_runs(summary["runs"])
-    figures = render_figures(out, aggregate, run_dirs, max_points)
-    (out / "report.md").write_text(render_markdown(aggregate, figures), encoding="utf-8")
-    (out / "report.html").write_text(render_html(aggregate, out, figures), encoding="utf-8")
+    notes = collapse_notes(summary["runs"])  # + "figure skipped: ..." from render_figures
+    figures = render_figures(out, aggregate, run_dirs, max_points, notes)
+    (out / "report.md").write_text(render_markdown(aggregate, figures, notes), encoding="utf-8")
+    (out / "report.html").write_text(render_html(aggregate, out, figures, notes),
+                                     encoding="utf-8")

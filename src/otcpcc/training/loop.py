@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..distributed.env import DistEnv, init_distributed, unwrap
-from ..evaluation.inference import accuracy, final_metrics
+from ..evaluation.inference import final_metrics, predict
 from ..runs.build import load_data, make_model, resolve_arch, seed_everything
 from ..runs.checkpoint import (
     CHECKPOINT,
@@ -58,6 +58,7 @@ from ..runs.config import ConfigError, TrainConfig
 from ..runs.log import LOG_COLUMNS, format_row, log_tensorboard, open_tensorboard, printer, progress_bar
 from ..runs.rundir import RunDirError, check_run_dir, prepare_run_dir
 from .control import ResumableSampler, StopRequest, TrainingInterrupted
+from .health import collapse_reason
 from .optim import lr_at, make_criterion, make_optimizer
 from .step import EpochTotals, train_step
 
@@ -139,6 +140,7 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
             f"the end of epoch {start_epoch}"
         say(f"otcpcc: resuming {out} from {where}")
     tb = open_tensorboard(out, history) if env.is_main else None
+    collapsed: dict[str, Any] | None = None  # first collapse (otcpcc.training.health)
 
     # 6. Epochs: lr from the schedule, one pass, test accuracy, log row, checkpoint.
     try:
@@ -163,8 +165,10 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
                                 desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress)
 
                 row = totals.finish(env, epoch=epoch + 1, lr=lr)
+                test = None
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                    row["test_acc"] = accuracy(model, bundle.test, env, cfg, amp)
+                    test = {k: v.numpy() for k, v in predict(model, bundle.test, env, cfg, amp).items()}
+                    row["test_acc"] = float((test["logits"].argmax(1) == test["labels"]).mean())
                 history.append(row)
                 state = _state(core, optimizer, cfg, env, epoch + 1, 0, None, history)
                 if env.is_main:
@@ -172,6 +176,10 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
                     write_csv(out / "log.csv", history, LOG_COLUMNS)
                     log_tensorboard(tb, row)
                 say(format_row(row, cfg.epochs))
+                why = collapse_reason(history, bundle.num_classes, test)
+                if why and not collapsed:
+                    collapsed = {"epoch": epoch + 1, "reason": why}
+                    say(f"otcpcc: run collapsed at epoch {epoch + 1}: {why}; lower --lr")
                 if env.any(stop.requested) and epoch + 1 < cfg.epochs:
                     raise TrainingInterrupted(out)
     finally:
@@ -180,6 +188,7 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
 
     # 7. Final metrics (TestCPCC over the whole test split, gathered from all ranks).
     metrics = final_metrics(model, bundle, cfg, env, history, amp)
+    metrics["collapsed"] = collapsed
     if env.is_main:
         write_json(out / "metrics.json", metrics)
         say(f"otcpcc: test accuracy {metrics['test_acc']:.4f}, "
