@@ -1,0 +1,69 @@
+"""What a run's configuration builds: seeded generators, the data bundle (with a user tree), the model.
+
+Training and evaluation both build from a :class:`~otcpcc.runs.config.TrainConfig` through these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+# loaders whose tree is a user file (passed as their ``tree`` option)
+TREE_FROM_USER = ("folder", "features")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python ``random``, numpy's global generator and torch (CPU and CUDA)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (libraries may draw from the global state)
+    torch.manual_seed(seed)
+
+
+def load_data(cfg: TrainConfig):
+    """``get_dataset`` with the config's options; ``cfg.tree`` replaces the dataset's tree."""
+    from ..data import get_dataset
+
+    options = dict(cfg.data_options)
+    if cfg.tree and cfg.data in TREE_FROM_USER:  # these loaders build their tree from the file
+        options.setdefault("tree", cfg.tree)
+        return get_dataset(cfg.data, data_dir=cfg.data_dir, seed=cfg.data_seed, **options)
+    bundle = get_dataset(cfg.data, data_dir=cfg.data_dir, seed=cfg.data_seed, **options)
+    if cfg.tree:
+        from ..tree import LabelTree
+
+        if not Path(cfg.tree).is_file():
+            raise FileNotFoundError(f"tree file {cfg.tree!r} not found; check the --tree path")
+        user_tree = LabelTree.from_file(cfg.tree)
+        missing = [c for c in bundle.tree.leaves if c not in set(user_tree.leaves)]
+        if missing:
+            shown = ", ".join(repr(c) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise ValueError(f"--tree {cfg.tree}: {len(missing)} class(es) of {cfg.data} are not leaves "
+                             f"of this tree: {shown}; add them under their parents")
+        bundle.tree = user_tree.restrict(list(bundle.tree.leaves))
+    return bundle
+
+
+def resolve_arch(arch: str, input_shape: tuple[int, ...]) -> str:
+    """``"auto"``: ``mlp`` for vectors, ``cnn`` for images up to 64 px, ``resnet18`` above."""
+    if arch != "auto":
+        return arch
+    if len(input_shape) == 1:
+        return "mlp"
+    return "cnn" if max(input_shape[1:]) <= 64 else "resnet18"
+
+
+def make_model(cfg: TrainConfig, bundle) -> nn.Module:
+    from ..models import build_model
+
+    return build_model(resolve_arch(cfg.arch, bundle.input_shape), tuple(bundle.input_shape),
+                       bundle.num_classes, weights=cfg.weights, freeze=cfg.freeze,
+                       train_only=cfg.train_only, **cfg.model_options)
+
+

@@ -1,0 +1,72 @@
+"""Run directories: refuse to clobber an existing run, create one, write its config and tree.
+
+A run directory holds ``config.json`` (resolved values, versions, git commit), ``tree.json``,
+``log.csv``, ``last.pt`` and ``metrics.json`` (see :data:`otcpcc.runs.checkpoint.RUN_FILES`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT, RUN_FILES, atomic_write_text
+from .config import TrainConfig, load_config_file
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked (exists, missing, incompatible)."""
+
+
+def check_run_dir(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse early: an existing run without ``force``/``resume``, or ``resume`` without a run."""
+    exists = (out / "config.json").is_file()
+    if resume and not exists:
+        raise RunDirError(
+            f"nothing to resume in {out}: no config.json there; run without --resume "
+            "or pass the directory of an earlier run"
+        )
+    if resume and not (out / CHECKPOINT).is_file():
+        raise RunDirError(
+            f"nothing to resume in {out}: no {CHECKPOINT} checkpoint; start over with --force"
+        )
+    if exists and not (resume or force):
+        raise RunDirError(
+            f"run directory {out} already holds a run (config.json); pass --force to overwrite "
+            "it, --resume to continue it, or choose another --out"
+        )
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a directory; choose another --out")
+
+
+def prepare_run_dir(out: Path, cfg: TrainConfig, env: DistEnv, *, resume: bool, force: bool,
+                    tree) -> None:
+    """Create/clean ``out``; check a resumed configuration; write config.json and tree.json."""
+    if resume:
+        raw = load_config_file(out / "config.json")
+        saved = TrainConfig.from_dict(raw, source=str(out / "config.json"))
+        changes = [f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})"
+                   for k in saved.differences(cfg)]
+        ran_on = int((raw.get("meta") or {}).get("world_size", env.world_size))
+        if ran_on != env.world_size:  # (last.pt is checked too) refuse before rewriting files
+            changes.append(f"world_size ({ran_on} -> {env.world_size})")
+        if changes:
+            details = ", ".join(changes)
+            raise RunDirError(
+                f"cannot resume {out} with a different configuration: {details}; "
+                "resume with the original settings or start a new run with another --out"
+            )
+    elif force:
+        for name in RUN_FILES:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"resolved_device": str(env.device), "world_size": env.world_size,
+            "num_classes": tree.num_classes}
+
+    atomic_write_text(out / "config.json", cfg.to_json(meta) + "\n")
+    tree.to_file(out / "tree.json")
+
+
