@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoint import CHECKPOINT, RUN_FILES, atomic_write_text
 from .config import TrainConfig, load_config_file
+
+if TYPE_CHECKING:
+    from ..distributed.env import DistEnv
 
 
 class RunDirError(ValueError):
