@@ -6,7 +6,7 @@ features ``f`` of shape ``[N, feature_dim]`` and a final linear layer ``classifi
     logits = classifier(f) = f @ W.T + b,        W: [num_classes, feature_dim]
 
 The features are exactly the input of the final linear layer; they are what the CPCC regulariser
-acts on (see DESIGN.md §1). ``forward(x)`` returns ``(features, logits)``.
+acts on (CPCC correlates class distances in this space with tree distances). ``forward(x)`` returns ``(features, logits)``.
 
 Architectures (``build_model(arch, ...)``):
 
