@@ -38,7 +38,7 @@ _KNOWN = ["tree", "test_fraction"]
 
 def _find_file(data_dir: str | Path | None) -> Path:
     if data_dir is None:
-        raise ValueError("features needs data_dir: an .npz file (or a folder holding one)")
+        raise ValueError("features needs --data-dir (data_dir): an .npz file (or a folder holding one)")
     p = Path(data_dir)
     if p.is_file():
         return p
