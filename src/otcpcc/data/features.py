@@ -65,8 +65,9 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _features(arr: np.ndarray, key: str, path: Path) -> np.ndarray:
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise ValueError(f"{path}: {key!r} must be a non-empty 2-D array [N, d], got {arr.shape}")
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{path}: {key!r} must be a non-empty 2-D array [N, d] (d >= 1 feature "
+                         f"columns), got {arr.shape}")
     if arr.dtype.kind not in "fiub":
         raise ValueError(f"{path}: {key!r} must be numeric, got dtype {arr.dtype}")
     arr = arr.astype(np.float32, copy=False)

@@ -42,6 +42,7 @@ DISTANCE_ALIASES: dict[str, str] = {
     "fft": "fastft",
 }
 OPTIMIZERS = ("sgd", "adamw")
+MAX_SEED = 2**32 - 1  # --seed / --data-seed: what numpy's generators accept
 SCHEDULES = ("cosine", "step", "none")
 SPLITS = ("train", "test")
 
@@ -303,6 +304,11 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 flag = "--" + name.replace("_", "-")
                 raise bad(f"{name} must be an integer >= 0, got {value!r}; pass {flag} 0 or more")
+        for name in ("seed", "data_seed"):  # numpy seeds take 32 bits; the data order seed*1000+epoch
+            value = getattr(self, name)
+            if value > MAX_SEED:
+                raise bad(f"{name} {value} is too large; pass --{name.replace('_', '-')} "
+                          f"between 0 and {MAX_SEED}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise bad(
                 f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs}); "
