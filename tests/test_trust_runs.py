@@ -316,7 +316,7 @@ def test_item09_compare_refuses_a_bad_cost_matrix_before_training(tmp_path, caps
     monkeypatch.setattr(train_mod, "_train", lambda *a, **k: pytest.fail("trained"))
     code = main(["compare", *TINY, "--distances", "l2", "--seeds", "1", "--cost-matrix",
                  str(neg), "--out", str(tmp_path / "cmp")])
-    assert "negative" in one_line_error(capsys, code)
+    assert "is -1; costs must be finite and >= 0" in one_line_error(capsys, code)
     assert not (tmp_path / "cmp").exists()
 
 
