@@ -61,10 +61,24 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         return max(len(self.base) - self.skip, 0)
 
 
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """One step of the SplitMix64 mixer (Steele, Lea & Flood 2014): a bijection on 64 bits."""
+    z = (x + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
 def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
-    """A 63-bit seed from ``(seed, epoch, rank, position)`` (numpy's SeedSequence hash)."""
-    state = np.random.SeedSequence([seed, epoch, rank, position]).generate_state(2, np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
+    """A 63-bit seed from ``(seed, epoch, rank, position)``: SplitMix64 folded over the four
+    numbers (about a microsecond: the sampler computes one per sample)."""
+    h = 0
+    for v in (seed, epoch, rank, position):
+        h = _splitmix64(h ^ (v & _M64))
+    return h >> 1
 
 
 class SeededSamples(Dataset):
