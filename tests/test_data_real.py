@@ -231,8 +231,11 @@ def test_cifar100_errors(tmp_path):
     (tmp_path / "b" / "cifar-100-python" / "meta").unlink()
     with pytest.raises(ValueError, match=r"lacks meta.*cifar-100-python/\{train,test,meta\}"):
         get_dataset("cifar100", data_dir=str(tmp_path / "b"))
-    with pytest.raises(ValueError, match="lacks data_batch_1"):
+    with pytest.raises(FileNotFoundError, match="--data-dir .*nothing does not exist"):
         get_dataset("cifar10", data_dir=str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="lacks data_batch_1"):
+        get_dataset("cifar10", data_dir=str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="unknown option.*colour"):
         get_dataset("cifar10", data_dir=str(tmp_path), colour=True)
 
