@@ -1,14 +1,17 @@
 """Tiny datasets written in each real dataset's own layout, shared by the data and workflow tests.
 
 CIFAR pickles are written with protocol 2 (optionally python-2 style, as the original files) with
-bytes keys; image folders hold small JPEGs; BREEDS folders use real wnids from the BREEDS
-hierarchy files in ../shared/data/breeds.
+bytes keys; image folders hold small JPEGs; BREEDS hierarchy files are generated in the BREEDS
+format (:func:`write_breeds_hierarchy`), so the suite needs nothing beside the clone. Checks
+against the real hierarchy files (``$OTCPCC_BREEDS_DIR`` or ``../shared/data/breeds``) go through
+:func:`real_breeds_dir`, which skips with the reason when they are absent.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import struct
 from collections.abc import Sequence
@@ -17,7 +20,79 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-BREEDS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "breeds"
+_REAL_BREEDS_CANDIDATES = [
+    Path(p) for p in (os.environ.get("OTCPCC_BREEDS_DIR"),) if p
+] + [Path(__file__).resolve().parents[2] / "shared" / "data" / "breeds"]
+
+
+def real_breeds_dir() -> Path:
+    """The real BREEDS hierarchy files, or a pytest skip saying where they were looked for."""
+    import pytest
+
+    from otcpcc.data.breeds import HIERARCHY_FILES
+
+    for d in _REAL_BREEDS_CANDIDATES:
+        if all((d / f).is_file() for f in HIERARCHY_FILES):
+            return d
+    pytest.skip("real BREEDS hierarchy files not found (set OTCPCC_BREEDS_DIR or place them in "
+                f"{_REAL_BREEDS_CANDIDATES[-1]}): this check compares against the published files")
+
+
+ROOT_WNID = "n00001740"
+LIVING_WNID = "n00004258"
+
+
+def write_breeds_hierarchy(path: Path) -> Path:
+    """BREEDS-format hierarchy files with a living17-shaped selection; returns ``path``.
+
+    Tree (levels = longest path from the root): entity -> living thing (1) -> organism (2) ->
+    animal (3) -> chordate (4) -> 17 superclasses (5) -> 2 mid nodes each (6) -> 3 ImageNet
+    classes each (7), so every superclass reaches 6 classes (>= 4). Superclass 0 goes through a
+    single-child node (the selection must descend through it). Also: a level-5 node with only 3
+    classes (excluded), and a non-living branch holding n01440764 (tench), outside living17.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    edges: list[tuple[str, str]] = []
+    names: dict[str, str] = {ROOT_WNID: "entity", LIVING_WNID: "living thing, animate thing"}
+    leaves: list[str] = []
+    counter = iter(range(10**6))
+
+    def node(name: str, leaf: bool = False) -> str:
+        wnid = f"n{(1 if leaf else 2) * 10**7 + next(counter):08d}"
+        names[wnid] = name
+        if leaf:
+            leaves.append(wnid)
+        return wnid
+
+    chain = [ROOT_WNID, LIVING_WNID, node("organism"), node("animal"), node("chordate")]
+    edges += list(zip(chain[:-1], chain[1:], strict=True))
+    for s in range(17):
+        sup = node(f"superclass{s}")
+        edges.append((chain[-1], sup))
+        top = sup
+        if s == 0:
+            top = node("superclass0 only child")
+            edges.append((sup, top))
+        for m in range(2):
+            mid = node(f"mid{s}_{m}")
+            edges.append((top, mid))
+            for k in range(3):
+                edges.append((mid, node(f"class{s}_{m}_{k}", leaf=True)))
+    small = node("small superclass")
+    edges.append((chain[-1], small))
+    small_mid = node("small mid")
+    edges.append((small, small_mid))
+    edges += [(small_mid, node(f"small class{k}", leaf=True)) for k in range(3)]
+    nonliving = node("non-living thing")
+    edges.append((ROOT_WNID, nonliving))
+    edges.append((nonliving, "n01440764"))
+    names["n01440764"] = "tench, Tinca tinca"
+    leaves.append("n01440764")
+    (path / "class_hierarchy.txt").write_text("".join(f"{p} {c}\n" for p, c in edges))
+    info = [[i, w, names[w].split(",")[0]] for i, w in enumerate(sorted(leaves))]
+    (path / "dataset_class_info.json").write_text(json.dumps(info))
+    (path / "node_names.txt").write_text("".join(f"{w}\t{n}\n" for w, n in names.items()))
+    return path
 
 # The published CIFAR-100 superclass table (https://www.cs.toronto.edu/~kriz/cifar.html)
 CIFAR100_TABLE = {

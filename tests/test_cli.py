@@ -88,7 +88,8 @@ def test_evaluate_errors(tmp_path, tiny_run, capsys):
 
 def test_config_file_then_flags(tmp_path, capsys):
     yml = tmp_path / "c.yaml"
-    yml.write_text("data: synthetic\nlam: 0.25\nepochs: 7\ndistance_options: {reg: 3}\n")
+    yml.write_text("data: synthetic\ndistance: none\nlam: 0.25\nepochs: 7\n"
+                   "distance_options: {reg: 3}\n")  # (options are checked against a distance)
     args = cli.build_parser().parse_args(["train", "--config", str(yml), "--epochs", "2",
                                           "--reg", "5", "--n-projections", "4"])
     cfg = cli.config_from_args(args)

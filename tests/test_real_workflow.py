@@ -3,7 +3,7 @@ pickles, an image folder with a tree file and a BREEDS living17 ImageNet folder;
 and an evaluate for every backbone; `--weights` from a torchvision state dict (with frozen
 BatchNorm statistics); `--preset paper`.
 
-Oracles: the published CIFAR-100 superclass table and the BREEDS hierarchy files (coarse and
+Oracles: the published CIFAR-100 superclass table and BREEDS-format hierarchy files (coarse and
 zero-shot accuracies recomputed from the model's outputs), the weights file itself (a frozen
 backbone must come out bit-identical, running statistics included), the reference code's
 pre.json values (preset).
@@ -22,7 +22,7 @@ import torch
 import torchvision
 import yaml
 
-from fakes import BREEDS_DIR, C100_F2C, write_cifar100, write_image_folder
+from fakes import C100_F2C, write_breeds_hierarchy, write_cifar100, write_image_folder
 from otcpcc.cli import main
 from otcpcc.data import DATASETS
 from otcpcc.data.breeds import BREEDS_SETTINGS, BreedsHierarchy, breeds_split
@@ -164,6 +164,7 @@ def test_image_folder_with_tree_file_train_and_evaluate(folder, tmp_path, capsys
 
 @pytest.mark.slow
 def test_breeds_living17_train_and_evaluate_with_target_tasks(tmp_path, capsys):
+    BREEDS_DIR = write_breeds_hierarchy(tmp_path / "hier")  # noqa: N806
     h = BreedsHierarchy(BREEDS_DIR)
     level, ancestor, n_sub, _ = BREEDS_SETTINGS["living17"]
     supers, src, tgt = breeds_split(h, level, ancestor, n_sub)

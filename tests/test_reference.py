@@ -50,7 +50,7 @@ def test_north_west_corner_is_a_coupling_with_interval_overlaps(n, m):
     np.testing.assert_allclose(plan.sum(1), np.full(n, 1 / n))
     np.testing.assert_allclose(plan.sum(0), np.full(m, 1 / m))
     assert np.count_nonzero(plan) <= n + m - 1
-    # DESIGN §2: P_ij = |[i/n, (i+1)/n] ∩ [j/m, (j+1)/m]|
+    # north-west-corner plan with uniform weights (otcpcc.distances.fastft): P_ij = |[i/n, (i+1)/n] ∩ [j/m, (j+1)/m]|
     i, j = np.meshgrid(np.arange(n), np.arange(m), indexing="ij")
     overlap = np.clip(np.minimum((i + 1) / n, (j + 1) / m) - np.maximum(i / n, j / m), 0, None)
     np.testing.assert_allclose(plan, overlap, atol=1e-15)

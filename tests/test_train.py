@@ -77,14 +77,15 @@ def test_resumable_sampler_skips_a_prefix_of_the_epoch_order():
     from torch.utils.data import DistributedSampler
 
     data = list(range(50))
-    s = ResumableSampler(DistributedSampler(data, num_replicas=1, rank=0, seed=7))
+    s = ResumableSampler(DistributedSampler(data, num_replicas=1, rank=0, seed=7), seed=7)
     s.set_epoch(3)
     full = list(s)
-    assert sorted(full) == data
+    assert sorted(i for i, _ in full) == data
+    assert len({seed for _, seed in full}) == 50  # one augmentation seed per position
     s.set_epoch(3, skip_samples=20)
-    assert list(s) == full[20:] and len(s) == 30
+    assert list(s) == full[20:] and len(s) == 30  # same indices and seeds after a skip
     s.set_epoch(4)
-    assert list(s) != full  # a new order every epoch
+    assert [i for i, _ in s] != [i for i, _ in full]  # a new order every epoch
 
 
 def test_subsample_per_class_caps_each_class_and_is_deterministic():

@@ -8,7 +8,7 @@ distances. It is written to be obviously right, not fast:
 * per pair, the plan ``P`` solved without grad (on the CPU with POT, or a Python walk);
 * ρ(A, B) = Σ_ab P_ab M_ab, so the gradient is the constant-plan (envelope) gradient.
 
-Distances (names and aliases as in DESIGN.md §2):
+Distances (names and aliases as in ``otcpcc.distances`` and README's Distances table):
 
 ``l2``
     ρ = ‖mean_A − mean_B‖₂ via ``F.pdist`` on the class means.

@@ -1,16 +1,16 @@
-"""``otcpcc <command>``: train, evaluate, compare, diagnose, sweep, bench.
+"""otcpcc <command>: train, evaluate, compare, diagnose, sweep, bench.
 
-Flags follow torchvision's reference training scripts (``--epochs --batch-size --lr --momentum
---wd --arch --device --seed --workers --amp --resume --out``). Settings resolve as: defaults <
-``--preset paper`` (published per-dataset values) < ``--config FILE`` (YAML or JSON) < flags.
+Flags follow torchvision's reference training scripts (--epochs --batch-size --lr --momentum
+--wd --arch --device --seed --workers --amp --resume --out). Settings resolve as: defaults <
+--preset paper (published per-dataset values) < --config FILE (YAML or JSON) < flags.
 Expected errors (bad names or values, missing files, a run directory that exists or does not fit)
-print one line ``otcpcc: error: ...`` on stderr and exit with status 2; Ctrl-C during training
-saves a checkpoint and exits with status 130. Set ``OTCPCC_DEBUG=1`` to get the full traceback
+print one line "otcpcc: error: ..." on stderr and exit with status 2; Ctrl-C during training
+saves a checkpoint and exits with status 130. Set OTCPCC_DEBUG=1 to get the full traceback
 instead.
 
-Examples::
+Examples:
 
-    otcpcc train --data synthetic --distance fastft --lam 1 --epochs 20 --out runs/fastft
+    otcpcc train --data synthetic --epochs 20 --out runs/fastft     # fastft, lam 1 (default)
     otcpcc train --out runs/fastft --resume --epochs 20
     otcpcc train --preset paper --data cifar100 --data-dir ~/data --distance fastft --out runs/c100
     otcpcc evaluate runs/fastft --cost-matrix costs.csv
@@ -19,6 +19,7 @@ Examples::
     otcpcc sweep --distance fastft --lams 0,0.5,1,2 --batch-sizes 64,256
     torchrun --standalone --nproc_per_node 2 -m otcpcc train --data synthetic --epochs 2
 """
+# (plain text, not reStructuredText: it is printed by --help as it stands)
 
 from __future__ import annotations
 
@@ -78,8 +79,34 @@ def _name_list(text: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- shared flags
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    """Every TrainConfig flag; defaults are None so that only given flags override --config."""
+# Train flags a command sets itself, per command: flag dest -> what to pass instead. They stay
+# in the parser (hidden from --help) so that giving one is refused with that hint (see
+# refuse_unused_flags) instead of being silently overridden.
+NOT_USED: dict[str, dict[str, str]] = {
+    "compare": {"distance": "--distances (compare trains every distance listed there)"},
+    "sweep": {"lam": "--lams (sweep trains every lambda listed there)",
+              "batch_size": "--batch-sizes (sweep trains every batch size listed there)"},
+}
+_FLAG_OF = {"lam": "--lam", "batch_size": "--batch-size", "distance": "--distance"}
+
+
+def refuse_unused_flags(args: argparse.Namespace, command: str) -> None:
+    """ValueError naming the first train flag given to ``command`` that it does not use."""
+    for dest, instead in NOT_USED.get(command, {}).items():
+        if getattr(args, dest, None) is not None:
+            flag = _FLAG_OF.get(dest, "--" + dest.replace("_", "-"))
+            raise ValueError(f"{command} does not use {flag}; pass {instead}")
+
+
+def add_train_args(p: argparse.ArgumentParser, command: str = "train") -> None:
+    """Every TrainConfig flag; defaults are None so that only given flags override --config.
+
+    Flags in ``NOT_USED[command]`` are hidden from --help (and refused when given)."""
+    hidden = NOT_USED.get(command, {})
+
+    def shown(dest: str, text: str) -> str:
+        return argparse.SUPPRESS if dest in hidden else text
+
     S = None  # noqa: N806
     g = p.add_argument_group("configuration file")
     g.add_argument("--config", metavar="FILE",
@@ -126,7 +153,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=S, metavar="N", help="epochs (default 15)")
     g.add_argument("-b", "--batch-size", type=int, default=S, metavar="N",
-                   help="batch size per process (default 128)")
+                   help=shown("batch_size", "batch size per process (default 128)"))
     g.add_argument("--lr", type=float, default=S, help="learning rate (default 0.1)")
     g.add_argument("--momentum", type=float, default=S, help="SGD momentum (default 0.9)")
     g.add_argument("--wd", "--weight-decay", dest="wd", type=float, default=S,
@@ -144,10 +171,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("CPCC regulariser: loss = CE + lam * (1 - CPCC)")
     g.add_argument("--distance", default=S, metavar="NAME",
-                   help="class distance: none (plain CE, default), l2, emd, sinkhorn (sk), swd, "
-                        "fastft (fft)")
+                   help=shown("distance", "class distance: fastft (fft, default), l2, emd, "
+                              "sinkhorn (sk), swd, or none (plain cross-entropy)"))
     g.add_argument("--lam", type=float, default=S,
-                   help="weight lambda of the CPCC term (default 1)")
+                   help=shown("lam", "weight lambda of the CPCC term (default 1)"))
     g.add_argument("--reg", type=float, default=S, help="Sinkhorn entropic regularisation")
     g.add_argument("--n-projections", type=int, default=S, metavar="L",
                    help="sliced Wasserstein projections")
@@ -253,6 +280,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..study.compare import run_compare
 
+    refuse_unused_flags(args, "compare")
     cfg = config_from_args(args)
     out = run_compare(cfg, args.distances, args.seeds, Path(args.out), force=args.force,
                       progress=not args.no_progress, cost_matrix=args.cost_matrix)
@@ -263,8 +291,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..study.compare import run_sweep
 
-    if args.distance is None:
-        args.distance = "fastft"
+    refuse_unused_flags(args, "sweep")
     cfg = config_from_args(args)
     out = run_sweep(cfg, args.lams, args.batch_sizes, Path(args.out), force=args.force,
                     progress=not args.no_progress)
@@ -351,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train every --distances on the same data and seeds, "
                                    "evaluate, and write summary.json, report.md, report.html "
                                    "and figures into --out. With no flags: synthetic data.")
-    add_train_args(p)
+    add_train_args(p, "compare")
     g = p.add_argument_group("comparison")
     g.add_argument("--distances", type=_name_list, default=["none", "l2", "fastft"],
                    metavar="LIST", help="comma-separated distances (default none,l2,fastft)")
@@ -366,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="grid over lam and batch size",
                        description="Train and evaluate every (lam, batch size) pair; write "
                                    "sweep.csv and sweep.png (TestCPCC and accuracy against "
-                                   "each). --distance defaults to fastft here.")
-    add_train_args(p)
+                                   "each), with --distance (default fastft).")
+    add_train_args(p, "sweep")
     g = p.add_argument_group("grid")
     g.add_argument("--lams", type=_float_list, default=[0.0, 0.5, 1.0, 2.0], metavar="LIST",
                    help="comma-separated lambdas (default 0,0.5,1,2)")

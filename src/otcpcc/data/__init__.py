@@ -7,6 +7,7 @@ imported lazily so that an embedded run never touches the image stack.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from .bundle import DataBundle
@@ -27,12 +28,19 @@ DATASETS: dict[str, str] = {
 }
 
 
+# embedded datasets: they take no files, data_dir is ignored
+DATA_DIR_IGNORED = ("synthetic", "digits")
+
+
 def get_dataset(name: str, data_dir: str | None = None, seed: int = 0, **options: Any) -> DataBundle:
     """Load dataset ``name`` (one of :data:`DATASETS`)."""
     if name not in DATASETS:
         raise ValueError(
             f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}"
         )
+    if data_dir is not None and name not in DATA_DIR_IGNORED and not Path(data_dir).exists():
+        raise FileNotFoundError(f"--data-dir {data_dir} does not exist (data_dir of {name}); pass "
+                                "the path of the dataset's files")
     module, func = DATASETS[name].split(":")
     return getattr(importlib.import_module(module), func)(data_dir=data_dir, seed=seed, **options)
 

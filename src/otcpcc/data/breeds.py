@@ -275,7 +275,8 @@ def _hierarchy_dir(data_dir: Path | None, hierarchy_dir: str | Path | None) -> P
     tried = ", ".join(str(c) for c in candidates) or "(none)"
     raise ValueError(
         f"BREEDS hierarchy files ({', '.join(HIERARCHY_FILES)}) not found; tried {tried}. Pass "
-        f"hierarchy_dir=..., set ${HIERARCHY_ENV}, or put them in <data_dir>/breeds"
+        f"--hierarchy-dir DIR (hierarchy_dir=), set ${HIERARCHY_ENV}, or put them in "
+        "<--data-dir>/breeds"
     )
 
 
@@ -357,7 +358,7 @@ def load_breeds(
         raise ValueError(f"levels must be 'breeds' (or 'default') or 'paper', got {levels_opt!r}")
     if data_dir is None:
         raise ValueError(
-            f"breeds-{setting} needs data_dir: an ImageNet folder with train/<wnid>/, val/<wnid>/"
+            f"breeds-{setting} needs --data-dir (data_dir): an ImageNet folder with train/<wnid>/, val/<wnid>/"
         )
     root = Path(data_dir)
     hier = BreedsHierarchy(_hierarchy_dir(root, hierarchy_dir))

@@ -159,7 +159,7 @@ def _batch(path: Path, label_keys: list[str]) -> tuple[np.ndarray, list[np.ndarr
 
 def _resolve_dir(data_dir: str | Path | None, folder: str, files: list[str], name: str) -> Path:
     if data_dir is None:
-        raise ValueError(f"{name} needs data_dir: the {folder}/ folder or its parent")
+        raise ValueError(f"{name} needs --data-dir (data_dir): the {folder}/ folder or its parent")
     root = Path(data_dir)
     for cand in (root, root / folder):
         if all((cand / f).is_file() for f in files):
@@ -168,7 +168,7 @@ def _resolve_dir(data_dir: str | Path | None, folder: str, files: list[str], nam
     missing = [f for f in files if not (best / f).is_file()]
     raise ValueError(
         f"{name}: {best} lacks {', '.join(missing)}; expected the python-version layout "
-        f"{folder}/{{{','.join(files)}}} (data_dir may name {folder}/ or its parent)"
+        f"{folder}/{{{','.join(files)}}} (--data-dir may name {folder}/ or its parent)"
     )
 
 

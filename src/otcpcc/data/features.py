@@ -66,7 +66,7 @@ def standardize_features(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np
 
 def _find_file(data_dir: str | Path | None) -> Path:
     if data_dir is None:
-        raise ValueError("features needs data_dir: an .npz file (or a folder holding one)")
+        raise ValueError("features needs --data-dir (data_dir): an .npz file (or a folder holding one)")
     p = Path(data_dir)
     if p.is_file():
         return p
@@ -93,8 +93,9 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _features(arr: np.ndarray, key: str, path: Path) -> np.ndarray:
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise ValueError(f"{path}: {key!r} must be a non-empty 2-D array [N, d], got {arr.shape}")
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{path}: {key!r} must be a non-empty 2-D array [N, d] (d >= 1 feature "
+                         f"columns), got {arr.shape}")
     if arr.dtype.kind not in "fiub":
         raise ValueError(f"{path}: {key!r} must be numeric, got dtype {arr.dtype}")
     arr = arr.astype(np.float32, copy=False)

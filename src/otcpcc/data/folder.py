@@ -124,7 +124,7 @@ class ImageFileDataset(Dataset):
         except Exception as exc:
             raise ValueError(
                 f"cannot decode image {path} ({type(exc).__name__}: {exc}); remove it or load "
-                "with skip_bad_images=True"
+                "with --skip-bad-images (skip_bad_images=True)"
             ) from None
         x = self.transform(img) if self.transform is not None else img
         return x, label
@@ -257,7 +257,7 @@ def load_folder(
     image_opts = pop_image_options(options)
     reject_unknown_options("folder", options, ["tree"])
     if data_dir is None:
-        raise ValueError("folder needs data_dir: a folder with train/<class>/ and val/<class>/")
+        raise ValueError("folder needs --data-dir (data_dir): a folder with train/<class>/ and val/<class>/")
     root = Path(data_dir)
     train_dir = root / "train"
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)

@@ -227,7 +227,7 @@ def load_inat2021(
     if train_split not in ("train_mini", "train"):
         raise ValueError(f"train_split must be 'train_mini' or 'train', got {train_split!r}")
     if data_dir is None:
-        raise ValueError("inat2021 needs data_dir: the folder with train_mini.json and val.json")
+        raise ValueError("inat2021 needs --data-dir (data_dir): the folder with train_mini.json and val.json")
     root = Path(data_dir)
     image_root = Path(image_root_opt) if image_root_opt is not None else root
     train_path, val_path = root / f"{train_split}.json", root / "val.json"

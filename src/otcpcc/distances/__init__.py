@@ -2,7 +2,8 @@
 
 ``class_distances(features, labels, distance, **options)`` groups the batch by class, enumerates
 every pair of present classes, solves all plans as tensors (no loop over pairs, but for the
-exact LP) and evaluates all costs with one gather. See DESIGN §2 for the definitions.
+exact LP) and evaluates all costs with one gather. The definitions are in the table below (and
+in README's Distances section).
 
 =============  ===========================================  ====================================
 name           ρ(A, B)                                      options

@@ -129,7 +129,7 @@ def _split(bundle: Any, split: str) -> Any:
         f"unknown split {split!r} for dataset {bundle.name!r}; choose one of: {choices}")
 
 
-def _cost_matrix(cost_matrix: Any, tree: Any) -> tuple[np.ndarray | None, str]:
+def resolve_cost_matrix(cost_matrix: Any, tree: Any) -> tuple[np.ndarray | None, str]:
     from ..metrics import load_cost_matrix
 
     if cost_matrix is None:
@@ -179,7 +179,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
     run = load_run(run_dir, device=device, data_dir=data_dir)
     cfg, tree, bundle = run.cfg, run.tree, run.bundle
     dataset = _split(bundle, split)
-    c, cost_source = _cost_matrix(cost_matrix, tree)
+    c, cost_source = resolve_cost_matrix(cost_matrix, tree)
 
     out = predict(run.model, dataset, run.env, cfg)
     train = out if split == "train" else predict(run.model, bundle.train, run.env, cfg)

@@ -1,6 +1,7 @@
 """Evaluation metrics for hierarchy-aware classifiers (numpy arrays or torch tensors in).
 
-Conventions (DESIGN.md §6). ``K`` fine classes, leaf id == class id == column of ``probs``.
+Conventions (the reference evaluation protocol; README, section Commands, paragraph
+"Evaluation"). ``K`` fine classes, leaf id == class id == column of ``probs``.
 
 - Accuracy at every level of the tree: fine top-1/top-2, and at each coarse level the argmax of the
   *summed* fine probabilities over each ancestor's leaves (not the ancestor of the fine argmax).

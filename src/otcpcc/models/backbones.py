@@ -6,7 +6,8 @@ features ``f`` of shape ``[N, feature_dim]`` and a final linear layer ``classifi
     logits = classifier(f) = f @ W.T + b,        W: [num_classes, feature_dim]
 
 The features are exactly the input of the final linear layer; they are what the CPCC regulariser
-acts on (see DESIGN.md §1). ``forward(x)`` returns ``(features, logits)``.
+acts on (CPCC correlates class distances in this space with tree distances).
+``forward(x)`` returns ``(features, logits)``.
 
 Architectures (``build_model(arch, ...)``):
 
@@ -176,7 +177,11 @@ def _build_mlp(input_shape, num_classes, kw):
         raise ValueError(f"arch 'mlp' needs vector inputs (d,), got input_shape="
                          f"{tuple(input_shape)}; use arch='cnn' or 'resnet18' for images")
     opts = _take(kw, {"hidden": (256, 128), "batch_norm": False, "dropout": 0.0}, "mlp")
-    hidden = tuple(int(h) for h in opts["hidden"])
+    try:
+        hidden = tuple(int(h) for h in opts["hidden"])
+    except (TypeError, ValueError):
+        raise ValueError(f"mlp option hidden must be a list of layer widths, got "
+                         f"{opts['hidden']!r}; pass e.g. --model-opt hidden=[256,128]") from None
     if any(h < 1 for h in hidden):
         raise ValueError(f"mlp hidden sizes must be positive, got {hidden}")
     net = MLP(int(input_shape[0]), hidden, bool(opts["batch_norm"]), float(opts["dropout"]))

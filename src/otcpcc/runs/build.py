@@ -27,7 +27,19 @@ def seed_everything(seed: int) -> None:
 
 
 def load_data(cfg: TrainConfig):
-    """``get_dataset`` with the config's options; ``cfg.tree`` replaces the dataset's tree."""
+    """``get_dataset`` with the config's options; ``cfg.tree`` replaces the dataset's tree.
+
+    An empty train or test split is refused (one line naming the split), before any training."""
+    bundle = _load_data(cfg)
+    for split in ("train", "test"):
+        if len(getattr(bundle, split)) == 0:
+            where = f" in --data-dir {cfg.data_dir}" if cfg.data_dir else ""
+            raise ValueError(f"the {split} split of {cfg.data}{where} is empty (0 samples); "
+                             f"point --data-dir at data with {split} samples or check --data-opt")
+    return bundle
+
+
+def _load_data(cfg: TrainConfig):
     from ..data import get_dataset
 
     options = dict(cfg.data_options)

@@ -37,11 +37,15 @@ RUN_FILES = (
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -133,11 +137,19 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``run_dir/ckpt.tmp``, then rename it to ``run_dir/last.pt``."""
     run_dir = Path(run_dir)
     tmp, final = run_dir / TMP_CHECKPOINT, run_dir / CHECKPOINT
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT_VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException as e:  # disk full, Ctrl-C ...: no partial file left to fill the disk
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"cannot write checkpoint {final} ({e.strerror or e}); the "
+                          f"previous {CHECKPOINT} is unchanged: free space or fix the directory, "
+                          "then --resume") from None
+        raise
     return final
 
 

@@ -42,6 +42,7 @@ DISTANCE_ALIASES: dict[str, str] = {
     "fft": "fastft",
 }
 OPTIMIZERS = ("sgd", "adamw")
+MAX_SEED = 2**32 - 1  # --seed / --data-seed: what numpy's generators accept
 SCHEDULES = ("cosine", "step", "none")
 SPLITS = ("train", "test")
 
@@ -56,8 +57,8 @@ SPLITS = ("train", "test")
 # ``StepLR(optimizer, **pre.json["scheduler"])`` (param.py), stepped once per epoch; a key that a
 # pre.json leaves out takes torch's default (SGD momentum 0, StepLR gamma 0.1). Batch size 1024 and
 # lambda 1 are the defaults of OT-CPCC's pretrain.py (``--batch_size 1024``, ``--lamb 1``); its
-# ``--arch`` default is res18. The preset sets no ``distance``: add ``--distance fastft`` (OT-CPCC),
-# ``l2`` (CPCC) or leave ``none`` (the flat cross-entropy baseline).
+# ``--arch`` default is res18. The preset sets no ``distance``: the default ``fastft`` is OT-CPCC;
+# pass ``--distance l2`` (CPCC) or ``--distance none`` (the flat cross-entropy baseline).
 PRESET_NAMES = ("paper",)
 _PAPER_COMMON: dict[str, Any] = {
     "batch_size": 1024,  # [OT-CPCC] pretrain.py --batch_size default 1024
@@ -164,9 +165,9 @@ class TrainConfig:
     Optimisation: ``epochs``, ``batch_size`` (per process), ``lr``, ``momentum``, ``wd``,
     ``optimizer`` (sgd | adamw), ``schedule`` (cosine | step | none; ``step_size``/``gamma`` for
     step), ``warmup_epochs`` (linear warm-up, counted inside ``epochs``).
-    Regulariser: loss = CE + ``lam`` * (1 - CPCC) with class distance ``distance`` (none | l2 |
-    emd | sinkhorn | swd | fastft, aliases sk, fft) and ``distance_options`` (e.g. ``reg``,
-    ``n_projections``, ``weights``).
+    Regulariser: loss = CE + ``lam`` * (1 - CPCC) with class distance ``distance`` (default
+    ``fastft`` with ``lam`` 1; none | l2 | emd | sinkhorn | swd | fastft, aliases sk, fft) and
+    ``distance_options`` (e.g. ``reg``, ``n_projections``, ``weights``).
     Runtime: ``device`` (auto | cpu | cuda | cuda:N), ``seed``, ``workers``, ``amp`` (bf16
     autocast, CUDA only), ``eval_every`` (test accuracy every N epochs; the last epoch always).
     """
@@ -198,7 +199,7 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: int = 0
     # regulariser
-    distance: str = "none"
+    distance: str = "fastft"  # the method (OT-CPCC); "none" = plain cross-entropy
     lam: float = 1.0
     distance_options: dict[str, Any] = field(default_factory=dict)
     # runtime
@@ -303,6 +304,11 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 flag = "--" + name.replace("_", "-")
                 raise bad(f"{name} must be an integer >= 0, got {value!r}; pass {flag} 0 or more")
+        for name in ("seed", "data_seed"):  # numpy seeds take 32 bits; the data order seed*1000+epoch
+            value = getattr(self, name)
+            if value > MAX_SEED:
+                raise bad(f"{name} {value} is too large; pass --{name.replace('_', '-')} "
+                          f"between 0 and {MAX_SEED}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise bad(
                 f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs}); "

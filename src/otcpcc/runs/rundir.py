@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from .checkpoint import CHECKPOINT, RUN_FILES, atomic_write_text
 from .config import TrainConfig, load_config_file
 
-if TYPE_CHECKING:  # (distributed.env imports this module)
+if TYPE_CHECKING:
     from ..distributed.env import DistEnv
 
 
@@ -42,35 +42,46 @@ def check_run_dir(out: Path, *, resume: bool, force: bool) -> None:
         raise RunDirError(f"--out {out} is a file, not a directory; choose another --out")
 
 
+def discard_run_files(out: Path) -> None:
+    """Remove the files a run writes (:data:`RUN_FILES`) from ``out``, nothing else."""
+    for name in RUN_FILES:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
 def prepare_run_dir(out: Path, cfg: TrainConfig, env: DistEnv, *, resume: bool, force: bool,
-                    tree) -> None:
-    """Create/clean ``out``; check a resumed configuration; write config.json and tree.json."""
+                    tree, meta: dict | None = None) -> None:
+    """Create/clean ``out``; check a resumed configuration; write config.json and tree.json
+    (``meta`` adds entries to config.json's ``meta``)."""
     if resume:
-        raw = load_config_file(out / "config.json")
-        saved = TrainConfig.from_dict(raw, source=str(out / "config.json"))
-        changes = [f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})"
-                   for k in saved.differences(cfg)]
-        ran_on = int((raw.get("meta") or {}).get("world_size", env.world_size))
-        if ran_on != env.world_size:  # (last.pt is checked too) refuse before rewriting files
-            changes.append(f"world_size ({ran_on} -> {env.world_size})")
-        if changes:
-            details = ", ".join(changes)
-            raise RunDirError(
-                f"cannot resume {out} with a different configuration: {details}; "
-                "resume with the original settings or start a new run with another --out"
-            )
+        check_resume_config(out, cfg, env)
     elif force:
-        for name in RUN_FILES:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        discard_run_files(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"resolved_device": str(env.device), "world_size": env.world_size,
-            "num_classes": tree.num_classes}
+            "num_classes": tree.num_classes, **(meta or {})}
 
     atomic_write_text(out / "config.json", cfg.to_json(meta) + "\n")
     tree.to_file(out / "tree.json")
+
+
+def check_resume_config(out: Path, cfg: TrainConfig, env: DistEnv) -> None:
+    """Refuse to resume ``out`` with settings its config.json does not have (naming each change)."""
+    raw = load_config_file(out / "config.json")
+    saved = TrainConfig.from_dict(raw, source=str(out / "config.json"))
+    changes = [f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})"
+               for k in saved.differences(cfg)]
+    ran_on = int((raw.get("meta") or {}).get("world_size", env.world_size))
+    if ran_on != env.world_size:  # (last.pt is checked too) refuse before rewriting files
+        changes.append(f"world_size ({ran_on} -> {env.world_size})")
+    if changes:
+        details = ", ".join(changes)
+        raise RunDirError(
+            f"cannot resume {out} with a different configuration: {details}; "
+            "resume with the original settings or start a new run with another --out"
+        )
 
 

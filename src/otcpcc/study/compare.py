@@ -145,6 +145,11 @@ def run_compare(base_cfg: TrainConfig | Mapping[str, Any], distances: Sequence[s
         raise ValueError("no distances to compare; pass e.g. --distances none,l2,fastft")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}; pass --seeds 1 or more")
+    if cost_matrix is not None:  # refuse a cost matrix that does not fit before training
+        from ..evaluation.evaluate import resolve_cost_matrix
+        from ..runs.build import load_data
+
+        resolve_cost_matrix(cost_matrix, load_data(cfg).tree)
     out = Path(out)
     _check_out(out, force)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ gathered from all ranks (``CPCCLoss(gather=True)``), so the regulariser sees the
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -55,11 +56,18 @@ from ..runs.checkpoint import (
     write_json,
 )
 from ..runs.config import ConfigError, TrainConfig
+from ..runs.lock import RunLock
 from ..runs.log import LOG_COLUMNS, format_row, log_tensorboard, open_tensorboard, printer, progress_bar
-from ..runs.rundir import RunDirError, check_run_dir, prepare_run_dir
-from .control import ResumableSampler, StopRequest, TrainingInterrupted
+from ..runs.rundir import (
+    RunDirError,
+    check_resume_config,
+    check_run_dir,
+    discard_run_files,
+    prepare_run_dir,
+)
+from .control import NonFiniteLoss, ResumableSampler, SeededSamples, StopRequest, TrainingInterrupted
 from .health import collapse_reason
-from .optim import lr_at, make_criterion, make_optimizer
+from .optim import extension_note, lr_at, make_criterion, make_optimizer
 from .step import EpochTotals, train_step
 
 
@@ -93,21 +101,35 @@ def train(cfg: TrainConfig | dict[str, Any], out: str | os.PathLike, *, resume: 
 
 def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bool,
            progress: bool) -> Path:
+    # One writer per run directory: a second `otcpcc train --out` on it is refused.
+    lock = RunLock(out)
+    env.on_main(lock.acquire)
+    try:
+        return _train_locked(cfg, out, env, resume=resume, force=force, progress=progress)
+    finally:
+        if env.is_main:
+            lock.release()
+
+
+def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bool,
+                  progress: bool) -> Path:
     say = printer(progress and env.is_main)
 
     # 1. Run directory: refuse to clobber before spending time on data.
     env.on_main(lambda: check_run_dir(out, resume=resume, force=force))
 
-    # 2. Seed, data, model.
+    # 2. Seed, data, model; everything is built and checked before a file is written.
     seed_everything(cfg.seed)
     bundle = load_data(cfg)
     cfg = cfg.replace(arch=resolve_arch(cfg.arch, bundle.input_shape))
-    env.on_main(lambda: prepare_run_dir(out, cfg, env, resume=resume, force=force,
-                                        tree=bundle.tree))
     device = env.device
     amp = cfg.amp and device.type == "cuda"
     if cfg.amp and not amp:
         say("otcpcc: note: --amp only acts on CUDA; training in float32 on the CPU")
+    skipped = bundle.meta.get("skipped_images")
+    if skipped:
+        say(f"otcpcc: --skip-bad-images: skipped {sum(skipped.values())} undecodable image(s) "
+            f"({', '.join(f'{k} {v}' for k, v in skipped.items())})")
 
     # (a resumed run takes its weights from last.pt, not from --weights)
     model = wrap_for_ddp(make_model(cfg.replace(weights=None) if resume else cfg, bundle).to(device), cfg, env)
@@ -122,27 +144,81 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
         raise ConfigError("no trainable parameters left; loosen --freeze / --train-only")
     optimizer = make_optimizer(cfg, params)
 
-    # Data order: a DistributedSampler (one replica in a single process) reseeded per epoch.
+    # Data order: a DistributedSampler (one replica in a single process) reseeded per epoch; each
+    # sample's augmentation draws from a generator seeded by (seed, epoch, rank, position).
     sampler = ResumableSampler(DistributedSampler(
         bundle.train, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-        seed=cfg.seed * 1000, drop_last=False))
+        seed=cfg.seed * 1000, drop_last=False), seed=cfg.seed, rank=env.rank)
     loader = DataLoader(
-        bundle.train, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-        pin_memory=device.type == "cuda", generator=torch.Generator(),
+        SeededSamples(bundle.train), batch_size=cfg.batch_size, sampler=sampler,
+        num_workers=cfg.workers, pin_memory=device.type == "cuda", generator=torch.Generator(),
         drop_last=len(sampler) % cfg.batch_size == 1)  # a batch of one breaks BatchNorm
     steps_per_epoch = len(loader)
 
     # 5. Resume: weights, optimiser, history, position and RNG states from last.pt.
     start_epoch, start_step, partial, history = 0, 0, None, []
     if resume:
-        start_epoch, start_step, partial, history = restore(out, core, optimizer, cfg, env)
+        env.on_main(lambda: check_resume_config(out, cfg, env))  # names each changed setting
+        start_epoch, start_step, partial, history, trained_for = restore(out, core, optimizer, cfg, env)
         where = f"epoch {start_epoch + 1}, step {start_step}" if start_step else \
             f"the end of epoch {start_epoch}"
         say(f"otcpcc: resuming {out} from {where}")
-    tb = open_tensorboard(out, history) if env.is_main else None
-    collapsed: dict[str, Any] | None = None  # first collapse (otcpcc.training.health)
+        note = extension_note(cfg, trained_for, start_epoch)
+        if note:
+            say(f"otcpcc: note: {note}")
 
-    # 6. Epochs: lr from the schedule, one pass, test accuracy, log row, checkpoint.
+    # Only now, with every setting checked, the run directory is written.
+    env.on_main(lambda: prepare_run_dir(out, cfg, env, resume=resume, force=force,
+                                        tree=bundle.tree, meta=_data_meta(bundle)))
+    saved = [resume]  # whether last.pt holds this run: else a failure leaves no run behind
+
+    def checkpoint(state: dict[str, Any]) -> None:
+        if env.is_main:
+            save_checkpoint(out, state)
+        saved[0] = True
+
+    try:
+        history, collapsed = _epochs(model, core, criterion, optimizer, sampler, loader, bundle, cfg, env, out,
+                          amp, start_epoch, start_step, partial, history, steps_per_epoch,
+                          checkpoint, progress, say)
+    except BaseException as e:
+        if not saved[0] and env.is_main:
+            discard_run_files(out)  # nothing was trained: the retry needs no --force
+        if isinstance(e, NonFiniteLoss):
+            kept = (f"{out / CHECKPOINT} keeps the last finite state" if saved[0] else
+                    f"no epoch had finished, so nothing was kept in {out}")
+            raise NonFiniteLoss(f"{e}; training stopped and {kept}; lower --lr (now {cfg.lr:g}) "
+                                "or --lam, or check the data for NaN/inf") from None
+        raise
+
+    # 7. Final metrics (TestCPCC over the whole test split, gathered from all ranks).
+    metrics = final_metrics(model, bundle, cfg, env, history, amp)
+    metrics.update(_data_meta(bundle))
+    metrics["collapsed"] = collapsed
+    if env.is_main:
+        write_json(out / "metrics.json", metrics)
+        say(f"otcpcc: test accuracy {metrics['test_acc']:.4f}, "
+            f"TestCPCC({metrics['test_cpcc_distance']}) {metrics['test_cpcc']:.4f}; wrote {out}")
+    env.barrier()  # no rank leaves (and tears the process group down) before rank 0 is done
+    return out
+
+
+def _data_meta(bundle: Any) -> dict[str, Any]:
+    """What the data loader dropped (``--skip-bad-images``), for config.json and metrics.json."""
+    skipped = bundle.meta.get("skipped_images")
+    return {"skipped_images": dict(skipped)} if skipped else {}
+
+
+def _epochs(model: nn.Module, core: nn.Module, criterion: nn.Module | None,
+            optimizer: torch.optim.Optimizer, sampler: ResumableSampler, loader: DataLoader, bundle,
+            cfg: TrainConfig, env: DistEnv, out: Path, amp: bool, start_epoch: int, start_step: int,
+            partial: dict[str, Any] | None, history: list[dict[str, Any]], steps_per_epoch: int,
+            checkpoint: Callable[[dict[str, Any]], None], progress: bool,
+            say: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """6. Epochs: lr from the schedule, one pass, test accuracy, log row, checkpoint, collapse check.
+    Returns the log history and the first collapse (``{epoch, reason}``, see training/health.py) or None."""
+    tb = open_tensorboard(out, history) if env.is_main else None
+    collapsed: dict[str, Any] | None = None
     try:
         with StopRequest() as stop:
             for epoch in range(start_epoch, cfg.epochs):
@@ -155,9 +231,7 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
                 totals = EpochTotals.from_state(partial if epoch == start_epoch else None)
 
                 def save_partial(step: int, totals: EpochTotals, epoch: int = epoch) -> None:
-                    state = _state(core, optimizer, cfg, env, epoch, step, totals, history)
-                    if env.is_main:
-                        save_checkpoint(out, state)
+                    checkpoint(_state(core, optimizer, cfg, env, epoch, step, totals, history))
                     raise TrainingInterrupted(out)
 
                 train_one_epoch(model, criterion, optimizer, loader, cfg, env, amp, totals,
@@ -170,9 +244,8 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
                     test = {k: v.numpy() for k, v in predict(model, bundle.test, env, cfg, amp).items()}
                     row["test_acc"] = float((test["logits"].argmax(1) == test["labels"]).mean())
                 history.append(row)
-                state = _state(core, optimizer, cfg, env, epoch + 1, 0, None, history)
+                checkpoint(_state(core, optimizer, cfg, env, epoch + 1, 0, None, history))
                 if env.is_main:
-                    save_checkpoint(out, state)
                     write_csv(out / "log.csv", history, LOG_COLUMNS)
                     log_tensorboard(tb, row)
                 say(format_row(row, cfg.epochs))
@@ -185,16 +258,7 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
     finally:
         if tb is not None:
             tb.close()
-
-    # 7. Final metrics (TestCPCC over the whole test split, gathered from all ranks).
-    metrics = final_metrics(model, bundle, cfg, env, history, amp)
-    metrics["collapsed"] = collapsed
-    if env.is_main:
-        write_json(out / "metrics.json", metrics)
-        say(f"otcpcc: test accuracy {metrics['test_acc']:.4f}, "
-            f"TestCPCC({metrics['test_cpcc_distance']}) {metrics['test_cpcc']:.4f}; wrote {out}")
-    env.barrier()  # no rank leaves (and tears the process group down) before rank 0 is done
-    return out
+    return history, collapsed
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module | None, optimizer: torch.optim.Optimizer,
@@ -209,8 +273,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module | None, optimizer: to
     step, t0 = first_step, time.perf_counter()
     try:
         for x, y in loader:
-            totals.add(train_step(model, criterion, optimizer, x, y, cfg, env.device, amp))
+            stats = train_step(model, criterion, optimizer, x, y, cfg, env.device, amp)
             step += 1
+            if env.any(not math.isfinite(stats.loss)):
+                raise NonFiniteLoss(f"the loss became {stats.loss} at {desc}, step {step}")
+            totals.add(stats)
             bar.update(1)
             bar.set_postfix(totals.postfix(time.perf_counter() - t0), refresh=False)
             if env.any(stop.requested) and step < steps:
@@ -235,9 +302,10 @@ def wrap_for_ddp(model: nn.Module, cfg: TrainConfig, env: DistEnv) -> nn.Module:
 
 
 def restore(out: Path, core: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-            env: DistEnv) -> tuple[int, int, dict[str, Any] | None, list[dict[str, Any]]]:
+            env: DistEnv) -> tuple[int, int, dict[str, Any] | None, list[dict[str, Any]], int]:
     """Load ``out/last.pt`` into the model and optimiser and set this rank's RNG states; return
-    ``(completed epochs, step inside the next epoch, its running sums, log history)``."""
+    ``(completed epochs, step inside the next epoch, its running sums, log history, the --epochs
+    it was trained for)``."""
     state = load_checkpoint(out / CHECKPOINT, map_location="cpu")
     _check_checkpoint(state, cfg, env, out)
     core.load_state_dict(state["model"])
@@ -246,7 +314,7 @@ def restore(out: Path, core: nn.Module, optimizer: torch.optim.Optimizer, cfg: T
     history = [row for row in state["history"] if row["epoch"] <= epoch]
     rng = state["rng"]
     set_rng_state(rng[env.rank] if env.rank < len(rng) else rng[0])
-    return epoch, step, state.get("partial"), history
+    return epoch, step, state.get("partial"), history, int(state["config"]["epochs"])
 
 
 def _state(core: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, env: DistEnv,

@@ -43,3 +43,27 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr
 
 
+
+
+def extension_note(cfg: TrainConfig, trained_for: int, done: int) -> str | None:
+    """What resuming a run trained for ``trained_for`` epochs with ``cfg.epochs`` does to the
+    learning rate, when that differs from one uninterrupted ``cfg.epochs`` run; else ``None``.
+
+    The learning rate is ``lr_at(cfg, epoch)`` of the *new* ``cfg.epochs``. Step and constant
+    schedules do not depend on ``epochs``, so the extended run equals one run of ``cfg.epochs``
+    (bit for bit on the CPU). A cosine schedule does: its first ``done`` epochs followed the
+    ``trained_for``-epoch curve and the rest follow the ``cfg.epochs`` one, so the learning rate
+    jumps (e.g. 15 -> 20 epochs at lr 0.1: 0.00109 at epoch 15, then 0.0146 at epoch 16, where one
+    20-epoch run has 0.0206 and 0.0146).
+    """
+    if trained_for == cfg.epochs or cfg.schedule != "cosine" or done >= cfg.epochs:
+        return None
+    old = cfg.replace(epochs=trained_for)
+    last = lr_at(old, done - 1) if done > 0 else None
+    before = f" (epoch {done} ran at {last:.3g})" if last is not None else ""
+    rest = (f"epoch {cfg.epochs} follows" if done + 1 == cfg.epochs else
+            f"epochs {done + 1}-{cfg.epochs} follow")
+    return (f"this run was scheduled for {trained_for} epoch(s) and now runs {cfg.epochs}: "
+            f"{rest} the {cfg.epochs}-epoch cosine schedule, starting at "
+            f"lr {lr_at(cfg, done):.3g}{before}, so the result differs from one uninterrupted "
+            f"{cfg.epochs}-epoch run (train from the start for that)")
