@@ -57,6 +57,7 @@ from ..runs.checkpoint import (
 from ..runs.config import ConfigError, TrainConfig
 from ..runs.log import LOG_COLUMNS, format_row, log_tensorboard, open_tensorboard, printer, progress_bar
 from ..runs.rundir import RunDirError, check_run_dir, prepare_run_dir
+from ..runs.target import load_run_target, save_run_target
 from .control import ResumableSampler, StopRequest, TrainingInterrupted
 from .optim import lr_at, make_criterion, make_optimizer
 from .step import EpochTotals, train_step
@@ -101,8 +102,13 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
     seed_everything(cfg.seed)
     bundle = load_data(cfg)
     cfg = cfg.replace(arch=resolve_arch(cfg.arch, bundle.input_shape))
+    names = list(bundle.tree.leaves)
+    target = load_run_target(cfg, names, out if resume else None,  # notes on stderr, rank 0
+                             None if env.is_main else (lambda m: None))
     env.on_main(lambda: prepare_run_dir(out, cfg, env, resume=resume, force=force,
                                         tree=bundle.tree))
+    if target is not None:
+        env.on_main(lambda: save_run_target(out, target, names))
     device = env.device
     amp = cfg.amp and device.type == "cuda"
     if cfg.amp and not amp:
@@ -113,7 +119,8 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
     core = unwrap(model)
 
     # 3. Loss: CE + lam * (1 - CPCC) on the features, CPCC over the global batch.
-    criterion = make_criterion(cfg, bundle.tree, gather=env.world_size > 1)
+    criterion = make_criterion(cfg, bundle.tree if target is None else target,
+                               gather=env.world_size > 1)
 
     # 4. Optimiser; the learning rate is set from lr_at(cfg, epoch) at every epoch start.
     params = [p for p in model.parameters() if p.requires_grad]
