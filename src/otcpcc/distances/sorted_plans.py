@@ -62,19 +62,26 @@ def _tie_direction(d: int, device) -> Tensor:
     return (u / u.norm()).to(device)
 
 
-def _rank_orders(xs: Tensor, groups: ClassGroups) -> tuple[Tensor, Tensor]:
-    """(perm [N, k], means [k, d]): ``perm[offset_c + r, j]`` is the grouped index of the r-th
-    sample of class c sorted ascending along μ_j − μ_c (column c itself is unused)."""
+def _rank_orders(xs: Tensor, groups: ClassGroups) -> tuple[Tensor, Tensor, Tensor]:
+    """(perm [N, k], perm_desc [N, k], means [k, d]): ``perm[offset_c + r, j]`` is the grouped
+    index of the r-th sample of class c sorted ascending along μ_j − μ_c (column c itself is
+    unused); ``perm_desc`` the same, descending.
+
+    One sort per column: the key is the integer ``class · 2^38 + quantised projection`` (the
+    quantised values lie in [−2^36, 2^36]), sorted stably after ordering the rows by the
+    tie-breaking projection."""
     cls = groups.class_index()
     means = class_means(xs, groups)
     proj = xs @ means.T  # [N, k]
-    key = _quantise(proj - proj.gather(1, cls[:, None]))
+    key = _quantise(proj - proj.gather(1, cls[:, None])).long() + (1 << 36)
+    key += cls[:, None] << 38
     tie = _quantise(xs @ _tie_direction(xs.shape[1], xs.device))
-    o1 = torch.argsort(tie, stable=True)  # least significant key first, then stable sorts
+    o1 = torch.argsort(tie, stable=True)  # least significant key first, then a stable sort
     o2 = torch.argsort(key.index_select(0, o1), dim=0, stable=True)  # [N, k]
     perm = o1[o2]
-    o3 = torch.argsort(cls[perm], dim=0, stable=True)
-    return perm.gather(0, o3), means
+    ends = groups.offsets.index_select(0, cls) * 2 + groups.counts.index_select(0, cls) - 1
+    desc = ends - torch.arange(cls.numel(), device=cls.device)  # row off + n − 1 − r of a class
+    return perm, perm.index_select(0, desc), means
 
 
 def _principal_order(xs: Tensor, rows: Tensor) -> Tensor:
@@ -87,22 +94,31 @@ def _principal_order(xs: Tensor, rows: Tensor) -> Tensor:
     return rows[o1[torch.argsort(key[o1], stable=True)]]
 
 
-def _map_ranks(groups: ClassGroups, perm: Tensor, means: Tensor, xs: Tensor, pair: Tensor,
-               a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Ranks (a within class pair_i, b within class pair_j, both ascending along θ) of plan
-    entries -> grouped sample indices."""
-    ci = groups.pair_i.index_select(0, pair)
-    cj = groups.pair_j.index_select(0, pair)
-    off_i = groups.offsets.index_select(0, ci)
-    off_j = groups.offsets.index_select(0, cj)
-    m = groups.counts.index_select(0, cj)
+def _coinciding_pairs(means: Tensor, groups: ClassGroups) -> list[int]:
+    """Pairs with ‖μ_i − μ_j‖ <= COINCIDE_RTOL: screened on the [k, k] Gram matrix (O(k² d), not
+    O(pairs · d)) with a margin for its cancellation, then confirmed from the differences."""
+    sq = (means * means).sum(1)
+    d2 = sq[:, None] + sq[None, :] - 2 * (means @ means.T)
+    d2 = d2[groups.pair_i, groups.pair_j]
+    margin = 1e-12 * (1 + sq[groups.pair_i] + sq[groups.pair_j])
+    cand = torch.nonzero(d2 <= COINCIDE_RTOL**2 + margin).flatten()
+    if cand.numel() == 0:
+        return []
+    gap = (means[groups.pair_i[cand]] - means[groups.pair_j[cand]]).norm(dim=1)
+    return cand[gap <= COINCIDE_RTOL].tolist()
+
+
+def _map_positions(groups: ClassGroups, orders: tuple[Tensor, Tensor, Tensor], xs: Tensor,
+                   pair: Tensor, ga: Tensor, gb: Tensor) -> tuple[Tensor, Tensor]:
+    """Plan entries given by rank positions (``ga`` = offset of class pair_i + rank a, ``gb``
+    likewise in pair_j; ranks ascending along the pair's direction θ) -> grouped sample
+    indices. A ascending along θ = μ_j − μ_i is column j of ``perm``; B ascending along θ is B
+    descending along μ_i − μ_j, column i of ``perm_desc``."""
+    perm, perm_desc, means = orders
     k = groups.num_classes
-    # A ascending along μ_j − μ_i: column j. B ascending along the same line is B descending
-    # along μ_i − μ_j (column i), i.e. rank m − 1 − b there.
-    ia = perm.view(-1).index_select(0, (off_i + a) * k + cj)
-    ib = perm.view(-1).index_select(0, (off_j + m - 1 - b) * k + ci)
-    gap = (means.index_select(0, groups.pair_i) - means.index_select(0, groups.pair_j)).norm(dim=1)
-    for t in torch.nonzero(gap <= COINCIDE_RTOL).flatten().tolist():  # coinciding means (rare)
+    ia = perm.view(-1).index_select(0, ga * k + groups.pair_j.index_select(0, pair))
+    ib = perm_desc.view(-1).index_select(0, gb * k + groups.pair_i.index_select(0, pair))
+    for t in _coinciding_pairs(means, groups):  # rare: the mean line is undefined
         i, j = int(groups.pair_i[t]), int(groups.pair_j[t])
         oi, ni = int(groups.offsets[i]), int(groups.counts[i])
         oj, nj = int(groups.offsets[j]), int(groups.counts[j])
@@ -110,8 +126,8 @@ def _map_ranks(groups: ClassGroups, perm: Tensor, means: Tensor, xs: Tensor, pai
         order = _principal_order(xs, rows)
         sorted_a, sorted_b = order[order < oj], order[order >= oj]  # class i precedes class j
         sel = torch.nonzero(pair == t).flatten()
-        ia[sel] = sorted_a.index_select(0, a.index_select(0, sel))
-        ib[sel] = sorted_b.index_select(0, b.index_select(0, sel))
+        ia[sel] = sorted_a.index_select(0, ga.index_select(0, sel) - oi)
+        ib[sel] = sorted_b.index_select(0, gb.index_select(0, sel) - oj)
     return ia, ib
 
 
@@ -130,17 +146,15 @@ def sorted_nw_plans(x: Tensor, groups: ClassGroups, weights: Tensor | None = Non
     with torch.no_grad():
         xd = x.detach().to(torch.float64)
         xs = xd / feature_scale(xd)
-        perm, means = _rank_orders(xs, groups)
-        if weights is None:
+        orders = _rank_orders(xs, groups)
+        if weights is None:  # the batch-order walk's entries, with the samples behind the ranks
             seg = nw_plans_uniform(groups)
-            a = seg.ia - groups.offsets.index_select(0, groups.pair_i.index_select(0, seg.pair))
-            b = seg.ib - groups.offsets.index_select(0, groups.pair_j.index_select(0, seg.pair))
-            ia, ib = _map_ranks(groups, perm, means, xs, seg.pair, a, b)
+            ia, ib = _map_positions(groups, orders, xs, seg.pair, seg.ia, seg.ib)
             return Segments(seg.pair, ia, ib, seg.mass)
-        return _sorted_weighted(groups, weights, perm, means, xs)
+        return _sorted_weighted(groups, weights, orders, xs)
 
 
-def _sorted_weighted(groups: ClassGroups, weights: Tensor, perm: Tensor, means: Tensor,
+def _sorted_weighted(groups: ClassGroups, weights: Tensor, orders: tuple[Tensor, Tensor, Tensor],
                      xs: Tensor) -> Segments:
     """Per-sample weights: cumulative weights along each pair's sorted order, merged as in
     :func:`otcpcc.distances.nwcorner.nw_plans_weighted`."""
@@ -153,9 +167,12 @@ def _sorted_weighted(groups: ClassGroups, weights: Tensor, perm: Tensor, means: 
     ta, p = _ragged_arange(n + 1, tot_a)  # breakpoint p of A in pair ta (0 = start)
     tb, q = _ragged_arange(m + 1, tot_b)
     # the samples at ranks p − 1 of A and q − 1 of B, each ascending along the pair's direction
-    ia, ib = _map_ranks(groups, perm, means, xs, torch.cat([ta, tb]),
-                        torch.cat([(p - 1).clamp_min(0), torch.zeros_like(q)]),
-                        torch.cat([torch.zeros_like(p), (q - 1).clamp_min(0)]))
+    off_i = groups.offsets.index_select(0, groups.pair_i)
+    off_j = groups.offsets.index_select(0, groups.pair_j)
+    ia, ib = _map_positions(
+        groups, orders, xs, torch.cat([ta, tb]),
+        torch.cat([off_i[ta] + (p - 1).clamp_min(0), off_i[tb]]),
+        torch.cat([off_j[ta], off_j[tb] + (q - 1).clamp_min(0)]))
     wa = torch.where(p == 0, 0.0, w.index_select(0, ia[: ta.numel()]))
     wb = torch.where(q == 0, 0.0, w.index_select(0, ib[ta.numel():]))
 
@@ -174,5 +191,6 @@ def _sorted_weighted(groups: ClassGroups, weights: Tensor, perm: Tensor, means: 
     o2 = torch.argsort(owner[o1], stable=True)
     order = o1[o2]
     seg = _segments(vals[order], is_a[order], n, m, block)
-    ia, ib = _map_ranks(groups, perm, means, xs, seg.pair, seg.ia, seg.ib)
+    ia, ib = _map_positions(groups, orders, xs, seg.pair, off_i[seg.pair] + seg.ia,
+                            off_j[seg.pair] + seg.ib)
     return Segments(seg.pair, ia, ib, seg.mass)
