@@ -7,6 +7,8 @@ sorted), swd, sinkhorn, l2}, against exact EMD ρ (POT-equivalent LP) on the sam
 * ``spearman``: Spearman rank correlation of the [pairs] vectors ρ̃ and ρ (1 = same ordering of
   the class pairs, which is what CPCC's correlation mostly sees);
 * ``dcpcc``: CPCC(ρ̃) − CPCC(ρ), both against the label tree (TestCPCC difference);
+* ``order``: mean over pairs of |ρ̃(shuffled rows) − ρ̃| / ρ̃ for one reshuffle of the rows
+  (seed 1): how much the value depends on the order of the batch;
 * ``ms`` and ``x_batch``: median time of one forward + backward of ``class_distances(...).sum()``
   on float32 features (of ``--repeats``), and that time over FastFT-batch's.
 
@@ -86,8 +88,10 @@ def compare(x: np.ndarray, y: np.ndarray, tree, repeats: int = 3, timing: bool =
     x32 = xt.float()
     base = _timed(x32, yt, "fastft", {}, repeats) if timing else float("nan")
     out: dict[str, dict[str, float]] = {}
+    shuffle = torch.as_tensor(np.random.default_rng(1).permutation(len(y)))
     for name, opts, label in APPROX:
         rho = class_distances(xt, yt, name, **opts)[1]
+        rho_shuffled = class_distances(xt[shuffle], yt[shuffle], name, **opts)[1]
         pos = emd > 0
         rel = float(((rho - emd).abs()[pos] / emd[pos]).mean())
         ms = _timed(x32, yt, name, opts, repeats) if timing else float("nan")
@@ -96,6 +100,7 @@ def compare(x: np.ndarray, y: np.ndarray, tree, repeats: int = 3, timing: bool =
             "rel_err": rel,
             "spearman": float(spearmanr(rho.numpy(), emd.numpy())[0]),
             "dcpcc": (float(corr) if corr is not None else 0.0) - cpcc_emd,
+            "order": float(((rho_shuffled - rho).abs()[pos] / rho[pos]).mean()),
             "ms": ms, "x_batch": ms / base,
         }
     out["emd"] = {"cpcc": cpcc_emd, "ms": _timed(x32, yt, "emd", {}, repeats) if timing
@@ -158,19 +163,19 @@ def learned_features(run: str | None, say=print):
 
 def table(rows: list[tuple[str, dict]], timing: bool = True) -> str:
     """Markdown table: one row per (feature set, approximation)."""
-    head = "| features | distance | rel. error vs EMD | Spearman vs EMD | ΔTestCPCC |"
+    head = "| features | distance | rel. error vs EMD | Spearman vs EMD | ΔTestCPCC | order effect |"
     lines = [head + (" ms | × batch |" if timing else ""),
-             "|---|---|---|---|---|" + ("---|---|" if timing else "")]
+             "|---|---|---|---|---|---|" + ("---|---|" if timing else "")]
     for setname, res in rows:
         for label, r in res.items():
             if label == "emd":
                 time_cells = f" {r['ms']:.1f} | |" if timing else ""
-                lines.append(f"| {setname} | emd (exact) | 0 | 1 | CPCC {r['cpcc']:.4f} |"
+                lines.append(f"| {setname} | emd (exact) | 0 | 1 | CPCC {r['cpcc']:.4f} | 0 |"
                              + time_cells)
                 continue
             time_cells = f" {r['ms']:.1f} | {r['x_batch']:.2f} |" if timing else ""
             lines.append(f"| {setname} | {label} | {r['rel_err']:.4f} | {r['spearman']:.4f} | "
-                         f"{r['dcpcc']:+.4f} |" + time_cells)
+                         f"{r['dcpcc']:+.4f} | {r['order']:.1e} |" + time_cells)
     return "\n".join(lines)
 
 
