@@ -17,6 +17,7 @@ between the two losses, and the largest absolute difference between their featur
 ``--train-step`` also times a ResNet-18 (CIFAR input 3x32x32) training step at each batch size
 (bf16 autocast on CUDA) with and without the FastFT-CPCC term and reports the FastFT call as a
 fraction of the step. ``--big`` is the large case: K = 1000 classes, B = 16384, FastFT only.
+``--approx`` runs the accuracy study instead (:mod:`otcpcc.bench.approx`).
 """
 
 from __future__ import annotations
@@ -403,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time a ResNet-18 train step and FastFT's share of it")
     p.add_argument("--big", action="store_true",
                    help="large case: K=1000, B=16384, fastft only (overrides those flags)")
+    p.add_argument("--approx", action="store_true",
+                   help="accuracy of fastft (batch/sorted), swd, sinkhorn, l2 against exact EMD "
+                        "instead of speed (see otcpcc bench --approx --help)")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="write results as JSON to PATH ('-' or no PATH: print to stdout)")
     return p
@@ -410,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``otcpcc bench``; returns the process exit status."""
+    if "--approx" in (sys.argv[1:] if argv is None else argv):  # accuracy study: bench/approx.py
+        from .approx import main as approx_main
+
+        return approx_main(argv)
     args = build_parser().parse_args(argv)
     if args.big:
         args.classes, args.batch_sizes, args.distances = 1000, [16384], ["fastft"]

@@ -179,7 +179,11 @@ def add_train_args(p: argparse.ArgumentParser, command: str = "train") -> None:
     g.add_argument("--n-projections", type=int, default=S, metavar="L",
                    help="sliced Wasserstein projections")
     g.add_argument("--dist-opt", dest="dist_opt", action="append", type=_key_value,
-                   metavar="KEY=VALUE", help="distance option, repeatable")
+                   metavar="KEY=VALUE", help="distance option, repeatable (e.g. order=sorted "
+                                             "for fastft)")
+    g.add_argument("--cpcc-target", default=S, metavar="CSV",
+                   help="correlate with this class-distance / cost matrix (the --cost-matrix "
+                        "CSV format; symmetrised as (C + C^T)/2) instead of the tree")
 
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:N")

@@ -13,7 +13,8 @@ name           ρ(A, B)                                      options
 ``sinkhorn``   ⟨M, P^ε⟩ of the entropic plan (alias ``sk``)  ``reg`` (10), ``max_iter``, ``tol``
 ``swd``        sliced Wasserstein-p                          ``n_projections`` (10), ``p`` (2),
                                                              ``projections`` [d, L], ``seed``
-``fastft``     north-west-corner FlowTree (alias ``fft``)    ``weights``
+``fastft``     north-west-corner FlowTree (alias ``fft``)    ``weights``, ``order`` (``batch``:
+                                                             published; ``sorted``: invariant)
 =============  ===========================================  ====================================
 """
 
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .emd import emd
-from .fastft import fastft
+from .fastft import ORDERS, fastft
 from .groups import ClassGroups, group_by_class
 from .l2 import l2
 from .sinkhorn import sinkhorn
@@ -70,6 +71,8 @@ def check_options(distance: str, options: dict[str, Any]) -> None:
             raise ValueError(f"distance {name!r} has no option {key!r} (its options: {allowed})")
         if key == "weights" and value not in WEIGHTINGS:
             raise ValueError(f"unknown sample weighting {value!r}; use one of {', '.join(WEIGHTINGS)}")
+        if key == "order" and value not in ORDERS:
+            raise ValueError(f"unknown fastft order {value!r}; use one of {', '.join(ORDERS)}")
         positive_int = key in ("n_projections", "max_iter")
         if positive_int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} option {key} must be an integer >= 1, got {value!r}")

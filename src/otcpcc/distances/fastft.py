@@ -13,6 +13,11 @@ al., "Learning structured representations by embedding class hierarchy with fast
 transport" (2024); FlowTree: Backurs et al. (ICML 2020).
 
 All pairs at once: O(Σ_pairs (n + m)) plan entries, then one cost evaluation.
+
+``order="batch"`` (default) is the published algorithm: each class is walked in batch order, so
+the value depends on how the samples arrive. ``order="sorted"`` first sorts both classes of each
+pair along the line between their means (:mod:`otcpcc.distances.sorted_plans`): the same walk,
+now invariant to any permutation of the batch; still ≥ EMD. Extra cost O(N k d + N k log N).
 """
 
 from __future__ import annotations
@@ -22,11 +27,19 @@ from torch import Tensor
 from .cost import transport_cost
 from .groups import ClassGroups
 from .nwcorner import nw_plans_uniform, nw_plans_weighted
+from .sorted_plans import sorted_nw_plans
 from .weights import sample_weights
 
+ORDERS = ("batch", "sorted")
 
-def fastft(x: Tensor, groups: ClassGroups, weights: str = "uniform") -> Tensor:
-    """[N, d] grouped features -> [pairs] FastFT distances (north-west corner in batch order)."""
+
+def fastft(x: Tensor, groups: ClassGroups, weights: str = "uniform", order: str = "batch") -> Tensor:
+    """[N, d] grouped features -> [pairs] FastFT distances: the north-west corner in batch order
+    (``order="batch"``) or along each pair's mean line (``order="sorted"``; checked by
+    :func:`otcpcc.distances.check_options`)."""
     w = sample_weights(x, groups, weights)
-    seg = nw_plans_uniform(groups) if w is None else nw_plans_weighted(groups, w)
+    if order == "sorted":
+        seg = sorted_nw_plans(x, groups, w)
+    else:
+        seg = nw_plans_uniform(groups) if w is None else nw_plans_weighted(groups, w)
     return transport_cost(x, seg.ia, seg.ib, seg.mass, seg.pair, groups.num_pairs)

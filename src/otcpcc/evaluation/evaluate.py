@@ -11,7 +11,9 @@ probabilities (and train features for the retrieval prototypes), and writes ``RU
   ``expected_cost`` (cost matrix from a CSV keyed by class names, default the tree distance);
 - ``test_cpcc_l2``, ``test_cpcc_emd`` and ``test_cpcc_{own distance}`` (TestCPCC on the whole split;
   ``emd``/``sinkhorn`` on at most 100 samples per class, drawn with a fixed seed and recorded in
-  ``cpcc_subsample``); ``test_cpcc`` is the run's own distance (``l2`` for plain CE);
+  ``cpcc_subsample``); ``test_cpcc`` is the run's own distance (``l2`` for plain CE); a run
+  trained with ``--cpcc-target`` also gets ``test_cpcc_target_{l2,emd,own}`` against that matrix
+  (the run directory's ``cpcc_target.csv``);
 - ``multimodality``: Gaussian-mixture mode counts (AIC) per class of the learned test features;
 - ``target`` (datasets with ``target_train``/``target_test`` splits, e.g. BREEDS): zero-shot
   coarse accuracy on the target classes, one-shot linear probe, source -> target retrieval
@@ -35,6 +37,7 @@ from ..runs.build import load_data, make_model
 from ..runs.checkpoint import CHECKPOINT, load_checkpoint, write_json
 from ..runs.config import ConfigError, TrainConfig, load_config_file
 from ..runs.rundir import RunDirError
+from ..runs.target import read_run_target
 from .inference import predict, test_cpcc
 
 YARDSTICKS = ("l2", "emd")  # TestCPCC distances reported for every model
@@ -204,6 +207,12 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
         result[f"test_cpcc_{name}"] = value
         if info is not None:
             subsample[name] = info
+    target = read_run_target(run.run_dir, list(tree.leaves))  # --cpcc-target of the run
+    if target is not None:
+        for name in dict.fromkeys((*YARDSTICKS, own)):
+            options = cfg.distance_options if name == cfg.distance else {}
+            result[f"test_cpcc_target_{name}"] = test_cpcc(feats, labels, target, name, options,
+                                                           seed=cfg.data_seed)[0]
     result["test_cpcc"] = result[f"test_cpcc_{own}"]
     result["test_cpcc_distance"] = own
     result["cpcc_subsample"] = subsample

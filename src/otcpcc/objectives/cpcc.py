@@ -2,9 +2,10 @@ r"""The CPCC regulariser and the TestCPCC metric.
 
 .. math:: \mathrm{CPCC} = \operatorname{corr}\big(t(i, j),\ \rho(i, j)\big)_{i < j}
 
-the Pearson correlation, over all pairs of fine classes present in the batch, between the tree
-distance t (weighted path length between leaves) and the feature-space distance ρ of
-:mod:`otcpcc.distances`. The training loss adds :math:`\lambda\,(1 - \mathrm{CPCC})`.
+the Pearson correlation, over all pairs of fine classes present in the batch, between the target
+distance t (the tree's weighted path length between leaves, or any symmetric class-distance
+matrix such as a cost matrix, see :mod:`otcpcc.objectives.target`) and the feature-space distance
+ρ of :mod:`otcpcc.distances`. The training loss adds :math:`\lambda\,(1 - \mathrm{CPCC})`.
 
 With fewer than two classes present, or zero variance in t or ρ, CPCC is undefined: the loss is
 then 1.0 (zero correlation) with a zero gradient, never NaN.
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..distances import check_options, grouped_distances, resolve
 from ..distributed.gather import all_gather_labels, all_gather_with_grad
+from .target import target_matrix
 
 
 def pearson(t: Tensor, r: Tensor) -> Tensor | None:
@@ -38,17 +39,12 @@ def pearson(t: Tensor, r: Tensor) -> Tensor | None:
     return (tc * rc).sum() / torch.sqrt(stt * srr)
 
 
-def _tree_matrix(tree: Any) -> Tensor:
-    if not hasattr(tree, "distance_matrix"):
-        raise ValueError(f"expected a LabelTree (with distance_matrix()), got {type(tree).__name__}")
-    return torch.tensor(np.asarray(tree.distance_matrix()), dtype=torch.float64)
-
-
 def _check_labels(labels: Tensor, num_leaves: int) -> None:
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_leaves):
         bad = labels[(labels < 0) | (labels >= num_leaves)][0]
-        raise ValueError(f"label {int(bad)} is not a leaf id of the tree (ids are 0..{num_leaves - 1}); "
-                         "map labels with tree.index(name) or restrict the tree to the dataset")
+        raise ValueError(f"label {int(bad)} is not a leaf id of the CPCC target (ids are "
+                         f"0..{num_leaves - 1}); map labels with tree.index(name) or restrict "
+                         "the tree (or matrix) to the dataset")
 
 
 def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str, options: dict):
@@ -69,7 +65,9 @@ class CPCCLoss(nn.Module):
     r"""``1 − CPCC(batch)`` for features [N, d] and leaf-id labels [N]; a scalar tensor.
 
     Args:
-        tree: a :class:`~otcpcc.LabelTree`; its [K, K] distance matrix is computed once.
+        target: a :class:`~otcpcc.LabelTree` (its [K, K] distance matrix is computed once) or a
+            symmetric [K, K] class-distance matrix (tensor / array: finite, >= 0, zero diagonal),
+            e.g. a cost matrix; label ids index its rows.
         distance: ``"l2"``, ``"emd"``, ``"sinkhorn"``/``"sk"``, ``"swd"``, ``"fastft"``/``"fft"``.
         gather: compute CPCC on the batch gathered from all DDP ranks (with gradient, see
             :mod:`otcpcc.gather`); a no-op outside ``torch.distributed``.
@@ -82,13 +80,13 @@ class CPCCLoss(nn.Module):
         loss = F.cross_entropy(logits, y) + lam * crit(features, y)
     """
 
-    def __init__(self, tree: Any, distance: str = "fastft", gather: bool = False, **options: Any):
+    def __init__(self, target: Any, distance: str = "fastft", gather: bool = False, **options: Any):
         super().__init__()
         self.distance = resolve(distance)
         check_options(self.distance, options)
         self.gather = gather
         self.options = options
-        self.register_buffer("tree_dist", _tree_matrix(tree), persistent=False)
+        self.register_buffer("tree_dist", target_matrix(target), persistent=False)
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
@@ -106,11 +104,12 @@ class CPCCLoss(nn.Module):
 
 
 @torch.no_grad()
-def cpcc(features: Tensor, labels: Tensor, tree: Any, distance: str = "l2", **options: Any) -> float:
-    """TestCPCC: the CPCC of ``features`` [N, d] under ``distance``, a float in [-1, 1].
+def cpcc(features: Tensor, labels: Tensor, target: Any, distance: str = "l2", **options: Any) -> float:
+    """TestCPCC: the CPCC of ``features`` [N, d] under ``distance``, a float in [-1, 1], against
+    ``target`` (a ``LabelTree`` or a symmetric [K, K] class-distance matrix, as in CPCCLoss).
 
     Returns 0.0 where CPCC is undefined (fewer than two classes, zero variance), matching the
     loss's value of 1.0 there.
     """
-    corr = _cpcc(features, labels, _tree_matrix(tree), resolve(distance), options)
+    corr = _cpcc(features, labels, target_matrix(target), resolve(distance), options)
     return 0.0 if corr is None else float(corr)

@@ -30,7 +30,7 @@ FORMAT_VERSION = 1
 # exactly these, never anything else the user may have put there).
 RUN_FILES = (
     "config.json", "tree.json", "log.csv", CHECKPOINT, TMP_CHECKPOINT, "metrics.json",
-    "eval.json", "tb",
+    "eval.json", "tb", "cpcc_target.csv",
 )
 
 

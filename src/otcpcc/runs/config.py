@@ -167,7 +167,9 @@ class TrainConfig:
     step), ``warmup_epochs`` (linear warm-up, counted inside ``epochs``).
     Regulariser: loss = CE + ``lam`` * (1 - CPCC) with class distance ``distance`` (default
     ``fastft`` with ``lam`` 1; none | l2 | emd | sinkhorn | swd | fastft, aliases sk, fft) and
-    ``distance_options`` (e.g. ``reg``, ``n_projections``, ``weights``).
+    ``distance_options`` (e.g. ``reg``, ``n_projections``, ``weights``, ``order``); ``cpcc_target``
+    (a cost-matrix CSV keyed by class names: CPCC then correlates feature distances with
+    (C + Cᵀ)/2 instead of tree distances; copied into the run directory).
     Runtime: ``device`` (auto | cpu | cuda | cuda:N), ``seed``, ``workers``, ``amp`` (bf16
     autocast, CUDA only), ``eval_every`` (test accuracy every N epochs; the last epoch always).
     """
@@ -202,6 +204,7 @@ class TrainConfig:
     distance: str = "fastft"  # the method (OT-CPCC); "none" = plain cross-entropy
     lam: float = 1.0
     distance_options: dict[str, Any] = field(default_factory=dict)
+    cpcc_target: str | None = None
     # runtime
     device: str = "auto"
     seed: int = 0
@@ -349,6 +352,8 @@ class TrainConfig:
                 check_options(self.distance, self.distance_options)
             except ValueError as e:
                 raise bad(f"{e}; fix --dist-opt/--reg/--n-projections") from None
+        if self.cpcc_target is not None and not isinstance(self.cpcc_target, str):
+            raise bad(f"cpcc_target must be a CSV path, got {self.cpcc_target!r}")
         for name in ("freeze", "train_only"):
             value = getattr(self, name)
             if isinstance(value, str):

@@ -65,6 +65,7 @@ from ..runs.rundir import (
     discard_run_files,
     prepare_run_dir,
 )
+from ..runs.target import load_run_target, save_run_target
 from .control import NonFiniteLoss, ResumableSampler, SeededSamples, StopRequest, TrainingInterrupted
 from .health import collapse_reason
 from .optim import extension_note, lr_at, make_criterion, make_optimizer
@@ -122,6 +123,9 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
     seed_everything(cfg.seed)
     bundle = load_data(cfg)
     cfg = cfg.replace(arch=resolve_arch(cfg.arch, bundle.input_shape))
+    names = list(bundle.tree.leaves)
+    target = load_run_target(cfg, names, out if resume else None,  # notes on stderr, rank 0
+                             None if env.is_main else (lambda m: None))
     device = env.device
     amp = cfg.amp and device.type == "cuda"
     if cfg.amp and not amp:
@@ -136,7 +140,8 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
     core = unwrap(model)
 
     # 3. Loss: CE + lam * (1 - CPCC) on the features, CPCC over the global batch.
-    criterion = make_criterion(cfg, bundle.tree, gather=env.world_size > 1)
+    criterion = make_criterion(cfg, bundle.tree if target is None else target,
+                               gather=env.world_size > 1)
 
     # 4. Optimiser; the learning rate is set from lr_at(cfg, epoch) at every epoch start.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -170,6 +175,8 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
     # Only now, with every setting checked, the run directory is written.
     env.on_main(lambda: prepare_run_dir(out, cfg, env, resume=resume, force=force,
                                         tree=bundle.tree, meta=_data_meta(bundle)))
+    if target is not None:
+        env.on_main(lambda: save_run_target(out, target, names))
     saved = [resume]  # whether last.pt holds this run: else a failure leaves no run behind
 
     def checkpoint(state: dict[str, Any]) -> None:

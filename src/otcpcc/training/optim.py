@@ -11,7 +11,7 @@ from ..runs.config import TrainConfig
 
 
 def make_criterion(cfg: TrainConfig, tree, gather: bool = False) -> nn.Module | None:
-    """``CPCCLoss(tree, distance, gather, **distance_options)``, or ``None`` for plain CE."""
+    """``CPCCLoss(tree or target matrix, distance, gather, **distance_options)``, or ``None`` for plain CE."""
     if cfg.distance == "none":
         return None
     from ..objectives import CPCCLoss
