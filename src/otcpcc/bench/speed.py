@@ -386,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time a ResNet-18 train step and FastFT's share of it")
     p.add_argument("--big", action="store_true",
                    help="large case: K=1000, B=16384, fastft only (overrides those flags)")
+    p.add_argument("--scale", action="store_true",
+                   help="scale cases (16k batches over 1000 classes, 100k test sets) as ratios "
+                        "to one GEMM, each in a fresh process (otcpcc.bench.scale)")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="write results as JSON to PATH ('-' or no PATH: print to stdout)")
     return p
@@ -394,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``otcpcc bench``; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    if args.scale:
+        from .scale import main_scale
+
+        return main_scale(args.json)
     if args.big:
         args.classes, args.batch_sizes, args.distances = 1000, [16384], ["fastft"]
         args.coarse = min(args.coarse, args.classes - 1)

@@ -131,7 +131,13 @@ def gram_distances(x: Tensor, ia: Tensor, ib: Tensor, tiles: _Tiles | None = Non
         g = (xs[rows] @ xs.T).view(-1).index_select(0, flat)
         d2 = sq.index_select(0, tiles.ia[e]) + sq.index_select(0, tiles.ib[e]) - 2.0 * g
         sorted_vals[e] = d2.clamp_min(0).sqrt()
-    vals = tiles.unsort(sorted_vals) * c
+    return fix_near(x, ia, ib, tiles.unsort(sorted_vals) * c, c)
+
+
+def fix_near(x: Tensor, ia: Tensor, ib: Tensor, vals: Tensor, c: Tensor | None = None) -> Tensor:
+    """``vals`` [S] (Gram-formula distances) with entries at or below 1e-3 of the feature scale
+    ``c`` recomputed from the differences (cancellation may have eaten their digits); in place."""
+    c = feature_scale(x) if c is None else c
     near = torch.nonzero(vals <= 1e-3 * c).squeeze(1)
     if near.numel():
         vals[near] = row_distances(x, ia.index_select(0, near), ib.index_select(0, near))
@@ -156,11 +162,16 @@ class _PlanCost(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, ia, ib, mass, pair, num_pairs):  # noqa: D102
+    def forward(ctx, x, ia, ib, mass, pair, num_pairs, norms=None):  # noqa: D102
         gram = use_gram(x.shape[0], ia.shape[0])
-        tiles = _Tiles(x.shape[0], ia, ib) if gram else None
+        tiles = _Tiles(x.shape[0], ia, ib) if gram and ctx.needs_input_grad[0] else None
         with torch.no_grad():
-            norms = gram_distances(x, ia, ib, tiles) if gram else row_distances(x, ia, ib)
+            if norms is not None:
+                norms = fix_near(x, ia, ib, norms.to(x.dtype).clone())
+            elif gram:
+                norms = gram_distances(x, ia, ib, tiles)
+            else:
+                norms = row_distances(x, ia, ib)
         ctx.tiles = tiles
         ctx.save_for_backward(x, ia, ib, mass, pair, norms)
         rho = torch.zeros(num_pairs, dtype=x.dtype, device=x.device)
@@ -180,20 +191,20 @@ class _PlanCost(torch.autograd.Function):
                 C = torch.zeros(n * n, dtype=x.dtype, device=x.device)
                 C.index_add_(0, ia * n + ib, coef).index_add_(0, ib * n + ia, coef)
                 C = C.view(n, n)
-                return C.sum(1, keepdim=True) * x - C @ x, None, None, None, None, None
+                return C.sum(1, keepdim=True) * x - C @ x, None, None, None, None, None, None
             for rows, e, flat in tiles:
                 C = torch.zeros((rows.stop - rows.start) * n, dtype=x.dtype, device=x.device)
                 C = C.index_add_(0, flat, coef[e]).view(-1, n)
                 xr = x[rows]
                 grad_x[rows] += C.sum(1, keepdim=True) * xr - C @ x
                 grad_x += C.sum(0)[:, None] * x - C.T @ xr
-            return grad_x, None, None, None, None, None
+            return grad_x, None, None, None, None, None, None
         for sl in _chunks(ia.shape[0], x.shape[1], CHUNK_ELEMENTS):
             a, b = ia[sl], ib[sl]
             g = coef[sl, None] * (x.index_select(0, a) - x.index_select(0, b))
             grad_x.index_add_(0, a, g)
             grad_x.index_add_(0, b, -g)
-        return grad_x, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None
 
 
 def transport_cost(
@@ -203,6 +214,7 @@ def transport_cost(
     mass: Tensor,
     pair: Tensor,
     num_pairs: int,
+    norms: Tensor | None = None,
 ) -> Tensor:
     r"""Costs of many sparse plans: :math:`\rho_t = \sum_{s:\,pair_s = t} P_s \lVert x_{a_s} - x_{b_s}\rVert_2`.
 
@@ -210,10 +222,12 @@ def transport_cost(
         x: [N, d] grouped features (any float dtype; costs are float32, float64 for float64 input).
         ia, ib: [S] long sample indices of each plan entry; mass: [S] entry masses (no grad);
         pair: [S] long pair index of each entry in ``[0, num_pairs)``.
+        norms: [S] the distances ‖x[ia] − x[ib]‖ when already known (e.g. from an LP's cost
+            matrix), so they are not computed again; entries near 0 are still recomputed exactly.
 
     Returns:
         [num_pairs] costs, differentiable w.r.t. ``x`` with the constant-plan gradient.
     """
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(cost_dtype(x))
-        return _PlanCost.apply(x, ia, ib, mass.to(x.dtype).detach(), pair, num_pairs)
+        return _PlanCost.apply(x, ia, ib, mass.to(x.dtype).detach(), pair, num_pairs, norms)
