@@ -15,7 +15,7 @@ entries S:
 * Gram tiles (N small, or N² within ``GRAM_RATIO``·S): distances of a tile of T rows against all
   N samples come from one product (BLAS, O(T N d)); the needed entries are gathered from it.
   Backward scatters the coefficients into the same tiles and needs two products per tile. Memory
-  O(T N) with T·N ≤ ``TILE_ELEMENTS``, so never an unbounded [N, N] matrix.
+  O(T N), T·N sized to the memory budget (:mod:`.memory`), so never an unbounded [N, N] matrix.
 * Rows (N large and entries sparse, e.g. 50,000 samples in 100 classes): only the needed
   differences, in chunks, recomputed in backward; O(S d) time, O(chunk · d) memory.
 
@@ -28,10 +28,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .memory import chunk_items
+
 GRAM_ALWAYS_N = 2048  # up to this many samples the Gram path is always cheaper
 GRAM_RATIO = 128  # above it: Gram while N² <= GRAM_RATIO · S (a product beats a gather ~this much)
-TILE_ELEMENTS = 1 << 24  # floats in one [T, N] tile
-CHUNK_ELEMENTS = 1 << 22  # floats in one [rows, d] chunk of the rows path
+TILE_ELEMENTS: int | None = None  # floats in one [T, N] tile; None: from the memory budget
+CHUNK_ELEMENTS: int | None = None  # floats in one [rows, d] chunk; None: from the memory budget
+TILE_BYTES_PER_ELEMENT = 24  # Gram tile, gathered values, backward's coefficient tile
+CHUNK_BYTES_PER_ELEMENT = 16  # two gathered rows and their difference
+
+
+def _elements(fixed: int | None, bytes_per_element: int, device) -> int:
+    return fixed if fixed is not None else chunk_items(bytes_per_element, device)
 
 
 def use_gram(n: int, entries: int) -> bool:
@@ -77,7 +85,8 @@ def row_distances(x: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
     """[S] ‖x[ia] − x[ib]‖₂ without autograd, from the differences, in bounded chunks."""
     out = torch.empty(ia.shape[0], dtype=x.dtype, device=x.device)
     c = feature_scale(x)
-    for sl in _chunks(ia.shape[0], x.shape[1], CHUNK_ELEMENTS):
+    budget = _elements(CHUNK_ELEMENTS, CHUNK_BYTES_PER_ELEMENT, x.device)
+    for sl in _chunks(ia.shape[0], x.shape[1], budget):
         diff = (x.index_select(0, ia[sl]) - x.index_select(0, ib[sl])) / c
         out[sl] = (diff * diff).sum(1).sqrt() * c
     return out
@@ -89,7 +98,8 @@ class _Tiles:
 
     def __init__(self, n: int, ia: Tensor, ib: Tensor):
         self.n = n
-        rows = max(1, min(n, TILE_ELEMENTS // max(n, 1)))
+        tile = _elements(TILE_ELEMENTS, TILE_BYTES_PER_ELEMENT, ia.device)
+        rows = max(1, min(n, tile // max(n, 1)))
         self.single = rows >= n
         if self.single:
             self.order, self.ia, self.ib = None, ia, ib
@@ -199,7 +209,8 @@ class _PlanCost(torch.autograd.Function):
                 grad_x[rows] += C.sum(1, keepdim=True) * xr - C @ x
                 grad_x += C.sum(0)[:, None] * x - C.T @ xr
             return grad_x, None, None, None, None, None, None
-        for sl in _chunks(ia.shape[0], x.shape[1], CHUNK_ELEMENTS):
+        budget = _elements(CHUNK_ELEMENTS, CHUNK_BYTES_PER_ELEMENT, x.device)
+        for sl in _chunks(ia.shape[0], x.shape[1], budget):
             a, b = ia[sl], ib[sl]
             g = coef[sl, None] * (x.index_select(0, a) - x.index_select(0, b))
             grad_x.index_add_(0, a, g)
