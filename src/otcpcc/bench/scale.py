@@ -1,6 +1,6 @@
 """Scale benchmark (``otcpcc bench --scale``): large batches, many classes, big test sets.
 
-Cases (random 512-d Gaussian features, seeded; labels as :func:`otcpcc.bench.speed.make_problem`:
+Cases (random 512-d Gaussian features, seeded; labels as :func:`otcpcc.bench.problem.make_problem`:
 every class present, the rest uniform at random, so class sizes are unequal):
 
 =================  =========================================================================
@@ -40,7 +40,7 @@ GEMM = (16384, 512)
 
 
 def _problem(n: int, k: int, *, balanced: bool = False, seed: int = 0):
-    from .speed import make_problem
+    from .problem import make_problem
 
     features, labels, tree = make_problem(n, k, min(20, k - 1), 512, seed=seed)
     if balanced:
