@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .problem import make_problem
+
 DISTANCES = ("l2", "emd", "sinkhorn", "swd", "fastft")
 _REFERENCE_MODULE = "otcpcc_benchmarks_reference"
 
@@ -64,43 +66,6 @@ def load_reference(path: str | os.PathLike | None = None) -> ModuleType:
 
 
 # --------------------------------------------------------------------------- problem setup
-def make_problem(
-    batch: int,
-    classes: int,
-    coarse: int,
-    dim: int,
-    *,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-):
-    """Random features [B, d] (leaf, requires grad), labels [B] with all K classes present,
-    and the two-level tree: fine class i under coarse group ``i * coarse // K``.
-
-    Returns (features, labels, tree).
-    """
-    from otcpcc import LabelTree
-
-    if batch < classes:
-        raise ValueError(
-            f"batch size {batch} < {classes} classes; every class must be present: "
-            "use a larger --batch-sizes or fewer --classes"
-        )
-    if not 2 <= coarse < classes:
-        raise ValueError(
-            f"--coarse {coarse} must satisfy 2 <= coarse < classes ({classes}) so that tree "
-            "distances vary"
-        )
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.cat([torch.arange(classes), torch.randint(0, classes, (batch - classes,),
-                                                             generator=g)])
-    labels = labels[torch.randperm(batch, generator=g)]
-    features = torch.randn(batch, dim, generator=g, dtype=torch.float64)
-    features = features.to(device=device, dtype=dtype).requires_grad_(True)
-    tree = LabelTree.from_levels([np.arange(classes) * coarse // classes])
-    return features, labels.to(device), tree
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -407,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--approx", action="store_true",
                    help="accuracy of fastft (batch/sorted), swd, sinkhorn, l2 against exact EMD "
                         "instead of speed (see otcpcc bench --approx --help)")
+    p.add_argument("--scale", action="store_true",
+                   help="scale cases (16k batches over 1000 classes, 100k test sets) as ratios "
+                        "to one GEMM, each in a fresh process (otcpcc.bench.scale)")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="write results as JSON to PATH ('-' or no PATH: print to stdout)")
     return p
@@ -419,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return approx_main(argv)
     args = build_parser().parse_args(argv)
+    if args.scale:
+        from .scale import main_scale
+
+        return main_scale(args.json)
     if args.big:
         args.classes, args.batch_sizes, args.distances = 1000, [16384], ["fastft"]
         args.coarse = min(args.coarse, args.classes - 1)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .cost import cost_dtype
 from .emd import emd
 from .fastft import ORDERS, fastft
 from .groups import ClassGroups, group_by_class
@@ -124,7 +125,10 @@ def grouped_distances(
     if groups.num_classes < 2:
         check_batch(features, labels)
         return groups, features.new_zeros(0)
-    rho = DISTANCES[name](features.index_select(0, groups.order), groups, **options)
+    x = features.index_select(0, groups.order)
+    x = x.to(cost_dtype(x))  # float32 for half/bf16 input (float64 stays float64)
+    with torch.autocast(device_type=x.device.type, enabled=False):  # costs never in bf16, even under AMP
+        rho = DISTANCES[name](x, groups, **options)
     if not upfront and not bool(torch.isfinite(rho.detach()).all()):
         check_batch(features, labels)  # names the bad rows
         raise ValueError(f"{name} distances are not finite although the features are; "

@@ -15,7 +15,7 @@ entries S:
 * Gram tiles (N small, or N² within ``GRAM_RATIO``·S): distances of a tile of T rows against all
   N samples come from one product (BLAS, O(T N d)); the needed entries are gathered from it.
   Backward scatters the coefficients into the same tiles and needs two products per tile. Memory
-  O(T N) with T·N ≤ ``TILE_ELEMENTS``, so never an unbounded [N, N] matrix.
+  O(T N), T·N sized to the memory budget (:mod:`.memory`), so never an unbounded [N, N] matrix.
 * Rows (N large and entries sparse, e.g. 50,000 samples in 100 classes): only the needed
   differences, in chunks, recomputed in backward; O(S d) time, O(chunk · d) memory.
 
@@ -31,10 +31,18 @@ import math
 import torch
 from torch import Tensor
 
+from .memory import chunk_items
+
 GRAM_ALWAYS_N = 2048  # up to this many samples the Gram path is always cheaper
 GRAM_RATIO = 128  # above it: Gram while N² <= GRAM_RATIO · S (a product beats a gather ~this much)
-TILE_ELEMENTS = 1 << 24  # floats in one [T, N] tile
-CHUNK_ELEMENTS = 1 << 22  # floats in one [rows, d] chunk of the rows path
+TILE_ELEMENTS: int | None = None  # floats in one [T, N] tile; None: from the memory budget
+CHUNK_ELEMENTS: int | None = None  # floats in one [rows, d] chunk; None: from the memory budget
+TILE_BYTES_PER_ELEMENT = 24  # Gram tile, gathered values, backward's coefficient tile
+CHUNK_BYTES_PER_ELEMENT = 16  # two gathered rows and their difference
+
+
+def _elements(fixed: int | None, bytes_per_element: int, device) -> int:
+    return fixed if fixed is not None else chunk_items(bytes_per_element, device)
 
 
 def use_gram(n: int, entries: int) -> bool:
@@ -80,7 +88,8 @@ def row_distances(x: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
     """[S] ‖x[ia] − x[ib]‖₂ without autograd, from the differences, in bounded chunks."""
     out = torch.empty(ia.shape[0], dtype=x.dtype, device=x.device)
     c = feature_scale(x)
-    for sl in _chunks(ia.shape[0], x.shape[1], CHUNK_ELEMENTS):
+    budget = _elements(CHUNK_ELEMENTS, CHUNK_BYTES_PER_ELEMENT, x.device)
+    for sl in _chunks(ia.shape[0], x.shape[1], budget):
         diff = (x.index_select(0, ia[sl]) - x.index_select(0, ib[sl])) / c
         out[sl] = (diff * diff).sum(1).sqrt() * c
     return out
@@ -92,7 +101,8 @@ class _Tiles:
 
     def __init__(self, n: int, ia: Tensor, ib: Tensor):
         self.n = n
-        rows = max(1, min(n, TILE_ELEMENTS // max(n, 1)))
+        tile = _elements(TILE_ELEMENTS, TILE_BYTES_PER_ELEMENT, ia.device)
+        rows = max(1, min(n, tile // max(n, 1)))
         self.single = rows >= n
         if self.single:
             self.order, self.ia, self.ib = None, ia, ib
@@ -147,8 +157,22 @@ def gram_distances(x: Tensor, ia: Tensor, ib: Tensor, tiles: _Tiles | None = Non
         d2 = sa + sb - 2.0 * g
         sorted_vals[e] = d2.clamp_min(0).sqrt()
         sorted_near[e] = d2 <= tol * (sa + sb)
-    vals = tiles.unsort(sorted_vals) * c
-    near = torch.nonzero(tiles.unsort(sorted_near)).squeeze(1)
+    return _recompute(x, ia, ib, tiles.unsort(sorted_vals) * c, tiles.unsort(sorted_near))
+
+
+def fix_near(x: Tensor, ia: Tensor, ib: Tensor, vals: Tensor, c: Tensor | None = None) -> Tensor:
+    """``vals`` [S] (Gram-formula distances) with the entries where cancellation may have eaten their
+    digits (:func:`cancellation_tolerance`) recomputed from the differences; in place."""
+    c = feature_scale(x) if c is None else c
+    xs = x / c
+    sq = (xs * xs).sum(1)
+    vs = vals / c
+    near = vs * vs <= cancellation_tolerance(x) * (sq.index_select(0, ia) + sq.index_select(0, ib))
+    return _recompute(x, ia, ib, vals, near)
+
+
+def _recompute(x: Tensor, ia: Tensor, ib: Tensor, vals: Tensor, near_mask: Tensor) -> Tensor:
+    near = torch.nonzero(near_mask).squeeze(1)
     if near.numel():
         vals[near] = row_distances(x, ia.index_select(0, near), ib.index_select(0, near))
     return vals
@@ -172,11 +196,16 @@ class _PlanCost(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, ia, ib, mass, pair, num_pairs):  # noqa: D102
+    def forward(ctx, x, ia, ib, mass, pair, num_pairs, norms=None):  # noqa: D102
         gram = use_gram(x.shape[0], ia.shape[0])
-        tiles = _Tiles(x.shape[0], ia, ib) if gram else None
+        tiles = _Tiles(x.shape[0], ia, ib) if gram and ctx.needs_input_grad[0] else None
         with torch.no_grad():
-            norms = gram_distances(x, ia, ib, tiles) if gram else row_distances(x, ia, ib)
+            if norms is not None:
+                norms = fix_near(x, ia, ib, norms.to(x.dtype).clone())
+            elif gram:
+                norms = gram_distances(x, ia, ib, tiles)
+            else:
+                norms = row_distances(x, ia, ib)
         ctx.tiles = tiles
         ctx.save_for_backward(x, ia, ib, mass, pair, norms)
         rho = torch.zeros(num_pairs, dtype=x.dtype, device=x.device)
@@ -196,20 +225,21 @@ class _PlanCost(torch.autograd.Function):
                 C = torch.zeros(n * n, dtype=x.dtype, device=x.device)
                 C.index_add_(0, ia * n + ib, coef).index_add_(0, ib * n + ia, coef)
                 C = C.view(n, n)
-                return C.sum(1, keepdim=True) * x - C @ x, None, None, None, None, None
+                return C.sum(1, keepdim=True) * x - C @ x, None, None, None, None, None, None
             for rows, e, flat in tiles:
                 C = torch.zeros((rows.stop - rows.start) * n, dtype=x.dtype, device=x.device)
                 C = C.index_add_(0, flat, coef[e]).view(-1, n)
                 xr = x[rows]
                 grad_x[rows] += C.sum(1, keepdim=True) * xr - C @ x
                 grad_x += C.sum(0)[:, None] * x - C.T @ xr
-            return grad_x, None, None, None, None, None
-        for sl in _chunks(ia.shape[0], x.shape[1], CHUNK_ELEMENTS):
+            return grad_x, None, None, None, None, None, None
+        budget = _elements(CHUNK_ELEMENTS, CHUNK_BYTES_PER_ELEMENT, x.device)
+        for sl in _chunks(ia.shape[0], x.shape[1], budget):
             a, b = ia[sl], ib[sl]
             g = coef[sl, None] * (x.index_select(0, a) - x.index_select(0, b))
             grad_x.index_add_(0, a, g)
             grad_x.index_add_(0, b, -g)
-        return grad_x, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None
 
 
 def transport_cost(
@@ -219,6 +249,7 @@ def transport_cost(
     mass: Tensor,
     pair: Tensor,
     num_pairs: int,
+    norms: Tensor | None = None,
 ) -> Tensor:
     r"""Costs of many sparse plans: :math:`\rho_t = \sum_{s:\,pair_s = t} P_s \lVert x_{a_s} - x_{b_s}\rVert_2`.
 
@@ -226,10 +257,12 @@ def transport_cost(
         x: [N, d] grouped features (any float dtype; costs are float32, float64 for float64 input).
         ia, ib: [S] long sample indices of each plan entry; mass: [S] entry masses (no grad);
         pair: [S] long pair index of each entry in ``[0, num_pairs)``.
+        norms: [S] the distances ‖x[ia] − x[ib]‖ when already known (e.g. from an LP's cost
+            matrix), so they are not computed again; entries near 0 are still recomputed exactly.
 
     Returns:
         [num_pairs] costs, differentiable w.r.t. ``x`` with the constant-plan gradient.
     """
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(cost_dtype(x))
-        return _PlanCost.apply(x, ia, ib, mass.to(x.dtype).detach(), pair, num_pairs)
+        return _PlanCost.apply(x, ia, ib, mass.to(x.dtype).detach(), pair, num_pairs, norms)

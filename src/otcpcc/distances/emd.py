@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cost import GRAM_ALWAYS_N, gather_distances, pairwise_distances, transport_cost
+from .cost import cost_dtype, feature_scale, gather_distances, transport_cost
 from .groups import ClassGroups
+from .memory import chunk_items
 from .weights import sample_weights
 
 BRUTE_FORCE_MAX = 4
@@ -122,44 +123,66 @@ def _two_source_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, x: Tensor, p
         parts.append((sel[rows], src[rows] + k, tgt[rows, cols], flow[rows, cols]))
 
 
-def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, x: Tensor, parts: list) -> None:
-    """The remaining pairs: one network-simplex LP each on the CPU (sparse plans kept).
+def _class_row_distances(xs: Tensor, sq: Tensor, c: float, rows: slice, cols: slice) -> np.ndarray:
+    """float64 [rows, cols] distances between grouped samples (one product, scale-normalised)."""
+    g = torch.addmm(sq[None, cols], xs[rows], xs[cols].T, alpha=-2.0)
+    return g.add_(sq[rows, None]).clamp_min_(0).sqrt_().mul_(c).cpu().numpy()
 
-    The solver releases the GIL, so when there is enough work (``LP_PARALLEL_MIN_CELLS`` cost
-    entries in all) the pairs are split into one contiguous share per thread
-    (``torch.get_num_threads()``).
+
+def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, uniform: bool, x: Tensor,
+              parts: list) -> None:
+    """The remaining pairs: one optimal plan each on the CPU (sparse plans and their distances).
+
+    Cost matrices come from one float64 product per class against all later samples (never an
+    [N, N] matrix, column chunks sized to the memory budget). With uniform weights and n = m an
+    optimal plan is a permutation / n (Birkhoff), found by the assignment solver
+    (``scipy.optimize.linear_sum_assignment``); otherwise POT's network simplex. The solvers
+    release the GIL, so with enough work (``LP_PARALLEL_MIN_CELLS`` cost entries in all) the
+    row classes are split into one share per thread (``torch.get_num_threads()``).
     """
     if sel.size == 0:
         return
-    xd = x.detach().to(torch.float64)
-    if x.shape[0] <= GRAM_ALWAYS_N:
-        D = pairwise_distances(xd).cpu().numpy()
-        block = lambda t: D[ea[t] : ea[t] + n[t], eb[t] : eb[t] + m[t]]  # noqa: E731
-    else:
-        xc = xd.cpu()
-        block = lambda t: torch.cdist(xc[ea[t] : ea[t] + n[t]], xc[eb[t] : eb[t] + m[t]]).numpy()  # noqa: E731
+    from scipy.optimize import linear_sum_assignment
 
-    def solve(share: list[int]) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    xd = x.detach().to(torch.float64)
+    c = feature_scale(xd)
+    xs = xd / c
+    sq = (xs * xs).sum(1)
+    c = float(c)
+    rows_of = np.split(sel, np.flatnonzero(np.diff(ea[sel])) + 1)  # pairs grouped by class A
+
+    def solve(share: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
         out = []
-        for t in share:
-            plan = _solve_lp(w[ea[t] : ea[t] + n[t]], w[eb[t] : eb[t] + m[t]], block(t))
-            r, c = np.nonzero(plan)
-            out.append((t, ea[t] + r, eb[t] + c, plan[r, c]))
+        for pairs in share:
+            a0, na = int(ea[pairs[0]]), int(n[pairs[0]])
+            width = chunk_items(16 * na, x.device)  # columns per chunk of the row's distances
+            D, d0 = None, 0
+            for t in pairs:
+                b0, nb = int(eb[t]), int(m[t])
+                if D is None or b0 + nb > d0 + D.shape[1]:  # the next column chunk
+                    d0, d1 = b0, min(xs.shape[0], b0 + max(width, nb))
+                    D = _class_row_distances(xs, sq, c, slice(a0, a0 + na), slice(d0, d1))
+                block = D[:, b0 - d0 : b0 - d0 + nb]
+                if uniform and na == nb:
+                    r, col = linear_sum_assignment(block)
+                    mass = np.full(na, 1.0 / na)
+                else:
+                    plan = _solve_lp(w[a0 : a0 + na], w[b0 : b0 + nb], block)
+                    r, col = np.nonzero(plan)
+                    mass = plan[r, col]
+                out.append((np.full(r.size, t), a0 + r, b0 + col, mass, block[r, col]))
         return out
 
-    pairs = sel.tolist()
-    workers = max(1, min(torch.get_num_threads(), len(pairs)))
+    workers = max(1, min(torch.get_num_threads(), len(rows_of)))
     if workers > 1 and int((n[sel] * m[sel]).sum()) >= LP_PARALLEL_MIN_CELLS:
+        cells = np.cumsum([int((n[p] * m[p]).sum()) for p in rows_of])
+        cut = np.searchsorted(cells, cells[-1] * np.arange(1, workers) / workers)
+        shares = [rows_of[i:j] for i, j in zip([0, *cut], [*cut, len(rows_of)], strict=True)]
         with ThreadPoolExecutor(workers) as pool:
-            results = [r for share in pool.map(solve, np.array_split(pairs, workers)) for r in share]
+            results = [r for share in pool.map(solve, shares) for r in share]
     else:
-        results = solve(pairs)
-    parts.append((
-        np.concatenate([np.full(r.size, t) for t, r, _, _ in results]),
-        np.concatenate([r for _, r, _, _ in results]),
-        np.concatenate([c for _, _, c, _ in results]),
-        np.concatenate([v for _, _, _, v in results]),
-    ))
+        results = solve(rows_of)
+    parts.append(tuple(np.concatenate(z) for z in zip(*results, strict=True)))
 
 
 def emd(x: Tensor, groups: ClassGroups, weights: str = "uniform") -> Tensor:
@@ -182,11 +205,17 @@ def emd(x: Tensor, groups: ClassGroups, weights: str = "uniform") -> Tensor:
                 rest[sel] = False
     two = rest & ((n == 2) | (m == 2))
     _two_source_plans(np.flatnonzero(two), n, m, ea, eb, wn, x.detach(), parts)
-    _lp_plans(np.flatnonzero(rest & ~two), n, m, ea, eb, wn, x, parts)
-    t, ia, ib, mass = (np.concatenate(z) for z in zip(*parts, strict=True))
+    lp: list[tuple[np.ndarray, ...]] = []  # (t, ia, ib, mass, distance)
+    _lp_plans(np.flatnonzero(rest & ~two), n, m, ea, eb, wn, w is None, x, lp)
 
     def as_tensor(a, dtype=torch.long):
         return torch.as_tensor(a, dtype=dtype, device=x.device)
 
-    return transport_cost(x, as_tensor(ia), as_tensor(ib), as_tensor(mass, torch.float64),
-                          as_tensor(t), groups.num_pairs)
+    t, ia, ib, mass = (np.concatenate(z) for z in zip(*parts, *(p[:4] for p in lp), strict=True))
+    t, ia, ib, mass = as_tensor(t), as_tensor(ia), as_tensor(ib), as_tensor(mass, torch.float64)
+    norms = None
+    if lp:  # the LP's cost matrices already hold these distances (float64)
+        k = ia.shape[0] - lp[0][0].size
+        xc = x.detach().to(cost_dtype(x))
+        norms = torch.cat([gather_distances(xc, ia[:k], ib[:k]).double(), as_tensor(lp[0][4], torch.float64)])
+    return transport_cost(x, ia, ib, mass, t, groups.num_pairs, norms=norms)

@@ -12,11 +12,10 @@ With uniform weights :math:`P_{ij} = |[i/n, (i+1)/n] \cap [j/m, (j+1)/m]|`. Refe
 al., "Learning structured representations by embedding class hierarchy with fast optimal
 transport" (2024); FlowTree: Backurs et al. (ICML 2020).
 
-All pairs at once: O(Σ_pairs (n + m)) plan entries, then one cost evaluation.
-
-``order="batch"`` (default) is the published algorithm: each class is walked in batch order, so
-the value depends on how the samples arrive. ``order="sorted"`` first sorts both classes of each
-pair along the line between their means (:mod:`otcpcc.distances.sorted_plans`): the same walk,
+All pairs at once. ``order="batch"`` (default) is the published algorithm: each class is walked
+in batch order, so the value depends on how the samples arrive; its costs are evaluated by quantile
+bands (:mod:`.bands`): O(N K d) work, no stored plan. ``order="sorted"`` first sorts both classes of
+each pair along the line between their means (:mod:`otcpcc.distances.sorted_plans`): the same walk,
 now invariant to any permutation of the batch; still ≥ EMD. Extra cost O(N k d + N k log N).
 """
 
@@ -24,9 +23,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .bands import nw_cost
 from .cost import transport_cost
 from .groups import ClassGroups
-from .nwcorner import nw_plans_uniform, nw_plans_weighted
 from .sorted_plans import sorted_nw_plans
 from .weights import sample_weights
 
@@ -40,6 +39,5 @@ def fastft(x: Tensor, groups: ClassGroups, weights: str = "uniform", order: str 
     w = sample_weights(x, groups, weights)
     if order == "sorted":
         seg = sorted_nw_plans(x, groups, w)
-    else:
-        seg = nw_plans_uniform(groups) if w is None else nw_plans_weighted(groups, w)
-    return transport_cost(x, seg.ia, seg.ib, seg.mass, seg.pair, groups.num_pairs)
+        return transport_cost(x, seg.ia, seg.ib, seg.mass, seg.pair, groups.num_pairs)
+    return nw_cost(x, groups, w)  # quantile bands: all NW plans' costs without storing plans

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -76,18 +77,60 @@ def _segments(vals: Tensor, is_a: Tensor, n: Tensor, m: Tensor, block: Tensor) -
     return Segments(owner, a, b, mass)
 
 
-def nw_plans_uniform(groups: ClassGroups, dtype: torch.dtype = torch.float64) -> Segments:
+def pair_chunks(groups: ClassGroups, max_entries: int) -> list[slice]:
+    """Consecutive ranges of pairs whose uniform NW plans hold at most ``max_entries`` entries
+    (n + m − 1 per pair) each; a single pair above the limit gets a range of its own.
+
+    O(K) host work per row of pairs (the pairs of class i are consecutive), no [pairs] array."""
+    counts = np.asarray(groups.counts_host, dtype=np.int64)
+    k = counts.size
+    after = np.concatenate([np.cumsum(counts[::-1])[::-1][1:], [0]])  # Σ_{j>i} n_j
+    chunks, start, used, first = [], 0, 0, 0
+    for i in range(k - 1):
+        row = int((k - 1 - i) * (counts[i] - 1) + after[i])
+        if used + row <= max_entries:
+            used += row
+        else:
+            if first > start:
+                chunks.append(slice(start, first))
+            start, used = first, 0
+            if row <= max_entries:
+                used = row
+            else:  # split this row between its pairs
+                ends = np.cumsum(counts[i] + counts[i + 1 :] - 1)
+                lo = 0
+                while lo < ends.size:
+                    base = ends[lo - 1] if lo else 0
+                    hi = max(lo + 1, int(np.searchsorted(ends, base + max_entries, side="right")))
+                    chunks.append(slice(first + lo, first + hi))
+                    lo = hi
+                start = first + ends.size
+        first += k - 1 - i
+    if first > start:
+        chunks.append(slice(start, first))
+    return chunks
+
+
+def nw_plans_uniform(groups: ClassGroups, dtype: torch.dtype = torch.float64,
+                     pairs: slice | None = None) -> Segments:
     """NW-corner plans of every pair with uniform weights 1/n and 1/m: closed form, no sort.
+
+    ``pairs``: only this range of pairs (entries keep their absolute pair index).
 
     Pair (n, m) gets entries r = 1 .. n + m − 1, one per segment of the merged breakpoints
     {p·m} ∪ {q·n} (common denominator n·m, A first on ties): entry r moves rank
     ``a = ⌊r n / (n + m)⌋`` of A (there are a + 1 A-breakpoints among the first r + 1) to rank
     ``b = r − 1 − a`` of B, with mass (min((a+1)m, (b+1)n) − max(a m, b n)) / (n m), 0 on ties.
     """
-    n = _take(groups.counts, groups.pair_i)
-    m = _take(groups.counts, groups.pair_j)
+    pi, pj = groups.pair_i, groups.pair_j
+    if pairs is None:
+        total = int(sum(groups.counts_host) * (len(groups.counts_host) - 1)) - groups.num_pairs
+    else:
+        pi, pj = pi[pairs], pj[pairs]
+    n, m = _take(groups.counts, pi), _take(groups.counts, pj)
     lengths = n + m - 1
-    total = int(sum(groups.counts_host) * (len(groups.counts_host) - 1)) - groups.num_pairs
+    if pairs is not None:
+        total = int(lengths.sum())
     pair = torch.repeat_interleave(
         torch.arange(n.numel(), device=n.device), lengths, output_size=total
     )
@@ -97,8 +140,10 @@ def nw_plans_uniform(groups: ClassGroups, dtype: torch.dtype = torch.float64) ->
     a = torch.div(r * n, n + m, rounding_mode="floor")
     b = r - 1 - a
     overlap = torch.minimum((a + 1) * m, (b + 1) * n) - torch.maximum(a * m, b * n)
-    ia = _take(_take(groups.offsets, groups.pair_i), pair) + a
-    ib = _take(_take(groups.offsets, groups.pair_j), pair) + b
+    ia = _take(_take(groups.offsets, pi), pair) + a
+    ib = _take(_take(groups.offsets, pj), pair) + b
+    if pairs is not None and pairs.start:
+        pair = pair + pairs.start
     return Segments(pair, ia, ib, overlap.to(dtype) / (n * m).to(dtype))
 
 

@@ -9,7 +9,8 @@ closed-form NW segments serve every direction. Same value as POT
 ``ot.sliced_wasserstein_distance(A, B, n_projections=L, p=p, projections=Θ)``.
 Reference: Bonneel et al., "Sliced and Radon Wasserstein barycenters of measures" (2015).
 
-Cost O(N d L + N L log N + E L) for E = Σ_pairs (n + m) plan entries; memory O(E L).
+Cost O(N d L + N L log N + E L) for E = Σ_pairs (n + m) plan entries; memory O(N L + K² +
+chunk) (the segments are made and used in chunks of pairs sized to the memory budget).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from torch import Tensor
 
 from .cost import cost_dtype, feature_scale, safe_sqrt
 from .groups import ClassGroups
-from .nwcorner import nw_plans_uniform
+from .memory import chunk_items
+from .nwcorner import nw_plans_uniform, pair_chunks
 
 
 def random_projections(
@@ -32,6 +34,42 @@ def random_projections(
     theta = torch.randn(d, n_projections, generator=gen, dtype=torch.float64)
     theta = theta / theta.norm(dim=0, keepdim=True)
     return theta.to(device=device, dtype=dtype)
+
+
+def _chunks(ranked: Tensor, groups: ClassGroups):
+    """NW segments of every pair, in chunks of pairs sized to the memory budget."""
+    per_entry = 48 + 3 * ranked.element_size() * ranked.shape[1]  # indices, mass, [E, L] gaps
+    for pairs in pair_chunks(groups, chunk_items(per_entry, ranked.device)):
+        yield nw_plans_uniform(groups, dtype=ranked.dtype, pairs=pairs)
+
+
+class _SlicedCost(torch.autograd.Function):
+    r"""wp[t] = Σ_s mass_s · mean_l |r[a_s, l] − r[b_s, l]|^p over the NW segments of pair t.
+
+    Forward and backward walk the segments in chunks of pairs (recomputed in backward), so memory
+    is O(chunk · L) for any number of classes, never O(Σ_pairs (n + m) · L)."""
+
+    @staticmethod
+    def forward(ctx, ranked, groups, p):  # noqa: D102
+        wp = torch.zeros(groups.num_pairs, dtype=ranked.dtype, device=ranked.device)
+        for seg in _chunks(ranked, groups):
+            gap = (ranked.index_select(0, seg.ia) - ranked.index_select(0, seg.ib)).abs_().pow_(p)
+            wp.index_add_(0, seg.pair, seg.mass * gap.mean(1))
+        ctx.groups, ctx.p = groups, p
+        ctx.save_for_backward(ranked)
+        return wp
+
+    @staticmethod
+    def backward(ctx, grad_wp):  # noqa: D102
+        (ranked,) = ctx.saved_tensors
+        p, width = ctx.p, ranked.shape[1]
+        grad = torch.zeros_like(ranked)
+        for seg in _chunks(ranked, ctx.groups):
+            delta = ranked.index_select(0, seg.ia) - ranked.index_select(0, seg.ib)  # [E, L]
+            slope = delta.sign() if p == 1 else delta.abs().pow_(p - 1).mul_(delta.sign())
+            g = slope.mul_((grad_wp.index_select(0, seg.pair) * seg.mass * (p / width))[:, None])
+            grad.index_add_(0, seg.ia, g).index_add_(0, seg.ib, -g)
+        return grad, None, None
 
 
 def swd(
@@ -59,9 +97,6 @@ def swd(
         by_val = torch.argsort(proj.detach(), dim=0, stable=True)
         by_cls = torch.argsort(cls[by_val], dim=0, stable=True)
         ranked = proj.gather(0, by_val.gather(0, by_cls))  # [N, L], sorted within class
-        seg = nw_plans_uniform(groups, dtype=x.dtype)
-        gap = (ranked.index_select(0, seg.ia) - ranked.index_select(0, seg.ib)).abs().pow(p).mean(1)  # [E]
-        wp = torch.zeros(groups.num_pairs, dtype=x.dtype, device=x.device)
-        wp = wp.index_add(0, seg.pair, seg.mass * gap)
+        wp = _SlicedCost.apply(ranked, groups, p)
         root = safe_sqrt(wp) if p == 2 else torch.where(wp > 0, wp, 1).pow(1.0 / p) * (wp > 0)
         return root * c
