@@ -120,19 +120,45 @@ def test_interrupt_exits_130_with_one_line(monkeypatch, capsys, tmp_path):
     assert "--resume" in err
 
 
-def test_diagnose_prints_table_and_recommendation(capsys):
-    code = main(["diagnose", "--data", "synthetic", "--data-opt", "train_per_class=12",
-                 "--data-opt", "branching=[2, 3]", "--max-components", "2"])
+def test_diagnose_prints_table_and_recommendation(capsys, tmp_path):
+    code = main(["diagnose", "--data", "synthetic", "--data-opt", "train_per_class=30",
+                 "--data-opt", "branching=[2, 3]", "--max-components", "2",
+                 "--out", str(tmp_path / "d")])
     assert code == 0
     out = capsys.readouterr().out
-    assert "mean components" in out and "recommendation:" in out
+    assert "mean components" in out and "recommend:" in out
     lines = out.strip().splitlines()
-    assert len(lines) == 1 + 1 + 6 + 2  # title, header, 6 classes, mean, recommendation
+    assert len(lines) == 1 + 1 + 6 + 3  # title, header, 6 classes, mean, l2 vs emd, recommend
     assert all(ln.split()[-1] in ("1", "2") for ln in lines[2:8])
+    saved = json.loads((tmp_path / "d" / "diagnose.json").read_text())
+    for key in ("mean_components", "frac_multimodal", "rank_agreement_l2_emd", "cpcc_l2",
+                "cpcc_emd", "recommend", "reasons"):
+        assert key in saved
+    assert saved["recommend"] in ("ot", "l2") and saved["reasons"]
+    assert f"recommend: {saved['recommend']}" in out
+    for name in ("diagnose.md", "diagnose.html", "diagnose.png"):
+        assert (tmp_path / "d" / name).stat().st_size > 0
+    assert "data:image/png;base64" in (tmp_path / "d" / "diagnose.html").read_text()
+
+
+def test_diagnose_on_an_npz_of_features(capsys, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 25)
+    x = (rng.normal(size=(4, 8)) * 3)[y] + rng.normal(size=(100, 8))
+    tree = json.dumps({"a": "p", "b": "p", "c": "q", "d": "q", "p": "r", "q": "r"})
+    np.savez(tmp_path / "emb.npz", features=x.astype(np.float32), labels=y, tree_parents=tree)
+    code = main(["diagnose", "--data", "features", "--data-dir", str(tmp_path / "emb.npz"),
+                 "--json"])
+    assert code == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["mean_components"] == 1.0 and res["recommend"] == "l2"
 
 
 def test_help_everywhere(capsys):
-    for cmd in ([], ["train"], ["evaluate"], ["compare"], ["sweep"], ["diagnose"]):
+    for cmd in ([], ["train"], ["evaluate"], ["compare"], ["sweep"], ["diagnose"],
+                ["pilot"]):
         assert main([*cmd, "--help"]) == 0
         assert "usage: otcpcc" in capsys.readouterr().out
 

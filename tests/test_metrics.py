@@ -271,40 +271,36 @@ def _blobs(modes: int, rng, n_per_class=200, classes=3, d=20):
     return np.concatenate(feats), np.concatenate(labels)
 
 
-def test_multimodality_bimodal_recommends_ot():
+def test_multimodality_counts_separated_modes():
     x, y = _blobs(2, np.random.default_rng(4))
     out = multimodality(x, y, max_components=4)
-    assert set(out["per_class"]) == {0, 1, 2}
-    assert all(v >= 2 for v in out["per_class"].values())
-    assert out["mean_components"] == pytest.approx(np.mean(list(out["per_class"].values())))
+    assert out["per_class"] == {0: 2, 1: 2, 2: 2}
+    assert out["mean_components"] == pytest.approx(2.0)
     assert out["frac_multimodal"] == pytest.approx(1.0)
-    assert "emd" in out["recommendation"] and "fastft" in out["recommendation"]
+    ev = out["evidence"][0]
+    assert ev["split_ratio"] < ev["threshold"] and sum(ev["sizes"]) == ev["n"]
     assert "\n" not in out["recommendation"]
 
 
-def test_multimodality_unimodal_recommends_l2():
+def test_multimodality_unimodal_says_one():
     x, y = _blobs(1, np.random.default_rng(5))
     out = multimodality(torch.tensor(x, dtype=torch.float32), torch.tensor(y), max_components=4)
     assert out["per_class"] == {0: 1, 1: 1, 2: 1}
     assert out["mean_components"] == pytest.approx(1.0)
     assert out["frac_multimodal"] == 0.0
-    assert "'l2'" in out["recommendation"]
-    out_bic = multimodality(x, y, max_components=4, criterion="bic")
-    assert out_bic["per_class"] == {0: 1, 1: 1, 2: 1}
-    with pytest.raises(ValueError, match="criterion"):
-        multimodality(x, y, criterion="aicc")
+    assert all(e["split_ratio"] >= e["threshold"] for e in out["evidence"].values())
 
 
 def test_multimodality_small_classes_and_subsampling():
     rng = np.random.default_rng(6)
     x, y = _blobs(2, rng, n_per_class=300, classes=2, d=6)
-    # a 3-sample class can only try 1 component (3 // 2 = 1); a 1-sample class counts as 1
-    x = np.concatenate([x, rng.normal(size=(3, 6)), rng.normal(size=(1, 6))])
+    # classes under MIN_TEST_SAMPLES (20) are not split: they count as one mode
+    x = np.concatenate([x, rng.normal(size=(3, 6)) * 50, rng.normal(size=(1, 6))])
     y = np.concatenate([y, [2, 2, 2], [3]])
     out = multimodality(x, y, max_components=3, max_per_class=100, seed=1)
     assert out["per_class"] == {0: 2, 1: 2, 2: 1, 3: 1}
+    assert out["evidence"][0]["n"] == 100 and out["evidence"][2]["split_ratio"] is None
     assert out["frac_multimodal"] == pytest.approx(0.5)
-    assert "emd" in out["recommendation"]
     assert multimodality(x, y, max_components=3, max_per_class=100, seed=1) == out
     with pytest.raises(ValueError, match="max_components"):
         multimodality(x, y, max_components=0)

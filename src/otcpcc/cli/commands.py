@@ -15,7 +15,8 @@ Examples:
     otcpcc train --preset paper --data cifar100 --data-dir ~/data --distance fastft --out runs/c100
     otcpcc evaluate runs/fastft --cost-matrix costs.csv
     otcpcc compare                      # synthetic data, distances none,l2,fastft -> runs/compare
-    otcpcc diagnose --data digits       # are the classes multi-modal? (OT vs l2)
+    otcpcc diagnose --data digits --out runs/diag   # does OT matter here? (OT vs l2)
+    otcpcc pilot --data digits --cost-matrix costs.csv --out runs/pilot
     otcpcc sweep --distance fastft --lams 0,0.5,1,2 --batch-sizes 64,256
     torchrun --standalone --nproc_per_node 2 -m otcpcc train --data synthetic --epochs 2
 """
@@ -309,7 +310,11 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     res = diagnose(args.data if args.data or args.run else "synthetic", run=args.run,
                    data_dir=args.data_dir, data_options=dict(args.data_opt or []),
                    data_seed=args.data_seed, max_components=args.max_components,
-                   device=args.device, max_per_class=args.max_per_class)
+                   device=args.device, max_per_class=args.max_per_class, tree=args.tree)
+    if args.out:
+        from ..study.diagnosis_report import write_diagnosis
+
+        print(f"wrote {write_diagnosis(args.out, res)}", file=sys.stderr)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -321,7 +326,25 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         print(f"{r['class']:<{width}}  {r['components']}")
     print(f"mean components: {res['mean_components']:.2f}  "
           f"(multi-modal classes: {res['frac_multimodal']:.0%})")
-    print(f"recommendation: {res['recommendation']}")
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(f"l2 vs emd: rank agreement {num(res['rank_agreement_l2_emd'])}, CPCC l2 "
+          f"{num(res['cpcc_l2'])}, CPCC emd {num(res['cpcc_emd'])}")
+    print(f"recommend: {res['recommend']}: " + " ".join(res["reasons"]))
+    return 0
+
+
+def cmd_pilot(args: argparse.Namespace) -> int:
+    from ..study.pilot import PILOT_EPOCHS, run_pilot
+
+    if args.epochs is None and not args.config:
+        args.epochs = PILOT_EPOCHS  # a small budget unless asked otherwise
+    cfg = config_from_args(args)
+    out = run_pilot(cfg, Path(args.out), methods=args.methods, seeds=args.seeds,
+                    cost_matrix=args.cost_matrix, force=args.force,
+                    progress=not args.no_progress)
+    print(out / "report.html")
     return 0
 
 
@@ -409,12 +432,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("diagnose", help="are the classes multi-modal? (OT vs l2)",
-                       description="Per class, Gaussian mixtures with 1..M components chosen by "
-                                   "AIC, on input features (--data) or a run's learned test "
-                                   "features (--run): the mean count and a recommendation.")
+    p = sub.add_parser("diagnose", help="does optimal transport matter here? (OT vs l2)",
+                       description="On input features (--data; --data features --data-dir X.npz "
+                                   "for any model's embeddings) or a run's learned test features "
+                                   "(--features-of RUN): modes per class (calibrated split test), "
+                                   "l2 vs EMD class distances (rank agreement, CPCC of each) and "
+                                   "a recommendation, ot or l2. See docs/pilot.md.")
     p.add_argument("--data", metavar="NAME", help="dataset (default synthetic)")
-    p.add_argument("--run", metavar="RUN", help="use the learned features of this run")
+    p.add_argument("--features-of", "--run", dest="run", metavar="RUN",
+                   help="use the learned test features of this run directory")
+    p.add_argument("--tree", metavar="FILE", help="label tree file replacing the data's tree")
+    p.add_argument("-o", "--out", metavar="DIR",
+                   help="write diagnose.json, diagnose.md, diagnose.html, diagnose.png here")
     p.add_argument("--data-dir", metavar="PATH")
     p.add_argument("--data-opt", action="append", type=_key_value, metavar="KEY=VALUE")
     p.add_argument("--data-seed", type=int, default=0, metavar="N")
@@ -425,6 +454,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_diagnose)
+
+    from ..study.pilot import PILOT_EPOCHS, PILOT_METHODS, PILOT_SEEDS
+
+    p = sub.add_parser("pilot", help="diagnose + compare on a small budget + recommend",
+                       formatter_class=fmt,
+                       description="A team's pilot: does OT matter on this data (diagnosis), "
+                                   "then train flat CE and the CPCC candidates on a small budget, "
+                                   "and write report.md / report.html with the cost of mistakes "
+                                   "and a recommendation. See docs/pilot.md.")
+    add_train_args(p)
+    g = p.add_argument_group("pilot")
+    g.add_argument("--methods", type=_name_list, default=list(PILOT_METHODS), metavar="LIST",
+                   help=f"methods to compare (default {','.join(PILOT_METHODS)})")
+    g.add_argument("--seeds", type=int, default=PILOT_SEEDS, metavar="N",
+                   help=f"seeds per method (default {PILOT_SEEDS}; epochs default "
+                        f"{PILOT_EPOCHS})")
+    g.add_argument("--cost-matrix", metavar="CSV", help="misclassification costs by class name")
+    g.add_argument("-o", "--out", default="runs/pilot", metavar="DIR",
+                   help="output directory (default runs/pilot)")
+    g.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.set_defaults(func=cmd_pilot)
 
     p = sub.add_parser("bench", help="speed benchmarks of the CPCC distances",
                        add_help=False, description="Run otcpcc.bench; see otcpcc bench --help.")

@@ -14,7 +14,7 @@ probabilities (and train features for the retrieval prototypes), and writes ``RU
   ``cpcc_subsample``); ``test_cpcc`` is the run's own distance (``l2`` for plain CE); a run
   trained with ``--cpcc-target`` also gets ``test_cpcc_target_{l2,emd,own}`` against that matrix
   (the run directory's ``cpcc_target.csv``);
-- ``multimodality``: Gaussian-mixture mode counts (AIC) per class of the learned test features;
+- ``multimodality``: calibrated split-test mode counts per class of the learned test features;
 - ``target`` (datasets with ``target_train``/``target_test`` splits, e.g. BREEDS): zero-shot
   coarse accuracy on the target classes, one-shot linear probe, source -> target retrieval
   (see :func:`subpopulation_shift`).
@@ -160,7 +160,10 @@ def multimodality_summary(features: np.ndarray, labels: np.ndarray, names: list[
         "mean_components": res["mean_components"],
         "frac_multimodal": res["frac_multimodal"],
         "recommendation": res["recommendation"],
-        "per_class": [{"class": names[c], "components": n} for c, n in res["per_class"].items()],
+        "per_class": [{"class": names[c], "components": n,
+                       "split_ratio": res["evidence"][c]["split_ratio"],
+                       "threshold": res["evidence"][c]["threshold"]}
+                      for c, n in res["per_class"].items()],
     }
 
 

@@ -1,0 +1,163 @@
+"""``otcpcc pilot``: diagnose, compare the candidates on a small budget, recommend one.
+
+``run_pilot(cfg, out)``:
+
+1. :func:`otcpcc.evaluation.diagnose.diagnose` on the input features of ``cfg.data`` →
+   ``out/diagnosis/`` (diagnose.json/.md/.html/.png);
+2. :func:`otcpcc.study.compare.run_compare` of ``PILOT_METHODS`` for ``seeds`` seeds →
+   ``out/compare/`` (summary.json, its report, one run directory per method and seed);
+3. ``out/report.md`` / ``out/report.html`` / ``out/pilot.json``: the diagnosis, the comparison
+   table, the paired verdicts against flat CE (``summary.json``'s ``verdicts`` when compare writes
+   them, else :func:`paired_verdicts` here), the cost of mistakes under the cost matrix, and the
+   closing recommendation (:func:`closing_recommendation`).
+
+To add a method (e.g. the hierarchy-aware baseline ``hxe`` once compare knows it), add its name to
+``PILOT_METHODS``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..runs.config import TrainConfig
+from .compare import _check_out, _say, run_compare
+from .diagnosis_report import diagnosis_markdown, html_page, markdown_to_html_body, write_diagnosis
+from .report import markdown_table
+from .tables import aggregate_runs, fmt
+
+PILOT_METHODS = ("none", "l2", "fastft")  # flat CE first: the baseline of every verdict
+PILOT_SEEDS = 2
+PILOT_EPOCHS = 8
+VERDICT_METRICS = ("expected_cost", "mistake_severity", "fine_acc")
+_LOWER_BETTER = {"expected_cost", "mistake_severity"}
+
+
+def _method(row: Mapping[str, Any]) -> str:
+    return str(row.get("method", row.get("distance")))
+
+
+def paired_verdicts(runs: Sequence[Mapping[str, Any]], baseline: str = "none",
+                    metrics: Sequence[str] = VERDICT_METRICS) -> list[dict[str, Any]]:
+    """Per method and metric: the mean over seeds of (method − baseline), paired by seed, its 95%
+    t-interval, and the call ``better`` / ``worse`` (interval excludes 0, in the metric's good /
+    bad direction) or ``within noise``. With one seed the interval is undefined: ``within noise``
+    is never claimed, the call is ``one seed``."""
+    from scipy.stats import t as student_t
+
+    by = {(_method(r), r.get("seed")): r for r in runs}
+    out = []
+    for method in dict.fromkeys(_method(r) for r in runs):
+        if method == baseline:
+            continue
+        for metric in metrics:
+            diffs = [float(r[metric]) - float(by[(baseline, s)][metric])
+                     for (m, s), r in by.items() if m == method and (baseline, s) in by
+                     and r.get(metric) is not None and by[(baseline, s)].get(metric) is not None]
+            if not diffs:
+                continue
+            d = np.asarray(diffs)
+            mean = float(d.mean())
+            if d.size < 2:
+                lo = hi = float("nan")
+                call = "one seed"
+            else:
+                half = float(student_t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
+                lo, hi = mean - half, mean + half
+                good = hi < 0 if metric in _LOWER_BETTER else lo > 0
+                bad = lo > 0 if metric in _LOWER_BETTER else hi < 0
+                call = "better" if good else "worse" if bad else "within noise"
+            out.append({"method": method, "metric": metric, "baseline": baseline,
+                        "diff_mean": mean, "ci_low": lo, "ci_high": hi, "call": call})
+    return out
+
+
+def closing_recommendation(diagnosis: Mapping[str, Any], aggregate: Sequence[Mapping[str, Any]],
+                           verdicts: Sequence[Mapping[str, Any]]) -> str:
+    """One paragraph. A method is *supported* when its expected-cost verdict against flat CE is
+    ``better`` and its fine-accuracy verdict is not ``worse``. Among supported methods, an OT one
+    (fastft, emd, …) is preferred only when the diagnosis says ``ot`` and its mean expected cost
+    is lower than l2-CPCC's; otherwise the cheapest supported one. None supported: flat CE."""
+    calls = {(v["method"], v["metric"]): v for v in verdicts}
+    cost = {str(r.get("method", r["distance"])): r.get("expected_cost_mean") for r in aggregate}
+    supported = [m for m in cost if m != "none"
+                 and calls.get((m, "expected_cost"), {}).get("call") == "better"
+                 and calls.get((m, "fine_acc"), {}).get("call") != "worse"]
+    diag = (f"the diagnosis says {diagnosis['recommend']} (CPCC l2 {fmt(diagnosis['cpcc_l2'], 2)}"
+            f" vs emd {fmt(diagnosis['cpcc_emd'], 2)}, Spearman "
+            f"{fmt(diagnosis['rank_agreement_l2_emd'], 2)})")
+    if not supported:
+        return (f"Use flat cross-entropy for now: no candidate lowered the expected cost of "
+                f"mistakes beyond seed noise on this budget; {diag}. A longer pilot (more "
+                f"epochs, more seeds) may still separate them.")
+    ot = [m for m in supported if m not in ("l2", "hxe", "soft")]
+    pick = next((m for m in supported if m == "l2"), supported[0])
+    if diagnosis["recommend"] == "ot" and ot:
+        best_ot = min(ot, key=lambda m: cost[m] if cost[m] is not None else math.inf)
+        if pick != "l2" or (cost[best_ot] or math.inf) < (cost["l2"] or math.inf):
+            pick = best_ot
+    v = calls[(pick, "expected_cost")]
+    return (f"Use {pick}: expected cost {fmt(cost.get('none'), 3)} → {fmt(cost[pick], 3)} "
+            f"(paired difference {fmt(v['diff_mean'], 3)}, 95% CI [{fmt(v['ci_low'], 3)}, "
+            f"{fmt(v['ci_high'], 3)}]); {diag}.")
+
+
+def _verdict_table(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = ["| method | metric | difference vs flat CE | 95% CI | call |", "|---|---|---|---|---|"]
+    lines += [f"| {v['method']} | {v['metric']} | {fmt(v['diff_mean'])} | [{fmt(v['ci_low'])}, "
+              f"{fmt(v['ci_high'])}] | {v['call']} |" for v in verdicts]
+    return lines
+
+
+def run_pilot(cfg: TrainConfig, out: str | os.PathLike, *, methods: Sequence[str] = PILOT_METHODS,
+              seeds: int = PILOT_SEEDS, cost_matrix: str | None = None, force: bool = False,
+              progress: bool = True) -> Path:
+    """Diagnose, compare ``methods`` over ``seeds`` seeds with ``cfg``'s budget, write the report
+    (module docstring). Returns ``out``."""
+    from ..evaluation.diagnose import diagnose
+
+    out = Path(out)
+    _check_out(out, force)
+    if cost_matrix is not None and not Path(cost_matrix).is_file():
+        raise FileNotFoundError(f"cost matrix {cost_matrix!r} not found; check --cost-matrix")
+    _say(progress, "[pilot] diagnosis")
+    diag = diagnose(cfg.data, data_dir=cfg.data_dir, data_options=dict(cfg.data_options),
+                    data_seed=cfg.data_seed, tree=cfg.tree)
+    write_diagnosis(out / "diagnosis", diag)
+    run_compare(cfg, list(methods), seeds, out / "compare", force=force, progress=progress,
+                cost_matrix=cost_matrix)
+    summary = json.loads((out / "compare" / "summary.json").read_text(encoding="utf-8"))
+    aggregate = summary.get("aggregate") or aggregate_runs(summary["runs"])
+    verdicts = summary.get("verdicts") or paired_verdicts(summary["runs"])
+    closing = closing_recommendation(diag, aggregate, verdicts)
+    costs = cost_matrix or "tree distance (no --cost-matrix given)"
+    cost_lines = [f"- {_method(r)}: expected cost {fmt(r.get('expected_cost_mean'))}, mistake "
+                  f"severity {fmt(r.get('mistake_severity_mean'))}, fine accuracy "
+                  f"{fmt(r.get('fine_acc_mean'))}" for r in aggregate]
+    md = "\n".join([
+        "# otcpcc pilot", "",
+        f"Data `{cfg.data}`; methods {', '.join(methods)}; {seeds} seeds; {cfg.epochs} epochs, "
+        f"batch {cfg.batch_size}, λ {cfg.lam:g}.", "",
+        "## Recommendation", "", closing, "",
+        diagnosis_markdown(diag, figure="diagnosis/diagnose.png", level=2),
+        "## Comparison (compare/report.html has the figures)", "", markdown_table(aggregate), "",
+        "### Paired verdicts against flat CE", "", *_verdict_table(verdicts), "",
+        f"## Cost of mistakes (cost matrix: {costs})", "",
+        "Expected cost = mean over test samples of C[true, predicted].", "", *cost_lines, ""])
+    (out / "report.md").write_text(md, encoding="utf-8")
+    body = markdown_to_html_body(md, {"diagnosis/diagnose.png": out / "diagnosis" / "diagnose.png"})
+    (out / "report.html").write_text(html_page("otcpcc pilot", body), encoding="utf-8")
+    result = {"diagnosis": {k: diag[k] for k in ("mean_components", "frac_multimodal",
+                                                 "rank_agreement_l2_emd", "cpcc_l2", "cpcc_emd",
+                                                 "recommend", "reasons")},
+              "methods": list(methods), "seeds": seeds, "verdicts": verdicts,
+              "recommendation": closing}
+    (out / "pilot.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    _say(progress, f"[pilot] wrote {out / 'report.html'}")
+    return out
