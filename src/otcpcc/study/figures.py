@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .tables import FIGURES, fmt
+from .tables import FIGURES, fmt, row_name
 
 
 def collect_features(run_dir: str | os.PathLike, split: str = "test") -> tuple[np.ndarray,
@@ -264,7 +264,7 @@ def render_figures(out: Path, aggregate: Sequence[Mapping[str, Any]],
     k = tree.num_classes
     feats = {name: collect_features(d, "test") for name, d in first.items()}
     learned = {name: learned_distance_matrix(x, y, k) for name, (x, y) in feats.items()}
-    cp = {r["distance"]: r.get("test_cpcc_l2_mean") for r in aggregate}
+    cp = {row_name(r): r.get("test_cpcc_l2_mean") for r in aggregate}
     titles = {n: f"{n} (TestCPCC l2 {fmt(cp.get(n), 2)})" for n in learned}
     plot_heatmaps(tree_d, learned, out / "heatmaps.png", titles)
     plot_dendrograms(tree_d, learned, tree.leaves, out / "dendrogram.png")

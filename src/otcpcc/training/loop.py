@@ -58,7 +58,7 @@ from ..runs.config import ConfigError, TrainConfig
 from ..runs.log import LOG_COLUMNS, format_row, log_tensorboard, open_tensorboard, printer, progress_bar
 from ..runs.rundir import RunDirError, check_run_dir, prepare_run_dir
 from .control import ResumableSampler, StopRequest, TrainingInterrupted
-from .optim import lr_at, make_criterion, make_optimizer
+from .optim import lr_at, make_criterion, make_optimizer, make_task_loss
 from .step import EpochTotals, train_step
 
 
@@ -112,8 +112,10 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
     model = wrap_for_ddp(make_model(cfg.replace(weights=None) if resume else cfg, bundle).to(device), cfg, env)
     core = unwrap(model)
 
-    # 3. Loss: CE + lam * (1 - CPCC) on the features, CPCC over the global batch.
+    # 3. Loss: task loss (CE, HXE or soft labels) on the logits + lam * (1 - CPCC) on the features,
+    #    CPCC over the global batch.
     criterion = make_criterion(cfg, bundle.tree, gather=env.world_size > 1)
+    task_loss = make_task_loss(cfg, bundle.tree).to(device)  # CE, HXE or soft labels
 
     # 4. Optimiser; the learning rate is set from lr_at(cfg, epoch) at every epoch start.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -159,7 +161,8 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
                     raise TrainingInterrupted(out)
 
                 train_one_epoch(model, criterion, optimizer, loader, cfg, env, amp, totals,
-                                first_step=skip, steps=steps_per_epoch, stop=stop, on_stop=save_partial,
+                                task_loss=task_loss, first_step=skip, steps=steps_per_epoch, stop=stop,
+                                on_stop=save_partial,
                                 desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress)
 
                 row = totals.finish(env, epoch=epoch + 1, lr=lr)
@@ -190,6 +193,7 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module | None, optimizer: torch.optim.Optimizer,
                     loader: DataLoader, cfg: TrainConfig, env: DistEnv, amp: bool, totals: EpochTotals, *,
+                    task_loss: nn.Module | None = None,
                     first_step: int, steps: int, stop: StopRequest, on_stop: Callable[[int, EpochTotals], None],
                     desc: str, progress: bool) -> EpochTotals:
     """One pass over ``loader`` (which already skips the ``first_step`` steps a mid-epoch checkpoint
@@ -200,7 +204,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module | None, optimizer: to
     step, t0 = first_step, time.perf_counter()
     try:
         for x, y in loader:
-            totals.add(train_step(model, criterion, optimizer, x, y, cfg, env.device, amp))
+            totals.add(train_step(model, criterion, optimizer, x, y, cfg, env.device, amp, task_loss))
             step += 1
             bar.update(1)
             bar.set_postfix(totals.postfix(time.perf_counter() - t0), refresh=False)
