@@ -117,3 +117,38 @@ def test_crm_predict_equals_brute_force_and_argmax_under_01_cost():
     assert decision_cost(got, y, cost) == pytest.approx(np.mean([cost[a, b] for a, b in zip(y, got, strict=True)]))
     with pytest.raises(ValueError, match="not 1"):
         crm_predict(probs * 2, cost)
+
+
+def hxe_by_definition(logits: np.ndarray, labels: np.ndarray, tree: LabelTree, alpha: float) -> float:
+    """-sum_l exp(-alpha * depth(C_l)) log(p(C_l) / p(C_{l+1})), from summed float64 softmax."""
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    total = 0.0
+    for row, y in zip(p, labels, strict=True):
+        path = [tree.leaves[y], *tree.ancestors(tree.leaves[y])]
+        mass = [row[tree.leaves_under(c)].sum() for c in path]
+        total -= sum(math.exp(-alpha * tree.depth(c)) * math.log(mass[i] / mass[i + 1])
+                     for i, c in enumerate(path[:-1]))
+    return total / len(labels)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA; the cpu case is its twin")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hxe_and_soft_in_float32_on_device_match_float64_definitions(device):
+    rng = np.random.default_rng(4)
+    k = DEEP.num_classes
+    logits, y = rng.normal(size=(50, k)) * 3, rng.integers(0, k, 50)
+    z = torch.tensor(logits, dtype=torch.float32, device=device, requires_grad=True)
+    yt = torch.tensor(y, device=device)
+    hxe = HXELoss(DEEP, alpha=0.7).to(device)(z, yt)
+    assert float(hxe) == pytest.approx(hxe_by_definition(logits, y, DEEP, 0.7), rel=1e-5)
+    soft = SoftLabelLoss(DEEP, beta=5).to(device)(z, yt)
+    (hxe + soft).backward()
+    assert z.grad.device.type == device and torch.isfinite(z.grad).all()
+    q = SoftLabelLoss(DEEP, beta=5).targets.numpy()[y]
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    assert float(soft) == pytest.approx(float(-(q * logp).sum(1).mean()), rel=1e-5)
