@@ -55,6 +55,9 @@ def test_train_then_evaluate_from_the_command_line(tiny_run, capsys):
     (["--distance", "l2", "--lam", "inf"], "lam must be a finite number"),
     (["--lr", "inf"], "lr must be a finite number"),
     (["--wd", "nan"], "wd must be a finite number"),
+    (["--method", "focal"], "invalid choice: 'focal'"),
+    (["--method", "hxe", "--alpha", "-1"], "alpha must be >= 0"),
+    (["--method", "soft", "--beta", "0"], "beta must be > 0"),
 ])
 def test_bad_values_give_one_line_and_status_2(tmp_path, capsys, flags, needle):
     code = main(["train", *TINY, "--out", str(tmp_path / "r"), *flags])
@@ -182,15 +185,21 @@ def test_compare_and_sweep_pass_their_settings_on(monkeypatch, tmp_path):
 
     monkeypatch.setattr("otcpcc.study.compare.run_compare", fake_compare)
     monkeypatch.setattr("otcpcc.study.compare.run_sweep", fake_sweep)
-    assert main(["compare"]) == 0  # no flags: synthetic, none,l2,fastft, runs/compare
+    assert main(["compare"]) == 0  # no flags: synthetic, none,hxe,soft,l2,fastft, runs/compare
     cfg, distances, seeds, out, force, progress, cost = calls["compare"]
-    assert cfg.data == "synthetic" and distances == ["none", "l2", "fastft"] and seeds == 3
+    assert cfg.data == "synthetic" and seeds == 3
+    assert distances == ["none", "hxe", "soft", "l2", "fastft"]
     assert str(out) == "runs/compare" and not force and progress and cost is None
     assert main(["compare", "--distances", "l2,emd", "--seeds", "2", "--lam", "0.5", "--out",
                  str(tmp_path), "--force", "--no-progress", "--epochs", "4"]) == 0
     cfg, distances, seeds, out, force, progress, _ = calls["compare"]
     assert (distances, seeds, out, force, progress) == (["l2", "emd"], 2, tmp_path, True, False)
     assert (cfg.lam, cfg.epochs) == (0.5, 4)
+    assert main(["compare", "--methods", "none,hxe+fastft", "--alpha", "0.3", "--beta", "4",
+                 "--no-progress"]) == 0
+    cfg, methods, *_ = calls["compare"]
+    assert methods == ["none", "hxe+fastft"] and (cfg.alpha, cfg.beta) == (0.3, 4.0)
+    assert main(["compare", "--method", "hxe", "--no-progress"]) == 2  # methods go to --methods
     assert main(["sweep", "--lams", "0,1.5", "--batch-sizes", "32,64"]) == 0
     cfg, lams, sizes, out, _, _ = calls["sweep"]
     assert cfg.distance == "fastft" and lams == [0.0, 1.5] and sizes == [32, 64]

@@ -329,8 +329,15 @@ def test_evaluate_all_matches_individual_metrics():
     expect["hier_dist@1"] = hier_dist_at_k(p, y, d, 1)
     expect["hier_dist@5"] = hier_dist_at_k(p, y, d, 5)
     expect["expected_cost"] = expected_cost(p, y, d)
-    assert out == pytest.approx(expect)
+    expect["expected_cost_argmax"] = float(np.mean(d[y, p.argmax(1)]))
+    crm = np.array([min(range(6), key=lambda j, r=r: (sum(r[i] * d[i, j] for i in range(6)), j))
+                    for r in p])  # brute-force conditional-risk decisions
+    expect["fine_acc_crm"] = float(np.mean(crm == y))
+    expect["mistake_severity_crm"] = mistake_severity(crm, y, d)
+    expect["expected_cost_crm"] = float(np.mean(d[y, crm]))
+    assert out == pytest.approx(expect, nan_ok=True)
     assert set(out) == {
+        "expected_cost_argmax", "fine_acc_crm", "mistake_severity_crm", "expected_cost_crm",
         "fine_top1",
         "fine_top2",
         "mid_acc",

@@ -321,10 +321,12 @@ def test_run_compare_summary(tmp_path, monkeypatch, fake_features):
     assert [(c[0], c[1]) for c in calls] == [("none", 3), ("none", 4), ("fastft", 3),
                                              ("fastft", 4)]  # alias deduplicated, same seeds
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"runs", "aggregate"}
+    assert set(summary) == {"runs", "aggregate", "verdicts"}
     run = summary["runs"][2]
-    assert list(run)[:9] == ["distance", "seed", "lam", "fine_acc", "test_cpcc_l2",
-                             "test_cpcc_emd", "test_cpcc_own", "mistake_severity", "expected_cost"]
+    assert list(run)[:10] == ["method", "distance", "seed", "lam", "fine_acc", "test_cpcc_l2",
+                              "test_cpcc_emd", "test_cpcc_own", "mistake_severity",
+                              "expected_cost"]
+    assert run["method"] == "fastft"
     assert run["distance"] == "fastft" and run["seed"] == 3 and run["lam"] == 2.0
     assert run["fine_acc"] == run["fine_top1"] == pytest.approx(0.8 + 0.03 - 0.004)
     assert run["mistake_severity"] == pytest.approx(2.8)
@@ -354,7 +356,7 @@ def test_run_compare_summary(tmp_path, monkeypatch, fake_features):
         compare.run_compare(cfg, ["none"], seeds=1, out=out, progress=False)
     compare.run_compare(cfg, ["none"], seeds=1, out=out, force=True, progress=False)
     assert calls[-1][-1] is True  # force reaches train
-    with pytest.raises(ValueError, match="unknown distance"):
+    with pytest.raises(ValueError, match="unknown method"):
         compare.run_compare(cfg, ["nope"], seeds=1, out=tmp_path / "x", progress=False)
     with pytest.raises(ValueError, match="seeds"):
         compare.run_compare(cfg, ["none"], seeds=0, out=tmp_path / "x", progress=False)

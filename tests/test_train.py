@@ -137,6 +137,34 @@ def test_train_writes_a_complete_run_directory(tmp_path, distance):
     assert tree.num_classes == 6
 
 
+def test_hxe_with_alpha_0_trains_exactly_like_cross_entropy(tmp_path):
+    from otcpcc.objectives import HXELoss, SoftLabelLoss
+    from otcpcc.training.optim import make_task_loss
+
+    ce = train(tiny(epochs=1), tmp_path / "ce", progress=False)
+    hxe0 = train(tiny(epochs=1, method="hxe", alpha=0.0), tmp_path / "hxe0", progress=False)
+    a, b = rows(ce)[0], rows(hxe0)[0]
+    assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-5)
+    assert float(b["train_acc"]) == float(a["train_acc"])
+    wa = torch.load(ce / "last.pt", weights_only=True)["model"]
+    wb = torch.load(hxe0 / "last.pt", weights_only=True)["model"]
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
+    tree = LabelTree.from_file(ce / "tree.json")
+    assert isinstance(make_task_loss(tiny(method="hxe", alpha=0.3), tree), HXELoss)
+    assert make_task_loss(tiny(method="soft", beta=4), tree).beta == 4.0
+    assert isinstance(make_task_loss(tiny(method="soft"), tree), SoftLabelLoss)
+    # hxe + CPCC: the loss column is the task loss plus lam * (1 - CPCC)
+    both = train(tiny(epochs=1, method="hxe", distance="fastft", lam=2.0), tmp_path / "both",
+                 progress=False)
+    r = rows(both)[0]
+    assert json.loads((both / "config.json").read_text())["method"] == "hxe"
+    assert float(r["loss"]) > float(r["ce"])  # the CPCC term is added (batch-weighted means)
+    # alpha > 0 really trains on HXE: its first-epoch loss is below CE's (weights e^{-alpha d} < 1)
+    hxe = train(tiny(epochs=1, method="hxe", alpha=1.0), tmp_path / "hxe1", progress=False)
+    assert float(rows(hxe)[0]["ce"]) < 0.8 * float(a["ce"])
+
+
 def test_test_accuracy_in_metrics_matches_a_forward_pass(tmp_path):
     from otcpcc.evaluation.evaluate import load_run
 
@@ -216,7 +244,10 @@ def test_bad_config_values_raise_config_error():
                         ({"data": "cifar11"}, "did you mean 'cifar10'"),
                         ({"optimizer": "lbfgs"}, "unknown optimizer"),
                         ({"device": "tpu"}, "unknown device"),
-                        ({"epocs": 3}, "did you mean 'epochs'")):
+                        ({"epocs": 3}, "did you mean 'epochs'"),
+                        ({"method": "focal"}, "unknown method 'focal'"),
+                        ({"method": "hxe", "alpha": -0.5}, "alpha must be >= 0"),
+                        ({"method": "soft", "beta": 0}, "beta must be > 0")):
         with pytest.raises(ConfigError, match=pattern):
             TrainConfig.from_dict({**kw})
 

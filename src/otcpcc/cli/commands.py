@@ -14,7 +14,8 @@ Examples:
     otcpcc train --out runs/fastft --resume --epochs 20
     otcpcc train --preset paper --data cifar100 --data-dir ~/data --distance fastft --out runs/c100
     otcpcc evaluate runs/fastft --cost-matrix costs.csv
-    otcpcc compare                      # synthetic data, distances none,l2,fastft -> runs/compare
+    otcpcc compare                      # synthetic data, methods none,hxe,soft,l2,fastft -> runs/compare
+    otcpcc train --method hxe --alpha 0.1 --distance fastft   # HXE + lam * FastFT-CPCC
     otcpcc diagnose --data digits --out runs/diag   # does OT matter here? (OT vs l2)
     otcpcc pilot --data digits --cost-matrix costs.csv --out runs/pilot
     otcpcc sweep --distance fastft --lams 0,0.5,1,2 --batch-sizes 64,256
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runs.config import OPTIMIZERS, PRESET_NAMES, SCHEDULES, TrainConfig
+from ..runs.config import METHODS, OPTIMIZERS, PRESET_NAMES, SCHEDULES, TrainConfig
 
 PROG = "otcpcc"
 
@@ -84,11 +85,12 @@ def _name_list(text: str) -> list[str]:
 # in the parser (hidden from --help) so that giving one is refused with that hint (see
 # refuse_unused_flags) instead of being silently overridden.
 NOT_USED: dict[str, dict[str, str]] = {
-    "compare": {"distance": "--distances (compare trains every distance listed there)"},
+    "compare": {"distance": "--methods (compare trains every method listed there, e.g. none,l2,fastft)",
+                "method": "--methods (compare trains every method listed there, e.g. none,hxe,hxe+fastft)"},
     "sweep": {"lam": "--lams (sweep trains every lambda listed there)",
               "batch_size": "--batch-sizes (sweep trains every batch size listed there)"},
 }
-_FLAG_OF = {"lam": "--lam", "batch_size": "--batch-size", "distance": "--distance"}
+_FLAG_OF = {"lam": "--lam", "batch_size": "--batch-size", "distance": "--distance", "method": "--method"}
 
 
 def refuse_unused_flags(args: argparse.Namespace, command: str) -> None:
@@ -170,7 +172,16 @@ def add_train_args(p: argparse.ArgumentParser, command: str = "train") -> None:
     g.add_argument("--warmup-epochs", "--lr-warmup-epochs", dest="warmup_epochs", type=int,
                    default=S, metavar="N", help="linear warm-up epochs (default 0)")
 
-    g = p.add_argument_group("CPCC regulariser: loss = CE + lam * (1 - CPCC)")
+    g = p.add_argument_group("task loss on the logits")
+    g.add_argument("--method", default=S, choices=METHODS,
+                   help=shown("method", "ce: cross-entropy (default); hxe: hierarchical cross-entropy; "
+                              "soft: soft-label cross-entropy (Bertinetto et al., CVPR 2020)"))
+    g.add_argument("--alpha", type=float, default=S,
+                   help="hxe: weight exp(-alpha * depth) of each edge (default 0.1; 0 = CE)")
+    g.add_argument("--beta", type=float, default=S,
+                   help="soft: target sharpness, q(j) ~ exp(-beta * D[y,j] / max D) (default 10)")
+
+    g = p.add_argument_group("CPCC regulariser: loss = task loss + lam * (1 - CPCC)")
     g.add_argument("--distance", default=S, metavar="NAME",
                    help=shown("distance", "class distance: fastft (fft, default), l2, emd, "
                               "sinkhorn (sk), swd, or none (plain cross-entropy)"))
@@ -249,7 +260,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.preset and cfg.data == "inat2021" and not cfg.weights:
         _say(args, f"{PROG}: note: the published iNaturalist protocol fine-tunes layer4 of an "
                    "ImageNet-pretrained ResNet-18; pass its local state dict with --weights")
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.data}_{cfg.distance}_seed{cfg.seed}"
+    name = "+".join(n for n in (cfg.method, cfg.distance) if n not in ("ce", "none")) or "none"
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.data}_{name}_seed{cfg.seed}"
     run = train(cfg, out, resume=args.resume, force=args.force, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(run)
@@ -266,7 +278,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     keys = [k for k in res if k.endswith("_acc") or k.startswith("fine_top")]
     keys += [k for k in res if k.startswith("map_")]
-    keys += ["mistake_severity", "hier_dist@1", "hier_dist@5", "expected_cost"]
+    keys += ["mistake_severity", "hier_dist@1", "hier_dist@5", "expected_cost",
+             "expected_cost_argmax", "fine_acc_crm", "mistake_severity_crm", "expected_cost_crm"]
     keys += [k for k in res if k.startswith("test_cpcc_")]
     rows = [(k, res[k]) for k in keys if k in res]
     target = res.get("target") or {}  # subpopulation-shift tasks (BREEDS-style target classes)
@@ -287,7 +300,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     refuse_unused_flags(args, "compare")
     cfg = config_from_args(args)
-    out = run_compare(cfg, args.distances, args.seeds, Path(args.out), force=args.force,
+    out = run_compare(cfg, args.methods, args.seeds, Path(args.out), force=args.force,
                       progress=not args.no_progress, cost_matrix=args.cost_matrix)
     print(out)
     return 0
@@ -370,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("train", help="train one model (CE + lam * CPCC)", formatter_class=fmt,
+    p = sub.add_parser("train", help="train one model (task loss + lam * CPCC)", formatter_class=fmt,
                        description="Train one model; writes config.json, tree.json, log.csv, "
                                    "last.pt and metrics.json into --out.")
     add_train_args(p)
@@ -400,15 +413,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("compare", help="train + evaluate several distances, write a report",
+    p = sub.add_parser("compare", help="train + evaluate several methods, write a report",
                        formatter_class=fmt,
-                       description="Train every --distances on the same data and seeds, "
-                                   "evaluate, and write summary.json, report.md, report.html "
-                                   "and figures into --out. With no flags: synthetic data.")
+                       description="Train every --methods on the same data and seeds, "
+                                   "evaluate, judge each against flat CE (paired over seeds, "
+                                   "95% t-intervals), and write summary.json, report.md, "
+                                   "report.html and figures into --out. With no flags: "
+                                   "synthetic data.")
     add_train_args(p, "compare")
     g = p.add_argument_group("comparison")
-    g.add_argument("--distances", type=_name_list, default=["none", "l2", "fastft"],
-                   metavar="LIST", help="comma-separated distances (default none,l2,fastft)")
+    g.add_argument("--methods", "--distances", dest="methods", type=_name_list,
+                   default=["none", "hxe", "soft", "l2", "fastft"], metavar="LIST",
+                   help="comma-separated methods: none (flat CE), hxe, soft, a CPCC distance "
+                        "(CE + lam * CPCC: l2, emd, sinkhorn, swd, fastft) or loss+distance "
+                        "such as hxe+fastft (default none,hxe,soft,l2,fastft; --distances is "
+                        "an alias)")
     g.add_argument("--seeds", type=int, default=3, metavar="N",
                    help="seeds per distance: seed .. seed+N-1 (default 3: mean ± std)")
     g.add_argument("-o", "--out", default="runs/compare", metavar="DIR",

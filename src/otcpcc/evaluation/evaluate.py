@@ -9,6 +9,9 @@ probabilities (and train features for the retrieval prototypes), and writes ``RU
 - ``map_fine``, ``map_{level}``: retrieval mAP with class prototypes (mean train feature), cosine;
 - ``mistake_severity`` (mean tree distance of top-1 mistakes), ``hier_dist@1``, ``hier_dist@5``,
   ``expected_cost`` (cost matrix from a CSV keyed by class names, default the tree distance);
+- the decision costs under that matrix: ``expected_cost_argmax`` (mean cost of the argmax), and
+  for the conditional-risk decisions (``metrics.crm_predict``) ``fine_acc_crm``,
+  ``mistake_severity_crm``, ``expected_cost_crm``;
 - ``test_cpcc_l2``, ``test_cpcc_emd`` and ``test_cpcc_{own distance}`` (TestCPCC on the whole split;
   ``emd``/``sinkhorn`` on at most 100 samples per class, drawn with a fixed seed and recorded in
   ``cpcc_subsample``); ``test_cpcc`` is the run's own distance (``l2`` for plain CE); a run
@@ -194,13 +197,15 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
 
     result: dict[str, Any] = {
         "split": split, "n": int(labels.numel()), "num_classes": tree.num_classes,
-        "epoch": run.epoch, "distance": cfg.distance, "lam": cfg.lam, "seed": cfg.seed,
+        "epoch": run.epoch, "method": cfg.method, "distance": cfg.distance, "lam": cfg.lam,
+        "seed": cfg.seed,
         "cost_matrix": cost_source,
     }
     metrics = evaluate_all(probs, labels.numpy(), feats.numpy(), train["features"].numpy(),
                            train["labels"].numpy(), tree, cost_matrix=c)
     result["fine_acc"] = metrics["fine_top1"]
     result.update(metrics)
+    result["coarse_level"] = tree.levels[-1].name if tree.levels else None  # its map_ is coarse mAP
 
     own = cfg.distance if cfg.distance != "none" else "l2"
     subsample: dict[str, Any] = {}

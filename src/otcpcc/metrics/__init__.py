@@ -10,6 +10,8 @@ Conventions (the reference evaluation protocol; README, section Commands, paragr
 - Mistake severity (mean tree distance of top-1 mistakes), average hierarchical distance@k
   (Bertinetto et al. 2020, "Making better mistakes"), expected misclassification cost under a
   cost matrix ``C[true, predicted]`` (default: the tree's path-length matrix).
+- Cost-aware decisions: the conditional-risk minimiser ``crm_predict`` (Karthik et al. 2021)
+  and ``decision_cost``, the mean cost ``C[y, prediction]`` a decision rule actually pays.
 - Multi-modality diagnostic: Gaussian mixtures per class chosen by AIC, to tell whether optimal
   transport class distances should beat distances between class means.
 
@@ -18,12 +20,15 @@ Bad input raises :class:`ValueError` with a one-line message naming the problem 
 """
 
 from .accuracy import level_accuracies
-from .mistakes import expected_cost, hier_dist_at_k, load_cost_matrix, mistake_severity
+from .decision import crm_predict
+from .mistakes import decision_cost, expected_cost, hier_dist_at_k, load_cost_matrix, mistake_severity
 from .multimodality import multimodality
 from .retrieval import retrieval_map
 from .summary import evaluate_all
 
 __all__ = [
+    "crm_predict",
+    "decision_cost",
     "evaluate_all",
     "expected_cost",
     "hier_dist_at_k",

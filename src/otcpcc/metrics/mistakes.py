@@ -1,5 +1,5 @@
-"""How costly the mistakes are: mistake severity, hierarchical distance@k, expected cost, and the
-cost-matrix CSV loader."""
+"""How costly the mistakes are: mistake severity, hierarchical distance@k, expected cost, the cost
+of hard decisions, and the cost-matrix CSV loader."""
 
 from __future__ import annotations
 
@@ -81,6 +81,30 @@ def expected_cost(probs: Any, labels: Any, C: Any) -> float:
     if p.shape[0] == 0:
         return math.nan
     return float(np.mean(np.sum(p * c[y], axis=1)))
+
+
+def decision_cost(preds: Any, labels: Any, C: Any) -> float:
+    """Mean cost of hard decisions: ``(1/N) sum_i C[labels_i, preds_i]`` (0 where correct when
+    ``C`` has a zero diagonal).
+
+    Unlike :func:`expected_cost`, which averages ``C[y, j]`` over the model's whole predictive
+    distribution, this is the cost actually paid by a decision rule (argmax, or
+    :func:`~otcpcc.metrics.decision.crm_predict`). With ``C`` = the tree distance and argmax
+    decisions it equals ``hier_dist_at_k(probs, labels, C, 1)``.
+
+    Args:
+        preds: [N] predicted fine ids; labels: [N] true fine ids; C: [K, K] ``C[true, predicted]``.
+
+    Returns:
+        The mean (NaN for an empty input).
+    """
+    c = _as_square(C, "C")
+    k = c.shape[0]
+    y = _as_labels(labels, None, k)
+    p = _as_labels(preds, y.shape[0], k, "preds")
+    if y.shape[0] == 0:
+        return math.nan
+    return float(c[y, p].mean())
 
 
 def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray:

@@ -8,7 +8,8 @@ import numpy as np
 
 from ._arrays import _as_features, _as_labels, _as_probs, _as_square
 from .accuracy import level_accuracies
-from .mistakes import expected_cost, hier_dist_at_k, mistake_severity
+from .decision import crm_predict
+from .mistakes import decision_cost, expected_cost, hier_dist_at_k, mistake_severity
 from .retrieval import retrieval_map
 
 
@@ -31,7 +32,11 @@ def evaluate_all(
 
     Returns:
         ``fine_top1, fine_top2, {level}_acc..., map_fine, map_{level}..., mistake_severity,
-        hier_dist@1, hier_dist@5 (only when K >= 5), expected_cost``.
+        hier_dist@1, hier_dist@5 (only when K >= 5), expected_cost`` (the model's expected cost
+        ``mean_i sum_j p_ij C[y_i, j]``), ``expected_cost_argmax`` (mean ``C[y, argmax]``, the
+        cost the argmax decisions pay), and the same for the conditional-risk decisions
+        ``crm_predict(probs, C)``: ``fine_acc_crm``, ``mistake_severity_crm`` (under D),
+        ``expected_cost_crm`` (mean ``C[y, crm]``).
     """
     k = int(tree.num_classes)
     p = _as_probs(probs, num_classes=k)
@@ -54,4 +59,9 @@ def evaluate_all(
         if kk <= k:
             out[f"hier_dist@{kk}"] = hier_dist_at_k(p, y, d, kk)
     out["expected_cost"] = expected_cost(p, y, c)
+    out["expected_cost_argmax"] = decision_cost(preds, y, c)
+    crm = crm_predict(p, c)
+    out["fine_acc_crm"] = float(np.mean(crm == y)) if y.size else float("nan")
+    out["mistake_severity_crm"] = mistake_severity(crm, y, d)
+    out["expected_cost_crm"] = decision_cost(crm, y, c)
     return out

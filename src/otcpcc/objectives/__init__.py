@@ -1,5 +1,8 @@
-"""Training objectives on features or logits, one file each: the CPCC regulariser (``cpcc.py``)."""
+"""Training objectives on features or logits, one file each: the CPCC regulariser (``cpcc.py``),
+hierarchical cross-entropy (``hxe.py``) and soft-label cross-entropy (``soft_labels.py``)."""
 
 from .cpcc import CPCCLoss, cpcc, pearson
+from .hxe import HXELoss
+from .soft_labels import SoftLabelLoss, soft_targets
 
-__all__ = ["CPCCLoss", "cpcc", "pearson"]
+__all__ = ["CPCCLoss", "HXELoss", "SoftLabelLoss", "cpcc", "pearson", "soft_targets"]

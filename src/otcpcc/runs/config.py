@@ -41,6 +41,8 @@ DISTANCE_ALIASES: dict[str, str] = {
     "fastft": "fastft",
     "fft": "fastft",
 }
+# Task losses on the logits (``--method``): cross-entropy, hierarchical cross-entropy, soft labels.
+METHODS = ("ce", "hxe", "soft")
 OPTIMIZERS = ("sgd", "adamw")
 MAX_SEED = 2**32 - 1  # --seed / --data-seed: what numpy's generators accept
 SCHEDULES = ("cosine", "step", "none")
@@ -165,7 +167,10 @@ class TrainConfig:
     Optimisation: ``epochs``, ``batch_size`` (per process), ``lr``, ``momentum``, ``wd``,
     ``optimizer`` (sgd | adamw), ``schedule`` (cosine | step | none; ``step_size``/``gamma`` for
     step), ``warmup_epochs`` (linear warm-up, counted inside ``epochs``).
-    Regulariser: loss = CE + ``lam`` * (1 - CPCC) with class distance ``distance`` (default
+    Task loss: ``method`` (ce | hxe | soft): cross-entropy, hierarchical cross-entropy with decay
+    ``alpha`` (``otcpcc.HXELoss``), or soft-label cross-entropy with sharpness ``beta``
+    (``otcpcc.SoftLabelLoss``).
+    Regulariser: loss = task loss + ``lam`` * (1 - CPCC) with class distance ``distance`` (default
     ``fastft`` with ``lam`` 1; none | l2 | emd | sinkhorn | swd | fastft, aliases sk, fft) and
     ``distance_options`` (e.g. ``reg``, ``n_projections``, ``weights``, ``order``); ``cpcc_target``
     (a cost-matrix CSV keyed by class names: CPCC then correlates feature distances with
@@ -200,6 +205,10 @@ class TrainConfig:
     step_size: int = 30
     gamma: float = 0.1
     warmup_epochs: int = 0
+    # task loss
+    method: str = "ce"
+    alpha: float = 0.1
+    beta: float = 10.0
     # regulariser
     distance: str = "fastft"  # the method (OT-CPCC); "none" = plain cross-entropy
     lam: float = 1.0
@@ -287,6 +296,10 @@ class TrainConfig:
                 f"unknown dataset {self.data!r}{hint}; choose one of: {', '.join(sorted(DATASETS))}"
             )
         self.distance = canonical_distance(self.distance)
+        self.method = str(self.method).lower()
+        if self.method not in METHODS:
+            raise bad(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)} "
+                      "(a CPCC distance goes to --distance)")
         self.optimizer = str(self.optimizer).lower()
         if self.optimizer not in OPTIMIZERS:
             raise bad(
@@ -317,7 +330,7 @@ class TrainConfig:
                 f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs}); "
                 "lower --warmup-epochs"
             )
-        for name in ("lr", "momentum", "wd", "gamma", "lam"):
+        for name in ("lr", "momentum", "wd", "gamma", "lam", "alpha", "beta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise bad(f"{name} must be a number, got {value!r}")
@@ -338,6 +351,11 @@ class TrainConfig:
                 f"lambda must be >= 0, got {self.lam}; pass --lam 0 or more "
                 "(0 or --distance none trains plain cross-entropy)"
             )
+        if self.alpha < 0:
+            raise bad(f"alpha must be >= 0, got {self.alpha}; pass e.g. --alpha 0.1 "
+                      "(0 makes hxe plain cross-entropy)")
+        if not self.beta > 0:
+            raise bad(f"beta must be > 0, got {self.beta}; pass e.g. --beta 10")
         dev = str(self.device).lower()
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise bad(f"unknown device {self.device!r}; choose auto, cpu, cuda or cuda:N")

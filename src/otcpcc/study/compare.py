@@ -1,14 +1,16 @@
-"""Compare distances and sweep hyper-parameters: train, evaluate, summarise, render.
+"""Compare methods and sweep hyper-parameters: train, evaluate, summarise, render.
 
-``run_compare`` trains every distance (``"none"`` = plain cross-entropy) on the same data for the
-same seeds, evaluates each run (``otcpcc.evaluate.evaluate_run``), writes ``summary.json`` and
-renders the report (``otcpcc.report.render_report``). ``run_sweep`` trains a grid over λ and batch
+``run_compare`` trains every method (``study.methods``: ``none`` = plain cross-entropy, ``hxe``,
+``soft``, a CPCC distance = CE + λ·CPCC, or ``hxe+fastft``) on the same data for the same seeds,
+evaluates each run (``otcpcc.evaluate.evaluate_run``), writes ``summary.json`` with the paired
+verdicts against ``none`` (``study.verdict``) and renders the report
+(``otcpcc.report.render_report``). ``run_sweep`` trains a grid over λ and batch
 size and writes ``sweep.csv`` and ``sweep.png``.
 
 Layout::
 
     out/summary.json, report.md, report.html, *.png      (compare)
-    out/<distance>/seed<k>/                              (one run directory per distance and seed)
+    out/<method>/seed<k>/                                (one run directory per method and seed)
     out/sweep.csv, sweep.png, lam<λ>_bs<B>/              (sweep)
 """
 
@@ -25,14 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from ..runs.config import TrainConfig, canonical_distance
+from ..runs.config import TrainConfig
+from .methods import resolve_methods
 from .notes import run_collapse
 from .report import render_report
 from .tables import _is_number, aggregate_runs
+from .verdict import verdicts
 
 # the summary's leading keys, in this order; every other evaluation metric follows
 _FIRST_KEYS = ("fine_acc", "test_cpcc_l2", "test_cpcc_emd", "test_cpcc_own", "mistake_severity",
-               "expected_cost")
+               "expected_cost", "fine_acc_crm", "mistake_severity_crm", "expected_cost_argmax",
+               "expected_cost_crm")
 
 
 def _as_config(cfg: TrainConfig | Mapping[str, Any]) -> TrainConfig:
@@ -127,24 +132,26 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: 
             "metrics": evaluate_run(run_dir, cost_matrix=cost_matrix, device=_eval_device(cfg))}
 
 
-def run_compare(base_cfg: TrainConfig | Mapping[str, Any], distances: Sequence[str], seeds: int,
+def run_compare(base_cfg: TrainConfig | Mapping[str, Any], methods: Sequence[str], seeds: int,
                 out: str | os.PathLike, force: bool = False, progress: bool = True,
                 cost_matrix: Any = None) -> Path:
-    """Train and evaluate every distance for ``seeds`` seeds, summarise and render the report.
+    """Train and evaluate every method for ``seeds`` seeds, summarise, judge and render the report.
 
-    Each distance ``d`` (canonical name; ``"none"`` = plain cross-entropy; λ from ``base_cfg``)
-    trains with seeds ``base_cfg.seed … base_cfg.seed + seeds − 1`` into ``out/d/seed<k>``, so
-    every distance sees the same data and initial seeds. ``out/summary.json`` holds
-    ``{"runs": [row per run], "aggregate": [mean/std per distance]}`` (rows: see :func:`run_row`);
-    then :func:`otcpcc.report.render_report` writes ``report.md``, ``report.html`` and figures.
-    An ``out`` that exists and is not empty raises ``ValueError`` unless ``force``. Returns ``out``.
+    Each entry of ``methods`` (``study.methods.resolve_method``: ``none``, ``hxe``, ``soft``, a
+    CPCC distance, ``hxe+fastft``, …; λ, α, β from ``base_cfg``) trains with seeds
+    ``base_cfg.seed … base_cfg.seed + seeds − 1`` into ``out/<method>/seed<k>``, so every method
+    sees the same data and initial seeds. ``out/summary.json`` holds ``{"runs": [row per run],
+    "aggregate": [mean/std per method], "verdicts": [paired verdict per method and metric
+    against none]}`` (rows: see :func:`run_row`, with ``method`` and ``distance``; verdicts: see
+    :func:`otcpcc.study.verdict.verdicts`); then :func:`otcpcc.report.render_report` writes
+    ``report.md``, ``report.html`` and figures. An ``out`` that exists and is not empty raises
+    ``ValueError`` unless ``force``. Returns ``out``.
     """
     cfg = _as_config(base_cfg)
-    names = list(dict.fromkeys(canonical_distance(d) for d in distances))
-    if not names:
-        raise ValueError("no distances to compare; pass e.g. --distances none,l2,fastft")
+    specs = resolve_methods(methods)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}; pass --seeds 1 or more")
+    configs = {s.name: cfg.replace(method=s.method, distance=s.distance) for s in specs}  # validate
     if cost_matrix is not None:  # refuse a cost matrix that does not fit before training
         from ..evaluation.evaluate import resolve_cost_matrix
         from ..runs.build import load_data
@@ -154,18 +161,19 @@ def run_compare(base_cfg: TrainConfig | Mapping[str, Any], distances: Sequence[s
     _check_out(out, force)
     out.mkdir(parents=True, exist_ok=True)
     runs, run_dirs = [], {}
-    total, done = len(names) * seeds, 0
-    for dist in names:
-        run_dirs[dist] = []
+    total, done = len(specs) * seeds, 0
+    for spec in specs:
+        run_dirs[spec.name] = []
         for seed in range(cfg.seed, cfg.seed + seeds):
             done += 1
-            _say(progress, f"[compare {done}/{total}] distance={dist} seed={seed}")
-            res = _train_and_evaluate(cfg.replace(distance=dist, seed=seed),
-                                      out / dist / f"seed{seed}", force, progress, cost_matrix)
-            run_dirs[dist].append(res["run_dir"])
-            lam = cfg.lam if dist != "none" else 0.0
-            runs.append(run_row(res["run_dir"], res["metrics"], distance=dist, seed=seed, lam=lam))
-    summary = {"runs": runs, "aggregate": aggregate_runs(runs)}
+            _say(progress, f"[compare {done}/{total}] method={spec.name} seed={seed}")
+            res = _train_and_evaluate(configs[spec.name].replace(seed=seed),
+                                      out / spec.name / f"seed{seed}", force, progress, cost_matrix)
+            run_dirs[spec.name].append(res["run_dir"])
+            lam = cfg.lam if spec.distance != "none" else 0.0
+            runs.append(run_row(res["run_dir"], res["metrics"], method=spec.name,
+                                distance=spec.distance, seed=seed, lam=lam))
+    summary = {"runs": runs, "aggregate": aggregate_runs(runs), "verdicts": verdicts(runs)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     render_report(out, summary, run_dirs)
     _say(progress, f"[compare] wrote {out / 'summary.json'} and {out / 'report.html'}")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..training.health import feature_degeneracy
-from .tables import FIGURES, fmt
+from .tables import FIGURES, fmt, row_name
 
 
 def collect_features(run_dir: str | os.PathLike, split: str = "test") -> tuple[np.ndarray,
@@ -300,7 +300,7 @@ def render_figures(out: Path, aggregate: Sequence[Mapping[str, Any]],
                      f"test features are degenerate ({why})")
     good = {name: xy for name, xy in feats.items() if name not in bad}
     learned = {name: learned_distance_matrix(x, y, k) for name, (x, y) in good.items()}
-    cp = {r["distance"]: r.get("test_cpcc_l2_mean") for r in aggregate}
+    cp = {row_name(r): r.get("test_cpcc_l2_mean") for r in aggregate}
     titles = {n: f"{n} (TestCPCC l2 {fmt(cp.get(n), 2)})" for n in learned}
     levels = tree.levels
     if levels:

@@ -14,9 +14,10 @@ _LOWER_BETTER_PREFIX = ("mistake_severity", "hier_dist@", "expected_cost")
 _HIGHER_BETTER_PREFIX = ("fine_acc", "fine_top", "test_cpcc", "map_", "cpcc")
 _HIGHER_BETTER_SUFFIX = ("_acc",)
 # metrics shown first in the table, in this order (the rest follow in summary order)
-_LEAD_COLUMNS = ("fine_acc", "fine_top2")
+_LEAD_COLUMNS = ("fine_acc", "fine_top2", "fine_acc_crm")
 _CPCC_COLUMNS = ("test_cpcc_l2", "test_cpcc_emd", "test_cpcc_own")
-_COST_COLUMNS = ("mistake_severity", "hier_dist@1", "hier_dist@5", "expected_cost")
+_COST_COLUMNS = ("mistake_severity", "mistake_severity_crm", "hier_dist@1", "hier_dist@5",
+                 "expected_cost", "expected_cost_argmax", "expected_cost_crm")
 # keys never shown as table columns: identifiers, bookkeeping, duplicates of a shown column
 # (``fine_top1`` = fine_acc, ``test_cpcc`` = test_cpcc_own, ``test_cpcc_<d>`` for the training
 # distance d is in test_cpcc_own)
@@ -56,10 +57,16 @@ def _finite(v: Any) -> bool:
     return _is_number(v) and math.isfinite(float(v))
 
 
+def row_name(row: Mapping[str, Any]) -> str:
+    """The method a summary or aggregate row belongs to: ``method``, else ``distance``."""
+    return str(row.get("method") or row["distance"])
+
+
 def aggregate_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean and standard deviation of every numeric metric, per distance.
 
-    Groups ``runs`` by ``run["distance"]`` (first-appearance order). For each key other than
+    Groups ``runs`` by ``run["method"]`` (``run["distance"]`` for rows without one; first-appearance
+    order); each aggregate row keeps ``method`` and ``distance``. For each key other than
     ``seed`` that is numeric in at least one run: ``<key>_mean`` = mean over the runs where the
     value is finite, ``<key>_std`` = sample standard deviation (ddof=1) over them, ``None`` for a
     single value (undefined: the table then shows the mean alone); both ``None`` when no run has a
@@ -70,13 +77,14 @@ def aggregate_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for run in runs:
         if "distance" not in run:
             raise ValueError("every run in the summary needs a 'distance' key; add it")
-        groups.setdefault(str(run["distance"]), []).append(run)
+        groups.setdefault(row_name(run), []).append(run)
     keys: list[str] = []  # metric keys: numeric in at least one run (same keys for every row)
     for run in runs:
         keys += [k for k, v in run.items() if k not in keys and k != "seed" and _is_number(v)]
     out = []
-    for dist, rows in groups.items():
-        agg: dict[str, Any] = {"distance": dist, "n_runs": len(rows)}
+    for name, rows in groups.items():
+        agg: dict[str, Any] = {"method": name, "distance": str(rows[0]["distance"]),
+                               "n_runs": len(rows)}
         for k in keys:
             vals = np.array([float(r[k]) for r in rows if _finite(r.get(k))], dtype=np.float64)
             if len(vals) == 0:
@@ -186,10 +194,10 @@ def roi_line(name: str, base: Mapping[str, Any], row: Mapping[str, Any]) -> str:
 
 def roi_lines(aggregate: Sequence[Mapping[str, Any]], baseline: str = "none") -> list[str]:
     """The ROI line of every method against ``baseline`` (a note if the baseline was not run)."""
-    base = next((r for r in aggregate if r["distance"] == baseline), None)
+    base = next((r for r in aggregate if row_name(r) == baseline), None)
     if base is None:
-        return [f"No `{baseline}` run to compare against: add `{baseline}` to the distances."]
-    return [roi_line(r["distance"], base, r) for r in aggregate if r["distance"] != baseline]
+        return [f"No `{baseline}` run to compare against: add `{baseline}` to the methods."]
+    return [roi_line(row_name(r), base, r) for r in aggregate if row_name(r) != baseline]
 
 
 # --------------------------------------------------------------------------------------------

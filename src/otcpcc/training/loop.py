@@ -68,7 +68,7 @@ from ..runs.rundir import (
 from ..runs.target import load_run_target, save_run_target
 from .control import NonFiniteLoss, ResumableSampler, SeededSamples, StopRequest, TrainingInterrupted
 from .health import collapse_reason
-from .optim import extension_note, lr_at, make_criterion, make_optimizer
+from .optim import extension_note, lr_at, make_criterion, make_optimizer, make_task_loss
 from .step import EpochTotals, train_step
 
 
@@ -139,9 +139,11 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
     model = wrap_for_ddp(make_model(cfg.replace(weights=None) if resume else cfg, bundle).to(device), cfg, env)
     core = unwrap(model)
 
-    # 3. Loss: CE + lam * (1 - CPCC) on the features, CPCC over the global batch.
+    # 3. Loss: task loss (CE, HXE or soft labels) on the logits + lam * (1 - CPCC) on the features,
+    #    CPCC over the global batch (against the tree, or the --cpcc-target matrix).
     criterion = make_criterion(cfg, bundle.tree if target is None else target,
                                gather=env.world_size > 1)
+    task_loss = make_task_loss(cfg, bundle.tree).to(device)  # CE, HXE or soft labels
 
     # 4. Optimiser; the learning rate is set from lr_at(cfg, epoch) at every epoch start.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -185,7 +187,8 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
         saved[0] = True
 
     try:
-        history, collapsed = _epochs(model, core, criterion, optimizer, sampler, loader, bundle, cfg, env, out,
+        history, collapsed = _epochs(model, core, criterion, task_loss, optimizer, sampler, loader, bundle,
+                                     cfg, env, out,
                           amp, start_epoch, start_step, partial, history, steps_per_epoch,
                           checkpoint, progress, say)
     except BaseException as e:
@@ -216,7 +219,7 @@ def _data_meta(bundle: Any) -> dict[str, Any]:
     return {"skipped_images": dict(skipped)} if skipped else {}
 
 
-def _epochs(model: nn.Module, core: nn.Module, criterion: nn.Module | None,
+def _epochs(model: nn.Module, core: nn.Module, criterion: nn.Module | None, task_loss: nn.Module,
             optimizer: torch.optim.Optimizer, sampler: ResumableSampler, loader: DataLoader, bundle,
             cfg: TrainConfig, env: DistEnv, out: Path, amp: bool, start_epoch: int, start_step: int,
             partial: dict[str, Any] | None, history: list[dict[str, Any]], steps_per_epoch: int,
@@ -242,7 +245,8 @@ def _epochs(model: nn.Module, core: nn.Module, criterion: nn.Module | None,
                     raise TrainingInterrupted(out)
 
                 train_one_epoch(model, criterion, optimizer, loader, cfg, env, amp, totals,
-                                first_step=skip, steps=steps_per_epoch, stop=stop, on_stop=save_partial,
+                                task_loss=task_loss, first_step=skip, steps=steps_per_epoch, stop=stop,
+                                on_stop=save_partial,
                                 desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress)
 
                 row = totals.finish(env, epoch=epoch + 1, lr=lr)
@@ -270,6 +274,7 @@ def _epochs(model: nn.Module, core: nn.Module, criterion: nn.Module | None,
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module | None, optimizer: torch.optim.Optimizer,
                     loader: DataLoader, cfg: TrainConfig, env: DistEnv, amp: bool, totals: EpochTotals, *,
+                    task_loss: nn.Module | None = None,
                     first_step: int, steps: int, stop: StopRequest, on_stop: Callable[[int, EpochTotals], None],
                     desc: str, progress: bool) -> EpochTotals:
     """One pass over ``loader`` (which already skips the ``first_step`` steps a mid-epoch checkpoint
@@ -280,7 +285,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module | None, optimizer: to
     step, t0 = first_step, time.perf_counter()
     try:
         for x, y in loader:
-            stats = train_step(model, criterion, optimizer, x, y, cfg, env.device, amp)
+            stats = train_step(model, criterion, optimizer, x, y, cfg, env.device, amp, task_loss)
             step += 1
             if env.any(not math.isfinite(stats.loss)):
                 raise NonFiniteLoss(f"the loss became {stats.loss} at {desc}, step {step}")

@@ -1,4 +1,5 @@
-"""The objective and optimiser of a run, and its learning rate as a pure function of the epoch."""
+"""The task loss, the CPCC regulariser and the optimiser of a run, and its learning rate as a pure
+function of the epoch."""
 
 from __future__ import annotations
 
@@ -8,6 +9,19 @@ import torch
 from torch import nn
 
 from ..runs.config import TrainConfig
+
+
+def make_task_loss(cfg: TrainConfig, tree) -> nn.Module:
+    """The loss on the logits: ``CrossEntropyLoss`` (``ce``), ``HXELoss(tree, alpha)`` (``hxe``)
+    or ``SoftLabelLoss(tree, beta)`` (``soft``); each maps (logits [N, K], labels [N]) to the
+    batch mean."""
+    from ..objectives import HXELoss, SoftLabelLoss
+
+    if cfg.method == "hxe":
+        return HXELoss(tree, alpha=cfg.alpha)
+    if cfg.method == "soft":
+        return SoftLabelLoss(tree, beta=cfg.beta)
+    return nn.CrossEntropyLoss()
 
 
 def make_criterion(cfg: TrainConfig, tree, gather: bool = False) -> nn.Module | None:

@@ -1,4 +1,7 @@
-"""One optimisation step (loss = CE + lambda * (1 - CPCC)) and the running sums of an epoch."""
+"""One optimisation step (loss = task loss + lambda * (1 - CPCC)) and the running sums of an epoch.
+
+The task loss is cross-entropy, or the run's ``--method`` loss (``training.optim.make_task_loss``);
+the ``ce`` figures of the log hold its value."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from ..runs.config import TrainConfig
 @dataclass
 class StepStats:
     loss: float
-    ce: float
+    ce: float  # the task loss (CE, HXE or soft-label CE)
     cpcc: float  # batch CPCC (nan when not computed)
     correct: int
     n: int
@@ -25,13 +28,14 @@ class StepStats:
 
 def train_step(model: nn.Module, criterion: nn.Module | None, optimizer: torch.optim.Optimizer,
                x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, device: torch.device,
-               amp: bool) -> StepStats:
-    """One optimisation step on a batch: loss = CE + lam * (1 - CPCC)."""
+               amp: bool, task_loss: nn.Module | None = None) -> StepStats:
+    """One optimisation step on a batch: loss = task_loss(logits, y) + lam * (1 - CPCC);
+    ``task_loss`` None = cross-entropy."""
     x = x.to(device, non_blocking=True)
     y = y.to(device, non_blocking=True).long()
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
         features, logits = model(x)
-    ce = F.cross_entropy(logits.float(), y)
+    ce = F.cross_entropy(logits.float(), y) if task_loss is None else task_loss(logits.float(), y)
     loss, cpcc_value = ce, float("nan")
     if criterion is not None:
         if cfg.lam > 0:

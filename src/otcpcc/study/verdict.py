@@ -1,0 +1,188 @@
+r"""Is a method better than flat cross-entropy, or is the difference noise? Paired verdicts over seeds.
+
+Every method trains with the same seeds as the baseline ``none`` on the same data (``data_seed`` is
+fixed), so seed s of a method and seed s of the baseline form a pair. For a metric m and the n
+seeds where both runs have a finite value, with differences :math:`d_s = m_s(\text{method}) -
+m_s(\text{none})`:
+
+.. math:: \bar d \pm t_{0.975,\,n-1}\; \frac{s_d}{\sqrt n}
+
+(:math:`s_d` the sample standard deviation, ddof = 1): the 95% Student-t confidence interval of
+the mean paired difference, as ``scipy.stats.t.interval(0.95, n - 1, loc=d̄, scale=s_d/√n)``.
+The call is direction-aware (:func:`otcpcc.study.tables.metric_direction`): ``better`` when the
+whole interval lies on the good side of 0, ``worse`` on the bad side, ``within noise`` when it
+contains 0. One seed gives no interval: ``ci_low``/``ci_high`` are ``None`` and the call is
+``one seed``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .methods import method_label
+from .tables import _finite, metric_direction
+
+BASELINE = "none"
+CONFIDENCE = 0.95
+# compared for every method; plus the coarsest level's retrieval mAP (map_<coarse_level>)
+METRICS = ("fine_acc", "expected_cost_argmax", "expected_cost_crm", "expected_cost",
+           "mistake_severity", "test_cpcc_emd")
+
+
+def paired_interval(diffs: Sequence[float], confidence: float = CONFIDENCE
+                    ) -> tuple[float, float | None, float | None]:
+    """(mean, low, high) of the t-interval of the mean of ``diffs``; (mean, None, None) for one
+    value. O(n)."""
+    from scipy.stats import t
+
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.size == 0:
+        raise ValueError("no paired differences: the method and the baseline share no seed")
+    mean = float(d.mean())
+    if d.size < 2:
+        return mean, None, None
+    half = float(t.ppf(0.5 + confidence / 2, d.size - 1)) * float(d.std(ddof=1)) / math.sqrt(d.size)
+    return mean, mean - half, mean + half
+
+
+def call(metric: str, low: float | None, high: float | None) -> str:
+    """``better`` / ``worse`` / ``within noise`` for an interval of (method − baseline) of
+    ``metric``; ``one seed`` when there is no interval."""
+    if low is None or high is None:
+        return "one seed"
+    if low <= 0.0 <= high:
+        return "within noise"
+    up = low > 0.0
+    direction = metric_direction(metric)
+    if direction is None:
+        return "higher" if up else "lower"
+    return "better" if up == (direction == "max") else "worse"
+
+
+def _name(run: Mapping[str, Any]) -> str:
+    return str(run.get("method") or run["distance"])
+
+
+def coarse_map_metric(runs: Sequence[Mapping[str, Any]]) -> str | None:
+    """``map_<level>`` of the coarsest level (each row's ``coarse_level``), if the runs have it."""
+    for run in runs:
+        level = run.get("coarse_level")
+        if level and f"map_{level}" in run:
+            return f"map_{level}"
+    return None
+
+
+def verdicts(runs: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
+             metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Paired verdict of every method against ``baseline``, for every metric.
+
+    Args:
+        runs: summary rows (``method`` or ``distance``, ``seed``, metric values).
+        baseline: the method compared against (default ``none``, flat cross-entropy).
+        metrics: default :data:`METRICS` plus the coarse mAP (:func:`coarse_map_metric`).
+
+    Returns:
+        ``[{method, metric, baseline, n, diff_mean, ci_low, ci_high, call}]``, methods in
+        first-appearance order; empty when ``baseline`` was not run. A metric with no finite
+        pair has ``diff_mean`` None and call ``no data``.
+    """
+    if metrics is None:
+        coarse = coarse_map_metric(runs)
+        metrics = [*METRICS, *([coarse] if coarse else [])]
+    by_method: dict[str, dict[Any, Mapping[str, Any]]] = {}
+    for run in runs:
+        by_method.setdefault(_name(run), {})[run.get("seed")] = run
+    base = by_method.get(baseline)
+    if base is None:
+        return []
+    out = []
+    for name, rows in by_method.items():
+        if name == baseline:
+            continue
+        for metric in metrics:
+            seeds = [s for s in rows if s in base and _finite(rows[s].get(metric))
+                     and _finite(base[s].get(metric))]
+            row: dict[str, Any] = {"method": name, "metric": metric, "baseline": baseline,
+                                   "n": len(seeds), "diff_mean": None, "ci_low": None,
+                                   "ci_high": None, "call": "no data"}
+            if seeds:
+                diffs = [float(rows[s][metric]) - float(base[s][metric]) for s in seeds]
+                mean, low, high = paired_interval(diffs)
+                row.update(diff_mean=mean, ci_low=low, ci_high=high, call=call(metric, low, high))
+            out.append(row)
+    return out
+
+
+# ------------------------------------------------------------------------------ sentences
+_PHRASES = {  # metric -> (noun phrase, scale, decimals, unit)
+    "fine_acc": ("fine accuracy", 100.0, 1, " points"),
+    "expected_cost_argmax": ("the cost of its argmax decisions", 1.0, 3, ""),
+    "expected_cost_crm": ("the cost of its CRM decisions", 1.0, 3, ""),
+    "expected_cost": ("its expected cost under its predicted distribution", 1.0, 3, ""),
+    "mistake_severity": ("mistake severity", 1.0, 2, ""),
+    "test_cpcc_emd": ("TestCPCC(emd)", 1.0, 3, ""),
+}
+MINUS = "\u2212"
+
+
+def _num(v: float, digits: int, signed: bool = False) -> str:
+    s = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+    if float(s) == 0.0:
+        s = f"{0.0:.{digits}f}"
+    return s.replace("-", MINUS)
+
+
+def _amount(v: Mapping[str, Any], scale: float, digits: int, signed: bool) -> str:
+    mean = scale * float(v["diff_mean"])
+    text = _num(abs(mean) if not signed else mean, digits, signed)
+    if v["ci_low"] is not None:
+        half = scale * (float(v["ci_high"]) - float(v["ci_low"])) / 2
+        text += f" ± {_num(half, digits)}"
+    return text
+
+
+def _clause(v: Mapping[str, Any], verb: bool) -> str:
+    metric = v["metric"]
+    noun, scale, digits, unit = _PHRASES.get(
+        metric, ("coarse mAP" if metric.startswith("map_") else metric, 1.0, 3, ""))
+    if v["diff_mean"] is None:
+        return f"{noun}: no data"
+    if verb:
+        if v["diff_mean"] == 0:
+            return f"leaves {noun} unchanged ({v['call']})"
+        moved = "lowers" if v["diff_mean"] < 0 else "raises"
+        return f"{moved} {noun} by {_amount(v, scale, digits, False)}{unit} ({v['call']})"
+    return f"{_amount(v, scale, digits, True)}{unit} of {noun} ({v['call']})"
+
+
+def verdict_sentences(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One plain sentence per method from :func:`verdicts` rows, e.g. ``HXE lowers the cost of
+    its argmax decisions by 0.030 ± 0.010 (better) at −0.4 ± 0.3 points of fine accuracy
+    (within noise); …``. Intervals are the 95% half-widths; with one seed the sentence says
+    there is no interval."""
+    by_method: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for r in rows:
+        by_method.setdefault(str(r["method"]), {})[str(r["metric"])] = r
+    out = []
+    for name, vs in by_method.items():
+        lead = vs.get("expected_cost_argmax") or next(iter(vs.values()))
+        acc = vs.get("fine_acc")
+        text = f"{method_label(name)} {_clause(lead, verb=True)}"
+        if acc is not None and acc is not lead:
+            text += f" at {_clause(acc, verb=False)}"
+        rest = [_clause(v, verb=True) for m, v in vs.items() if v is not lead and v is not acc]
+        if rest:
+            text += "; it " + ", ".join(rest)
+        n = max(int(v.get("n") or 0) for v in vs.values())
+        base = method_label(str(lead["baseline"]))
+        if n < 2:
+            text += f". Against {base}, one seed: no interval, no verdict (run more seeds)."
+        else:
+            text += f". Against {base}, paired over {n} seeds, 95% t-intervals."
+        out.append(text[0].upper() + text[1:] if text[0].islower() else text)
+    return out
+

@@ -1,0 +1,125 @@
+"""Paired verdicts over seeds: the t-interval against SciPy, direction-aware calls, the sentences,
+and a tiny `compare` end to end (2 seeds, real training) producing them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from otcpcc.study import compare, report, verdict
+from otcpcc.study.methods import resolve_method
+
+
+def test_interval_equals_scipy_t_interval_on_paired_differences():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5, 10):
+        base, method = rng.normal(size=n), rng.normal(size=n) + 0.3
+        diffs = method - base
+        mean, low, high = verdict.paired_interval(diffs)
+        lo, hi = stats.t.interval(0.95, n - 1, loc=diffs.mean(), scale=stats.sem(diffs))
+        assert mean == pytest.approx(diffs.mean(), rel=1e-12)
+        assert (low, high) == (pytest.approx(lo, rel=1e-10), pytest.approx(hi, rel=1e-10))
+    assert verdict.paired_interval([0.4]) == (0.4, None, None)
+    with pytest.raises(ValueError, match="share no seed"):
+        verdict.paired_interval([])
+
+
+def test_calls_are_direction_aware():
+    assert verdict.call("fine_acc", 0.01, 0.03) == "better"
+    assert verdict.call("fine_acc", -0.03, -0.01) == "worse"
+    assert verdict.call("expected_cost_crm", -0.03, -0.01) == "better"
+    assert verdict.call("mistake_severity", 0.1, 0.2) == "worse"
+    assert verdict.call("test_cpcc_emd", -0.1, 0.2) == "within noise"
+    assert verdict.call("map_coarse", 0.0, 0.2) == "within noise"  # touching 0 is not a verdict
+    assert verdict.call("fine_acc", None, None) == "one seed"
+
+
+def _rows(values: dict[str, list[float]], metric: str = "expected_cost_argmax"):
+    return [{"method": m, "distance": "none", "seed": s, metric: v}
+            for m, vs in values.items() for s, v in enumerate(vs)]
+
+
+def test_verdicts_pair_by_seed_and_skip_missing_values():
+    runs = _rows({"none": [1.0, 1.2, 1.1, 0.9], "hxe": [0.9, 1.08, 1.0, None]})
+    runs.append({"method": "hxe", "distance": "none", "seed": 7, "expected_cost_argmax": 5.0})
+    (v,) = verdict.verdicts(runs, metrics=["expected_cost_argmax"])
+    diffs = np.array([-0.1, -0.12, -0.1])  # seeds 0..2; seed 3 has no value, seed 7 no baseline
+    lo, hi = stats.t.interval(0.95, 2, loc=diffs.mean(), scale=stats.sem(diffs))
+    assert v["method"] == "hxe" and v["baseline"] == "none" and v["n"] == 3
+    assert v["diff_mean"] == pytest.approx(diffs.mean())
+    assert (v["ci_low"], v["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert v["call"] == "better"  # the whole interval below 0 and lower cost is better
+    assert verdict.verdicts(_rows({"hxe": [1.0]})) == []  # no baseline run: no verdict
+    (one,) = verdict.verdicts(_rows({"none": [1.0], "soft": [0.5]}), metrics=["expected_cost_argmax"])
+    assert (one["ci_low"], one["ci_high"], one["call"]) == (None, None, "one seed")
+
+
+def test_sentences_name_the_method_amounts_and_calls():
+    runs = _rows({"none": [0.80, 0.82, 0.81], "hxe": [0.79, 0.80, 0.80]}, "fine_acc")
+    for r, cost in zip(runs, [0.30, 0.31, 0.29, 0.27, 0.28, 0.26], strict=True):
+        r["expected_cost_argmax"] = cost
+    text = verdict.verdict_sentences(verdict.verdicts(runs, metrics=["fine_acc",
+                                                                     "expected_cost_argmax"]))
+    half = stats.t.ppf(0.975, 2) * stats.sem([-0.03, -0.03, -0.03 + 1e-12])
+    assert half < 5e-4
+    assert text == ["HXE lowers the cost of its argmax decisions by 0.030 ± 0.000 (better) at "
+                    "−1.3 ± 1.4 points of fine accuracy (within noise). Against flat CE, paired "
+                    "over 3 seeds, 95% t-intervals."]
+    one = verdict.verdict_sentences(verdict.verdicts(
+        _rows({"none": [0.3], "fastft": [0.35]}), metrics=["expected_cost_argmax"]))
+    assert one == ["FastFT-CPCC raises the cost of its argmax decisions by 0.050 (one seed). "
+                   "Against flat CE, one seed: no interval, no verdict (run more seeds)."]
+
+
+def test_method_entries():
+    assert resolve_method("hxe+fft") == resolve_method("FASTFT+hxe")
+    spec = resolve_method("soft+sk")
+    assert (spec.name, spec.method, spec.distance, spec.label) == (
+        "soft+sinkhorn", "soft", "sinkhorn", "soft-label CE + Sinkhorn-CPCC")
+    assert resolve_method("ce").name == resolve_method("flat").name == "none"
+    for bad in ("hxe+soft", "l2+fastft", "nope"):
+        with pytest.raises(ValueError, match="unknown method"):
+            resolve_method(bad)
+
+
+TINY = dict(data="synthetic", data_options={"branching": [2, 3], "train_per_class": 12,
+                                            "test_per_class": 6},
+            epochs=1, batch_size=16, model_options={"hidden": [32, 16]}, device="cpu")
+
+
+@pytest.mark.slow
+def test_tiny_compare_with_two_seeds_produces_verdicts(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "render_figures", lambda *a, **k: [])  # figures: test_report.py
+    out = compare.run_compare(TINY, ["none", "hxe", "soft+fastft"], seeds=2, out=tmp_path / "c",
+                              progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    runs = summary["runs"]
+    assert [(r["method"], r["distance"], r["seed"]) for r in runs] == [
+        ("none", "none", 0), ("none", "none", 1), ("hxe", "none", 0), ("hxe", "none", 1),
+        ("soft+fastft", "fastft", 0), ("soft+fastft", "fastft", 1)]
+    cfg = json.loads((out / "soft+fastft" / "seed1" / "config.json").read_text())
+    assert (cfg["method"], cfg["distance"], cfg["seed"]) == ("soft", "fastft", 1)
+    for r in runs:
+        ev = json.loads((out / r["method"] / f"seed{r['seed']}" / "eval.json").read_text())
+        for key in ("fine_acc_crm", "mistake_severity_crm", "expected_cost_crm",
+                    "expected_cost_argmax"):
+            assert r[key] == pytest.approx(ev[key], nan_ok=True), key
+        assert r["expected_cost_argmax"] == pytest.approx(r["hier_dist@1"])  # tree cost
+    assert [a["method"] for a in summary["aggregate"]] == ["none", "hxe", "soft+fastft"]
+    rows = summary["verdicts"]
+    assert {(v["method"], v["metric"]) for v in rows} == {
+        (m, k) for m in ("hxe", "soft+fastft")
+        for k in (*verdict.METRICS, "map_coarse")}
+    for v in rows:  # each verdict recomputed from the run rows, paired by seed
+        diffs = [m[v["metric"]] - b[v["metric"]]
+                 for m, b in zip([r for r in runs if r["method"] == v["method"]],
+                                 [r for r in runs if r["method"] == "none"], strict=True)]
+        assert v["n"] == 2 and v["diff_mean"] == pytest.approx(np.mean(diffs))
+        assert v["ci_low"] <= v["diff_mean"] <= v["ci_high"]
+        assert v["call"] in ("better", "worse", "within noise")
+    md = (out / "report.md").read_text()
+    assert "## Verdict" in md and "- HXE " in md and "- Soft-label CE + FastFT-CPCC " in md
+    assert "paired over 2 seeds" in md and "<h2>Verdict</h2>" in (out / "report.html").read_text()
