@@ -78,7 +78,8 @@ def _check_labels(labels: Tensor, num_leaves: int) -> None:
 
 
 def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str, options: dict):
-    if labels.ndim == 1 and not labels.dtype.is_floating_point:
+    if labels.ndim == 1 and not labels.dtype.is_floating_point and labels.dtype != torch.bool:
+        labels = labels.long()  # any integer dtype; the leaf-id gather needs int64
         _check_labels(labels, tree_dist.shape[0])
     groups, rho = grouped_distances(features, labels, distance, **options)
     if groups.num_classes < 2:
