@@ -80,6 +80,29 @@ def _name_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _out_dir(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path; name the run directory, e.g. --out runs/x")
+    return text
+
+
+def _device(text: str) -> str:
+    dev = text.strip().lower()
+    if dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()):
+        return dev
+    raise argparse.ArgumentTypeError(f"unknown device {text!r}; choose auto, cpu, cuda or cuda:N")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 # --------------------------------------------------------------------------- shared flags
 # Train flags a command sets itself, per command: flag dest -> what to pass instead. They stay
 # in the parser (hidden from --help) so that giving one is refused with that hint (see
@@ -261,7 +284,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _say(args, f"{PROG}: note: the published iNaturalist protocol fine-tunes layer4 of an "
                    "ImageNet-pretrained ResNet-18; pass its local state dict with --weights")
     name = "+".join(n for n in (cfg.method, cfg.distance) if n not in ("ce", "none")) or "none"
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.data}_{name}_seed{cfg.seed}"
+    out = Path(args.out) if args.out is not None else Path("runs") / f"{cfg.data}_{name}_seed{cfg.seed}"
     run = train(cfg, out, resume=args.resume, force=args.force, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(run)
@@ -388,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "last.pt and metrics.json into --out.")
     add_train_args(p)
     g = p.add_argument_group("run directory")
-    g.add_argument("-o", "--out", metavar="DIR",
+    g.add_argument("-o", "--out", metavar="DIR", type=_out_dir,
                    help="run directory (default runs/<data>_<distance>_seed<seed>)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.pt with its settings "
@@ -408,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "one row per true class); default: tree distance")
     p.add_argument("--split", default="test",
                    help="split to evaluate: test (default), train, or an extra split")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, auto")
+    p.add_argument("--device", default="cpu", type=_device,
+                   help="cpu (default), cuda, cuda:N, auto")
     p.add_argument("--data-dir", metavar="PATH", help="the data's location if it moved")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.set_defaults(func=cmd_evaluate)
@@ -430,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "an alias)")
     g.add_argument("--seeds", type=int, default=3, metavar="N",
                    help="seeds per distance: seed .. seed+N-1 (default 3: mean ± std)")
-    g.add_argument("-o", "--out", default="runs/compare", metavar="DIR",
+    g.add_argument("-o", "--out", default="runs/compare", metavar="DIR", type=_out_dir,
                    help="output directory (default runs/compare)")
     g.add_argument("--force", action="store_true", help="overwrite an existing --out")
     g.add_argument("--cost-matrix", metavar="CSV", help="cost matrix for expected cost")
@@ -446,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated lambdas (default 0,0.5,1,2)")
     g.add_argument("--batch-sizes", type=_int_list, default=[64, 256], metavar="LIST",
                    help="comma-separated batch sizes (default 64,256)")
-    g.add_argument("-o", "--out", default="runs/sweep", metavar="DIR",
+    g.add_argument("-o", "--out", default="runs/sweep", metavar="DIR", type=_out_dir,
                    help="output directory (default runs/sweep)")
     g.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.set_defaults(func=cmd_sweep)
@@ -468,9 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, default=0, metavar="N")
     p.add_argument("--max-components", type=int, default=5, metavar="M",
                    help="largest mixture tried per class (default 5)")
-    p.add_argument("--max-per-class", type=int, default=200, metavar="N",
+    p.add_argument("--max-per-class", type=_positive_int, default=200, metavar="N",
                    help="samples per class used (default 200)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=_device)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_diagnose)
 
@@ -503,13 +527,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(e: BaseException) -> str:
+    """The message as one line; an error re-raised from a data-loader worker (its message holds
+    the worker's traceback) keeps only the original error's own last line."""
     text = str(e).strip() or type(e).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if any("Traceback (most recent call last)" in ln for ln in lines):
+        return lines[-1].split(": ", 1)[-1]  # "ValueError: <message>" -> "<message>"
     return "; ".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``otcpcc`` and ``python -m otcpcc``; returns the exit status."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while importing or starting up: one line, no traceback
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from ..training import TrainingInterrupted
 
     argv = list(sys.argv[1:] if argv is None else argv)

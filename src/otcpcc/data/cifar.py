@@ -132,7 +132,21 @@ def _str_keys(obj: Any, path: Path) -> dict[str, Any]:
 def _names(d: dict[str, Any], key: str, path: Path) -> list[str]:
     if key not in d:
         raise ValueError(f"{path}: missing key {key!r} (has {sorted(d)})")
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in d[key]]
+    raw = d[key]
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in raw):
+        raise ValueError(f"{path}: {key!r} must be a list of names (strings), got {raw!r:.80}")
+    names = []
+    for i, n in enumerate(raw):
+        try:
+            names.append(n.decode("utf-8") if isinstance(n, bytes) else n)
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: {key}[{i}] = {n!r:.60} is not UTF-8 text") from None
+    first: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if first.setdefault(n, i) != i:
+            raise ValueError(f"{path}: {key} lists {n!r} twice (entries {first[n]} and {i}); "
+                             "class names must be unique")
+    return names
 
 
 def _batch(path: Path, label_keys: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:

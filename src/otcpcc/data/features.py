@@ -82,7 +82,35 @@ def _find_file(data_dir: str | Path | None) -> Path:
     raise ValueError(f"{p} not found; features needs an .npz file with features and labels")
 
 
+def _check_sizes(path: Path) -> None:
+    """Refuse a member whose .npy header claims more bytes than the member holds (numpy would
+    allocate the claimed array before reading it): allocations stay bounded by the file."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            sizes = []
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    fmt = np.lib.format
+                    version = fmt.read_magic(f)
+                    read = (fmt.read_array_header_1_0 if version == (1, 0)
+                            else fmt.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+                    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    sizes.append((info, shape, claimed, info.file_size - f.tell()))
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
+    for info, shape, claimed, room in sizes:
+        if claimed > room:
+                raise ValueError(
+                    f"{path}: {info.filename[:-4]!r} header claims shape {shape} ({claimed:,} "
+                    f"bytes) but the file holds {max(room, 0):,}; the file is corrupt or forged"
+                )
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    _check_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -120,10 +148,19 @@ def _labels(arr: np.ndarray, n: int, key: str, path: Path) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _strings(arr: np.ndarray, key: str, path: Path) -> list[str]:
+def _strings(arr: np.ndarray, key: str, path: Path, unique: bool = False) -> list[str]:
     if arr.dtype.kind not in "US":
         raise ValueError(f"{path}: {key!r} must be a string array, got dtype {arr.dtype}")
-    return [x.decode() if isinstance(x, bytes) else str(x) for x in arr.reshape(-1).tolist()]
+    try:
+        out = [x.decode() if isinstance(x, bytes) else str(x) for x in arr.reshape(-1).tolist()]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: {key!r} holds bytes that are not UTF-8 text") from None
+    first: dict[str, int] = {}
+    for i, x in enumerate(out if unique else []):
+        if first.setdefault(x, i) != i:
+            raise ValueError(f"{path}: {key!r} lists {x!r} twice (entries {first[x]} and {i}); "
+                             "class names must be unique")
+    return out
 
 
 def _tree_from_file(
@@ -138,6 +175,9 @@ def _tree_from_file(
             parents = json.loads(text)
         except ValueError as exc:
             raise ValueError(f"{path}: 'tree_parents' is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: 'tree_parents' JSON is nested too deeply; it must be a "
+                             'flat object {"child": "parent", ...}') from None
         if not isinstance(parents, dict):
             raise ValueError(f"{path}: 'tree_parents' must be a JSON object child -> parent")
         return LabelTree.from_parents(parents), "tree_parents"
@@ -146,7 +186,10 @@ def _tree_from_file(
         if lv.ndim != 2:
             raise ValueError(f"{path}: 'levels' must be an int array [L, K], got shape {lv.shape}")
         names = _strings(z["level_names"], "level_names", path) if "level_names" in z else None
-        tree = LabelTree.from_levels(list(lv), leaf_names=class_names, level_names=names)
+        try:
+            tree = LabelTree.from_levels(list(lv), leaf_names=class_names, level_names=names)
+        except ValueError as exc:
+            raise ValueError(f"{path}: 'levels': {exc}") from None
         return tree, "levels"
     return None, "flat"
 
@@ -221,7 +264,8 @@ def load_features(data_dir: str | Path | None = None, seed: int = 0, **options: 
     if len(y_tr) == 0 or len(y_te) == 0:
         raise ValueError(f"{path}: the train and test splits must both be non-empty")
 
-    class_names = _strings(z["class_names"], "class_names", path) if "class_names" in z else None
+    class_names = (_strings(z["class_names"], "class_names", path, unique=True)
+                   if "class_names" in z else None)
     if tree_opt is not None:
         tree, source = resolve_tree(tree_opt, class_names, str(path))
     else:
@@ -231,6 +275,12 @@ def load_features(data_dir: str | Path | None = None, seed: int = 0, **options: 
         if tree is None:
             if class_names is None:
                 k = int(max(y_tr.max(), y_te.max())) + 1
+                if k > len(y_tr) + len(y_te):  # a flat tree holds K leaves: bound K by the data
+                    raise ValueError(
+                        f"{path}: label {k - 1} implies {k} classes for {len(y_tr) + len(y_te)} "
+                        "samples; number the classes 0..K-1 (np.unique(labels, "
+                        "return_inverse=True)) or give class_names"
+                    )
                 class_names = [str(i) for i in range(k)]
             tree = flat_tree(class_names)
     k = tree.num_classes

@@ -76,12 +76,23 @@ def _read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested deeper than Python's parser allows; COCO-style "
+                         "annotations are 3 levels deep") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object with images/annotations/categories")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{path}: missing list {key!r} (COCO-style iNaturalist annotations)")
     return data
+
+
+def _id(value: Any, what: str, path: Path, names: bool = False) -> int | str:
+    """``value`` as an id: an integer (or, with ``names``, a string); one-line error otherwise."""
+    if (isinstance(value, int) and not isinstance(value, bool)) or (names and isinstance(value, str)):
+        return value
+    kind = "an integer or a string" if names else "an integer"
+    raise ValueError(f"{path}: {what} {value!r} is a {type(value).__name__}; it must be {kind}")
 
 
 def _taxon_path(cat: dict[str, Any], path: Path) -> tuple[str, ...]:
@@ -135,15 +146,21 @@ def _samples(
     files = {}
     for img in data["images"]:
         try:
-            files[img["id"]] = img["file_name"]
+            image_id, name = img["id"], img["file_name"]
         except (KeyError, TypeError):
-            raise ValueError(f"{path}: image entry {img!r} lacks id or file_name") from None
+            raise ValueError(f"{path}: image entry {img!r:.200} lacks id or file_name") from None
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{path}: image {image_id!r:.80} has file_name {name!r:.80}; "
+                             "it must be a non-empty path string")
+        files[_id(image_id, "image id", path, names=True)] = name
     out = []
     for ann in data["annotations"]:
         try:
             image_id, cat = ann["image_id"], ann["category_id"]
         except (KeyError, TypeError):
-            raise ValueError(f"{path}: annotation {ann!r} lacks image_id or category_id") from None
+            raise ValueError(f"{path}: annotation {ann!r:.200} lacks image_id or category_id") from None
+        image_id = _id(image_id, "annotation image_id", path, names=True)
+        cat = _id(cat, "annotation category_id", path)
         if image_id not in files:
             raise ValueError(f"{path}: annotation refers to unknown image id {image_id!r}")
         if cat in ignore:
@@ -237,7 +254,8 @@ def load_inat2021(
     for data, path in ((train_json, train_path), (val_json, val_path)):
         for cat in data["categories"]:
             if not isinstance(cat, dict) or "id" not in cat:
-                raise ValueError(f"{path}: category entry {cat!r} has no id")
+                raise ValueError(f"{path}: category entry {cat!r:.200} has no id")
+            _id(cat["id"], "category id", path)
             tp = _taxon_path(cat, path)
             if paths.setdefault(cat["id"], tp) != tp:
                 raise ValueError(

@@ -66,6 +66,11 @@ def _allowed_globals(source: str) -> dict[tuple[str, str], Any]:
             raise UnsafePickleError(
                 f"{source}: numpy _reconstruct called with a non-ndarray type {subtype!r}"
             )
+        if shape != (0,) or dtype_code not in (b"b", "b"):  # numpy's own pickles, always
+            raise UnsafePickleError(
+                f"{source}: numpy _reconstruct with shape {shape!r:.60} and dtype "
+                f"{dtype_code!r:.60}; numpy pickles start from an empty (0,) byte array"
+            )
         return _MULTIARRAY._reconstruct(np.ndarray, shape, dtype_code)
 
     def dtype(*args: Any) -> np.dtype:
@@ -76,7 +81,23 @@ def _allowed_globals(source: str) -> dict[tuple[str, str], Any]:
         dt = np.dtype(spec, *flags)
         if dt.hasobject:
             raise UnsafePickleError(f"{source}: object dtype {spec!r} in pickle is not allowed")
+        if dt.itemsize > MAX_ITEMSIZE:
+            raise UnsafePickleError(
+                f"{source}: numpy dtype {spec!r:.40} of {dt.itemsize} bytes per item; dataset "
+                f"dtypes are at most {MAX_ITEMSIZE} bytes (this bounds what a small file allocates)"
+            )
         return dt
+
+    def buffer(kind: type) -> Any:
+        def make(*args: Any) -> Any:
+            if args and not isinstance(args[0], (str, bytes, bytearray, list, tuple)):
+                raise UnsafePickleError(
+                    f"{source}: {kind.__name__}({args[0]!r:.40}) in pickle; only {kind.__name__} "
+                    "of given contents is allowed (an integer would allocate that many bytes)"
+                )
+            return kind(*args)
+
+        return make
 
     def scalar(dt: Any, *data: Any) -> Any:
         if not isinstance(dt, np.dtype) or dt.hasobject:
@@ -102,19 +123,52 @@ def _allowed_globals(source: str) -> dict[tuple[str, str], Any]:
         for name, obj in (
             ("set", set),
             ("frozenset", frozenset),
-            ("bytearray", bytearray),
-            ("bytes", bytes),
+            ("bytearray", buffer(bytearray)),
+            ("bytes", buffer(bytes)),
             ("complex", complex),
         ):
             allowed[(module, name)] = obj
     return allowed
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+# numpy dtype flags that make items Python objects or pointers (NPY_ITEM_REFCOUNT |
+# NPY_ITEM_HASOBJECT = 1, NPY_LIST_PICKLE = 2, NPY_ITEM_IS_POINTER = 4)
+_OBJECT_FLAGS = 0x07
+MAX_ITEMSIZE = 1 << 16
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler, so that BUILD can be checked before it runs: a dtype's state
+    could otherwise set object flags on a plain dtype (the C unpickler offers no hook)."""
+
+    dispatch = pickle._Unpickler.dispatch.copy()
+
     def __init__(self, file: io.BufferedIOBase, source: str, encoding: str) -> None:
         super().__init__(file, encoding=encoding)
         self._source = source
         self._allowed = _allowed_globals(source)
+
+    def load_build(self) -> None:
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, np.dtype):
+            flags = state[7] if isinstance(state, tuple) and len(state) > 7 else None
+            if not isinstance(flags, int) or flags & _OBJECT_FLAGS:
+                raise UnsafePickleError(
+                    f"{self._source}: numpy dtype state with flags {flags!r:.40} in pickle; "
+                    "object or pointer dtypes are not allowed"
+                )
+        elif not isinstance(inst, np.ndarray):
+            raise UnsafePickleError(
+                f"{self._source}: pickle sets the state of a {type(inst).__name__}; only numpy "
+                "arrays and dtypes take a state"
+            )
+        super().load_build()
+        if isinstance(inst, (np.dtype, np.ndarray)) and (
+            inst.hasobject if isinstance(inst, np.dtype) else inst.dtype.hasobject
+        ):
+            raise UnsafePickleError(f"{self._source}: object dtype in pickle is not allowed")
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str) -> Any:
         try:

@@ -40,6 +40,8 @@ from ..tree import LabelTree
 from .bundle import DataBundle
 from .tensors import check_float, check_int, check_seed, reject_unknown, tensor_dataset
 
+MAX_NUMBERS = 10**9  # numbers the synthetic arrays (and the K x K tree distances) may hold
+
 
 @dataclass(frozen=True)
 class SyntheticParams:
@@ -74,7 +76,7 @@ class SyntheticParams:
             )
         if int(np.prod(branching)) < 2:
             raise ValueError(f"branching {branching!r} gives fewer than 2 fine classes")
-        return cls(
+        params = cls(
             branching=branching,
             modes=check_int("modes", merged["modes"]),
             latent_dim=check_int("latent_dim", merged["latent_dim"], minimum=2),
@@ -87,6 +89,22 @@ class SyntheticParams:
             noise=check_float("noise", merged["noise"]),
             mean_spread=check_float("mean_spread", merged["mean_spread"]),
         )
+        params.check_size()
+        return params
+
+    def check_size(self) -> None:
+        """Refuse options whose arrays would exceed ``MAX_NUMBERS`` numbers (before allocating)."""
+        k = self.num_classes
+        n = k * (self.train_per_class + self.test_per_class)
+        numbers = (n * (self.input_dim + self.latent_dim + self.hidden)
+                   + k * self.modes * self.latent_dim + k * k)  # samples, modes, tree distances
+        if numbers > MAX_NUMBERS:
+            raise ValueError(
+                f"synthetic data with branching {list(self.branching)} ({k:,} classes, {n:,} "
+                f"samples) would hold {numbers:,} numbers (samples x dims, and K^2 tree "
+                f"distances), over the limit of {MAX_NUMBERS:,} (~8 GB); lower branching, "
+                "*_per_class or the dimensions"
+            )
 
     @property
     def num_classes(self) -> int:

@@ -61,6 +61,7 @@ def _option_names(fn: Callable[..., Tensor]) -> tuple[str, ...]:
 
 
 OPTIONS = {name: _option_names(fn) for name, fn in DISTANCES.items()}
+MAX_PROJECTIONS = 100_000  # swd directions (the default is 10)
 
 
 def check_options(distance: str, options: dict[str, Any]) -> None:
@@ -82,6 +83,17 @@ def check_options(distance: str, options: dict[str, Any]) -> None:
             raise ValueError(f"{name} option {key} must be a finite number > 0, got {value!r}")
         if key == "p" and value < 1:
             raise ValueError(f"swd option p must be >= 1, got {value!r}")
+        if key == "n_projections" and value > MAX_PROJECTIONS:
+            raise ValueError(
+                f"swd option n_projections={value} is above {MAX_PROJECTIONS}: time and memory "
+                "grow as N·L (4·N·L bytes for the projections alone) while the estimate's error "
+                f"falls only as 1/sqrt(L) (about {MAX_PROJECTIONS ** -0.5:.1%} at the cap)")
+        if key == "projections" and value is not None and not (
+                isinstance(value, Tensor) and value.ndim == 2 and value.is_floating_point()):
+            what = (f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+                    if isinstance(value, Tensor) else f"a {type(value).__name__}")
+            raise ValueError(f"swd option projections must be a floating-point torch tensor "
+                             f"[d, L], got {what}; convert it with torch.as_tensor(..., dtype=torch.float32)")
 
 
 def check_batch(features: Tensor, labels: Tensor, finite: bool = True) -> None:
@@ -94,6 +106,9 @@ def check_batch(features: Tensor, labels: Tensor, finite: bool = True) -> None:
     if features.ndim != 2:
         raise ValueError(f"features must be [N, d], got shape {tuple(features.shape)}; "
                          "flatten or pool them first")
+    if features.shape[1] == 0:
+        raise ValueError(f"features have shape {tuple(features.shape)}: 0 dimensions; "
+                         "each sample needs at least one feature")
     if not features.is_floating_point():
         raise ValueError(f"features must be floating point, got {features.dtype}")
     if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
@@ -121,6 +136,7 @@ def grouped_distances(
     # ones a NaN/inf shows in the [pairs] output, which is far cheaper to scan than [N, d].
     upfront = name in ("emd", "sinkhorn")
     check_batch(features, labels, finite=upfront)
+    labels = labels.long()  # any integer dtype (uint8, int16, ...) indexes as int64
     groups = group_by_class(labels)
     if groups.num_classes < 2:
         check_batch(features, labels)

@@ -22,21 +22,47 @@ from ..distances import check_options, grouped_distances, resolve
 from ..distributed.gather import all_gather_labels, all_gather_with_grad
 from .target import target_matrix
 
+ZERO_SPREAD = 8.0  # rho spread <= ZERO_SPREAD · eps · d · max|x| counts as zero variance
 
-def pearson(t: Tensor, r: Tensor) -> Tensor | None:
-    """Pearson correlation of two [P] vectors; None where undefined (P < 2 or a zero variance)."""
+
+def rounding_spread(features: Tensor, dtype: torch.dtype) -> float:
+    r"""The spread of class distances that rounding alone can produce from ``features`` [N, d].
+
+    Every distance is computed from d-term sums over entries bounded by :math:`c = \max|x|`, so
+    it is at most :math:`2\sqrt d\,c` and its rounding error is about
+    :math:`\sqrt d\,\varepsilon` of that (a random walk of d rounding errors), i.e.
+    :math:`\approx d\,\varepsilon\,c`. Class distances that all agree to within
+    ``ZERO_SPREAD``·d·ε·c (float32, d = 512: 2e-5 of the largest possible distance) are equal up
+    to rounding: the variance is zero. The bound scales with the features, so it is the same
+    decision at every feature scale. O(N d).
+    """
+    if features.numel() == 0:
+        return 0.0
+    lo, hi = features.detach().aminmax()
+    c = max(abs(float(lo)), abs(float(hi)))
+    return ZERO_SPREAD * torch.finfo(dtype).eps * features.shape[1] * c
+
+
+def pearson(t: Tensor, r: Tensor, noise: float = 0.0) -> Tensor | None:
+    """Pearson correlation of two [P] vectors; None where undefined.
+
+    Undefined: P < 2, t constant, or ``r`` spread (max − min) at most ``noise`` (the rounding
+    level of the inputs, :func:`rounding_spread`). Both vectors are divided by their largest
+    magnitude before centring and squaring, so the value is the same at every scale of the float
+    range (no overflow or underflow of the squares). O(P).
+    """
     if r.numel() < 2:
         return None
     t = t.to(r.dtype)
+    r_lo, r_hi = r.detach().aminmax()
+    t_lo, t_hi = t.aminmax()
+    if not float(r_hi - r_lo) > noise or not float(t_hi - t_lo) > 0:
+        return None
+    r = r / torch.maximum(r_hi.abs(), r_lo.abs())
+    t = t / torch.maximum(t_hi.abs(), t_lo.abs())
     tc = t - t.mean()
     rc = r - r.mean()
-    stt = (tc * tc).sum()
-    srr = (rc * rc).sum()
-    eps = torch.finfo(r.dtype).eps
-    scale = r.detach().abs().max()
-    if float(stt) <= 0 or float(srr.detach()) <= (eps * scale) ** 2 * r.numel():
-        return None
-    return (tc * rc).sum() / torch.sqrt(stt * srr)
+    return (tc * rc).sum() / torch.sqrt((tc * tc).sum() * (rc * rc).sum())
 
 
 def _check_labels(labels: Tensor, num_leaves: int) -> None:
@@ -48,7 +74,8 @@ def _check_labels(labels: Tensor, num_leaves: int) -> None:
 
 
 def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str, options: dict):
-    if labels.ndim == 1 and not labels.dtype.is_floating_point:
+    if labels.ndim == 1 and not labels.dtype.is_floating_point and labels.dtype != torch.bool:
+        labels = labels.long()  # any integer dtype; the leaf-id gather needs int64
         _check_labels(labels, tree_dist.shape[0])
     groups, rho = grouped_distances(features, labels, distance, **options)
     if groups.num_classes < 2:
@@ -58,7 +85,7 @@ def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str, op
     k = tree_dist.shape[0]
     ci, cj = groups.classes.index_select(0, groups.pair_i), groups.classes.index_select(0, groups.pair_j)
     t = tree_dist.view(-1).index_select(0, ci * k + cj)
-    return pearson(t, rho)
+    return pearson(t, rho, rounding_spread(features, rho.dtype))
 
 
 class CPCCLoss(nn.Module):

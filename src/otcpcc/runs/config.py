@@ -289,6 +289,18 @@ class TrainConfig:
         def bad(msg: str) -> ConfigError:
             return ConfigError(msg)
 
+        for name in ("data", "device", "distance", "optimizer", "schedule", "arch"):
+            if not isinstance(getattr(self, name), str):
+                raise bad(f"{name} must be a string, got {getattr(self, name)!r:.60}; "
+                          f"pass --{name} NAME")
+        for name in ("data_dir", "tree", "weights", "preset"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, os.fspath(value))
+            elif value is not None and not isinstance(value, str):
+                flag = "--" + name.replace("_", "-")
+                raise bad(f"{name} must be a path (a string) or null, got {value!r:.60}; "
+                          f"pass {flag} PATH")
         if self.data not in DATASETS:
             close = difflib.get_close_matches(str(self.data), list(DATASETS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

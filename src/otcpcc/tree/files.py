@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the class is passed in as ``cls``: no import cycle at run t
 __all__ = ["read_tree", "write_tree"]
 
 _FORMATS = ("edges", "json", "newick")
+NESTED_JSON_MAX_DEPTH = 200  # deeper trees are written flat: json's parser recurses per level
 _SUFFIXES = {
     ".txt": "edges",
     ".tsv": "edges",
@@ -64,6 +65,11 @@ def read_tree(
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TreeError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise TreeError(
+                f"{path}: JSON nested deeper than Python's parser allows; write a deep tree in "
+                'the flat form {"child": "parent", ...} (or as an edge list), which has no depth limit'
+            ) from None
         return _from_json(cls, data, str(path))
     return _from_newick(cls, text, str(path))
 
@@ -137,32 +143,30 @@ def _from_json(cls: type[LabelTree], data: Any, src: str) -> LabelTree:
     edges: list[tuple[str, str]] = []
     roots: list[str] = []
 
-    def walk(name: Any, sub: Any, parent: str | None) -> None:
-        name = _check_name(name, f"{src}: node name")
+    # depth-first, with an explicit stack (any depth), children in file order
+    todo: list[tuple[Any, Any, str | None]] = [(k, v, None) for k, v in reversed(data.items())]
+    while todo:
+        key, sub, parent = todo.pop()
+        name = _check_name(key, f"{src}: node name")
         if parent is None:
             roots.append(name)
         else:
             edges.append((parent, name))
         if sub is None:
-            return
+            continue
         if isinstance(sub, dict):
-            for k, v in sub.items():
-                walk(k, v, name)
+            items = list(sub.items())
         elif isinstance(sub, list):
+            items = []
             for item in sub:
-                if isinstance(item, dict):
-                    for k, v in item.items():
-                        walk(k, v, name)
-                else:
-                    walk(item, None, name)
+                items.extend(item.items() if isinstance(item, dict) else [(item, None)])
         else:
             raise TreeError(
                 f"{src}: the value under {name!r} is {sub!r}; in a nested tree each value must "
                 "be an object, a list of names, or null"
             )
+        todo.extend((k, v, name) for k, v in reversed(items))
 
-    for k, v in data.items():
-        walk(k, v, None)
     if len(roots) > 1:
         raise TreeError(f"several roots: {_listed(roots)} are top-level keys in {src}; nest them under one root")
     if not edges:
@@ -329,7 +333,8 @@ def _edges_text(tree: LabelTree, weighted: bool) -> str:
 def _json_text(tree: LabelTree, weighted: bool) -> str:
     kids = _dfs_children(tree)
     level_spec = tree._level_spec  # named levels (from_levels / JSON levels), which only JSON keeps
-    if kids is None or weighted or level_spec is not None:
+    deep = max(tree.depth(n) for n in tree.leaves) > NESTED_JSON_MAX_DEPTH
+    if kids is None or weighted or level_spec is not None or deep:
         order = _edge_order(tree)
         parents: dict[str, str | None] = {c: tree.parent(c) for c in order}
         parents[tree.root] = None
@@ -339,11 +344,11 @@ def _json_text(tree: LabelTree, weighted: bool) -> str:
         if level_spec is not None:
             obj["levels"] = [{"name": a, "nodes": b} for a, b in level_spec]
     else:
-
-        def nest(n: str) -> dict[str, Any]:
-            return {c: nest(c) for c in kids[n]}
-
-        obj = {tree.root: nest(tree.root)}
+        sub: dict[str, dict[str, Any]] = {n: {} for n in tree.nodes}
+        for n in tree.nodes:
+            for c in kids[n]:
+                sub[n][c] = sub[c]
+        obj = {tree.root: sub[tree.root]}
     return json.dumps(obj, indent=1) + "\n"
 
 
@@ -360,15 +365,22 @@ def _newick_text(tree: LabelTree, weighted: bool) -> str:
             return n
         return "'" + n.replace("'", "''") + "'"
 
-    def render(n: str) -> str:
-        s = label(n)
-        if kids[n]:
-            s = "(" + ",".join(render(c) for c in kids[n]) + ")" + s
-        if weighted and n != tree.root:
-            s += f":{tree.weight(n)!r}"
-        return s
+    def tail(n: str) -> str:
+        return label(n) + (f":{tree.weight(n)!r}" if weighted and n != tree.root else "")
 
-    return render(tree.root) + ";\n"
+    # depth-first with an explicit stack (any depth): "(" before the children, "," between
+    # them, ")" + label after them
+    out: list[str] = []
+    stack: list[tuple[str, int]] = [(tree.root, 0)]
+    while stack:
+        n, k = stack.pop()
+        if k == len(kids[n]):
+            out.append((")" if kids[n] else "") + tail(n))
+            continue
+        out.append("(" if k == 0 else ",")
+        stack.append((n, k + 1))
+        stack.append((kids[n][k], 0))
+    return "".join(out) + ";\n"
 
 
 def _edge_order(tree: LabelTree) -> list[str]:

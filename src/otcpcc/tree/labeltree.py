@@ -160,6 +160,11 @@ class LabelTree:
         >>> t.leaves, t.root
         (['cat', 'dog'], 'animal')
         """
+        if not isinstance(parent_of, Mapping):
+            raise TreeError(
+                f"from_parents needs a mapping {{child: parent}}, got a {type(parent_of).__name__}; "
+                "for (parent, child) pairs use LabelTree.from_edges"
+            )
         parent: dict[str, str | None] = {}
         for child, par in parent_of.items():
             child = _check_name(child)
@@ -349,6 +354,8 @@ class LabelTree:
 
     def index(self, name: str) -> int:
         """Class id of leaf ``name``."""
+        if not isinstance(name, str):
+            raise TreeError(f"leaf name {name!r} is a {type(name).__name__}; pass one name (a string)")
         try:
             return self._leaf_index[name]
         except (KeyError, TypeError):

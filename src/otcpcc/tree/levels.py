@@ -60,6 +60,12 @@ def parents_from_levels(
     for l, a in enumerate(arrays):
         if a.min() < 0:
             raise TreeError(f"level {lnames[l]!r} has negative ids; ids must be 0..n-1")
+        if a.max() >= k:  # n ids all used by k classes: n <= k (checked before counting them)
+            raise TreeError(
+                f"level {lnames[l]!r} has id {int(a.max())}, but {k} fine classes can use at most "
+                f"ids 0..{k - 1}; ids must be 0..n-1 with none unused (relabel with "
+                "np.unique(ids, return_inverse=True))"
+            )
         n = int(a.max()) + 1
         used = np.bincount(a, minlength=n) > 0
         if not used.all():
