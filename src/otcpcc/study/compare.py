@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..runs.config import TrainConfig, canonical_distance
+from .context import read_context
 from .report import render_report
 from .tables import _is_number, aggregate_runs
 
@@ -157,7 +158,10 @@ def run_compare(base_cfg: TrainConfig | Mapping[str, Any], distances: Sequence[s
             run_dirs[dist].append(res["run_dir"])
             lam = cfg.lam if dist != "none" else 0.0
             runs.append(run_row(res["run_dir"], res["metrics"], distance=dist, seed=seed, lam=lam))
-    summary = {"runs": runs, "aggregate": aggregate_runs(runs)}
+    first_dir = run_dirs[names[0]][0]
+    context = {**read_context(first_dir), "lam": cfg.lam, "methods": names,
+               "seeds": list(range(cfg.seed, cfg.seed + seeds))}
+    summary = {"context": context, "runs": runs, "aggregate": aggregate_runs(runs)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     render_report(out, summary, run_dirs)
     _say(progress, f"[compare] wrote {out / 'summary.json'} and {out / 'report.html'}")
