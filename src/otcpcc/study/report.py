@@ -11,7 +11,7 @@
 - The tables are transposed and grouped so that they fit a narrow window however many metrics
   there are: one table per metric group (accuracy; mistakes; hierarchy in the features; other),
   one row per metric (↑ higher is better, ↓ lower is better), one column per method (at most
-  six per table; more methods continue in further tables), ``mean ± std`` over seeds, the best
+  eight per table; more methods continue in further tables), ``mean ± std`` over seeds, the best
   mean per metric in bold (``**…**`` / ``<strong>``).
 - ``tradeoff.png``: fine accuracy against expected cost per method, mean ± std over seeds
   (argmax, and CRM when the summary has it).

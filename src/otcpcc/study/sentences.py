@@ -106,7 +106,7 @@ def _tally(verdicts: Sequence[Mapping[str, Any]], metric: str, baseline: str) ->
     for call in _CALLS:
         names = [str(v.get("method")) for v in sel if v.get("call") == call]
         parts.append(f"{call} — {', '.join(names) if names else 'no method'}")
-    return f"{words.capitalize()} against {baseline}: " + "; ".join(parts) + "."
+    return f"{words[:1].upper()}{words[1:]} against {baseline}: " + "; ".join(parts) + "."
 
 
 def verdict_sentences(verdicts: Sequence[Mapping[str, Any]] | None,

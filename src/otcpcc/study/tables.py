@@ -151,7 +151,7 @@ def table_groups(aggregate: Sequence[Mapping[str, Any]]) -> list[tuple[str, list
     return [(title, names) for title, names in groups if names]
 
 
-def method_chunks(aggregate: Sequence[Mapping[str, Any]], per_table: int = 6
+def method_chunks(aggregate: Sequence[Mapping[str, Any]], per_table: int = 8
                   ) -> list[list[int]]:
     """Indices of the aggregate rows, ``per_table`` at a time: the methods become the columns of
     the report's tables, so that a table stays narrow however many metrics there are."""
