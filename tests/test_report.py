@@ -17,7 +17,7 @@ import pytest
 from matplotlib.image import imread
 
 from otcpcc import LabelTree
-from otcpcc.study import compare, figures, report, tables
+from otcpcc.study import compare, context, figures, report, sentences, tables
 
 # ------------------------------------------------------------------ fabricated data
 # none:   fine_acc 0.80, 0.82 -> 0.81 ± 0.01414; severity 3.0, 3.2 -> 3.10; cost 1.0, 1.4 -> 1.20
@@ -484,3 +484,103 @@ def test_compare_and_sweep_end_to_end(tmp_path):
     ev = json.loads((sw / "lam1_bs16" / "eval.json").read_text())
     assert float(rows[1]["test_cpcc_emd"]) == pytest.approx(ev["test_cpcc_emd"])
     assert imread(sw / "sweep.png").shape[0] > 300
+
+
+# ------------------------------------------------------------------ verdict, context, trade-off
+VERDICTS = [  # hand-made, in the schema of summary.json["verdicts"]; deliberately out of order
+    {"method": "hxe", "metric": "test_cpcc_emd", "baseline": "none", "diff_mean": 0.05,
+     "ci_low": -0.01, "ci_high": 0.11, "call": "within noise"},
+    {"method": "hxe", "metric": "fine_acc", "baseline": "none", "diff_mean": -0.004,
+     "ci_low": -0.007, "ci_high": -0.001, "call": "worse"},
+    {"method": "hxe", "metric": "expected_cost", "baseline": "none", "diff_mean": -0.03,
+     "ci_low": -0.04, "ci_high": -0.02, "call": "better"},
+    {"method": "fastft", "metric": "expected_cost", "baseline": "none", "diff_mean": 0.02,
+     "ci_low": 0.01, "ci_high": 0.03, "call": "worse"},
+    {"method": "fastft", "metric": "map_coarse", "baseline": "none", "diff_mean": 0.0001,
+     "ci_low": -0.02, "ci_high": 0.02, "call": "within noise"},
+]
+
+
+def test_verdict_sentences_hand_worked():
+    agg = [{"method": "none", "expected_cost_mean": 1.0, "expected_cost_std": 0.1,
+            "fine_acc_mean": 0.8, "fine_acc_std": None},
+           {"method": "hxe", "expected_cost_mean": 0.97, "expected_cost_std": 0.1,
+            "fine_acc_mean": 0.796, "fine_acc_std": None}]
+    s = sentences.verdict_sentences(VERDICTS, agg, [0, 1, 2])
+    assert s[0].startswith("Each method against none, paired over seeds 0, 1, 2 (same seed")
+    assert s[1:] == [
+        "Lowest mean expected cost: hxe (0.970 ± 0.100).",
+        "Highest mean fine accuracy: none (0.800).",
+        "Expected cost against none: better — hxe; worse — fastft; within noise — no method.",
+        # ± = half-width of the interval; accuracy in points; the order: cost, accuracy, CPCC
+        "Against none, hxe lowers expected cost by 0.030 ± 0.010 (better), lowers fine accuracy "
+        "by 0.4 ± 0.3 points (worse) and raises TestCPCC(emd) by 0.050 ± 0.060 (within noise).",
+        "Against none, fastft raises expected cost by 0.020 ± 0.010 (worse) and changes coarse "
+        "mAP by 0.000 ± 0.020 (within noise)."]
+    one = [{"method": "l2", "metric": "expected_cost", "baseline": "none", "diff_mean": 0.01,
+            "ci_low": None, "ci_high": None, "call": "one seed"}]
+    s1 = sentences.verdict_sentences(one, [], [0])
+    assert s1[0].startswith("One seed (seeds 0): there is no confidence interval")
+    assert s1[1:] == ["Against none, l2 raises expected cost by 0.010 (one seed)."]
+    assert "no paired verdicts" in sentences.verdict_sentences(None)[0]
+
+
+def test_context_lines_and_fallbacks():
+    ctx = {"data": "synthetic", "data_options": {"noise": 0.8}, "num_classes": 20,
+           "tree_depth": 2, "levels": ["coarse"], "backbone": "mlp", "lam": 1.0, "epochs": 15,
+           "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "cost_matrix": "tree distance",
+           "otcpcc": "0.1.0", "torch": "2.4", "device": "cpu", "git_commit": "0123456789abc",
+           "methods": ["none", "hxe"], "seeds": [0, 1, 2]}
+    assert context.context_lines(ctx) == [
+        ("Data", "synthetic (noise=0.8): 20 fine classes, tree depth 2 (levels below the root: "
+                 "coarse, fine)"),
+        ("Backbone", "mlp"),
+        ("λ", "λ = 1.0 for every CPCC term (methods without CPCC train with λ = 0)"),
+        ("Training", "15 epochs, batch size 128, sgd lr 0.1"),
+        ("Seeds", "0, 1, 2 (every method: the same data and seeds)"),
+        ("Methods", "none, hxe"),
+        ("Cost matrix", "tree distance"),
+        ("Software", "otcpcc 0.1.0, torch 2.4, device cpu, git commit 0123456789")]
+    # nothing recorded: methods and seeds from the rows (method, else distance), the rest said
+    lines = dict(context.context_lines({}, RUNS + [{"method": "hxe", "distance": "none",
+                                                    "seed": 7}]))
+    assert lines["Methods"] == "none, fastft, l2, hxe" and lines["Seeds"].startswith("0, 1, 7 ")
+    assert lines["Backbone"] == lines["Cost matrix"] == "not recorded"
+
+
+def test_rows_with_method_group_by_method_and_render(tmp_path):
+    # hxe and none both train without CPCC (distance none): grouped by method, not distance
+    runs = [{**r, "method": "hxe" if r["distance"] == "fastft" else r["distance"],
+             "distance": "none" if r["distance"] == "fastft" else r["distance"],
+             "fine_acc_crm": r["fine_acc"] - 0.01, "expected_cost_crm": r["expected_cost"] - 0.1}
+            for r in RUNS]
+    agg = tables.aggregate_runs(runs)
+    assert [(a["method"], a["distance"], a["n_runs"]) for a in agg] == [
+        ("none", "none", 2), ("hxe", "none", 2), ("l2", "l2", 1)]
+    assert agg[1]["expected_cost_crm_mean"] == pytest.approx(0.9)
+    summary = {"runs": runs, "verdicts": VERDICTS[:3],
+               "context": {"data": "synthetic", "seeds": [0, 1]}}
+    report.render_report(tmp_path, summary, {})
+    md = (tmp_path / "report.md").read_text()
+    tabs = _md_tables(md)
+    assert tabs[0][1] == ["none", "hxe", "l2"]
+    assert list(tabs[0][2])[:3] == ["runs", "fine_acc ↑", "fine_acc_crm ↑"]
+    assert list(tabs[1][2])[-2:] == ["expected_cost ↓", "expected_cost_crm ↓"]
+    grid = _md_cells(md)
+    assert grid["expected_cost_crm"] == {"none": "1.100 ± 0.283", "hxe": "0.900 ± 0.000",
+                                         "l2": "**0.800**"}
+    assert "- Against none, hxe lowers expected cost by 0.030 ± 0.010 (better)" in md
+    assert "hxe: mistake severity 3.10 → 2.60" in md  # ROI line by method name
+    assert "- **Data**: synthetic" in md and "- **Seeds**: 0, 1 (every method" in md
+    # the trade-off: argmax and CRM, captions say both and the seeds
+    assert "hollow: conditional-risk (CRM) decision" in md and "mean over seeds 0, 1;" in md
+    img = imread(tmp_path / "tradeoff.png")
+    assert img.shape[0] > 300 and img[..., :3].std() > 0.05
+
+
+def test_method_chunks_keep_tables_narrow():
+    agg = [{"method": f"m{i}", "fine_acc_mean": 0.5} for i in range(11)]
+    assert tables.method_chunks(agg) == [list(range(8)), [8, 9, 10]]
+    md = report.markdown_tables(agg)
+    assert [m for _, m, _ in _md_tables(md)] == [[f"m{i}" for i in range(8)],
+                                                  ["m8", "m9", "m10"]]
