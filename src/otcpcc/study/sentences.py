@@ -121,9 +121,9 @@ def verdict_sentences(verdicts: Sequence[Mapping[str, Any]] | None,
     """
     head = _headline(aggregate)
     if not verdicts:
+        advice = "" if len(seeds) >= 2 else "; rerun `otcpcc compare` with --seeds 3 or more"
         return ["This summary has no paired verdicts (summary.json was written without them): "
-                "the means below are not tested against noise; rerun `otcpcc compare` with "
-                "--seeds 3 or more.", *head]
+                f"the means below are not tested against noise{advice}.", *head]
     baselines = list(dict.fromkeys(str(v.get("baseline", "none")) for v in verdicts))
     base = baselines[0]
     seed_text = f"seeds {', '.join(map(str, seeds))}" if seeds else "the seeds"
