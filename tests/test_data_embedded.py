@@ -132,7 +132,7 @@ def test_synthetic_class_means_are_the_offsets_and_modes_follow_the_tree():
         zc = a.z_train[a.y_train == c]
         assert np.bincount(a.mode_train[a.y_train == c]).tolist() == [34, 33, 33]
         err = np.linalg.norm(zc.mean(0) - a.class_offsets[c])
-        assert err < 4 * 0.5 * np.sqrt(16 / 100)  # 4 sigma of the mean of 100 noise draws
+        assert err < 4 * 0.8 * np.sqrt(16 / 100)  # 4 sigma of the mean of 100 noise draws
     # matched mode centers: siblings differ in the fine ring only, cousins in both rings. Random
     # planes are nearly orthogonal, so on average |mu_fk - mu_gk| ~ sqrt(2) r_2 for siblings and
     # sqrt(2 r_1^2 + 2 r_2^2) for cousins (r_1 = separation = 3, r_2 = decay * r_1 = 2.4)
@@ -192,13 +192,24 @@ def test_synthetic_class_means_mislead_but_transport_does_not(synth):
     assert tree_corr(l2u, d) > 0.5
 
 
-def test_synthetic_is_learnable_but_not_linear(synth):
+def test_synthetic_is_learnable_but_not_linear_and_classes_overlap(synth):
     xtr, ytr = (t.numpy() for t in tensors(synth.train))
     xte, yte = (t.numpy() for t in tensors(synth.test))
     knn = KNeighborsClassifier(5).fit(xtr, ytr).score(xte, yte)
     linear = LinearDiscriminantAnalysis().fit(xtr, ytr).score(xte, yte)
-    assert 0.85 < knn < 0.995
+    # far above chance (1/20), far below 1: the default's classes overlap (measured 0.69)
+    assert 0.5 < knn < 0.85
     assert linear < knn - 0.2
+    # kNN's mistakes land both on siblings and in other coarse groups
+    pred = KNeighborsClassifier(5).fit(xtr, ytr).predict(xte)
+    wrong = pred != yte
+    far = (pred[wrong] // 5 != yte[wrong] // 5).mean()
+    assert 0.2 < far < 0.79  # 0.79 = 15/19: mistakes spread uniformly over the other classes
+    # the easier setting of noise 0.5 separates the classes almost perfectly
+    easy = load_synthetic(seed=0, noise=0.5)
+    xe, ye = (t.numpy() for t in tensors(easy.train))
+    xt, yt = (t.numpy() for t in tensors(easy.test))
+    assert KNeighborsClassifier(5).fit(xe, ye).score(xt, yt) > 0.9
 
 
 @pytest.mark.parametrize(

@@ -103,7 +103,7 @@ def test_collapsed_run_is_reported_and_the_report_completes(tmp_path, capsys):
     make_embeddings(tmp_path / "emb.npz", n_train=30, n_test=10)
     out = tmp_path / "cmp"
     code = main(["compare", "--data", "features", "--data-dir", str(tmp_path / "emb.npz"),
-                 "--distances", "none", "--seeds", "1", "--epochs", "2", "--lr", "3",
+                 "--distances", "none", "--seeds", "1", "--epochs", "2", "--lr", "2",
                  "--batch-size", "32", "--out", str(out)])
     assert code == 0
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "run collapsed" in ln]
@@ -121,3 +121,32 @@ def test_collapsed_run_is_reported_and_the_report_completes(tmp_path, capsys):
     for f in ("heatmaps.png", "dendrogram.png", "curves.png"):
         assert (out / f).is_file() and f"({f})" in md
     assert metrics["test_acc"] == pytest.approx(1 / 12)  # what the issue saw, now explained
+
+
+def test_a_diverged_run_is_a_note_and_the_comparison_goes_on(tmp_path, capsys, monkeypatch):
+    """A run whose loss turns NaN/inf stops (issue 9.12); compare records it, reports the others."""
+    import otcpcc.training
+    from otcpcc.training.control import NonFiniteLoss
+
+    real = otcpcc.training.train
+
+    def train(cfg, out, **kw):
+        if cfg.distance == "l2":
+            raise NonFiniteLoss("the loss became nan at epoch 1/2, step 3; training stopped and no epoch "
+                                f"had finished, so nothing was kept in {out}; lower --lr")
+        return real(cfg, out, **kw)
+
+    monkeypatch.setattr(otcpcc.training, "train", train)
+    make_embeddings(tmp_path / "emb.npz", n_train=30, n_test=10)
+    out = tmp_path / "cmp"
+    code = main(["compare", "--data", "features", "--data-dir", str(tmp_path / "emb.npz"),
+                 "--distances", "none,l2", "--seeds", "1", "--epochs", "2",
+                 "--batch-size", "32", "--out", str(out)])
+    assert code == 0
+    assert "the comparison goes on without this run" in capsys.readouterr().err
+    rows = {r["method"]: r for r in json.loads((out / "summary.json").read_text())["runs"]}
+    assert rows["l2"]["collapsed"] == ("epoch 1: the loss became non-finite at step 3 "
+                                       "(training stopped; no metrics)")
+    assert "fine_acc" not in rows["l2"] and rows["none"]["fine_acc"] > 0.5
+    md = (out / "report.md").read_text()
+    assert "`l2` seed 0: run collapsed at epoch 1: the loss became non-finite at step 3" in md

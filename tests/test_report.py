@@ -17,7 +17,7 @@ import pytest
 from matplotlib.image import imread
 
 from otcpcc import LabelTree
-from otcpcc.study import compare, figures, report, tables
+from otcpcc.study import compare, context, figures, report, sentences, tables
 
 # ------------------------------------------------------------------ fabricated data
 # none:   fine_acc 0.80, 0.82 -> 0.81 ± 0.01414; severity 3.0, 3.2 -> 3.10; cost 1.0, 1.4 -> 1.20
@@ -126,14 +126,43 @@ class StrictHTML(HTMLParser):
             self._cell[0] += data
 
 
-def _md_table(text: str) -> tuple[list[str], dict[str, list[str]]]:
-    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = {}
-    for ln in lines[2:]:
-        cells = [c.strip() for c in ln.strip("|").split("|")]
-        rows[cells[0]] = cells
-    return header, rows
+def _md_tables(text: str) -> list[tuple[str, list[str], dict[str, list[str]]]]:
+    """The report's Markdown tables: (title, methods, {metric: cells}) with the ↑/↓ arrows kept in
+    the metric label."""
+    out, title, lines = [], None, text.splitlines()
+    for i, ln in enumerate(lines):
+        if ln.startswith("**") and i + 2 < len(lines) and lines[i + 2].startswith("| metric |"):
+            title = ln.strip("*")
+        if ln.startswith("| metric |"):
+            methods = [c.strip() for c in ln.strip("|").split("|")][1:]
+            rows = {}
+            for body in lines[i + 2:]:
+                if not body.startswith("|"):
+                    break
+                cells = [c.strip() for c in body.strip("|").split("|")]
+                rows[cells[0]] = cells[1:]
+            out.append((title, methods, rows))
+    return out
+
+
+def _md_cells(text: str) -> dict[str, dict[str, str]]:
+    """metric (no arrow) -> method -> cell, over every table of the report."""
+    grid: dict[str, dict[str, str]] = {}
+    for _, methods, rows in _md_tables(text):
+        for label, cells in rows.items():
+            grid.setdefault(label.split(" ")[0], {}).update(zip(methods, cells, strict=True))
+    return grid
+
+
+def _html_cells(rows: list[list[tuple[str, bool]]]) -> dict[str, dict[str, tuple[str, bool]]]:
+    grid: dict[str, dict[str, tuple[str, bool]]] = {}
+    methods: list[str] = []
+    for row in rows:
+        if row and row[0][0] == "metric":
+            methods = [t for t, _ in row[1:]]
+            continue
+        grid.setdefault(row[0][0].split(" ")[0], {}).update(zip(methods, row[1:], strict=True))
+    return grid
 
 
 # ------------------------------------------------------------------ numbers
@@ -206,43 +235,60 @@ def test_render_report_files(tmp_path, fake_features):
     assert fake_features == [("seed0", "test")] * 3
 
     md = (out / "report.md").read_text()
-    header, rows = _md_table(md)
-    # accuracies first, then CPCC, mAP, costs; identifiers and strings are not columns
-    assert header == ["method", "runs", "fine_acc", "level1_acc", "test_cpcc_l2", "test_cpcc_emd",
-                      "map_fine", "mistake_severity", "hier_dist@1", "expected_cost"]
-    col = {name: i for i, name in enumerate(header)}
-    assert rows["none"][col["fine_acc"]] == "0.810 ± 0.014"
-    assert rows["l2"][col["fine_acc"]] == "**0.830**"  # highest accuracy; one seed: no std
-    assert rows["fastft"][col["mistake_severity"]] == "**2.600 ± 0.141**"  # lowest severity
-    assert rows["l2"][col["mistake_severity"]] == "–"
-    assert rows["l2"][col["expected_cost"]] == "**0.900**"
-    assert rows["fastft"][col["test_cpcc_emd"]] == "**0.900 ± 0.071**"
-    assert rows["l2"][col["test_cpcc_l2"]] == "**0.950**"
-    assert rows["fastft"][col["map_fine"]] == "**0.650 ± 0.071**"
-    assert rows["l2"][col["map_fine"]] == "**0.650**"  # tie: both marked
-    assert rows["none"][col["map_fine"]] == "0.500 ± 0.000"
-    for r in rows.values():  # exactly the expected bold cells, nothing else
-        bold = {header[i] for i, c in enumerate(r) if c.startswith("**")}
-        expected = {"none": set(), "fastft": {"test_cpcc_emd", "mistake_severity",
-                                              "hier_dist@1", "map_fine", "level1_acc"},
-                    "l2": {"fine_acc", "test_cpcc_l2", "expected_cost", "map_fine", "level1_acc"}}
-        assert bold == expected[r[0]], r[0]
+    tabs = _md_tables(md)
+    # transposed: one table per metric group, one row per metric (with its direction), one column
+    # per method; identifiers and strings are not rows
+    assert [(t, m, list(r)) for t, m, r in tabs] == [
+        ("Accuracy (higher is better)", ["none", "fastft", "l2"],
+         ["runs", "fine_acc ↑", "level1_acc ↑"]),
+        ("Mistakes (lower is better)", ["none", "fastft", "l2"],
+         ["mistake_severity ↓", "hier_dist@1 ↓", "expected_cost ↓"]),
+        ("Hierarchy in the features (higher is better)", ["none", "fastft", "l2"],
+         ["test_cpcc_l2 ↑", "test_cpcc_emd ↑", "map_fine ↑"])]
+    grid = _md_cells(md)
+    assert grid["runs"] == {"none": "2", "fastft": "2", "l2": "1"}
+    assert grid["fine_acc"]["none"] == "0.810 ± 0.014"
+    assert grid["fine_acc"]["l2"] == "**0.830**"  # highest accuracy; one seed: no std
+    assert grid["mistake_severity"]["fastft"] == "**2.600 ± 0.141**"  # lowest severity
+    assert grid["mistake_severity"]["l2"] == "–"
+    assert grid["expected_cost"]["l2"] == "**0.900**"
+    assert grid["test_cpcc_emd"]["fastft"] == "**0.900 ± 0.071**"
+    assert grid["test_cpcc_l2"]["l2"] == "**0.950**"
+    assert grid["map_fine"]["fastft"] == "**0.650 ± 0.071**"
+    assert grid["map_fine"]["l2"] == "**0.650**"  # tie: both marked
+    assert grid["map_fine"]["none"] == "0.500 ± 0.000"
+    bold = {m: {k for k, row in grid.items() if row[m].startswith("**")}
+            for m in ("none", "fastft", "l2")}  # exactly the expected bold cells, nothing else
+    assert bold == {"none": set(),
+                    "fastft": {"test_cpcc_emd", "mistake_severity", "hier_dist@1", "map_fine",
+                               "level1_acc"},
+                    "l2": {"fine_acc", "test_cpcc_l2", "expected_cost", "map_fine",
+                           "level1_acc"}}
     assert ("fastft: mistake severity 3.10 → 2.60 (−16%), expected cost 1.20 → 1.00 (−17%) "
             "at fine accuracy −1.0 points") in md
+    # no verdicts in this summary: the report says so; context read from the run directories
+    assert "## Verdict" in md and "no paired verdicts" in md
+    assert "Lowest mean expected cost: l2 (0.900)." in md
+    assert "- **Data**: not recorded: 6 fine classes, tree depth 3" in md
+    assert "- **Seeds**: 0, 1 (every method" in md
     for f in tables.FIGURES:
         assert f"({f})" in md
+    assert "*Fine accuracy against expected cost (cost matrix: tree distance) per method: mean " \
+           "over seeds 0, 1;" in md
+    assert "Matrices from seed 0 of each method." in md  # fake run dirs: seed from their name
 
     parser = StrictHTML()
     parser.feed((out / "report.html").read_text())
     parser.close()
     assert parser.errors == [] and parser.stack == []
-    assert "table" in parser.tags and parser.tags.count("img") == 4
-    head = [t for t, _ in parser.cells[0]]
-    assert head == header
-    html_rows = {r[0][0]: r for r in parser.cells[1:]}
-    assert html_rows["fastft"][col["mistake_severity"]] == ("2.600 ± 0.141", True)
-    assert html_rows["none"][col["mistake_severity"]] == ("3.100 ± 0.141", False)
-    assert html_rows["l2"][col["fine_acc"]] == ("0.830", True)
+    assert parser.tags.count("table") == 3 and parser.tags.count("img") == 5
+    assert parser.tags.count("figcaption") == 5
+    html_grid = _html_cells(parser.cells)
+    assert {k: {m: t for m, (t, _) in v.items()} for k, v in html_grid.items()} == {
+        k: {m: t.strip("*") for m, t in v.items()} for k, v in grid.items()}
+    assert html_grid["mistake_severity"]["fastft"] == ("2.600 ± 0.141", True)
+    assert html_grid["mistake_severity"]["none"] == ("3.100 ± 0.141", False)
+    assert html_grid["fine_acc"]["l2"] == ("0.830", True)
 
     for f in tables.FIGURES:
         img = imread(out / f)
@@ -251,10 +297,13 @@ def test_render_report_files(tmp_path, fake_features):
 
 
 def test_render_report_without_runs_dirs(tmp_path):
-    report.render_report(tmp_path, {"runs": RUNS}, {})  # aggregate recomputed, no figures
+    report.render_report(tmp_path, {"runs": RUNS}, {})  # aggregate recomputed
     md = (tmp_path / "report.md").read_text()
-    assert "| fastft | 2 |" in md and "![" not in md
+    assert _md_cells(md)["runs"] == {"none": "2", "fastft": "2", "l2": "1"}
+    # the trade-off needs only the summary; the other figures need run directories
+    assert "![tradeoff](tradeoff.png)" in md and md.count("![") == 1
     assert not (tmp_path / "heatmaps.png").exists()
+    assert "- **Backbone**: not recorded" in md and "- **Methods**: none, fastft, l2" in md
     with pytest.raises(ValueError, match="runs"):
         report.render_report(tmp_path, {}, {})
 
@@ -321,7 +370,10 @@ def test_run_compare_summary(tmp_path, monkeypatch, fake_features):
     assert [(c[0], c[1]) for c in calls] == [("none", 3), ("none", 4), ("fastft", 3),
                                              ("fastft", 4)]  # alias deduplicated, same seeds
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"runs", "aggregate", "verdicts"}
+    assert set(summary) == {"context", "runs", "aggregate", "verdicts"}
+    ctx = summary["context"]  # from the first run's files (the fake has tree.json only) + compare
+    assert ctx == {"num_classes": 6, "tree_depth": 3, "levels": ["level1", "level2"], "lam": 2.0,
+                   "methods": ["none", "fastft"], "seeds": [3, 4]}
     run = summary["runs"][2]
     assert list(run)[:10] == ["method", "distance", "seed", "lam", "fine_acc", "test_cpcc_l2",
                               "test_cpcc_emd", "test_cpcc_own", "mistake_severity",
@@ -344,13 +396,14 @@ def test_run_compare_summary(tmp_path, monkeypatch, fake_features):
         assert (out / name).is_file(), name
     md = (out / "report.md").read_text()
     assert "fastft: mistake severity 3.00 → 2.80 (−7%)" in md
-    header, rows = _md_table(md)
-    assert header == ["method", "runs", "fine_acc", "fine_top2", "level1_acc", "test_cpcc_l2",
-                      "test_cpcc_emd", "test_cpcc_own", "map_fine", "mistake_severity",
-                      "hier_dist@1", "hier_dist@5", "expected_cost",
-                      "multimodality_mean_components", "train_time_s"]
-    assert not rows["none"][header.index("test_cpcc_own")].startswith("**")  # no direction
-    assert not rows["fastft"][header.index("test_cpcc_own")].startswith("**")
+    assert [list(rows) for _, _, rows in _md_tables(md)] == [
+        ["runs", "fine_acc ↑", "fine_top2 ↑", "level1_acc ↑"],
+        ["mistake_severity ↓", "hier_dist@1 ↓", "hier_dist@5 ↓", "expected_cost ↓"],
+        ["test_cpcc_l2 ↑", "test_cpcc_emd ↑", "test_cpcc_own", "map_fine ↑"],
+        ["multimodality_mean_components", "train_time_s"]]
+    own = _md_cells(md)["test_cpcc_own"]
+    assert not own["none"].startswith("**") and not own["fastft"].startswith("**")  # no direction
+    assert "- **Seeds**: 3, 4 (every method" in md and "- **λ**: λ = 2.0" in md
 
     with pytest.raises(ValueError, match="--force"):
         compare.run_compare(cfg, ["none"], seeds=1, out=out, progress=False)
@@ -409,7 +462,15 @@ def test_compare_and_sweep_end_to_end(tmp_path):
         assert run["train_time_s"] > 0
     assert [a["distance"] for a in summary["aggregate"]] == ["none", "fastft"]
     md = (out / "report.md").read_text()
-    assert "fastft: mistake severity" in md and "| none | 1 |" in md
+    assert "fastft: mistake severity" in md and _md_cells(md)["runs"] == {"none": "1",
+                                                                          "fastft": "1"}
+    ctx = summary["context"]  # the real run's files
+    assert ctx["data"] == "synthetic" and ctx["backbone"] == "mlp" and ctx["num_classes"] == 6
+    assert ctx["tree_depth"] == 2 and ctx["epochs"] == 1 and ctx["batch_size"] == 16
+    assert ctx["device"] == "cpu" and ctx["cost_matrix"] == "tree distance"
+    assert ctx["otcpcc"] and ctx["seeds"] == [0] and ctx["methods"] == ["none", "fastft"]
+    assert "One seed" in md  # compare writes verdicts; with one seed the report says there is no interval
+    assert "no paired verdicts" not in md
     for f in tables.FIGURES:
         assert imread(out / f).shape[0] > 150, f
     # collect_features reproduces the model's test features (6 classes x 6 test samples)
@@ -425,3 +486,103 @@ def test_compare_and_sweep_end_to_end(tmp_path):
     ev = json.loads((sw / "lam1_bs16" / "eval.json").read_text())
     assert float(rows[1]["test_cpcc_emd"]) == pytest.approx(ev["test_cpcc_emd"])
     assert imread(sw / "sweep.png").shape[0] > 300
+
+
+# ------------------------------------------------------------------ verdict, context, trade-off
+VERDICTS = [  # hand-made, in the schema of summary.json["verdicts"]; deliberately out of order
+    {"method": "hxe", "metric": "test_cpcc_emd", "baseline": "none", "diff_mean": 0.05,
+     "ci_low": -0.01, "ci_high": 0.11, "call": "within noise"},
+    {"method": "hxe", "metric": "fine_acc", "baseline": "none", "diff_mean": -0.004,
+     "ci_low": -0.007, "ci_high": -0.001, "call": "worse"},
+    {"method": "hxe", "metric": "expected_cost", "baseline": "none", "diff_mean": -0.03,
+     "ci_low": -0.04, "ci_high": -0.02, "call": "better"},
+    {"method": "fastft", "metric": "expected_cost", "baseline": "none", "diff_mean": 0.02,
+     "ci_low": 0.01, "ci_high": 0.03, "call": "worse"},
+    {"method": "fastft", "metric": "map_coarse", "baseline": "none", "diff_mean": 0.0001,
+     "ci_low": -0.02, "ci_high": 0.02, "call": "within noise"},
+]
+
+
+def test_verdict_sentences_hand_worked():
+    agg = [{"method": "none", "expected_cost_mean": 1.0, "expected_cost_std": 0.1,
+            "fine_acc_mean": 0.8, "fine_acc_std": None},
+           {"method": "hxe", "expected_cost_mean": 0.97, "expected_cost_std": 0.1,
+            "fine_acc_mean": 0.796, "fine_acc_std": None}]
+    s = sentences.verdict_sentences(VERDICTS, agg, [0, 1, 2])
+    assert s[0].startswith("Each method against none, paired over seeds 0, 1, 2 (same seed")
+    assert s[1:] == [
+        "Lowest mean expected cost: hxe (0.970 ± 0.100).",
+        "Highest mean fine accuracy: none (0.800).",
+        "Expected cost against none: better — hxe; worse — fastft; within noise — no method.",
+        # ± = half-width of the interval; accuracy in points; the order: cost, accuracy, CPCC
+        "Against none, hxe lowers expected cost by 0.030 ± 0.010 (better), lowers fine accuracy "
+        "by 0.4 ± 0.3 points (worse) and raises TestCPCC(emd) by 0.050 ± 0.060 (within noise).",
+        "Against none, fastft raises expected cost by 0.020 ± 0.010 (worse) and changes coarse "
+        "mAP by 0.000 ± 0.020 (within noise)."]
+    one = [{"method": "l2", "metric": "expected_cost", "baseline": "none", "diff_mean": 0.01,
+            "ci_low": None, "ci_high": None, "call": "one seed"}]
+    s1 = sentences.verdict_sentences(one, [], [0])
+    assert s1[0].startswith("One seed (seeds 0): there is no confidence interval")
+    assert s1[1:] == ["Against none, l2 raises expected cost by 0.010 (one seed)."]
+    assert "no paired verdicts" in sentences.verdict_sentences(None)[0]
+
+
+def test_context_lines_and_fallbacks():
+    ctx = {"data": "synthetic", "data_options": {"noise": 0.8}, "num_classes": 20,
+           "tree_depth": 2, "levels": ["coarse"], "backbone": "mlp", "lam": 1.0, "epochs": 15,
+           "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "cost_matrix": "tree distance",
+           "otcpcc": "0.1.0", "torch": "2.4", "device": "cpu", "git_commit": "0123456789abc",
+           "methods": ["none", "hxe"], "seeds": [0, 1, 2]}
+    assert context.context_lines(ctx) == [
+        ("Data", "synthetic (noise=0.8): 20 fine classes, tree depth 2 (levels below the root: "
+                 "coarse, fine)"),
+        ("Backbone", "mlp"),
+        ("λ", "λ = 1.0 for every CPCC term (methods without CPCC train with λ = 0)"),
+        ("Training", "15 epochs, batch size 128, sgd lr 0.1"),
+        ("Seeds", "0, 1, 2 (every method: the same data and seeds)"),
+        ("Methods", "none, hxe"),
+        ("Cost matrix", "tree distance"),
+        ("Software", "otcpcc 0.1.0, torch 2.4, device cpu, git commit 0123456789")]
+    # nothing recorded: methods and seeds from the rows (method, else distance), the rest said
+    lines = dict(context.context_lines({}, RUNS + [{"method": "hxe", "distance": "none",
+                                                    "seed": 7}]))
+    assert lines["Methods"] == "none, fastft, l2, hxe" and lines["Seeds"].startswith("0, 1, 7 ")
+    assert lines["Backbone"] == lines["Cost matrix"] == "not recorded"
+
+
+def test_rows_with_method_group_by_method_and_render(tmp_path):
+    # hxe and none both train without CPCC (distance none): grouped by method, not distance
+    runs = [{**r, "method": "hxe" if r["distance"] == "fastft" else r["distance"],
+             "distance": "none" if r["distance"] == "fastft" else r["distance"],
+             "fine_acc_crm": r["fine_acc"] - 0.01, "expected_cost_crm": r["expected_cost"] - 0.1}
+            for r in RUNS]
+    agg = tables.aggregate_runs(runs)
+    assert [(a["method"], a["distance"], a["n_runs"]) for a in agg] == [
+        ("none", "none", 2), ("hxe", "none", 2), ("l2", "l2", 1)]
+    assert agg[1]["expected_cost_crm_mean"] == pytest.approx(0.9)
+    summary = {"runs": runs, "verdicts": VERDICTS[:3],
+               "context": {"data": "synthetic", "seeds": [0, 1]}}
+    report.render_report(tmp_path, summary, {})
+    md = (tmp_path / "report.md").read_text()
+    tabs = _md_tables(md)
+    assert tabs[0][1] == ["none", "hxe", "l2"]
+    assert list(tabs[0][2])[:3] == ["runs", "fine_acc ↑", "fine_acc_crm ↑"]
+    assert list(tabs[1][2])[-2:] == ["expected_cost ↓", "expected_cost_crm ↓"]
+    grid = _md_cells(md)
+    assert grid["expected_cost_crm"] == {"none": "1.100 ± 0.283", "hxe": "0.900 ± 0.000",
+                                         "l2": "**0.800**"}
+    assert "- Against none, hxe lowers expected cost by 0.030 ± 0.010 (better)" in md
+    assert "hxe: mistake severity 3.10 → 2.60" in md  # ROI line by method name
+    assert "- **Data**: synthetic" in md and "- **Seeds**: 0, 1 (every method" in md
+    # the trade-off: argmax and CRM, captions say both and the seeds
+    assert "hollow: conditional-risk (CRM) decision" in md and "mean over seeds 0, 1;" in md
+    img = imread(tmp_path / "tradeoff.png")
+    assert img.shape[0] > 300 and img[..., :3].std() > 0.05
+
+
+def test_method_chunks_keep_tables_narrow():
+    agg = [{"method": f"m{i}", "fine_acc_mean": 0.5} for i in range(11)]
+    assert tables.method_chunks(agg) == [list(range(8)), [8, 9, 10]]
+    md = report.markdown_tables(agg)
+    assert [m for _, m, _ in _md_tables(md)] == [[f"m{i}" for i in range(8)],
+                                                  ["m8", "m9", "m10"]]

@@ -76,7 +76,7 @@ def test_item02_train_defaults_to_fastft_with_lambda_1(tmp_path):
 
 # ------------------------------------------------------- 3. compare/sweep refuse unused flags
 @pytest.mark.parametrize("argv, needle", [
-    (["compare", "--distance", "emd"], "compare does not use --distance; pass --distances"),
+    (["compare", "--distance", "emd"], "compare does not use --distance; pass --methods"),
     (["sweep", "--lam", "2"], "sweep does not use --lam; pass --lams"),
     (["sweep", "-b", "32"], "sweep does not use --batch-size; pass --batch-sizes"),
 ])

@@ -25,8 +25,18 @@ random two-layer tanh map x = B tanh(A z / s + c) (A [hidden, q], B [input_dim, 
 drawn from the seed), then every input feature is standardised with the train mean and std.
 
 Defaults: branching (4, 5) -> 20 fine classes, 3 modes, 100 train + 50 test samples per class
-(2000 + 1000), latent_dim 16, input_dim 32. Everything is drawn from
-``numpy.random.default_rng(seed)`` streams (never the global RNG): same seed, same tensors.
+(2000 + 1000), latent_dim 16, input_dim 32, separation 3, decay 0.8, noise 0.8. Everything is
+drawn from ``numpy.random.default_rng(seed)`` streams (never the global RNG): same seed, same
+tensors.
+
+Difficulty of the default. The noise (0.8 per latent coordinate) is large against the ring radii
+(r_1 = 3, r_2 = 2.4), so the classes overlap: fine classes are genuinely confusable, and a
+mistake can land on a sibling (tree distance 2) or on a class of another coarse group (tree
+distance 4). On seed 0: 5-nearest-neighbour accuracy on the inputs 0.69, linear discriminant
+0.30; the default MLP trained with plain cross-entropy (15 epochs) reaches fine accuracy 0.76
+and coarse accuracy 0.89, and 44% of its mistakes fall outside the true coarse group (uniformly
+random mistakes would give 15/19 = 79%). ``noise=0.5`` (the earlier default) gives an easy
+set: fine 0.95, coarse 0.99, where no method can lower the cost of mistakes much.
 """
 
 from __future__ import annotations
@@ -56,7 +66,7 @@ class SyntheticParams:
     test_per_class: int = 50
     separation: float = 3.0
     decay: float = 0.8
-    noise: float = 0.5
+    noise: float = 0.8
     mean_spread: float = 1.0
 
     @classmethod
@@ -251,7 +261,7 @@ def load_synthetic(data_dir: str | None = None, seed: int = 0, **options: Any) -
     classes); ``modes=3`` modes per fine class (1 = unimodal control); ``latent_dim=16``;
     ``input_dim=32``; ``hidden=64`` width of the random tanh map; ``train_per_class=100``;
     ``test_per_class=50``; ``separation=3.0`` radius of the coarse rings; ``decay=0.8`` radius
-    ratio from one level to the next; ``noise=0.5`` latent Gaussian std; ``mean_spread=1.0`` norm
+    ratio from one level to the next; ``noise=0.8`` latent Gaussian std; ``mean_spread=1.0`` norm
     scale of the random class-mean offsets. Items are ``(x float32 [input_dim], y int64)``.
     """
     arrays = synthetic_arrays(seed=seed, **options)

@@ -20,6 +20,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..runs.config import TrainConfig
+from .context import read_context
 from .methods import resolve_methods
 from .notes import run_collapse
 from .report import render_report
@@ -126,8 +128,15 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: 
                         cost_matrix: Any) -> dict[str, Any]:
     from ..evaluation.evaluate import evaluate_run
     from ..training import train
+    from ..training.control import NonFiniteLoss
 
-    run_dir = Path(train(cfg, run_dir, force=force, progress=progress))
+    try:
+        run_dir = Path(train(cfg, run_dir, force=force, progress=progress))
+    except NonFiniteLoss as e:  # one diverged run is a finding of the comparison, not its end
+        print(f"otcpcc: {e}; the comparison goes on without this run", file=sys.stderr, flush=True)
+        where = re.search(r"epoch (\d+)/\d+, step (\d+)", str(e))
+        when = f"epoch {where[1]}: the loss became non-finite at step {where[2]}" if where else str(e).split(";")[0]
+        return {"run_dir": None, "metrics": {}, "diverged": f"{when} (training stopped; no metrics)"}
     return {"run_dir": run_dir,
             "metrics": evaluate_run(run_dir, cost_matrix=cost_matrix, device=_eval_device(cfg))}
 
@@ -169,11 +178,23 @@ def run_compare(base_cfg: TrainConfig | Mapping[str, Any], methods: Sequence[str
             _say(progress, f"[compare {done}/{total}] method={spec.name} seed={seed}")
             res = _train_and_evaluate(configs[spec.name].replace(seed=seed),
                                       out / spec.name / f"seed{seed}", force, progress, cost_matrix)
-            run_dirs[spec.name].append(res["run_dir"])
             lam = cfg.lam if spec.distance != "none" else 0.0
+            if res["run_dir"] is None:  # diverged: no metrics, a note in the report
+                runs.append({"method": spec.name, "distance": spec.distance, "seed": seed, "lam": lam,
+                             "collapsed": res["diverged"]})
+                continue
+            run_dirs[spec.name].append(res["run_dir"])
             runs.append(run_row(res["run_dir"], res["metrics"], method=spec.name,
                                 distance=spec.distance, seed=seed, lam=lam))
-    summary = {"runs": runs, "aggregate": aggregate_runs(runs), "verdicts": verdicts(runs)}
+    run_dirs = {name: dirs for name, dirs in run_dirs.items() if dirs}
+    if not run_dirs:
+        raise ValueError(f"every run of the comparison diverged (NaN/inf loss); nothing to compare in {out}: "
+                         "lower --lr or --lam")
+    first_dir = next(iter(run_dirs.values()))[0]
+    context = {**read_context(first_dir), "lam": cfg.lam, "methods": [s.name for s in specs],
+               "seeds": list(range(cfg.seed, cfg.seed + seeds))}
+    summary = {"context": context, "runs": runs, "aggregate": aggregate_runs(runs),
+               "verdicts": verdicts(runs)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     render_report(out, summary, run_dirs)
     _say(progress, f"[compare] wrote {out / 'summary.json'} and {out / 'report.html'}")

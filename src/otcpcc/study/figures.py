@@ -1,10 +1,13 @@
-"""The figures of a comparison: tree vs learned distance heatmaps, dendrograms, PCA/t-SNE maps,
-training curves."""
+"""The figures of a comparison: the accuracy / expected-cost trade-off per method, tree vs learned
+distance heatmaps, dendrograms, PCA/t-SNE maps, training curves; and the caption of each (what it
+shows, from which seeds)."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..training.health import feature_degeneracy
-from .tables import FIGURES, fmt, row_name
+from .sentences import decision_cost_key
+from .tables import FIGURES, _finite, fmt, method_name, seed_list
 
 
 def collect_features(run_dir: str | os.PathLike, split: str = "test") -> tuple[np.ndarray,
@@ -260,6 +264,113 @@ def plot_curves(logs: Mapping[str, Sequence[Path]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _mean_std(row: Mapping[str, Any], key: str) -> tuple[float, float]:
+    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    return (float(mean) if _finite(mean) else float("nan"),
+            float(std) if _finite(std) else 0.0)
+
+
+def can_plot_tradeoff(aggregate: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether some method has both a mean fine accuracy and a mean expected cost."""
+    key = decision_cost_key(aggregate)
+    return any(_finite(r.get("fine_acc_mean")) and _finite(r.get(f"{key}_mean")) for r in aggregate)
+
+
+def plot_tradeoff(aggregate: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Fine accuracy (x) against the cost of the decisions (y; ``expected_cost_argmax`` when the
+    rows have it, else ``expected_cost``), one colour per method: mean over seeds with
+    ±1 std error bars; filled = argmax decision, hollow = CRM decision (``*_crm`` metrics, when
+    present), joined by a thin line (same model, other decision rule)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    cmap = plt.get_cmap("tab10")
+    crm_shown = False
+    key = decision_cost_key(aggregate)  # the argmax decisions' cost, beside the CRM decisions'
+    for i, row in enumerate(aggregate):
+        color = cmap(i % 10)
+        x, xe = _mean_std(row, "fine_acc")
+        y, ye = _mean_std(row, key)
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        name = method_name(row)
+        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", color=color, ms=7, capsize=3, label=name)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8,
+                    color=color)
+        xc, xce = _mean_std(row, "fine_acc_crm")
+        yc, yce = _mean_std(row, "expected_cost_crm")
+        if np.isfinite(xc) and np.isfinite(yc):
+            crm_shown = True
+            ax.plot([x, xc], [y, yc], "-", color=color, lw=0.8, alpha=0.6)
+            ax.errorbar(xc, yc, xerr=xce, yerr=yce, fmt="o", mfc="white", color=color, ms=7,
+                        capsize=3)
+    ax.set_xlabel("fine accuracy (higher is better)")
+    ax.set_ylabel("expected cost (lower is better)")
+    title = "accuracy vs expected cost per method"
+    ax.set_title(title + (" (filled: argmax, hollow: CRM)" if crm_shown else ""), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def _seeds_text(seeds: Sequence[int]) -> str:
+    if not seeds:
+        return "the seeds of the summary"
+    if len(seeds) == 1:
+        return f"seed {seeds[0]} only: no error bars"
+    return "seeds " + ", ".join(map(str, seeds))
+
+
+def _run_seed(run_dir: Path) -> str:
+    """The seed of a run directory: ``config.json``'s ``seed``, else the ``seed<k>`` in its name."""
+    try:
+        seed = json.loads((Path(run_dir) / "config.json").read_text()).get("seed")
+        if isinstance(seed, int):
+            return str(seed)
+    except (OSError, ValueError, AttributeError):
+        pass
+    m = re.fullmatch(r"seed(\d+)", Path(run_dir).name)
+    return m.group(1) if m else "its first run"
+
+
+def _first_seed_text(first: Mapping[str, Path]) -> str:
+    seeds = {name: _run_seed(d) for name, d in first.items()}
+    if len(set(seeds.values())) == 1:
+        return f"seed {next(iter(seeds.values()))} of each method"
+    return "one run per method: " + ", ".join(f"{n} seed {s}" for n, s in seeds.items())
+
+
+def figure_captions(aggregate: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]],
+                    first: Mapping[str, Path], cost_source: str = "tree distance"
+                    ) -> dict[str, str]:
+    """The caption under each figure: what it shows and which seeds it comes from."""
+    seeds = seed_list(runs)
+    crm = any(_finite(r.get("expected_cost_crm_mean")) for r in aggregate)
+    one = _first_seed_text(first) if first else ""
+    n_runs = ", ".join(f"{method_name(r)} {r.get('n_runs', '?')}" for r in aggregate)
+    return {
+        "tradeoff.png": (
+            f"Fine accuracy against expected cost (cost matrix: {cost_source}) per method: mean "
+            f"over {_seeds_text(seeds)}; error bars ±1 sample standard deviation over seeds "
+            f"(runs per method: {n_runs})."
+            + (" Filled markers: argmax decision; hollow: conditional-risk (CRM) decision of "
+               "the same models." if crm else "")
+            + " Better is to the right and down."),
+        "heatmaps.png": (
+            "Tree distance, then each method's learned class distance (ℓ2 between class means "
+            "of its test features), classes in the tree's dendrogram order; titles give the "
+            f"mean TestCPCC(ℓ2) over seeds. Matrices from {one}."),
+        "dendrogram.png": (
+            "The given tree's dendrogram beside the average-linkage dendrogram of each "
+            f"method's learned class distances (ℓ2 between test class means); {one}."),
+        "embedding.png": (
+            "PCA (left) and t-SNE (right) of at most 1000 test features per method, coloured "
+            f"by the tree's coarsest level; {one}."),
+        "curves.png": (
+            "Training curves per epoch: total loss, cross-entropy, batch CPCC, accuracy (test "
+            f"solid, train dashed); one colour per method, one line per seed ({_seeds_text(seeds)})."),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # the report
 # --------------------------------------------------------------------------------------------
@@ -274,8 +385,13 @@ _FN = __name__ + ":"  # jobs name this module's plot functions
 
 def render_figures(out: Path, aggregate: Sequence[Mapping[str, Any]],
                    run_dirs: Mapping[str, Any], max_points: int = 1000,
-                   notes: list[str] | None = None) -> list[str]:
-    """Write the PNGs into ``out``; return the names of those written (none without run dirs).
+                   runs: Sequence[Mapping[str, Any]] = (), cost_source: str = "tree distance",
+                   notes: list[str] | None = None) -> list[tuple[str, str]]:
+    """Write the PNGs into ``out``; return ``(file name, caption)`` per figure written.
+
+    The trade-off figure needs only ``aggregate`` (any method with fine accuracy and expected
+    cost); the others need ``run_dirs`` (method → run directories) and are skipped without them.
+    ``runs``: the summary rows (for the seeds named in the captions).
 
     Features are computed here; the plots run in a child process (:func:`render_isolated`) so
     that a native crash skips a figure instead of ending the command. A method whose test
@@ -286,49 +402,54 @@ def render_figures(out: Path, aggregate: Sequence[Mapping[str, Any]],
     from .render import render_isolated
 
     notes = notes if notes is not None else []
-    runs = {name: _run_list(v) for name, v in run_dirs.items() if _run_list(v)}
-    if not runs:
-        return []
-    first = {name: dirs[0] for name, dirs in runs.items()}
-    tree = _load_tree(next(iter(first.values())))
-    tree_d = np.asarray(tree.distance_matrix(), dtype=np.float64)
-    k = tree.num_classes
-    feats = {name: collect_features(d, "test") for name, d in first.items()}
-    bad = {name: why for name, (x, _) in feats.items() if (why := feature_degeneracy(x))}
-    for name, why in bad.items():
-        notes.append(f"`{name}` left out of the heatmaps, dendrogram and embedding figures: its "
-                     f"test features are degenerate ({why})")
-    good = {name: xy for name, xy in feats.items() if name not in bad}
-    learned = {name: learned_distance_matrix(x, y, k) for name, (x, y) in good.items()}
-    cp = {row_name(r): r.get("test_cpcc_l2_mean") for r in aggregate}
-    titles = {n: f"{n} (TestCPCC l2 {fmt(cp.get(n), 2)})" for n in learned}
-    levels = tree.levels
-    if levels:
-        coarse_ids, coarse_names = np.asarray(levels[-1].ids), list(levels[-1].names)
-    else:
-        coarse_ids, coarse_names = np.arange(k), list(tree.leaves)
-    logs = {n: [d / "log.csv" for d in dirs if (d / "log.csv").exists()]
-            for n, dirs in runs.items()}
-    jobs: list[dict[str, Any]] = [
-        {"name": "heatmaps.png", "func": _FN + "plot_heatmaps",
-         "kwargs": {"tree_d": tree_d, "learned": learned, "path": out / "heatmaps.png",
-                    "titles": titles}},
-        {"name": "dendrogram.png", "func": _FN + "plot_dendrograms",
-         "kwargs": {"tree_d": tree_d, "learned": learned, "leaf_names": list(tree.leaves),
-                    "path": out / "dendrogram.png"}}]
-    if good:
-        jobs.append({"name": "embedding.png", "func": _FN + "plot_embeddings",
-                     "kwargs": {"features": good, "coarse_ids": coarse_ids,
-                                "coarse_names": coarse_names, "path": out / "embedding.png",
-                                "max_points": max_points}})
-    else:
-        notes.append("figure skipped: embedding.png: every method's test features are "
-                     "degenerate (nothing to map with PCA/t-SNE)")
-    jobs.append({"name": "curves.png", "func": _FN + "plot_curves",
-                 "kwargs": {"logs": logs, "path": out / "curves.png"}})
+    dirs_by_method = {name: _run_list(v) for name, v in run_dirs.items() if _run_list(v)}
+    first = {name: dirs[0] for name, dirs in dirs_by_method.items()}
+    captions = figure_captions(aggregate, runs, first, cost_source)
+    jobs: list[dict[str, Any]] = []
+    if can_plot_tradeoff(aggregate):
+        jobs.append({"name": "tradeoff.png", "func": _FN + "plot_tradeoff",
+                     "kwargs": {"aggregate": [dict(r) for r in aggregate], "path": out / "tradeoff.png"}})
+    good: dict[str, Any] = {}
+    if first:
+        tree = _load_tree(next(iter(first.values())))
+        tree_d = np.asarray(tree.distance_matrix(), dtype=np.float64)
+        k = tree.num_classes
+        feats = {name: collect_features(d, "test") for name, d in first.items()}
+        bad = {name: why for name, (x, _) in feats.items() if (why := feature_degeneracy(x))}
+        for name, why in bad.items():
+            notes.append(f"`{name}` left out of the heatmaps, dendrogram and embedding figures: its "
+                         f"test features are degenerate ({why})")
+        good = {name: xy for name, xy in feats.items() if name not in bad}
+        learned = {name: learned_distance_matrix(x, y, k) for name, (x, y) in good.items()}
+        cp = {method_name(r): r.get("test_cpcc_l2_mean") for r in aggregate}
+        titles = {n: f"{n} (TestCPCC l2 {fmt(cp.get(n), 2)})" for n in learned}
+        levels = tree.levels
+        if levels:
+            coarse_ids, coarse_names = np.asarray(levels[-1].ids), list(levels[-1].names)
+        else:
+            coarse_ids, coarse_names = np.arange(k), list(tree.leaves)
+        logs = {n: [d / "log.csv" for d in dirs if (d / "log.csv").exists()]
+                for n, dirs in dirs_by_method.items()}
+        jobs += [
+            {"name": "heatmaps.png", "func": _FN + "plot_heatmaps",
+             "kwargs": {"tree_d": tree_d, "learned": learned, "path": out / "heatmaps.png",
+                        "titles": titles}},
+            {"name": "dendrogram.png", "func": _FN + "plot_dendrograms",
+             "kwargs": {"tree_d": tree_d, "learned": learned, "leaf_names": list(tree.leaves),
+                        "path": out / "dendrogram.png"}}]
+        if good:
+            jobs.append({"name": "embedding.png", "func": _FN + "plot_embeddings",
+                         "kwargs": {"features": good, "coarse_ids": coarse_ids,
+                                    "coarse_names": coarse_names, "path": out / "embedding.png",
+                                    "max_points": max_points}})
+        else:
+            notes.append("figure skipped: embedding.png: every method's test features are "
+                         "degenerate (nothing to map with PCA/t-SNE)")
+        jobs.append({"name": "curves.png", "func": _FN + "plot_curves",
+                     "kwargs": {"logs": logs, "path": out / "curves.png"}})
     for job in jobs:  # a stale figure from an earlier report must not be shown as this one's
         (out / job["name"]).unlink(missing_ok=True)
     if not good:
         (out / "embedding.png").unlink(missing_ok=True)
-    written = render_isolated(jobs, notes)
-    return [f for f in FIGURES if f in written]
+    written = render_isolated(jobs, notes) if jobs else set()
+    return [(f, captions[f]) for f in FIGURES if f in written]

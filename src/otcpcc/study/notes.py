@@ -30,7 +30,7 @@ def run_collapse(run_dir: str | os.PathLike) -> str | None:
 
 def collapse_notes(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     """One line per summary row with a ``collapsed`` entry: method, seed, epoch, reason."""
-    return [f"`{r.get('distance')}` seed {r.get('seed')}: run collapsed at {r['collapsed']}; "
+    return [f"`{r.get('method') or r.get('distance')}` seed {r.get('seed')}: run collapsed at {r['collapsed']}; "
             "its metrics are those of a collapsed model, not of the method (lower --lr)"
             for r in runs if r.get("collapsed")]
 

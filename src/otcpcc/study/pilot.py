@@ -8,7 +8,7 @@
    ``out/compare/`` (summary.json, its report, one run directory per method and seed);
 3. ``out/report.md`` / ``out/report.html`` / ``out/pilot.json``: the diagnosis, the comparison
    table, the paired verdicts against flat CE (``summary.json``'s ``verdicts`` when compare writes
-   them, else :func:`paired_verdicts` here), the cost of mistakes under the cost matrix, and the
+   them, else recomputed by :func:`otcpcc.study.verdict.verdicts`), the cost of mistakes under the cost matrix, and the
    closing recommendation (:func:`closing_recommendation`).
 
 To add a method (e.g. the hierarchy-aware baseline ``hxe`` once compare knows it), add its name to
@@ -24,70 +24,31 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..runs.config import TrainConfig
 from .compare import _check_out, _say, run_compare
 from .diagnosis_report import diagnosis_markdown, html_page, markdown_to_html_body, write_diagnosis
-from .report import markdown_table
+from .pilot_budget import PILOT_METHODS, PILOT_SEEDS
+from .report import markdown_tables
 from .tables import aggregate_runs, fmt
+from .verdict import verdicts as verdicts_of
 
-PILOT_METHODS = ("none", "l2", "fastft")  # flat CE first: the baseline of every verdict
-PILOT_SEEDS = 2
-PILOT_EPOCHS = 8
-VERDICT_METRICS = ("expected_cost", "mistake_severity", "fine_acc")
-_LOWER_BETTER = {"expected_cost", "mistake_severity"}
+COST_METRIC = "expected_cost_argmax"  # the cost of the model's decisions (argmax), per sample
 
 
 def _method(row: Mapping[str, Any]) -> str:
     return str(row.get("method", row.get("distance")))
 
 
-def paired_verdicts(runs: Sequence[Mapping[str, Any]], baseline: str = "none",
-                    metrics: Sequence[str] = VERDICT_METRICS) -> list[dict[str, Any]]:
-    """Per method and metric: the mean over seeds of (method − baseline), paired by seed, its 95%
-    t-interval, and the call ``better`` / ``worse`` (interval excludes 0, in the metric's good /
-    bad direction) or ``within noise``. With one seed the interval is undefined: ``within noise``
-    is never claimed, the call is ``one seed``."""
-    from scipy.stats import t as student_t
-
-    by = {(_method(r), r.get("seed")): r for r in runs}
-    out = []
-    for method in dict.fromkeys(_method(r) for r in runs):
-        if method == baseline:
-            continue
-        for metric in metrics:
-            diffs = [float(r[metric]) - float(by[(baseline, s)][metric])
-                     for (m, s), r in by.items() if m == method and (baseline, s) in by
-                     and r.get(metric) is not None and by[(baseline, s)].get(metric) is not None]
-            if not diffs:
-                continue
-            d = np.asarray(diffs)
-            mean = float(d.mean())
-            if d.size < 2:
-                lo = hi = float("nan")
-                call = "one seed"
-            else:
-                half = float(student_t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
-                lo, hi = mean - half, mean + half
-                good = hi < 0 if metric in _LOWER_BETTER else lo > 0
-                bad = lo > 0 if metric in _LOWER_BETTER else hi < 0
-                call = "better" if good else "worse" if bad else "within noise"
-            out.append({"method": method, "metric": metric, "baseline": baseline,
-                        "diff_mean": mean, "ci_low": lo, "ci_high": hi, "call": call})
-    return out
-
-
 def closing_recommendation(diagnosis: Mapping[str, Any], aggregate: Sequence[Mapping[str, Any]],
                            verdicts: Sequence[Mapping[str, Any]]) -> str:
-    """One paragraph. A method is *supported* when its expected-cost verdict against flat CE is
+    """One paragraph. A method is *supported* when its decision-cost verdict (``COST_METRIC``) against flat CE is
     ``better`` and its fine-accuracy verdict is not ``worse``. Among supported methods, an OT one
     (fastft, emd, …) is preferred only when the diagnosis says ``ot`` and its mean expected cost
     is lower than l2-CPCC's; otherwise the cheapest supported one. None supported: flat CE."""
     calls = {(v["method"], v["metric"]): v for v in verdicts}
-    cost = {str(r.get("method", r["distance"])): r.get("expected_cost_mean") for r in aggregate}
+    cost = {str(r.get("method", r["distance"])): r.get(f"{COST_METRIC}_mean") for r in aggregate}
     supported = [m for m in cost if m != "none"
-                 and calls.get((m, "expected_cost"), {}).get("call") == "better"
+                 and calls.get((m, COST_METRIC), {}).get("call") == "better"
                  and calls.get((m, "fine_acc"), {}).get("call") != "worse"]
     diag = (f"the diagnosis says {diagnosis['recommend']} (CPCC l2 {fmt(diagnosis['cpcc_l2'], 2)}"
             f" vs emd {fmt(diagnosis['cpcc_emd'], 2)}, Spearman "
@@ -102,7 +63,7 @@ def closing_recommendation(diagnosis: Mapping[str, Any], aggregate: Sequence[Map
         best_ot = min(ot, key=lambda m: cost[m] if cost[m] is not None else math.inf)
         if pick != "l2" or (cost[best_ot] or math.inf) < (cost["l2"] or math.inf):
             pick = best_ot
-    v = calls[(pick, "expected_cost")]
+    v = calls[(pick, COST_METRIC)]
     return (f"Use {pick}: expected cost {fmt(cost.get('none'), 3)} → {fmt(cost[pick], 3)} "
             f"(paired difference {fmt(v['diff_mean'], 3)}, 95% CI [{fmt(v['ci_low'], 3)}, "
             f"{fmt(v['ci_high'], 3)}]); {diag}.")
@@ -134,7 +95,7 @@ def run_pilot(cfg: TrainConfig, out: str | os.PathLike, *, methods: Sequence[str
                 cost_matrix=cost_matrix)
     summary = json.loads((out / "compare" / "summary.json").read_text(encoding="utf-8"))
     aggregate = summary.get("aggregate") or aggregate_runs(summary["runs"])
-    verdicts = summary.get("verdicts") or paired_verdicts(summary["runs"])
+    verdicts = summary.get("verdicts") or verdicts_of(summary["runs"])
     closing = closing_recommendation(diag, aggregate, verdicts)
     costs = cost_matrix or "tree distance (no --cost-matrix given)"
     cost_lines = [f"- {_method(r)}: expected cost {fmt(r.get('expected_cost_mean'))}, mistake "
@@ -146,7 +107,7 @@ def run_pilot(cfg: TrainConfig, out: str | os.PathLike, *, methods: Sequence[str
         f"batch {cfg.batch_size}, λ {cfg.lam:g}.", "",
         "## Recommendation", "", closing, "",
         diagnosis_markdown(diag, figure="diagnosis/diagnose.png", level=2),
-        "## Comparison (compare/report.html has the figures)", "", markdown_table(aggregate), "",
+        "## Comparison (compare/report.html has the figures)", "", markdown_tables(aggregate), "",
         "### Paired verdicts against flat CE", "", *_verdict_table(verdicts), "",
         f"## Cost of mistakes (cost matrix: {costs})", "",
         "Expected cost = mean over test samples of C[true, predicted].", "", *cost_lines, ""])

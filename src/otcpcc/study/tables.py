@@ -1,5 +1,10 @@
-"""The numbers of a comparison: mean ± std per method over seeds, which value is best per column,
-and the return-on-investment line against the flat baseline."""
+"""The numbers of a comparison: mean ± std per method over seeds, which value is best per metric,
+the metric groups of the report's tables and the return-on-investment line against the flat
+baseline.
+
+A summary row names its method by ``method`` (``none``, ``hxe``, ``soft``, ``l2``, ``fastft``, …);
+rows written before methods existed have only ``distance``, which then serves as the method name
+(:func:`method_name`)."""
 
 from __future__ import annotations
 
@@ -21,12 +26,20 @@ _COST_COLUMNS = ("mistake_severity", "mistake_severity_crm", "hier_dist@1", "hie
 # keys never shown as table columns: identifiers, bookkeeping, duplicates of a shown column
 # (``fine_top1`` = fine_acc, ``test_cpcc`` = test_cpcc_own, ``test_cpcc_<d>`` for the training
 # distance d is in test_cpcc_own)
-_HIDDEN = {"seed", "fine_top1", "n_runs", "n", "num_classes", "epoch", "lam", "test_cpcc"}
+_HIDDEN = {"seed", "fine_top1", "n_runs", "n", "num_classes", "epoch", "lam", "test_cpcc",
+           "alpha", "beta"}
 _HIDDEN_PREFIX = ("cpcc_subsample", "test_cpcc_sinkhorn", "test_cpcc_swd", "test_cpcc_fastft")
 # each method's TestCPCC under its own distance: different yardsticks, so no "best" across rows
 _NO_DIRECTION = {"test_cpcc_own"}
 MINUS = "\u2212"
-FIGURES = ("heatmaps.png", "dendrogram.png", "embedding.png", "curves.png")
+FIGURES = ("tradeoff.png", "heatmaps.png", "dendrogram.png", "embedding.png", "curves.png")
+# the report's metric groups (one table each), in this order; "Other" takes every remaining metric
+_ACC_GROUP = "Accuracy (higher is better)"
+_COST_GROUP = "Mistakes (lower is better)"
+_HIER_GROUP = "Hierarchy in the features (higher is better)"
+_OTHER_GROUP = "Other"
+_COST_ORDER = ("mistake_severity", "mistake_severity_crm", "hier_dist@1", "hier_dist@5",
+               "expected_cost", "expected_cost_crm")
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,33 +70,38 @@ def _finite(v: Any) -> bool:
     return _is_number(v) and math.isfinite(float(v))
 
 
-def row_name(row: Mapping[str, Any]) -> str:
-    """The method a summary or aggregate row belongs to: ``method``, else ``distance``."""
-    return str(row.get("method") or row["distance"])
+def method_name(row: Mapping[str, Any]) -> str:
+    """A summary or aggregate row's method: ``row["method"]``, else ``row["distance"]`` (rows
+    written before ``--methods`` existed)."""
+    name = row.get("method")
+    if name is None:
+        if "distance" not in row:
+            raise ValueError("every run in the summary needs a 'method' or 'distance' key; add it")
+        name = row["distance"]
+    return str(name)
 
 
 def aggregate_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation of every numeric metric, per distance.
+    """Mean and standard deviation of every numeric metric, per method.
 
-    Groups ``runs`` by ``run["method"]`` (``run["distance"]`` for rows without one; first-appearance
-    order); each aggregate row keeps ``method`` and ``distance``. For each key other than
+    Groups ``runs`` by :func:`method_name` (first-appearance order); each aggregate row starts with
+    ``method``, ``distance`` (the group's first run's distance, or its method name) and
+    ``n_runs``. For each key other than
     ``seed`` that is numeric in at least one run: ``<key>_mean`` = mean over the runs where the
     value is finite, ``<key>_std`` = sample standard deviation (ddof=1) over them, ``None`` for a
     single value (undefined: the table then shows the mean alone); both ``None`` when no run has a
     finite value (e.g. mistake severity of a model that makes no mistake).
-    ``n_runs`` = number of runs of that distance.
+    ``n_runs`` = number of runs of that method.
     """
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for run in runs:
-        if "distance" not in run:
-            raise ValueError("every run in the summary needs a 'distance' key; add it")
-        groups.setdefault(row_name(run), []).append(run)
+        groups.setdefault(method_name(run), []).append(run)
     keys: list[str] = []  # metric keys: numeric in at least one run (same keys for every row)
     for run in runs:
         keys += [k for k, v in run.items() if k not in keys and k != "seed" and _is_number(v)]
     out = []
     for name, rows in groups.items():
-        agg: dict[str, Any] = {"method": name, "distance": str(rows[0]["distance"]),
+        agg: dict[str, Any] = {"method": name, "distance": str(rows[0].get("distance", name)),
                                "n_runs": len(rows)}
         for k in keys:
             vals = np.array([float(r[k]) for r in rows if _finite(r.get(k))], dtype=np.float64)
@@ -94,6 +112,11 @@ def aggregate_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 agg[f"{k}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else None
         out.append(agg)
     return out
+
+
+def seed_list(runs: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The distinct seeds of the summary rows, sorted."""
+    return sorted({int(r["seed"]) for r in runs if _finite(r.get("seed"))})
 
 
 def table_columns(aggregate: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -109,6 +132,32 @@ def table_columns(aggregate: Sequence[Mapping[str, Any]]) -> list[str]:
     order = [*_LEAD_COLUMNS, *accs, *_CPCC_COLUMNS, *maps, *_COST_COLUMNS]
     first = [n for n in order if n in names]
     return first + [n for n in names if n not in first]
+
+
+def table_groups(aggregate: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
+    """The report's tables: ``(title, metrics)`` per non-empty group of :func:`table_columns`.
+
+    Accuracy: ``fine_acc``, ``fine_acc_crm`` (CRM decision), ``fine_top2``, every ``*_acc``.
+    Mistakes: mistake severity, hierarchical distance@k, expected cost (argmax, then CRM).
+    Hierarchy in the features: TestCPCC (l2, emd, own) and retrieval mAP. Other: the rest.
+    """
+    cols = table_columns(aggregate)
+    acc = [c for c in ("fine_acc", "fine_acc_crm", "fine_top2") if c in cols]
+    acc += [c for c in cols if c.endswith("_acc") and c not in acc]
+    cost = [c for c in _COST_ORDER if c in cols]
+    cost += [c for c in cols if metric_direction(c) == "min" and c not in cost]
+    hier = [c for c in cols if c in _CPCC_COLUMNS or c.startswith("map_")]
+    rest = [c for c in cols if c not in {*acc, *cost, *hier}]
+    groups = ((_ACC_GROUP, acc), (_COST_GROUP, cost), (_HIER_GROUP, hier), (_OTHER_GROUP, rest))
+    return [(title, names) for title, names in groups if names]
+
+
+def method_chunks(aggregate: Sequence[Mapping[str, Any]], per_table: int = 8
+                  ) -> list[list[int]]:
+    """Indices of the aggregate rows, ``per_table`` at a time: the methods become the columns of
+    the report's tables, so that a table stays narrow however many metrics there are."""
+    n = len(aggregate)
+    return [list(range(i, min(i + per_table, n))) for i in range(0, n, per_table)] or [[]]
 
 
 def best_rows(aggregate: Sequence[Mapping[str, Any]], metric: str) -> set[int]:
@@ -194,12 +243,8 @@ def roi_line(name: str, base: Mapping[str, Any], row: Mapping[str, Any]) -> str:
 
 def roi_lines(aggregate: Sequence[Mapping[str, Any]], baseline: str = "none") -> list[str]:
     """The ROI line of every method against ``baseline`` (a note if the baseline was not run)."""
-    base = next((r for r in aggregate if row_name(r) == baseline), None)
+    base = next((r for r in aggregate if method_name(r) == baseline), None)
     if base is None:
         return [f"No `{baseline}` run to compare against: add `{baseline}` to the methods."]
-    return [roi_line(row_name(r), base, r) for r in aggregate if row_name(r) != baseline]
+    return [roi_line(method_name(r), base, r) for r in aggregate if method_name(r) != baseline]
 
-
-# --------------------------------------------------------------------------------------------
-# features of a trained run
-# --------------------------------------------------------------------------------------------

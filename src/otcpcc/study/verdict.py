@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from .methods import method_label
 from .tables import _finite, metric_direction
 
 BASELINE = "none"
@@ -116,73 +115,4 @@ def verdicts(runs: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
             out.append(row)
     return out
 
-
-# ------------------------------------------------------------------------------ sentences
-_PHRASES = {  # metric -> (noun phrase, scale, decimals, unit)
-    "fine_acc": ("fine accuracy", 100.0, 1, " points"),
-    "expected_cost_argmax": ("the cost of its argmax decisions", 1.0, 3, ""),
-    "expected_cost_crm": ("the cost of its CRM decisions", 1.0, 3, ""),
-    "expected_cost": ("its expected cost under its predicted distribution", 1.0, 3, ""),
-    "mistake_severity": ("mistake severity", 1.0, 2, ""),
-    "test_cpcc_emd": ("TestCPCC(emd)", 1.0, 3, ""),
-}
-MINUS = "\u2212"
-
-
-def _num(v: float, digits: int, signed: bool = False) -> str:
-    s = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
-    if float(s) == 0.0:
-        s = f"{0.0:.{digits}f}"
-    return s.replace("-", MINUS)
-
-
-def _amount(v: Mapping[str, Any], scale: float, digits: int, signed: bool) -> str:
-    mean = scale * float(v["diff_mean"])
-    text = _num(abs(mean) if not signed else mean, digits, signed)
-    if v["ci_low"] is not None:
-        half = scale * (float(v["ci_high"]) - float(v["ci_low"])) / 2
-        text += f" ± {_num(half, digits)}"
-    return text
-
-
-def _clause(v: Mapping[str, Any], verb: bool) -> str:
-    metric = v["metric"]
-    noun, scale, digits, unit = _PHRASES.get(
-        metric, ("coarse mAP" if metric.startswith("map_") else metric, 1.0, 3, ""))
-    if v["diff_mean"] is None:
-        return f"{noun}: no data"
-    if verb:
-        if v["diff_mean"] == 0:
-            return f"leaves {noun} unchanged ({v['call']})"
-        moved = "lowers" if v["diff_mean"] < 0 else "raises"
-        return f"{moved} {noun} by {_amount(v, scale, digits, False)}{unit} ({v['call']})"
-    return f"{_amount(v, scale, digits, True)}{unit} of {noun} ({v['call']})"
-
-
-def verdict_sentences(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One plain sentence per method from :func:`verdicts` rows, e.g. ``HXE lowers the cost of
-    its argmax decisions by 0.030 ± 0.010 (better) at −0.4 ± 0.3 points of fine accuracy
-    (within noise); …``. Intervals are the 95% half-widths; with one seed the sentence says
-    there is no interval."""
-    by_method: dict[str, dict[str, Mapping[str, Any]]] = {}
-    for r in rows:
-        by_method.setdefault(str(r["method"]), {})[str(r["metric"])] = r
-    out = []
-    for name, vs in by_method.items():
-        lead = vs.get("expected_cost_argmax") or next(iter(vs.values()))
-        acc = vs.get("fine_acc")
-        text = f"{method_label(name)} {_clause(lead, verb=True)}"
-        if acc is not None and acc is not lead:
-            text += f" at {_clause(acc, verb=False)}"
-        rest = [_clause(v, verb=True) for m, v in vs.items() if v is not lead and v is not acc]
-        if rest:
-            text += "; it " + ", ".join(rest)
-        n = max(int(v.get("n") or 0) for v in vs.values())
-        base = method_label(str(lead["baseline"]))
-        if n < 2:
-            text += f". Against {base}, one seed: no interval, no verdict (run more seeds)."
-        else:
-            text += f". Against {base}, paired over {n} seeds, 95% t-intervals."
-        out.append(text[0].upper() + text[1:] if text[0].islower() else text)
-    return out
 

@@ -1,0 +1,159 @@
+"""The report's verdict in plain sentences.
+
+Input: ``summary["verdicts"]``, one entry per (method, metric) against the baseline, paired over
+seeds: ``{method, metric, baseline, diff_mean, ci_low, ci_high, call}`` with ``diff_mean`` the
+mean of (method − baseline) over seeds, ``[ci_low, ci_high]`` its 95% t-interval (``None`` with
+one seed) and ``call`` one of ``better``, ``worse``, ``within noise`` (the interval straddles 0),
+``one seed``. Output: sentences such as "Against none, hxe lowers expected cost by 0.030 ± 0.010
+(better) and lowers fine accuracy by 0.4 ± 0.3 points (within noise)." where ``± h`` is the
+half-width of the interval. Accuracies are fractions in [0, 1], reported in percentage points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .tables import _finite, best_rows, cell, method_name
+
+# the order in which a method's verdicts are told; other metrics follow in summary order
+_ORDER = ("expected_cost_argmax", "expected_cost", "expected_cost_crm", "fine_acc", "fine_acc_crm", "mistake_severity",
+          "mistake_severity_crm", "test_cpcc_emd", "map_coarse")
+_LABELS = {"fine_acc": "fine accuracy", "fine_acc_crm": "fine accuracy under CRM",
+           "expected_cost": "expected cost", "expected_cost_crm": "expected cost under CRM",
+           "expected_cost_argmax": "cost of the argmax decisions",
+           "mistake_severity": "mistake severity",
+           "mistake_severity_crm": "mistake severity under CRM",
+           "test_cpcc_l2": "TestCPCC(l2)", "test_cpcc_emd": "TestCPCC(emd)"}
+_CALLS = ("better", "worse", "within noise")
+
+
+def metric_label(metric: str) -> tuple[str, float, str, int]:
+    """``(words, scale, unit, decimals)`` for a metric: accuracies (``*_acc``, ``*_acc_crm``,
+    ``fine_top*``) in percentage points (scale 100, 1 decimal), ``map_<level>`` as "<level> mAP",
+    the rest as they are (3 decimals)."""
+    if metric in _LABELS:
+        words = _LABELS[metric]
+    elif metric.startswith("map_"):
+        words = f"{metric[4:]} mAP"
+    elif metric.endswith("_acc"):
+        words = f"{metric[:-4]} accuracy"
+    else:
+        words = metric
+    points = metric.endswith(("_acc", "_acc_crm")) or metric.startswith("fine_top")
+    return (words, 100.0, " points", 1) if points else (words, 1.0, "", 3)
+
+
+def _half_width(v: Mapping[str, Any]) -> float | None:
+    lo, hi = v.get("ci_low"), v.get("ci_high")
+    if _finite(lo) and _finite(hi):
+        return (float(hi) - float(lo)) / 2.0
+    return None
+
+
+def verdict_phrase(v: Mapping[str, Any]) -> str:
+    """One verdict as a phrase: "lowers expected cost by 0.030 ± 0.010 (better)"."""
+    words, scale, unit, digits = metric_label(str(v.get("metric")))
+    call = str(v.get("call") or "no call")
+    d = v.get("diff_mean")
+    if not _finite(d):
+        return f"leaves {words} undetermined (no value)"
+    d = float(d) * scale
+    h = _half_width(v)
+    spread = f" ± {h * scale:.{digits}f}" if h is not None else ""
+    if round(d, digits) == 0.0:
+        return f"changes {words} by {0.0:.{digits}f}{spread}{unit} ({call})"
+    verb = "lowers" if d < 0 else "raises"
+    return f"{verb} {words} by {abs(d):.{digits}f}{spread}{unit} ({call})"
+
+
+def _ordered(items: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    rank = {m: i for i, m in enumerate(_ORDER)}
+    return sorted(items, key=lambda v: rank.get(str(v.get("metric")), len(_ORDER)))
+
+
+def _join(phrases: Sequence[str]) -> str:
+    if len(phrases) <= 1:
+        return "".join(phrases)
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def decision_cost_key(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``expected_cost_argmax`` (the mean cost C[y, argmax]: what the model's decisions cost, the
+    counterpart of the CRM decisions' cost) where the rows have it, else the soft ``expected_cost``
+    (summaries written before it existed)."""
+    has = any("expected_cost_argmax" in (r.get("metric"), *r.keys()) or
+              "expected_cost_argmax_mean" in r for r in rows)
+    return "expected_cost_argmax" if has else "expected_cost"
+
+
+def has_intervals(verdicts: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether any verdict carries a confidence interval (two seeds or more)."""
+    return any(_half_width(v) is not None for v in verdicts)
+
+
+def _headline(aggregate: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Which method is best on expected cost (argmax and CRM) and on fine accuracy, by mean."""
+    out = []
+    for metric in (decision_cost_key(aggregate), "expected_cost_crm", "fine_acc"):
+        rows = sorted(best_rows(aggregate, metric))
+        if rows:
+            words, *_ = metric_label(metric)
+            best = " and ".join(f"{method_name(aggregate[i])} ({cell(aggregate[i], metric)})"
+                                for i in rows)
+            kind = "Highest" if metric == "fine_acc" else "Lowest"
+            out.append(f"{kind} mean {words}: {best}.")
+    return out
+
+
+def _tally(verdicts: Sequence[Mapping[str, Any]], metric: str, baseline: str) -> str | None:
+    """"Expected cost against none: better — hxe; worse — fastft; within noise — l2, soft."."""
+    sel = [v for v in verdicts if v.get("metric") == metric]
+    if not sel or not has_intervals(sel):
+        return None
+    words, *_ = metric_label(metric)
+    parts = []
+    for call in _CALLS:
+        names = [str(v.get("method")) for v in sel if v.get("call") == call]
+        parts.append(f"{call} — {', '.join(names) if names else 'no method'}")
+    return f"{words[:1].upper()}{words[1:]} against {baseline}: " + "; ".join(parts) + "."
+
+
+def verdict_sentences(verdicts: Sequence[Mapping[str, Any]] | None,
+                      aggregate: Sequence[Mapping[str, Any]] = (),
+                      seeds: Sequence[int] = ()) -> list[str]:
+    """The "Verdict" section as a list of sentences (see the module docstring).
+
+    First how to read it (paired over which seeds; or that one seed gives no interval), then the
+    best method by mean expected cost (argmax, CRM) and fine accuracy, then the tally of calls on
+    expected cost, then one sentence per method. ``verdicts`` ``None`` or empty (a summary written
+    without them) gives one sentence saying so.
+    """
+    head = _headline(aggregate)
+    if not verdicts:
+        advice = "" if len(seeds) >= 2 else "; rerun `otcpcc compare` with --seeds 3 or more"
+        return ["This summary has no paired verdicts (summary.json was written without them): "
+                f"the means below are not tested against noise{advice}.", *head]
+    baselines = list(dict.fromkeys(str(v.get("baseline", "none")) for v in verdicts))
+    base = baselines[0]
+    seed_text = f"seeds {', '.join(map(str, seeds))}" if seeds else "the seeds"
+    if has_intervals(verdicts):
+        intro = (f"Each method against {base}, paired over {seed_text} (same seed, same data): "
+                 "mean difference ± half-width of its 95% t-interval; better or worse when the "
+                 "interval excludes 0, within noise when it straddles 0.")
+    else:
+        intro = (f"One seed ({seed_text}): there is no confidence interval, so each difference "
+                 f"against {base} below is a single run, not evidence either way; rerun with "
+                 "--seeds 3 or more for a verdict.")
+    out = [intro, *head]
+    for metric in (decision_cost_key(verdicts), "expected_cost_crm"):
+        line = _tally(verdicts, metric, base)
+        if line:
+            out.append(line)
+    methods = list(dict.fromkeys(str(v.get("method")) for v in verdicts))
+    for m in methods:
+        mine = _ordered([v for v in verdicts if str(v.get("method")) == m])
+        against = str(mine[0].get("baseline", base))
+        out.append(f"Against {against}, {m} " + _join([verdict_phrase(v) for v in mine]) + ".")
+    return out
+
