@@ -127,12 +127,12 @@ def test_render_figures_skips_degenerate_methods(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     notes: list[str] = []
-    written = figures.render_figures(out, aggregate, dirs, 100, notes)
+    written = [f for f, _ in figures.render_figures(out, aggregate, dirs, 100, notes=notes)]
     assert written == ["heatmaps.png", "dendrogram.png", "embedding.png", "curves.png"]
     assert len(notes) == 1 and notes[0].startswith("`none` left out") and "identical" in notes[0]
     feats["l2"] = np.full((60, 4), np.nan, np.float32)  # every method degenerate
     notes.clear()
-    written = figures.render_figures(out, aggregate, dirs, 100, notes)
+    written = [f for f, _ in figures.render_figures(out, aggregate, dirs, 100, notes=notes)]
     assert written == ["heatmaps.png", "dendrogram.png", "curves.png"]
     assert not (out / "embedding.png").exists()  # the earlier one is not left behind
     assert any(n.startswith("figure skipped: embedding.png") for n in notes)
