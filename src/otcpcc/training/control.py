@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler, TensorDataset
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -94,15 +94,21 @@ class SeededSamples(Dataset):
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        # a TensorDataset only indexes tensors: nothing to seed (and seeding costs ~0.1 ms a sample)
+        self.draws_random = not isinstance(dataset, TensorDataset)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, item: tuple[int, int]) -> Any:
         index, seed = item
+        if not self.draws_random:
+            return self.dataset[index]
         py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator only: torch.manual_seed would also queue a CUDA reseed, which
+            # records a stack trace per call (~0.4 ms); data loading draws on the CPU
+            torch.default_generator.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)  # noqa: NPY002
             try:
