@@ -273,8 +273,8 @@ def test_render_report_files(tmp_path, fake_features):
     assert "- **Seeds**: 0, 1 (every method" in md
     for f in tables.FIGURES:
         assert f"({f})" in md
-    assert "*Fine accuracy against expected cost (cost matrix: tree distance) per method: mean " \
-           "over seeds 0, 1;" in md
+    assert "*Fine accuracy against the mean cost of the decisions, C[true, decided] (cost matrix: " \
+           "tree distance), per method: mean over seeds 0, 1;" in md
     assert "Matrices from seed 0 of each method." in md  # fake run dirs: seed from their name
 
     parser = StrictHTML()

@@ -304,8 +304,8 @@ def plot_tradeoff(aggregate: Sequence[Mapping[str, Any]], path: Path) -> Path:
             ax.errorbar(xc, yc, xerr=xce, yerr=yce, fmt="o", mfc="white", color=color, ms=7,
                         capsize=3)
     ax.set_xlabel("fine accuracy (higher is better)")
-    ax.set_ylabel("expected cost (lower is better)")
-    title = "accuracy vs expected cost per method"
+    ax.set_ylabel("cost of the decisions (lower is better)")
+    title = "accuracy vs cost of decisions per method"
     ax.set_title(title + (" (filled: argmax, hollow: CRM)" if crm_shown else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -349,7 +349,8 @@ def figure_captions(aggregate: Sequence[Mapping[str, Any]], runs: Sequence[Mappi
     n_runs = ", ".join(f"{method_name(r)} {r.get('n_runs', '?')}" for r in aggregate)
     return {
         "tradeoff.png": (
-            f"Fine accuracy against expected cost (cost matrix: {cost_source}) per method: mean "
+            f"Fine accuracy against the mean cost of the decisions, C[true, decided] (cost matrix: "
+            f"{cost_source}), per method: mean "
             f"over {_seeds_text(seeds)}; error bars ±1 sample standard deviation over seeds "
             f"(runs per method: {n_runs})."
             + (" Filled markers: argmax decision; hollow: conditional-risk (CRM) decision of "
