@@ -66,7 +66,13 @@ def test_invalid_matrices_are_one_line_errors(mat, msg):
 
 def test_labels_beyond_the_matrix_are_an_error():
     with pytest.raises(ValueError, match="label 3 is not a leaf id"):
-        cpcc(torch.randn(4, 2), torch.tensor([0, 1, 2, 3]), np.ones((3, 3)) - np.eye(3))
+        cpcc(torch.randn(4, 2), torch.tensor([0, 1, 2, 3]), np.array([[0, 1, 2], [1, 0, 2], [2, 2, 0.0]]))
+
+
+def test_a_constant_target_is_refused():
+    """Every pair at the same distance: the correlation is undefined (breaker finding)."""
+    with pytest.raises(ValueError, match="every distance between two classes is 1"):
+        CPCCLoss(np.ones((4, 4)) - np.eye(4))
 
 
 def test_load_cpcc_target_symmetrises_a_cost_csv(tmp_path):

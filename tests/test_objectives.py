@@ -152,3 +152,23 @@ def test_hxe_and_soft_in_float32_on_device_match_float64_definitions(device):
     logp = logits - logits.max(1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(1, keepdims=True))
     assert float(soft.detach()) == pytest.approx(float(-(q * logp).sum(1).mean()), rel=1e-5)
+
+
+def test_task_losses_check_their_batch():
+    """A label count that does not match the logits, float labels, integer logits: one-line errors
+    (HXE used to use only the first rows; float labels were truncated)."""
+    tree = LabelTree.from_levels([[0, 0, 1, 1]])
+    for loss in (HXELoss(tree), SoftLabelLoss(tree)):
+        with pytest.raises(ValueError, match="labels must be \\[N\\] with N = 3"):
+            loss(torch.randn(3, 4), torch.tensor([0, 1]))
+        with pytest.raises(ValueError, match="labels must be integer class ids"):
+            loss(torch.randn(2, 4), torch.tensor([0.5, 1.0]))
+        with pytest.raises(ValueError, match="logits must be floating point"):
+            loss(torch.ones(2, 4, dtype=torch.long), torch.tensor([0, 1]))
+
+
+def test_hxe_refuses_an_alpha_that_switches_edges_off():
+    tree = LabelTree.from_levels([[0, 0, 1, 1]])  # depth 2: weight exp(-2 alpha) underflows above 40
+    with pytest.raises(ValueError, match="underflow float32"):
+        HXELoss(tree, alpha=1e308)
+    HXELoss(tree, alpha=40)

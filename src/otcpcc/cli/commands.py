@@ -1,4 +1,4 @@
-"""otcpcc <command>: train, evaluate, compare, diagnose, sweep, bench.
+"""otcpcc <command>: train, evaluate, compare, diagnose, pilot, sweep, bench.
 
 Flags follow torchvision's reference training scripts (--epochs --batch-size --lr --momentum
 --wd --arch --device --seed --workers --amp --resume --out). Settings resolve as: defaults <
@@ -114,6 +114,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..study.compare import run_compare
 
     refuse_unused_flags(args, "compare")
+    args.distance = "none"  # each method sets its own; --dist-opt is checked per method by compare
     cfg = config_from_args(args)
     out = run_compare(cfg, args.methods, args.seeds, Path(args.out), force=args.force,
                       progress=not args.no_progress, cost_matrix=args.cost_matrix)
@@ -169,6 +170,8 @@ def cmd_pilot(args: argparse.Namespace) -> int:
 
     if args.epochs is None and not args.config:
         args.epochs = PILOT_EPOCHS  # a small budget unless asked otherwise
+    if args.distance is None:
+        args.distance = "none"  # each method sets its own; --dist-opt is checked per method
     cfg = config_from_args(args)
     out = run_pilot(cfg, Path(args.out), methods=args.methods, seeds=args.seeds,
                     cost_matrix=args.cost_matrix, force=args.force,
@@ -301,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and a recommendation. See docs/pilot.md.")
     add_train_args(p)
     g = p.add_argument_group("pilot")
+    for action in p._actions:  # a pilot's own budget
+        if action.dest == "epochs":
+            action.help = f"epochs per run (default {PILOT_EPOCHS} in a pilot)"
     g.add_argument("--methods", type=_name_list, default=list(PILOT_METHODS), metavar="LIST",
                    help=f"methods to compare (default {','.join(PILOT_METHODS)})")
     g.add_argument("--seeds", type=int, default=PILOT_SEEDS, metavar="N",

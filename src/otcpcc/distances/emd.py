@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -151,37 +152,46 @@ def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, uniform: bool, x: Te
     c = float(c)
     rows_of = np.split(sel, np.flatnonzero(np.diff(ea[sel])) + 1)  # pairs grouped by class A
 
-    def solve(share: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
-        out = []
-        for pairs in share:
-            a0, na = int(ea[pairs[0]]), int(n[pairs[0]])
-            width = chunk_items(16 * na, x.device)  # columns per chunk of the row's distances
-            D, d0 = None, 0
-            for t in pairs:
-                b0, nb = int(eb[t]), int(m[t])
-                if D is None or b0 + nb > d0 + D.shape[1]:  # the next column chunk
-                    d0, d1 = b0, min(xs.shape[0], b0 + max(width, nb))
-                    D = _class_row_distances(xs, sq, c, slice(a0, a0 + na), slice(d0, d1))
-                block = D[:, b0 - d0 : b0 - d0 + nb]
-                if uniform and na == nb:
-                    r, col = linear_sum_assignment(block)
-                    mass = np.full(na, 1.0 / na)
-                else:
-                    plan = _solve_lp(w[a0 : a0 + na], w[b0 : b0 + nb], block)
-                    r, col = np.nonzero(plan)
-                    mass = plan[r, col]
-                out.append((np.full(r.size, t), a0 + r, b0 + col, mass, block[r, col]))
-        return out
+    def blocks(pairs: np.ndarray):
+        """This row class's cost blocks, from torch products on the calling (main) thread."""
+        a0, na = int(ea[pairs[0]]), int(n[pairs[0]])
+        width = chunk_items(16 * na, x.device)  # columns per chunk of the row's distances
+        D, d0 = None, 0
+        for t in pairs:
+            b0, nb = int(eb[t]), int(m[t])
+            if D is None or b0 + nb > d0 + D.shape[1]:  # the next column chunk
+                d0, d1 = b0, min(xs.shape[0], b0 + max(width, nb))
+                D = _class_row_distances(xs, sq, c, slice(a0, a0 + na), slice(d0, d1))
+            yield int(t), a0, b0, D[:, b0 - d0 : b0 - d0 + nb]
 
-    workers = max(1, min(torch.get_num_threads(), len(rows_of)))
-    if workers > 1 and int((n[sel] * m[sel]).sum()) >= LP_PARALLEL_MIN_CELLS:
-        cells = np.cumsum([int((n[p] * m[p]).sum()) for p in rows_of])
-        cut = np.searchsorted(cells, cells[-1] * np.arange(1, workers) / workers)
-        shares = [rows_of[i:j] for i, j in zip([0, *cut], [*cut, len(rows_of)], strict=True)]
-        with ThreadPoolExecutor(workers) as pool:
-            results = [r for share in pool.map(solve, shares) for r in share]
-    else:
-        results = solve(rows_of)
+    def solve(item: tuple[int, int, int, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """One plan (numpy/scipy/POT only: safe in a worker thread, no torch threads inside)."""
+        t, a0, b0, block = item
+        na, nb = block.shape
+        if uniform and na == nb:
+            r, col = linear_sum_assignment(block)
+            mass = np.full(na, 1.0 / na)
+        else:
+            plan = _solve_lp(w[a0 : a0 + na], w[b0 : b0 + nb], block)
+            r, col = np.nonzero(plan)
+            mass = plan[r, col]
+        return np.full(r.size, t), a0 + r, b0 + col, mass, block[r, col]
+
+    # Products on this thread (torch uses its own threads), solvers in a pool: the two never
+    # compete for the cores. Blocks are made and solved in batches bounded by the memory budget.
+    workers = max(1, min(torch.get_num_threads(), len(sel)))
+    parallel = workers > 1 and int((n[sel] * m[sel]).sum()) >= LP_PARALLEL_MIN_CELLS
+    budget = chunk_items(8, x.device)  # float64 cost entries held at once
+    results: list[tuple[np.ndarray, ...]] = []
+    with ThreadPoolExecutor(workers) if parallel else nullcontext() as pool:
+        batch, cells = [], 0
+        for pairs in rows_of:
+            for item in blocks(pairs):
+                batch.append(item)
+                cells += item[3].size
+            if cells >= budget or pairs is rows_of[-1]:
+                results += list(pool.map(solve, batch)) if parallel else [solve(i) for i in batch]
+                batch, cells = [], 0
     parts.append(tuple(np.concatenate(z) for z in zip(*results, strict=True)))
 
 

@@ -73,6 +73,25 @@ def _check_labels(labels: Tensor, num_leaves: int) -> None:
                          "the tree (or matrix) to the dataset")
 
 
+def check_logits_labels(logits: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Validate a task-loss batch: logits [N, K] floating point, labels [N] integer leaf ids.
+    Returns the labels as int64; one-line ValueError otherwise."""
+    if logits.ndim != 2 or logits.shape[1] != num_classes:
+        raise ValueError(f"logits must be [N, {num_classes}] (one column per leaf), "
+                         f"got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be floating point, got {logits.dtype}; pass the model's raw scores")
+    if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"labels must be [N] with N = {logits.shape[0]} (one per row of logits), "
+                         f"got shape {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class ids, got {labels.dtype}; "
+                         "convert them with labels.long()")
+    labels = labels.long()
+    _check_labels(labels, num_classes)
+    return labels
+
+
 def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str, options: dict):
     if labels.ndim == 1 and not labels.dtype.is_floating_point and labels.dtype != torch.bool:
         labels = labels.long()  # any integer dtype; the leaf-id gather needs int64

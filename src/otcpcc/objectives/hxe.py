@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .cpcc import _check_labels
+from .cpcc import check_logits_labels
 
 
 def _heights(tree: Any) -> dict[str, int]:
@@ -96,6 +96,11 @@ class HXELoss(nn.Module):
             for l_, (node, parent) in enumerate(zip(path[:-1], path[1:], strict=True)):
                 lower[y, l_], upper[y, l_] = col[node], col[parent]
                 weight[y, l_] = torch.exp(torch.tensor(-alpha * tree.depth(node), dtype=torch.float64))
+        deepest = max(tree.depth(node) for path in paths for node in path[:-1])
+        if alpha * deepest > 80:  # exp(-80) ~ 2e-35: below float32's smallest normal number
+            raise ValueError(f"alpha={alpha} makes the weight exp(-alpha * {deepest}) of the deepest "
+                             "edge underflow float32, switching its term off; use alpha <= "
+                             f"{80 / deepest:.3g} for this tree")
         self.register_buffer("_lower", lower, persistent=False)
         self.register_buffer("_upper", upper, persistent=False)
         self.register_buffer("_weight", weight, persistent=False)
@@ -113,11 +118,7 @@ class HXELoss(nn.Module):
         return out
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
-        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"logits must be [N, {self.num_classes}] (one column per leaf), "
-                             f"got shape {tuple(logits.shape)}")
-        labels = labels.long()
-        _check_labels(labels, self.num_classes)
+        labels = check_logits_labels(logits, labels, self.num_classes)
         ell = self.log_mass(logits)
         lo = ell.gather(1, self._lower[labels])  # [N, H]: l(C_l)
         up = ell.gather(1, self._upper[labels])  # l(C_{l+1})

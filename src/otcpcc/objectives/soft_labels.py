@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cpcc import _check_labels
+from .cpcc import check_logits_labels
 
 
 def soft_targets(distance: Any, beta: float) -> Tensor:
@@ -53,10 +53,6 @@ class SoftLabelLoss(nn.Module):
         return f"beta={self.beta}, num_classes={self.num_classes}"
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
-        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"logits must be [N, {self.num_classes}] (one column per leaf), "
-                             f"got shape {tuple(logits.shape)}")
-        labels = labels.long()
-        _check_labels(labels, self.num_classes)
+        labels = check_logits_labels(logits, labels, self.num_classes)
         q = self.targets[labels].to(logits.dtype)
         return F.cross_entropy(logits, q)

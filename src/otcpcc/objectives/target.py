@@ -56,6 +56,11 @@ def check_target_matrix(t: np.ndarray, num_classes: int | None = None) -> np.nda
         i, j = np.unravel_index(int(np.argmax(gap)), gap.shape)
         raise ValueError(f"CPCC target matrix is not symmetric: ({i}, {j}) is {t[i, j]} but "
                          f"({j}, {i}) is {t[j, i]}; symmetrise it, e.g. (C + C.T) / 2")
+    off = t[~np.eye(t.shape[0], dtype=bool)]
+    if t.shape[0] >= 3 and np.ptp(off) == 0:
+        raise ValueError(f"CPCC target matrix: every distance between two classes is {off[0]:g}, so "
+                         "the correlation is undefined (the loss would stay at 1 with no gradient); "
+                         "give distances that differ between class pairs")
     return (t + t.T) / 2
 
 

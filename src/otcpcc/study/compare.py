@@ -22,7 +22,8 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -157,17 +158,65 @@ def run_compare(base_cfg: TrainConfig | Mapping[str, Any], methods: Sequence[str
     ``ValueError`` unless ``force``. Returns ``out``.
     """
     cfg = _as_config(base_cfg)
+    specs, configs = check_compare(cfg, methods, seeds, cost_matrix)
+    out = Path(out)
+    _check_out(out, force)
+    with removed_if_empty_on_failure(out):
+        return _compare(cfg, specs, configs, seeds, out, force, progress, cost_matrix)
+
+
+def check_compare(cfg: TrainConfig, methods: Sequence[str], seeds: int, cost_matrix: Any = None
+                  ) -> tuple[list[Any], dict[str, TrainConfig]]:
+    """Everything a comparison needs, checked before any file is written: the method entries, the
+    seeds, one validated config per method (each gets the ``--dist-opt`` options its distance takes;
+    an option no listed distance takes is refused), the cost matrix and the CPCC target. Returns
+    ``(method specs, {method name: config})``."""
+    from ..distances import OPTIONS, resolve
+
     specs = resolve_methods(methods)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}; pass --seeds 1 or more")
-    configs = {s.name: cfg.replace(method=s.method, distance=s.distance) for s in specs}  # validate
-    if cost_matrix is not None:  # refuse a cost matrix that does not fit before training
+    opts = dict(cfg.distance_options)
+    takes = {s.name: set(OPTIONS[resolve(s.distance)]) if s.distance != "none" else set() for s in specs}
+    unused = [k for k in opts if not any(k in t for t in takes.values())]
+    if unused:
+        raise ValueError(f"distance option(s) {', '.join(unused)} apply to none of the methods "
+                         f"{','.join(s.name for s in specs)}; drop them or add a method whose distance takes them")
+    configs = {s.name: cfg.replace(method=s.method, distance=s.distance,
+                                   distance_options={k: v for k, v in opts.items() if k in takes[s.name]})
+               for s in specs}
+    if cost_matrix is not None or cfg.cpcc_target is not None:  # refuse before training
         from ..evaluation.evaluate import resolve_cost_matrix
+        from ..objectives.target import load_cpcc_target
         from ..runs.build import load_data
 
-        resolve_cost_matrix(cost_matrix, load_data(cfg).tree)
-    out = Path(out)
-    _check_out(out, force)
+        tree = load_data(cfg.replace(cpcc_target=None)).tree
+        if cost_matrix is not None:
+            resolve_cost_matrix(cost_matrix, tree)
+        if cfg.cpcc_target is not None:
+            load_cpcc_target(cfg.cpcc_target, list(tree.leaves))
+    return specs, configs
+
+
+@contextmanager
+def removed_if_empty_on_failure(out: Path) -> Iterator[None]:
+    """On any failure (bad input found late, Ctrl-C), remove the empty folders this command left
+    under ``out`` (and ``out`` itself when empty), so that the retry needs no ``--force``; finished
+    runs stay."""
+    try:
+        yield
+    except BaseException:
+        if out.is_dir():
+            for d in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                if not any(d.iterdir()):
+                    d.rmdir()
+            if not any(out.iterdir()):
+                out.rmdir()
+        raise
+
+
+def _compare(cfg: TrainConfig, specs: list[Any], configs: dict[str, TrainConfig], seeds: int,
+             out: Path, force: bool, progress: bool, cost_matrix: Any) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runs, run_dirs = [], {}
     total, done = len(specs) * seeds, 0

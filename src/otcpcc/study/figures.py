@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..training.health import feature_degeneracy
-from .sentences import decision_cost_key
-from .tables import FIGURES, _finite, fmt, method_name, seed_list
+from .tables import FIGURES, _finite, decision_cost_key, fmt, method_name, seed_list
 
 
 def collect_features(run_dir: str | os.PathLike, split: str = "test") -> tuple[np.ndarray,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runs.config import TrainConfig
-from .compare import _check_out, _say, run_compare
+from .compare import _check_out, _say, check_compare, removed_if_empty_on_failure, run_compare
 from .diagnosis_report import diagnosis_markdown, html_page, markdown_to_html_body, write_diagnosis
 from .pilot_budget import PILOT_METHODS, PILOT_SEEDS
 from .report import markdown_tables
@@ -81,12 +81,20 @@ def run_pilot(cfg: TrainConfig, out: str | os.PathLike, *, methods: Sequence[str
               progress: bool = True) -> Path:
     """Diagnose, compare ``methods`` over ``seeds`` seeds with ``cfg``'s budget, write the report
     (module docstring). Returns ``out``."""
-    from ..evaluation.diagnose import diagnose
 
     out = Path(out)
     _check_out(out, force)
     if cost_matrix is not None and not Path(cost_matrix).is_file():
         raise FileNotFoundError(f"cost matrix {cost_matrix!r} not found; check --cost-matrix")
+    check_compare(cfg, list(methods), seeds, cost_matrix)  # every input checked before a file is written
+    with removed_if_empty_on_failure(out):
+        return _pilot(cfg, out, methods, seeds, cost_matrix, force, progress)
+
+
+def _pilot(cfg: TrainConfig, out: Path, methods: Sequence[str], seeds: int, cost_matrix: str | None,
+           force: bool, progress: bool) -> Path:
+    from ..evaluation.diagnose import diagnose
+
     _say(progress, "[pilot] diagnosis")
     diag = diagnose(cfg.data, data_dir=cfg.data_dir, data_options=dict(cfg.data_options),
                     data_seed=cfg.data_seed, tree=cfg.tree)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .tables import _finite, best_rows, cell, method_name
+from .tables import _finite, best_rows, cell, decision_cost_key, method_name
 
 # the order in which a method's verdicts are told; other metrics follow in summary order
 _ORDER = ("expected_cost_argmax", "expected_cost", "expected_cost_crm", "fine_acc", "fine_acc_crm", "mistake_severity",
@@ -76,15 +76,6 @@ def _join(phrases: Sequence[str]) -> str:
     if len(phrases) <= 1:
         return "".join(phrases)
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
-
-
-def decision_cost_key(rows: Sequence[Mapping[str, Any]]) -> str:
-    """``expected_cost_argmax`` (the mean cost C[y, argmax]: what the model's decisions cost, the
-    counterpart of the CRM decisions' cost) where the rows have it, else the soft ``expected_cost``
-    (summaries written before it existed)."""
-    has = any("expected_cost_argmax" in (r.get("metric"), *r.keys()) or
-              "expected_cost_argmax_mean" in r for r in rows)
-    return "expected_cost_argmax" if has else "expected_cost"
 
 
 def has_intervals(verdicts: Sequence[Mapping[str, Any]]) -> bool:

@@ -204,6 +204,15 @@ def _signed(v: float, digits: int, unit: str = "") -> str:
     return s.replace("-", MINUS) + unit
 
 
+def decision_cost_key(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``expected_cost_argmax`` (the mean cost C[y, argmax]: what the model's decisions cost, the
+    counterpart of the CRM decisions' cost) where the rows (summary, aggregate or verdict rows)
+    have it, else the soft ``expected_cost`` (summaries written before it existed)."""
+    has = any("expected_cost_argmax" in (r.get("metric"), *r.keys()) or
+              "expected_cost_argmax_mean" in r for r in rows)
+    return "expected_cost_argmax" if has else "expected_cost"
+
+
 def roi(base: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, float]:
     """Return on investment of one method over the baseline (aggregate rows with ``*_mean``).
 
@@ -217,8 +226,8 @@ def roi(base: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, float]:
     out = {
         "severity_old": g(base, "mistake_severity"),
         "severity_new": g(row, "mistake_severity"),
-        "cost_old": g(base, "expected_cost"),
-        "cost_new": g(row, "expected_cost"),
+        "cost_old": g(base, decision_cost_key([base])),
+        "cost_new": g(row, decision_cost_key([base])),
         "acc_points": 100.0 * (g(row, "fine_acc") - g(base, "fine_acc")),
         "cpcc_emd_old": g(base, "test_cpcc_emd"),
         "cpcc_emd_new": g(row, "test_cpcc_emd"),
@@ -234,7 +243,8 @@ def roi_line(name: str, base: Mapping[str, Any], row: Mapping[str, Any]) -> str:
     r = roi(base, row)
     sev = (f"mistake severity {fmt(r['severity_old'], 2)} → {fmt(r['severity_new'], 2)} "
            f"({_signed(100 * r['severity_change'], 0, '%')})")
-    cost = (f"expected cost {fmt(r['cost_old'], 2)} → {fmt(r['cost_new'], 2)} "
+    what = "cost of the decisions" if decision_cost_key([base]) == "expected_cost_argmax" else "expected cost"
+    cost = (f"{what} {fmt(r['cost_old'], 2)} → {fmt(r['cost_new'], 2)} "
             f"({_signed(100 * r['cost_change'], 0, '%')})")
     acc = f"fine accuracy {_signed(r['acc_points'], 1, ' points')}"
     cp = f"TestCPCC(emd) {fmt(r['cpcc_emd_old'], 2)} → {fmt(r['cpcc_emd_new'], 2)}"
