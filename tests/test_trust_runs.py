@@ -410,3 +410,30 @@ def test_item13_disk_full_during_a_checkpoint_leaves_no_partial_file(tmp_path, c
     assert (out / "last.pt").read_bytes() == before
     monkeypatch.undo()
     assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
+
+
+# ----------------------------------------------------------------------------- review findings
+def test_compare_and_pilot_check_inputs_before_writing(tmp_path, capsys):
+    """A bad CPCC target or seeds count: one line, exit 2, and no --out left behind (the retry needs
+    no --force); --dist-opt applies to the methods whose distance takes it."""
+    from otcpcc.runs.config import TrainConfig
+    from otcpcc.study.compare import check_compare
+
+    tiny = ["--data", "synthetic", "--data-opt", "train_per_class=6", "--data-opt", "test_per_class=3",
+            "--epochs", "1", "--no-progress"]
+    bad = tmp_path / "nan.csv"
+    names = [f"c{i}.f{j}" for i in range(4) for j in range(5)]
+    bad.write_text("," + ",".join(names) + "\n" + "".join(
+        n + "," + ",".join("nan" for _ in names) + "\n" for n in names))
+    out = tmp_path / "cmp"
+    code = main(["compare", *tiny, "--methods", "none,l2", "--cpcc-target", str(bad), "--out", str(out)])
+    assert code == 2 and not out.exists()
+    assert "otcpcc: error:" in capsys.readouterr().err
+    pilot_out = tmp_path / "pilot"
+    assert main(["pilot", *tiny, "--seeds", "0", "--out", str(pilot_out)]) == 2
+    assert not pilot_out.exists()
+    cfg = TrainConfig.from_dict({"distance": "none", "distance_options": {"reg": 5.0}})
+    _, configs = check_compare(cfg, ["none", "sk", "fastft"], 1)
+    assert configs["sinkhorn"].distance_options == {"reg": 5.0} and configs["fastft"].distance_options == {}
+    with pytest.raises(ValueError, match="apply to none of the methods"):
+        check_compare(cfg, ["none", "fastft"], 1)
