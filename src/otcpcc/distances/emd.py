@@ -190,7 +190,12 @@ def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, uniform: bool, x: Te
                 batch.append(item)
                 cells += item[3].size
             if cells >= budget or pairs is rows_of[-1]:
-                results += list(pool.map(solve, batch)) if parallel else [solve(i) for i in batch]
+                if parallel:  # one share per thread (a future per tiny LP costs more than the LP)
+                    shares = [batch[i::workers] for i in range(workers)]
+                    results += [r for share in pool.map(lambda sh: [solve(i) for i in sh], shares)
+                                for r in share]
+                else:
+                    results += [solve(i) for i in batch]
                 batch, cells = [], 0
     parts.append(tuple(np.concatenate(z) for z in zip(*results, strict=True)))
 
