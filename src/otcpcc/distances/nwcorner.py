@@ -147,6 +147,21 @@ def nw_plans_uniform(groups: ClassGroups, dtype: torch.dtype = torch.float64,
     return Segments(pair, ia, ib, overlap.to(dtype) / (n * m).to(dtype))
 
 
+def merged_segments(va: Tensor, vb: Tensor, ta: Tensor, tb: Tensor, n: Tensor, m: Tensor,
+                    block: Tensor) -> Segments:
+    """The north-west-corner segments of every pair from its two lists of cumulative-mass breakpoints
+    (``va`` of A, owned by pair ``ta``; ``vb`` of B, by ``tb``): merge each pair's breakpoints
+    (stable sorts; A entries come first in the concatenation, so A stays before B on ties) and read
+    off the segments. ``ia``/``ib`` of the result are positions inside each class."""
+    vals = torch.cat([va, vb])
+    is_a = torch.cat([torch.ones_like(ta, dtype=torch.bool), torch.zeros_like(tb, dtype=torch.bool)])
+    owner = torch.cat([ta, tb])
+    o1 = torch.argsort(vals, stable=True)
+    o2 = torch.argsort(owner[o1], stable=True)
+    order = o1[o2]
+    return _segments(vals[order], is_a[order], n, m, block)
+
+
 def nw_plans_weighted(groups: ClassGroups, weights: Tensor) -> Segments:
     """NW-corner plans with per-sample weights ([N] grouped order, summing to 1 in each class).
 
@@ -169,14 +184,7 @@ def nw_plans_weighted(groups: ClassGroups, weights: Tensor) -> Segments:
     zero = torch.zeros((), dtype=torch.float64, device=w.device)
     va = torch.where(p == 0, zero, cum[groups.offsets[groups.pair_i][ta] + p - 1])
     vb = torch.where(q == 0, zero, cum[groups.offsets[groups.pair_j][tb] + q - 1])
-    vals = torch.cat([va, vb])
-    is_a = torch.cat([torch.ones_like(ta, dtype=torch.bool), torch.zeros_like(tb, dtype=torch.bool)])
-    owner = torch.cat([ta, tb])
-    # A entries come first in the concatenation, so stable sorts keep A before B on ties.
-    o1 = torch.argsort(vals, stable=True)
-    o2 = torch.argsort(owner[o1], stable=True)
-    order = o1[o2]
-    seg = _segments(vals[order], is_a[order], n, m, block)
+    seg = merged_segments(va, vb, ta, tb, n, m, block)
     ia = _take(_take(groups.offsets, groups.pair_i), seg.pair) + seg.ia
     ib = _take(_take(groups.offsets, groups.pair_j), seg.pair) + seg.ib
     return Segments(seg.pair, ia, ib, seg.mass)

@@ -44,7 +44,7 @@ from torch import Tensor
 from .cost import feature_scale
 from .groups import ClassGroups
 from .l2 import class_means
-from .nwcorner import Segments, _pair_totals, _ragged_arange, _segments, nw_plans_uniform
+from .nwcorner import Segments, _pair_totals, _ragged_arange, merged_segments, nw_plans_uniform
 
 COINCIDE_RTOL = 1e-9  # ‖μ_A − μ_B‖ below this × max|x|: means coincide, use the principal direction
 KEY_QUANTUM = 2.0 ** -36  # projections are rounded to this fraction of their largest magnitude
@@ -184,13 +184,7 @@ def _sorted_weighted(groups: ClassGroups, weights: Tensor, orders: tuple[Tensor,
         c[ends] = 1.0  # exact end points
         return c
 
-    vals = torch.cat([block_cumsum(wa, ta, n), block_cumsum(wb, tb, m)])
-    is_a = torch.cat([torch.ones_like(ta, dtype=torch.bool), torch.zeros_like(tb, dtype=torch.bool)])
-    owner = torch.cat([ta, tb])
-    o1 = torch.argsort(vals, stable=True)
-    o2 = torch.argsort(owner[o1], stable=True)
-    order = o1[o2]
-    seg = _segments(vals[order], is_a[order], n, m, block)
+    seg = merged_segments(block_cumsum(wa, ta, n), block_cumsum(wb, tb, m), ta, tb, n, m, block)
     ia, ib = _map_positions(groups, orders, xs, seg.pair, off_i[seg.pair] + seg.ia,
                             off_j[seg.pair] + seg.ib)
     return Segments(seg.pair, ia, ib, seg.mass)
