@@ -243,3 +243,22 @@ def test_bench_cli_rejects_batch_smaller_than_classes(capsys):
     assert main(["--batch-sizes", "4", "--classes", "6", "--coarse", "2", "--dim", "8",
                  "--repeats", "1", "--no-reference"]) == 2
     assert "batch size 4" in capsys.readouterr().err
+
+
+def test_bench_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    """Review findings: a --reference that is not Python, a --json folder (checked before timing),
+    and out-of-range --approx integers: exit status 2, no traceback."""
+    garbage = tmp_path / "ref.csv"
+    garbage.write_bytes(b"\x89PNG not python")
+    assert main(["--reference", str(garbage), "--batch-sizes", "8", "--distances", "l2"]) == 2
+    assert "not a Python file" in capsys.readouterr().err
+    broken = tmp_path / "reference.py"
+    broken.write_text("def reference_cpcc_loss(:\n")
+    assert main(["--reference", str(broken), "--batch-sizes", "8", "--distances", "l2"]) == 2
+    assert "importing it failed (SyntaxError" in capsys.readouterr().err
+    assert main(["--json", str(tmp_path), "--batch-sizes", "8", "--distances", "l2"]) == 2
+    assert "--json" in capsys.readouterr().err
+    for flags in (["--threads", "-1"], ["--max-per-class", "0"], ["--repeats", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(["--approx", *flags])
+        assert e.value.code == 2

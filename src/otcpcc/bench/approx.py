@@ -192,24 +192,40 @@ def verdict(rows: list[tuple[str, dict]]) -> str:
     return "sorted qualifies as default" if not fails else "keep batch: " + "; ".join(fails)
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="otcpcc bench --approx", description=__doc__.split("\n")[0])
     p.add_argument("--approx", action="store_true", help="(selects this benchmark)")
     p.add_argument("--run", default=None, metavar="DIR", help="run whose learned features to use")
     p.add_argument("--dims", default="2,16,128", help="Gaussian-mixture dimensions (default 2,16,128)")
-    p.add_argument("--max-per-class", type=int, default=100, metavar="N")
+    p.add_argument("--max-per-class", type=_int_at_least(2), default=100, metavar="N")
     p.add_argument("--batch", type=int, default=256, metavar="B",
                    help="batch rows: B samples per batch (0: none; default 256)")
-    p.add_argument("--batches", type=int, default=10, help="batches averaged (default 10)")
-    p.add_argument("--repeats", type=int, default=3, help="timed calls (median)")
+    p.add_argument("--batches", type=_int_at_least(1), default=10, help="batches averaged (default 10)")
+    p.add_argument("--repeats", type=_int_at_least(1), default=3, help="timed calls (median)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--threads", type=_int_at_least(0), default=0, help="torch threads (0: leave as is)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json is not None and (Path(args.json).is_dir() or not Path(args.json).resolve().parent.is_dir()):
+        print(f"otcpcc: error: --json {args.json}: not a writable file path (a directory, or its folder "
+              "does not exist); pass a file in an existing folder", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731

@@ -59,9 +59,21 @@ def load_reference(path: str | os.PathLike | None = None) -> ModuleType:
         raise FileNotFoundError(f"--reference {path}: no reference.py there; drop --reference to use the "
                                 "baseline installed with otcpcc")
     spec = importlib.util.spec_from_file_location(_REFERENCE_MODULE, p)
+    if spec is None or spec.loader is None or p.suffix != ".py":
+        raise FileNotFoundError(f"--reference {path}: not a Python file (expected reference.py); drop "
+                                "--reference to use the baseline installed with otcpcc")
     module = importlib.util.module_from_spec(spec)
     sys.modules[_REFERENCE_MODULE] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 (a user's file: any error is reported in one line)
+        del sys.modules[_REFERENCE_MODULE]
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise FileNotFoundError(f"--reference {path}: importing it failed ({type(e).__name__}: {first}); "
+                                "fix the file or drop --reference") from None
+    if not hasattr(module, "reference_cpcc_loss"):
+        raise FileNotFoundError(f"--reference {path}: it defines no reference_cpcc_loss(); pass a copy of "
+                                "otcpcc/bench/reference.py")
     return module
 
 
@@ -387,6 +399,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return approx_main(argv)
     args = build_parser().parse_args(argv)
+    if args.json not in (None, "-") and (Path(args.json).is_dir()
+                                         or not Path(args.json).resolve().parent.is_dir()):
+        print(f"otcpcc: error: --json {args.json}: not a writable file path (a directory, or its folder "
+              "does not exist); pass a file in an existing folder", file=sys.stderr)
+        return 2
     if args.scale:
         from .scale import main_scale
 
