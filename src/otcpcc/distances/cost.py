@@ -68,16 +68,6 @@ def feature_scale(x: Tensor) -> Tensor:
     return torch.where(torch.isfinite(c) & (c > 0), c, torch.ones_like(c))
 
 
-def pairwise_distances(x: Tensor) -> Tensor:
-    """[N, d] -> [N, N] Euclidean distances via the Gram matrix (scale-normalised, zero diagonal)."""
-    c = feature_scale(x)
-    xs = x / c
-    sq = (xs * xs).sum(1)
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * (xs @ xs.T)).clamp_min(0)
-    d2.fill_diagonal_(0)
-    return safe_sqrt(d2) * c
-
-
 def _chunks(n: int, per_item: int, budget: int):
     step = max(1, budget // max(per_item, 1))
     for s in range(0, n, step):

@@ -72,11 +72,3 @@ def resolve_methods(entries: Sequence[str]) -> list[MethodSpec]:
     if not out:
         raise ConfigError("no methods to compare; pass e.g. --methods none,hxe,soft,l2,fastft")
     return list(out.values())
-
-
-def method_label(name: str) -> str:
-    """The human name of a canonical entry (the name itself when it does not parse)."""
-    try:
-        return resolve_method(name).label
-    except ConfigError:
-        return name
