@@ -33,6 +33,7 @@ from .memory import chunk_items
 
 MIN_BAND = 512  # a band holds at least ~this many samples beyond one per class (BLAS efficiency)
 BYTES_PER_CELL = 40  # working memory per cell of a [rows, M] tile (a few float + index tensors)
+ROW_BLOCK = 256  # rows of one tile at least (BLAS efficiency)
 
 
 def band_count(n: int, k: int) -> int:
@@ -93,32 +94,51 @@ class Bands:
             yield idx, self.cls.index_select(0, idx), lo, hi
 
 
-def _tiles(size: int, device: torch.device):
-    rows = max(1, min(size, chunk_items(BYTES_PER_CELL * max(size, 1), device)))
+def _row_blocks(size: int, device: torch.device):
+    """Row slices of a band's [M, M] matrix: at least ~8 blocks (so the upper triangle of blocks
+    is about half the square), at least ``ROW_BLOCK`` rows (BLAS efficiency), within the memory
+    budget."""
+    rows = min(chunk_items(BYTES_PER_CELL * max(size, 1), device), max(ROW_BLOCK, -(-size // 8)))
+    rows = max(1, rows)
     for s in range(0, size, rows):
         yield slice(s, min(size, s + rows))
 
 
-def _tile(xb: Tensor, sqb: Tensor, cb: Tensor, lo: Tensor, hi: Tensor, rows: slice):
-    """(normalised distances [T, M], band overlaps [T, M]) for rows ``rows`` of a band."""
-    xr = xb[rows]
-    dist = torch.addmm(sqb[None, :], xr, xb.T, alpha=-2.0)  # |b|^2 - 2 a.b
-    dist.add_(sqb[rows, None]).clamp_min_(0).sqrt_()
-    near = torch.nonzero(dist * dist <= cancellation_tolerance(xb) * (sqb[rows, None] + sqb[None, :]))
-    if near.numel():  # cancellation may have eaten digits: recompute from differences
+def _upper_tile(xb: Tensor, sqb: Tensor, cb: Tensor, lo: Tensor, hi: Tensor, rows: slice,
+                tol: float):
+    """Rows ``rows`` of a band against the members from ``rows.start`` on (the block upper
+    triangle): (distances [T, Mc], overlaps [T, Mc], column slice). The diagonal block's overlaps
+    are halved: it holds both (a, b) and (b, a), every other block only one of them, so summing
+    a tile's contributions to its rows *and* its columns counts each pair exactly once."""
+    cols = slice(rows.start, xb.shape[0])
+    xr, xc = xb[rows], xb[cols]
+    sq_r, sq_c = sqb[rows], sqb[cols]
+    d2 = torch.addmm(sq_c[None, :], xr, xc.T, alpha=-2.0).add_(sq_r[:, None])  # ‖a‖²+‖b‖²−2a·b
+    self_d2 = d2.diagonal()  # each row against itself
+    self_d2.fill_(torch.inf)
+    # one cheap pass decides whether any entry may have lost its digits to cancellation
+    suspicious = bool(d2.amin() <= tol * (sq_r.max() + sq_c.max()))
+    self_d2.fill_(0)
+    dist = d2.clamp_min_(0).sqrt_()
+    if suspicious:
+        near = torch.nonzero(dist * dist <= tol * (sq_r[:, None] + sq_c[None, :]))
         i, j = near[:, 0], near[:, 1]
-        keep = cb[rows].index_select(0, i) != cb.index_select(0, j)
+        keep = cb[rows].index_select(0, i) != cb[cols].index_select(0, j)  # own class: unused
         i, j = i[keep], j[keep]
-        diff = xr.index_select(0, i) - xb.index_select(0, j)
+        diff = xr.index_select(0, i) - xc.index_select(0, j)
         dist[i, j] = (diff * diff).sum(1).sqrt()
-    mass = torch.minimum(hi[rows, None], hi[None, :])
-    mass.sub_(torch.maximum(lo[rows, None], lo[None, :])).clamp_min_(0)
-    return dist, mass
+    mass = torch.minimum(hi[rows, None], hi[None, cols])
+    mass.sub_(torch.maximum(lo[rows, None], lo[None, cols])).clamp_min_(0)
+    mass[:, :rows.stop - rows.start].mul_(0.5)
+    return dist, mass, cols
 
 
-def _class_sums(t: Tensor, cls: Tensor, k: int) -> Tensor:
-    """[T, M] rows labelled by sorted class positions ``cls`` [T] -> [K, M] per-class row sums."""
-    return torch.segment_reduce(t, "sum", lengths=torch.bincount(cls, minlength=k), axis=0)
+def _row_class_sums(t: Tensor, cls: Tensor) -> tuple[int, Tensor]:
+    """[T, Mc] rows labelled by sorted class positions ``cls`` [T] -> (c0, [Mc, c1 − c0]) sums of
+    the rows of each class c0 ≤ c < c1, transposed (one small product with a 0/1 matrix)."""
+    c0, c1 = int(cls[0]), int(cls[-1]) + 1
+    onehot = cls[None, :] == torch.arange(c0, c1, device=cls.device)[:, None]
+    return c0, t.T @ onehot.to(t.dtype).T
 
 
 class _BandCost(torch.autograd.Function):
@@ -129,16 +149,18 @@ class _BandCost(torch.autograd.Function):
         c = feature_scale(x)
         xs = x / c
         sq = (xs * xs).sum(1)
-        k = bands.k
-        acc = torch.zeros(k, k, dtype=torch.float64, device=x.device)
+        k, tol = bands.k, cancellation_tolerance(xs)
+        acc = torch.zeros(k, k, dtype=torch.float64, device=x.device)  # [col class, row class]
         for idx, cb, lo, hi in bands:
             xb, sqb = xs.index_select(0, idx), sq.index_select(0, idx)
             lo, hi = lo.to(x.dtype), hi.to(x.dtype)
-            part = torch.zeros(k, idx.numel(), dtype=x.dtype, device=x.device)  # [class, member]
-            for rows in _tiles(idx.numel(), x.device):
-                dist, mass = _tile(xb, sqb, cb, lo, hi, rows)
-                part += _class_sums(mass.mul_(dist), cb[rows], k)  # rows are sorted by class
-            acc += _class_sums(part.T, cb, k).to(torch.float64)  # [member class, row class]
+            part = torch.zeros(idx.numel(), k, dtype=torch.float64, device=x.device)
+            for rows in _row_blocks(idx.numel(), x.device):
+                dist, mass, cols = _upper_tile(xb, sqb, cb, lo, hi, rows, tol)
+                c0, sums = _row_class_sums(mass.mul_(dist), cb[rows])  # rows sorted by class
+                part[cols, c0:c0 + sums.shape[1]] += sums
+            acc.index_add_(0, cb, part)
+        acc = acc + acc.T  # each pair was counted once, in one of the two orders
         ctx.bands = bands
         ctx.save_for_backward(x, pair_i, pair_j)
         return (acc[pair_i, pair_j] * (c.double() / bands.R)).to(x.dtype)
@@ -151,6 +173,7 @@ class _BandCost(torch.autograd.Function):
         c = feature_scale(x)
         xs = x / c
         sq = (xs * xs).sum(1)
+        tol = cancellation_tolerance(xs)
         g = torch.zeros(k, k, dtype=x.dtype, device=x.device)
         g[pair_i, pair_j] = grad_rho.to(x.dtype) / bands.R
         g = g + g.T
@@ -158,13 +181,14 @@ class _BandCost(torch.autograd.Function):
         for idx, cb, lo, hi in bands:
             xb, sqb = xs.index_select(0, idx), sq.index_select(0, idx)
             lo, hi = lo.to(x.dtype), hi.to(x.dtype)
-            gb = g.index_select(1, cb)  # [K, M]
-            out = torch.empty_like(xb)
-            for rows in _tiles(idx.numel(), x.device):
-                dist, coef = _tile(xb, sqb, cb, lo, hi, rows)
-                coef.mul_(gb.index_select(0, cb[rows]))
+            out = torch.zeros_like(xb)
+            for rows in _row_blocks(idx.numel(), x.device):
+                dist, coef, cols = _upper_tile(xb, sqb, cb, lo, hi, rows, tol)
+                coef.mul_(g.index_select(0, cb[rows]).index_select(1, cb[cols]))
                 coef.div_(dist.masked_fill_(dist <= 0, torch.inf))  # 0 where samples coincide
-                out[rows] = coef.sum(1, keepdim=True) * xb[rows] - coef @ xb
+                # ∂/∂x_a of Σ coef_ab ‖x_a − x_b‖ for the rows a, then for the columns b
+                out[rows] += coef.sum(1, keepdim=True) * xb[rows] - coef @ xb[cols]
+                out[cols] += coef.sum(0)[:, None] * xb[cols] - coef.T @ xb[rows]
             grad.index_add_(0, idx, out)
         return grad, None, None, None
 
