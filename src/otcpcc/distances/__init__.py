@@ -143,6 +143,10 @@ def grouped_distances(
         return groups, features.new_zeros(0)
     x = features.index_select(0, groups.order)
     x = x.to(cost_dtype(x))  # float32 for half/bf16 input (float64 stays float64)
+    # Every distance here is translation invariant, so remove the batch mean first (detached:
+    # the gradient is unchanged): a large common offset would otherwise cost float32 its digits
+    # in the differences and projections (e.g. features 1e5 + noise).
+    x = x - x.detach().mean(0)
     with torch.autocast(device_type=x.device.type, enabled=False):  # costs never in bf16, even under AMP
         rho = DISTANCES[name](x, groups, **options)
     if not upfront and not bool(torch.isfinite(rho.detach()).all()):
