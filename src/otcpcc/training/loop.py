@@ -115,7 +115,8 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
 
 def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bool,
                   progress: bool) -> Path:
-    say = printer(progress and env.is_main)
+    progress = progress and env.is_main  # rank 0 alone prints
+    say = printer(progress)
 
     # 1. Run directory: refuse to clobber before spending time on data.
     env.on_main(lambda: check_run_dir(out, resume=resume, force=force))
@@ -251,7 +252,7 @@ class Run:
     start: Start
     last_pt: LastCheckpoint
     say: Callable[[str], None]  # one line on stderr (rank 0, unless --no-progress)
-    progress: bool  # a progress bar per epoch (rank 0)
+    progress: bool  # a progress bar per epoch (rank 0, unless --no-progress)
 
     def checkpoint(self, epoch: int, step: int, totals: EpochTotals | None,
                    history: list[dict[str, Any]]) -> None:
@@ -329,7 +330,7 @@ def train_one_epoch(run: Run, epoch: int, totals: EpochTotals, *, first_step: in
     None after the whole epoch."""
     env, desc = run.env, f"epoch {epoch + 1}/{run.cfg.epochs}"
     run.model.train()
-    bar = progress_bar(run.progress and env.is_main, run.steps_per_epoch, first_step, desc)
+    bar = progress_bar(run.progress, run.steps_per_epoch, first_step, desc)
     step, stopped_at, t0 = first_step, None, time.perf_counter()
     try:
         for x, y in run.loader:
