@@ -15,6 +15,9 @@ Read :func:`train` top to bottom; it is the whole story:
 6. at the end ``metrics.json``: final accuracies, TestCPCC under the run's distance, epoch
    times, samples/s and ``world_size``.
 
+Steps 1-5 build one frozen :class:`Run` (model, losses, optimiser, loader, where to start, ...);
+``_epochs(run)`` and ``train_one_epoch(run, epoch, totals, ...)`` read everything from it.
+
 Exact resume. The data order of epoch ``e`` depends only on ``(seed, e)``, the DataLoader draws
 from its own generator (never the global one), and the checkpoint holds the torch / numpy /
 Python RNG states, so on the CPU ``--resume`` reproduces the uninterrupted run bit for bit. Ctrl-C
