@@ -43,22 +43,23 @@ def _load_data(cfg: TrainConfig):
     from ..data import get_dataset
 
     options = dict(cfg.data_options)
-    if cfg.tree and cfg.data in TREE_FROM_USER:  # these loaders build their tree from the file
+    loader_reads_tree = cfg.data in TREE_FROM_USER  # these loaders build their tree from the file
+    if cfg.tree and loader_reads_tree:
         options.setdefault("tree", cfg.tree)
-        return get_dataset(cfg.data, data_dir=cfg.data_dir, seed=cfg.data_seed, **options)
     bundle = get_dataset(cfg.data, data_dir=cfg.data_dir, seed=cfg.data_seed, **options)
-    if cfg.tree:
-        from ..tree import LabelTree
+    if not cfg.tree or loader_reads_tree:
+        return bundle
+    from ..tree import LabelTree
 
-        if not Path(cfg.tree).is_file():
-            raise FileNotFoundError(f"tree file {cfg.tree!r} not found; check the --tree path")
-        user_tree = LabelTree.from_file(cfg.tree)
-        missing = [c for c in bundle.tree.leaves if c not in set(user_tree.leaves)]
-        if missing:
-            shown = ", ".join(repr(c) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise ValueError(f"--tree {cfg.tree}: {len(missing)} class(es) of {cfg.data} are not leaves "
-                             f"of this tree: {shown}; add them under their parents")
-        bundle.tree = user_tree.restrict(list(bundle.tree.leaves))
+    if not Path(cfg.tree).is_file():
+        raise FileNotFoundError(f"tree file {cfg.tree!r} not found; check the --tree path")
+    user_tree = LabelTree.from_file(cfg.tree)
+    missing = [c for c in bundle.tree.leaves if c not in set(user_tree.leaves)]
+    if missing:
+        shown = ", ".join(repr(c) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ValueError(f"--tree {cfg.tree}: {len(missing)} class(es) of {cfg.data} are not leaves "
+                         f"of this tree: {shown}; add them under their parents")
+    bundle.tree = user_tree.restrict(list(bundle.tree.leaves))
     return bundle
 
 

@@ -1,6 +1,6 @@
-"""Exact resume and Ctrl-C: a sampler that skips what a mid-epoch checkpoint already saw, per-sample
-seeds for augmentation, a SIGINT handler that turns the first Ctrl-C into a flag checked between
-steps, and the errors that stop a run."""
+"""Exact resume and Ctrl-C: the training DataLoader (a sampler that skips what a mid-epoch checkpoint
+already saw, per-sample seeds for augmentation), a SIGINT handler that turns the first Ctrl-C into
+a flag checked between steps, and the errors that stop a run."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
+
+from ..distributed.env import DistEnv
+from ..runs.config import TrainConfig
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -37,14 +40,14 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     The order of epoch ``e`` is a fixed function of ``(seed, e, rank, world size)``; skipping
     the samples already seen lets a mid-epoch checkpoint resume at the exact next batch. Yields
     ``(index, sample_seed)``: ``sample_seed`` is a function of ``(seed, epoch, rank, position in
-    the epoch)`` only, for :class:`SeededSamples`.
+    the epoch)`` only (``rank`` is ``base``'s), for :class:`SeededSamples`.
     """
 
-    def __init__(self, base: DistributedSampler, seed: int = 0, rank: int = 0) -> None:
+    def __init__(self, base: DistributedSampler, seed: int = 0) -> None:
         self.base = base
         self.skip = 0
         self.seed = seed
-        self.rank = rank
+        self.rank = base.rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int, skip_samples: int = 0) -> None:
@@ -59,6 +62,29 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
     def __len__(self) -> int:
         return max(len(self.base) - self.skip, 0)
+
+
+def train_loader(dataset: Dataset, cfg: TrainConfig, env: DistEnv) -> DataLoader:
+    """This rank's training batches of ``dataset``: ``cfg.batch_size`` samples a step, in the order
+    of a :class:`DistributedSampler` seeded with ``cfg.seed * 1000`` (one replica in a single
+    process), each sample drawn under its own seed (:class:`SeededSamples`). Position it at an
+    epoch (and a step inside it) with :func:`start_epoch` before each pass."""
+    sampler = ResumableSampler(DistributedSampler(
+        dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+        seed=cfg.seed * 1000, drop_last=False), seed=cfg.seed)
+    return DataLoader(
+        SeededSamples(dataset), batch_size=cfg.batch_size, sampler=sampler,
+        num_workers=cfg.workers, pin_memory=env.device.type == "cuda", generator=torch.Generator(),
+        drop_last=len(sampler) % cfg.batch_size == 1)  # a batch of one breaks BatchNorm
+
+
+def start_epoch(loader: DataLoader, epoch: int, first_step: int = 0) -> None:
+    """Point a :func:`train_loader` at step ``first_step`` of ``epoch``: the sampler's order of that
+    epoch minus the ``first_step * batch_size`` samples already seen, and the loader's own
+    generator reseeded with ``cfg.seed * 1000 + epoch``."""
+    sampler: ResumableSampler = loader.sampler  # type: ignore[assignment]
+    sampler.set_epoch(epoch, skip_samples=first_step * loader.batch_size)
+    loader.generator.manual_seed(sampler.base.seed + epoch)
 
 
 _M64 = (1 << 64) - 1

@@ -15,6 +15,9 @@ Read :func:`train` top to bottom; it is the whole story:
 6. at the end ``metrics.json``: final accuracies, TestCPCC under the run's distance, epoch
    times, samples/s and ``world_size``.
 
+Steps 1-5 build one frozen :class:`Run` (model, losses, optimiser, loader, where to start, ...);
+``_epochs(run)`` and ``train_one_epoch(run, epoch, totals, ...)`` read everything from it.
+
 Exact resume. The data order of epoch ``e`` depends only on ``(seed, e)``, the DataLoader draws
 from its own generator (never the global one), and the checkpoint holds the torch / numpy /
 Python RNG states, so on the CPU ``--resume`` reproduces the uninterrupted run bit for bit. Ctrl-C
@@ -36,12 +39,13 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from ..distributed.env import DistEnv, init_distributed, unwrap
 from ..evaluation.inference import final_metrics, predict
@@ -66,7 +70,7 @@ from ..runs.rundir import (
     prepare_run_dir,
 )
 from ..runs.target import load_run_target, save_run_target
-from .control import NonFiniteLoss, ResumableSampler, SeededSamples, StopRequest, TrainingInterrupted
+from .control import NonFiniteLoss, StopRequest, TrainingInterrupted, start_epoch, train_loader
 from .health import collapse_reason
 from .optim import extension_note, lr_at, make_criterion, make_optimizer, make_task_loss
 from .step import EpochTotals, train_step
@@ -114,7 +118,8 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
 
 def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bool,
                   progress: bool) -> Path:
-    say = printer(progress and env.is_main)
+    progress = progress and env.is_main  # rank 0 alone prints
+    say = printer(progress)
 
     # 1. Run directory: refuse to clobber before spending time on data.
     env.on_main(lambda: check_run_dir(out, resume=resume, force=force))
@@ -130,14 +135,14 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
     amp = cfg.amp and device.type == "cuda"
     if cfg.amp and not amp:
         say("otcpcc: note: --amp only acts on CUDA; training in float32 on the CPU")
-    skipped = bundle.meta.get("skipped_images")
-    if skipped:
+    meta = _data_meta(bundle)
+    if meta:
+        skipped = meta["skipped_images"]
         say(f"otcpcc: --skip-bad-images: skipped {sum(skipped.values())} undecodable image(s) "
             f"({', '.join(f'{k} {v}' for k, v in skipped.items())})")
 
     # (a resumed run takes its weights from last.pt, not from --weights)
     model = wrap_for_ddp(make_model(cfg.replace(weights=None) if resume else cfg, bundle).to(device), cfg, env)
-    core = unwrap(model)
 
     # 3. Loss: task loss (CE, HXE or soft labels) on the logits + lam * (1 - CPCC) on the features,
     #    CPCC over the global batch (against the tree, or the --cpcc-target matrix).
@@ -153,49 +158,38 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
 
     # Data order: a DistributedSampler (one replica in a single process) reseeded per epoch; each
     # sample's augmentation draws from a generator seeded by (seed, epoch, rank, position).
-    sampler = ResumableSampler(DistributedSampler(
-        bundle.train, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-        seed=cfg.seed * 1000, drop_last=False), seed=cfg.seed, rank=env.rank)
-    loader = DataLoader(
-        SeededSamples(bundle.train), batch_size=cfg.batch_size, sampler=sampler,
-        num_workers=cfg.workers, pin_memory=device.type == "cuda", generator=torch.Generator(),
-        drop_last=len(sampler) % cfg.batch_size == 1)  # a batch of one breaks BatchNorm
-    steps_per_epoch = len(loader)
+    loader = train_loader(bundle.train, cfg, env)
 
     # 5. Resume: weights, optimiser, history, position and RNG states from last.pt.
-    start_epoch, start_step, partial, history = 0, 0, None, []
+    start = Start()
     if resume:
         env.on_main(lambda: check_resume_config(out, cfg, env))  # names each changed setting
-        start_epoch, start_step, partial, history, trained_for = restore(out, core, optimizer, cfg, env)
-        where = f"epoch {start_epoch + 1}, step {start_step}" if start_step else \
-            f"the end of epoch {start_epoch}"
+        start = restore(out, unwrap(model), optimizer, cfg, env)
+        where = f"epoch {start.epoch + 1}, step {start.step}" if start.step else \
+            f"the end of epoch {start.epoch}"
         say(f"otcpcc: resuming {out} from {where}")
-        note = extension_note(cfg, trained_for, start_epoch)
+        note = extension_note(cfg, start.trained_for, start.epoch)
         if note:
             say(f"otcpcc: note: {note}")
 
     # Only now, with every setting checked, the run directory is written.
     env.on_main(lambda: prepare_run_dir(out, cfg, env, resume=resume, force=force,
-                                        tree=bundle.tree, meta=_data_meta(bundle)))
+                                        tree=bundle.tree, meta=meta))
     if target is not None:
         env.on_main(lambda: save_run_target(out, target, names))
-    saved = [resume]  # whether last.pt holds this run: else a failure leaves no run behind
 
-    def checkpoint(state: dict[str, Any]) -> None:
-        if env.is_main:
-            save_checkpoint(out, state)
-        saved[0] = True
-
+    run = Run(cfg=cfg, env=env, out=out, bundle=bundle, model=model, task_loss=task_loss,
+              criterion=criterion, optimizer=optimizer, loader=loader, steps_per_epoch=len(loader),
+              amp=amp, start=start, last_pt=LastCheckpoint(out, env, holds_run=resume),
+              say=say, progress=progress)
     try:
-        history, collapsed = _epochs(model, core, criterion, task_loss, optimizer, sampler, loader, bundle,
-                                     cfg, env, out,
-                          amp, start_epoch, start_step, partial, history, steps_per_epoch,
-                          checkpoint, progress, say)
+        history, collapsed = _epochs(run)
     except BaseException as e:
-        if not saved[0] and env.is_main:
+        saved = run.last_pt.holds_run  # else a failure leaves no run behind
+        if not saved and env.is_main:
             discard_run_files(out)  # nothing was trained: the retry needs no --force
         if isinstance(e, NonFiniteLoss):
-            kept = (f"{out / CHECKPOINT} keeps the last finite state" if saved[0] else
+            kept = (f"{out / CHECKPOINT} keeps the last finite state" if saved else
                     f"no epoch had finished, so nothing was kept in {out}")
             raise NonFiniteLoss(f"{e}; training stopped and {kept}; lower --lr (now {cfg.lr:g}) "
                                 "or --lam, or check the data for NaN/inf") from None
@@ -203,7 +197,7 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
 
     # 7. Final metrics (TestCPCC over the whole test split, gathered from all ranks).
     metrics = final_metrics(model, bundle, cfg, env, history, amp)
-    metrics.update(_data_meta(bundle))
+    metrics.update(meta)
     metrics["collapsed"] = collapsed
     if env.is_main:
         write_json(out / "metrics.json", metrics)
@@ -219,86 +213,145 @@ def _data_meta(bundle: Any) -> dict[str, Any]:
     return {"skipped_images": dict(skipped)} if skipped else {}
 
 
-def _epochs(model: nn.Module, core: nn.Module, criterion: nn.Module | None, task_loss: nn.Module,
-            optimizer: torch.optim.Optimizer, sampler: ResumableSampler, loader: DataLoader, bundle,
-            cfg: TrainConfig, env: DistEnv, out: Path, amp: bool, start_epoch: int, start_step: int,
-            partial: dict[str, Any] | None, history: list[dict[str, Any]], steps_per_epoch: int,
-            checkpoint: Callable[[dict[str, Any]], None], progress: bool,
-            say: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+@dataclass(frozen=True)
+class Start:
+    """Where the epochs begin: a new run at epoch 0, step 0; a resumed one where ``last.pt`` left off."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # steps of the next epoch already taken (a mid-epoch checkpoint)
+    partial: dict[str, Any] | None = None  # their running sums (EpochTotals fields)
+    history: tuple[dict[str, Any], ...] = ()  # log.csv rows of the completed epochs
+    trained_for: int = 0  # the --epochs the checkpoint was trained for (0: a new run)
+
+
+class LastCheckpoint:
+    """Writes ``out/last.pt`` (rank 0 alone) and remembers whether it holds this run yet: a run
+    that fails before its first checkpoint leaves no files behind."""
+
+    def __init__(self, out: Path, env: DistEnv, *, holds_run: bool) -> None:
+        self.out, self.env, self.holds_run = out, env, holds_run
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.env.is_main:
+            save_checkpoint(self.out, state)
+        self.holds_run = True
+
+
+@dataclass(frozen=True)
+class Run:
+    """Everything the epochs of one run use, built once by :func:`_train_locked`."""
+
+    cfg: TrainConfig  # resolved (arch settled)
+    env: DistEnv  # rank, world size, device and the collectives
+    out: Path  # the run directory
+    bundle: Any  # the data: train / test splits, tree, num_classes
+    model: nn.Module  # DistributedDataParallel under torchrun
+    task_loss: nn.Module  # on the logits: CE, HXE or soft labels
+    criterion: nn.Module | None  # 1 - CPCC of the features (None: --distance none)
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader  # control.train_loader, positioned by control.start_epoch
+    steps_per_epoch: int  # len(loader) over a whole epoch
+    amp: bool  # bf16 autocast (CUDA only)
+    start: Start
+    last_pt: LastCheckpoint
+    say: Callable[[str], None]  # one line on stderr (rank 0, unless --no-progress)
+    progress: bool  # a progress bar per epoch (rank 0, unless --no-progress)
+
+    def checkpoint(self, epoch: int, step: int, totals: EpochTotals | None,
+                   history: list[dict[str, Any]]) -> None:
+        """Save ``last.pt``: plain tensors, numbers and containers only (``weights_only=True``
+        loads it).
+
+        ``epoch`` counts completed epochs; ``step`` > 0 marks a mid-epoch checkpoint, whose
+        running sums are in ``partial``. ``rng`` holds one entry per rank.
+        """
+        self.last_pt.save({
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "partial": None if totals is None else dict(totals.__dict__),
+            "history": [dict(r) for r in history],
+            "rng": self.env.gather_objects(get_rng_state()),
+            "config": self.cfg.to_dict(),
+            "world_size": self.env.world_size,
+        })
+
+
+def _epochs(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """6. Epochs: lr from the schedule, one pass, test accuracy, log row, checkpoint, collapse check.
     Returns the log history and the first collapse (``{epoch, reason}``, see training/health.py) or None."""
-    tb = open_tensorboard(out, history) if env.is_main else None
+    cfg, env, start = run.cfg, run.env, run.start
+    history = list(start.history)
     collapsed: dict[str, Any] | None = None
+    tb = open_tensorboard(run.out, history) if env.is_main else None
     try:
         with StopRequest() as stop:
-            for epoch in range(start_epoch, cfg.epochs):
+            for epoch in range(start.epoch, cfg.epochs):
                 lr = lr_at(cfg, epoch)
-                for group in optimizer.param_groups:
+                for group in run.optimizer.param_groups:
                     group["lr"] = lr
-                skip = start_step if epoch == start_epoch else 0
-                sampler.set_epoch(epoch, skip_samples=skip * cfg.batch_size)
-                loader.generator.manual_seed(cfg.seed * 1000 + epoch)
-                totals = EpochTotals.from_state(partial if epoch == start_epoch else None)
+                first = epoch == start.epoch  # a resumed run may start inside this epoch
+                first_step = start.step if first else 0
+                start_epoch(run.loader, epoch, first_step)
+                totals = EpochTotals.from_state(start.partial if first else None)
 
-                def save_partial(step: int, totals: EpochTotals, epoch: int = epoch) -> None:
-                    checkpoint(_state(core, optimizer, cfg, env, epoch, step, totals, history))
-                    raise TrainingInterrupted(out)
-
-                train_one_epoch(model, criterion, optimizer, loader, cfg, env, amp, totals,
-                                task_loss=task_loss, first_step=skip, steps=steps_per_epoch, stop=stop,
-                                on_stop=save_partial,
-                                desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress)
+                stopped_at = train_one_epoch(run, epoch, totals, first_step=first_step, stop=stop)
+                if stopped_at is not None:  # Ctrl-C: save the position inside the epoch, stop
+                    run.checkpoint(epoch, stopped_at, totals, history)
+                    raise TrainingInterrupted(run.out)
 
                 row = totals.finish(env, epoch=epoch + 1, lr=lr)
                 test = None
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                    test = {k: v.numpy() for k, v in predict(model, bundle.test, env, cfg, amp).items()}
+                    test = {k: v.numpy() for k, v in
+                            predict(run.model, run.bundle.test, env, cfg, run.amp).items()}
                     row["test_acc"] = float((test["logits"].argmax(1) == test["labels"]).mean())
                 history.append(row)
-                checkpoint(_state(core, optimizer, cfg, env, epoch + 1, 0, None, history))
+                run.checkpoint(epoch + 1, 0, None, history)
                 if env.is_main:
-                    write_csv(out / "log.csv", history, LOG_COLUMNS)
+                    write_csv(run.out / "log.csv", history, LOG_COLUMNS)
                     log_tensorboard(tb, row)
-                say(format_row(row, cfg.epochs))
-                why = collapse_reason(history, bundle.num_classes, test)
+                run.say(format_row(row, cfg.epochs))
+                why = collapse_reason(history, run.bundle.num_classes, test)
                 if why and not collapsed:
                     collapsed = {"epoch": epoch + 1, "reason": why}
-                    say(f"otcpcc: run collapsed at epoch {epoch + 1}: {why}; lower --lr")
+                    run.say(f"otcpcc: run collapsed at epoch {epoch + 1}: {why}; lower --lr")
                 if env.any(stop.requested) and epoch + 1 < cfg.epochs:
-                    raise TrainingInterrupted(out)
+                    raise TrainingInterrupted(run.out)
     finally:
         if tb is not None:
             tb.close()
     return history, collapsed
 
 
-def train_one_epoch(model: nn.Module, criterion: nn.Module | None, optimizer: torch.optim.Optimizer,
-                    loader: DataLoader, cfg: TrainConfig, env: DistEnv, amp: bool, totals: EpochTotals, *,
-                    task_loss: nn.Module | None = None,
-                    first_step: int, steps: int, stop: StopRequest, on_stop: Callable[[int, EpochTotals], None],
-                    desc: str, progress: bool) -> EpochTotals:
-    """One pass over ``loader`` (which already skips the ``first_step`` steps a mid-epoch checkpoint
-    saw), adding every step's figures to ``totals``. After a Ctrl-C on any rank the current step
-    finishes and ``on_stop(step, totals)`` saves and raises."""
-    model.train()
-    bar = progress_bar(progress and env.is_main, steps, first_step, desc)
-    step, t0 = first_step, time.perf_counter()
+def train_one_epoch(run: Run, epoch: int, totals: EpochTotals, *, first_step: int,
+                    stop: StopRequest) -> int | None:
+    """One pass over ``run.loader`` (which already skips the ``first_step`` steps a mid-epoch
+    checkpoint saw), adding every step's figures to ``totals``. After a Ctrl-C on any rank the
+    current step finishes and the pass stops: returns the steps of the epoch done by then, or
+    None after the whole epoch."""
+    env, desc = run.env, f"epoch {epoch + 1}/{run.cfg.epochs}"
+    run.model.train()
+    bar = progress_bar(run.progress, run.steps_per_epoch, first_step, desc)
+    step, stopped_at, t0 = first_step, None, time.perf_counter()
     try:
-        for x, y in loader:
-            stats = train_step(model, criterion, optimizer, x, y, cfg, env.device, amp, task_loss)
+        for x, y in run.loader:
+            stats = train_step(run.model, run.criterion, run.optimizer, x, y, run.cfg, env.device,
+                               run.amp, run.task_loss)
             step += 1
             if env.any(not math.isfinite(stats.loss)):
                 raise NonFiniteLoss(f"the loss became {stats.loss} at {desc}, step {step}")
             totals.add(stats)
             bar.update(1)
             bar.set_postfix(totals.postfix(time.perf_counter() - t0), refresh=False)
-            if env.any(stop.requested) and step < steps:
-                totals.seconds += time.perf_counter() - t0
-                on_stop(step, totals)
+            if env.any(stop.requested) and step < run.steps_per_epoch:
+                stopped_at = step
+                break
     finally:
         bar.close()
     totals.seconds += time.perf_counter() - t0
-    return totals
+    return stopped_at
 
 
 def wrap_for_ddp(model: nn.Module, cfg: TrainConfig, env: DistEnv) -> nn.Module:
@@ -314,40 +367,18 @@ def wrap_for_ddp(model: nn.Module, cfg: TrainConfig, env: DistEnv) -> nn.Module:
 
 
 def restore(out: Path, core: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-            env: DistEnv) -> tuple[int, int, dict[str, Any] | None, list[dict[str, Any]], int]:
-    """Load ``out/last.pt`` into the model and optimiser and set this rank's RNG states; return
-    ``(completed epochs, step inside the next epoch, its running sums, log history, the --epochs
-    it was trained for)``."""
+            env: DistEnv) -> Start:
+    """Load ``out/last.pt`` into the model and optimiser, set this rank's RNG states and return
+    where the epochs resume (see :meth:`Run.checkpoint` for what it holds)."""
     state = load_checkpoint(out / CHECKPOINT, map_location="cpu")
     _check_checkpoint(state, cfg, env, out)
     core.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     epoch, step = int(state["epoch"]), int(state["step"])
-    history = [row for row in state["history"] if row["epoch"] <= epoch]
+    history = tuple(row for row in state["history"] if row["epoch"] <= epoch)
     rng = state["rng"]
     set_rng_state(rng[env.rank] if env.rank < len(rng) else rng[0])
-    return epoch, step, state.get("partial"), history, int(state["config"]["epochs"])
-
-
-def _state(core: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, env: DistEnv,
-           epoch: int, step: int, totals: EpochTotals | None,
-           history: list[dict[str, Any]]) -> dict[str, Any]:
-    """A checkpoint: plain tensors, numbers and containers only (``weights_only=True`` loads it).
-
-    ``epoch`` counts completed epochs; ``step`` > 0 marks a mid-epoch checkpoint, whose running
-    sums are in ``partial``. ``rng`` holds one entry per rank.
-    """
-    return {
-        "model": core.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "partial": None if totals is None else dict(totals.__dict__),
-        "history": [dict(r) for r in history],
-        "rng": env.gather_objects(get_rng_state()),
-        "config": cfg.to_dict(),
-        "world_size": env.world_size,
-    }
+    return Start(epoch, step, state.get("partial"), history, int(state["config"]["epochs"]))
 
 
 def _check_checkpoint(state: dict[str, Any], cfg: TrainConfig, env: DistEnv, out: Path) -> None:
