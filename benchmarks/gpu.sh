@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The device check for a session lent a GPU (not run by CI). From the repo root here:
-#   echo /.whl/ >> .git/info/exclude
+# The device check for a session lent a GPU (not run by CI). Once, from the repo root here:
+#   mkdir -p .git/info; echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl pot
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 -d .whl pot
 # then run this with the device tool, carrying .whl:  bash benchmarks/gpu.sh
-# It checks the CUDA results against the CPU (the gpu-marked tests and their CPU twins), then
-# times every distance against the per-pair reference, a ResNet-18 step, and the K=1000 case.
+# It checks CUDA against the CPU (the gpu-marked tests with their CPU twins, and every bench row's
+# values against the per-pair reference), then times every distance at B = 256 and 1024, a
+# ResNet-18 training step, and the scale cases (K = 1000 at B = 16384; TestCPCC on 100k points).
 set -uo pipefail
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -16,7 +17,12 @@ fi
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/otcpcc-gpu}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 -m pytest -q -p no:cacheprovider tests/test_distances.py -k "on_device" 2>&1 | tail -3
-python3 -m otcpcc.bench --device cuda --batch-sizes 256,1024 --repeats 20 --reference-repeats 1 \
-  --reference-budget 20 --train-step --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
-python3 -m otcpcc.bench --device cuda --big --repeats 10 --no-reference --json "$OUT/big.json" 2>&1 | tee "$OUT/big.txt"
+python3 -c "import torch, ot; print('torch', torch.__version__, 'pot', ot.__version__)"
+echo "== gpu-marked tests and their CPU twins"
+timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ 2>&1 | tail -4
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_distances.py -k "on_device" 2>&1 | tail -2
+echo "== distances, B = 256 and 1024, against the per-pair reference (values + timings)"
+timeout 200 python3 -m otcpcc.bench --device cuda --batch-sizes 256,1024 --repeats 20 --warmup 3 \
+  --reference-repeats 1 --reference-budget 4 --train-step --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+echo "== scale cases on CUDA"
+timeout 150 python3 benchmarks/gpu_scale.py 2>&1 | tee "$OUT/scale.txt"
