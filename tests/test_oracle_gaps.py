@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 
 import numpy as np
 import ot
@@ -75,10 +76,10 @@ def _opts(name, d):
 
 
 @pytest.mark.parametrize(("name", "layout"), [
-    (name, layout) for name in NAMES for layout in ("common", "split")
+    (name, layout) for name in [*NAMES, "fastft-gpu-layout"] for layout in ("common", "split")
     # POT's sinkhorn (the oracle) underflows on the split pairs: costs ~5e5 times reg
     if (name, layout) != ("sinkhorn", "split")])
-def test_float32_with_a_large_offset_matches_the_float64_oracle(name, layout):
+def test_float32_with_a_large_offset_matches_the_float64_oracle(name, layout, monkeypatch):
     """Features ±1000 + 0.01 * noise in float32: the Gram identity ||a||^2 + ||b||^2 - 2ab loses every
     digit of the distances (they are ~1e-2, the squares ~1e6). A common offset is removed by centring
     the batch; where classes sit on both sides of the mean (``split``) the entries are recomputed from
@@ -86,6 +87,9 @@ def test_float32_with_a_large_offset_matches_the_float64_oracle(name, layout):
     blocks in float64)."""
     x, y = _offset_batch(layout=layout)
     x32 = torch.tensor(x, dtype=torch.float32)
+    if name == "fastft-gpu-layout":  # the deferred cancellation check, then the exact rerun
+        monkeypatch.setattr(sys.modules["otcpcc.distances.bands"], "GPU_LAYOUT", True)
+        name = "fastft"
     # the oracle sees exactly the float32 inputs, computed in float64
     xo = x32.double().numpy()
     opts, kw = _opts(name, x.shape[1])

@@ -47,12 +47,18 @@ def _value_and_grad(fn, x, coef):
     return rho.detach(), xt.grad
 
 
+bands_module = sys.modules["otcpcc.distances.bands"]
+
+
+@pytest.mark.parametrize("layout", ["cpu", "gpu"])
 @pytest.mark.parametrize("kind", ["uniform", "near", "far"])
 @pytest.mark.parametrize("n_bands,budget", [(None, None), (1, None), (3, 2000), (7, 1), (40, 300)])
-def test_band_cost_equals_plan_path(kind, n_bands, budget, monkeypatch):
+def test_band_cost_equals_plan_path(kind, n_bands, budget, layout, monkeypatch):
     """Values and constant-plan gradients of the banded NW costs equal the stored-plan path for
-    any band count (1 band, bands finer than the classes) and row tiles down to one row."""
+    any band count (1 band, bands finer than the classes) and row tiles down to one row, in the
+    CPU layout and in the GPU layout (whole-band tiles, atomic sums, deferred checks) run here."""
     monkeypatch.setattr(memory, "BUDGET_BYTES", budget)
+    monkeypatch.setattr(bands_module, "GPU_LAYOUT", layout == "gpu")
     x, y = scale_batch(1)
     g = group_by_class(torch.tensor(y))
     xg = torch.tensor(x)[g.order]
@@ -69,7 +75,7 @@ def test_fastft_bands_match_brute_force_oracle(kind, sign, monkeypatch):
     """fastft (now banded) against the brute-force NW walk per pair, values and gradients, with
     many bands and one-row tiles, equal-size classes included."""
     monkeypatch.setattr(memory, "BUDGET_BYTES", 1)
-    monkeypatch.setattr(sys.modules["otcpcc.distances.bands"], "MIN_BAND", 4)
+    monkeypatch.setattr(bands_module, "MIN_BAND", 4)
     for x, y in (scale_batch(3), scale_batch(4, n=60, equal=6)):
         w = None if sign is None else softmax_weights(x, y, sign)
         xt = torch.tensor(x, requires_grad=True)

@@ -34,6 +34,11 @@ from .memory import chunk_items
 MIN_BAND = 512  # a band holds at least ~this many samples beyond one per class (BLAS efficiency)
 BYTES_PER_CELL = 40  # working memory per cell of a [rows, M] tile (a few float + index tensors)
 ROW_BLOCK = 256  # rows of one tile at least (BLAS efficiency)
+GPU_LAYOUT: bool | None = None  # None: a GPU gets the GPU layout; tests set True to run it on the CPU
+
+
+def _gpu_layout(device: torch.device) -> bool:
+    return device.type != "cpu" if GPU_LAYOUT is None else GPU_LAYOUT
 
 
 def band_count(n: int, k: int) -> int:
@@ -45,8 +50,8 @@ class Bands:
     """Quantile intervals of every grouped sample and the members of every band.
 
     ``weights`` [N] float64 summing to 1 per class (grouped order), or None for uniform.
-    Iterating yields, per band: member indices [M] (grouped order, so sorted by class), their
-    class positions [M], and the clipped intervals in band units (``lo``, ``hi`` in [0, 1]).
+    :meth:`iterate` yields, per band: member indices [M] (grouped order, so sorted by class),
+    their class positions [M], and the clipped intervals in band units (``lo``, ``hi`` in [0, 1]).
     """
 
     def __init__(self, groups: ClassGroups, weights: Tensor | None, n_bands: int | None = None):
@@ -78,67 +83,140 @@ class Bands:
             torch.arange(total, device=dev) - (torch.cumsum(span, 0) - span).index_select(0, sample))
         order = torch.argsort(band, stable=True)  # per band, members stay in grouped order
         self.member = sample.index_select(0, order)
-        self.band_of = band.index_select(0, order)
-        self.sizes = torch.bincount(self.band_of, minlength=R).tolist()
-        self.cls = cls
-        self.lo, self.hi = lo, hi
+        band_of = band.index_select(0, order)
+        self.sizes = torch.bincount(band_of, minlength=R).tolist()
+        # every member's interval clipped to its band, in band units, and its class: computed
+        # once for all bands (forward and backward then only slice them)
+        q0 = band_of.double() / R
+        self.lo = ((lo.index_select(0, self.member) - q0) * R).clamp_(0, 1)
+        self.hi = ((hi.index_select(0, self.member) - q0) * R).clamp_(0, 1)
+        self.cls = cls.index_select(0, self.member)
+        self.cls_host = self.cls.cpu().numpy()  # class ranges of row blocks without a sync each
 
-    def __iter__(self):
+    def iterate(self, dtype: torch.dtype):
+        """Per band: (members [M], classes [M], classes on the host, lo [M], hi [M] in ``dtype``)."""
+        lo, hi = self.lo.to(dtype), self.hi.to(dtype)
         start = 0
-        for r, size in enumerate(self.sizes):
-            idx = self.member[start:start + size]
+        for size in self.sizes:
+            sl = slice(start, start + size)
             start += size
-            q0, q1 = r / self.R, (r + 1) / self.R
-            lo = ((self.lo.index_select(0, idx).clamp(min=q0) - q0) * self.R).clamp(0, 1)
-            hi = ((self.hi.index_select(0, idx).clamp(max=q1) - q0) * self.R).clamp(0, 1)
-            yield idx, self.cls.index_select(0, idx), lo, hi
+            yield self.member[sl], self.cls[sl], self.cls_host[sl], lo[sl], hi[sl]
 
 
 def _row_blocks(size: int, device: torch.device):
-    """Row slices of a band's [M, M] matrix: at least ~8 blocks (so the upper triangle of blocks
-    is about half the square), at least ``ROW_BLOCK`` rows (BLAS efficiency), within the memory
-    budget."""
-    rows = min(chunk_items(BYTES_PER_CELL * max(size, 1), device), max(ROW_BLOCK, -(-size // 8)))
-    rows = max(1, rows)
+    """Row slices of a band's [M, M] matrix, within the memory budget. On the CPU at least ~8
+    blocks (the upper triangle of blocks is then about half the square, and tiles stay in cache)
+    of at least ``ROW_BLOCK`` rows (BLAS efficiency); on a GPU as few as fit (each tile is some
+    twenty kernel launches, which cost more there than the halved work saves)."""
+    rows = chunk_items(BYTES_PER_CELL * max(size, 1), device)
+    if not _gpu_layout(device):
+        rows = min(rows, max(ROW_BLOCK, -(-size // 8)))
+    rows = max(1, min(rows, size))
     for s in range(0, size, rows):
         yield slice(s, min(size, s + rows))
 
 
-def _upper_tile(xb: Tensor, sqb: Tensor, cb: Tensor, lo: Tensor, hi: Tensor, rows: slice,
-                tol: float):
-    """Rows ``rows`` of a band against the members from ``rows.start`` on (the block upper
-    triangle): (distances [T, Mc], overlaps [T, Mc], column slice). The diagonal block's overlaps
-    are halved: it holds both (a, b) and (b, a), every other block only one of them, so summing
-    a tile's contributions to its rows *and* its columns counts each pair exactly once."""
-    cols = slice(rows.start, xb.shape[0])
-    xr, xc = xb[rows], xb[cols]
-    sq_r, sq_c = sqb[rows], sqb[cols]
-    d2 = torch.addmm(sq_c[None, :], xr, xc.T, alpha=-2.0).add_(sq_r[:, None])  # ‖a‖²+‖b‖²−2a·b
-    self_d2 = d2.diagonal()  # each row against itself
-    self_d2.fill_(torch.inf)
-    # one cheap pass decides whether any entry may have lost its digits to cancellation
-    suspicious = bool(d2.amin() <= tol * (sq_r.max() + sq_c.max()))
-    self_d2.fill_(0)
-    dist = d2.clamp_min_(0).sqrt_()
-    if suspicious:
-        near = torch.nonzero(dist * dist <= tol * (sq_r[:, None] + sq_c[None, :]))
-        i, j = near[:, 0], near[:, 1]
-        keep = cb[rows].index_select(0, i) != cb[cols].index_select(0, j)  # own class: unused
-        i, j = i[keep], j[keep]
-        diff = xr.index_select(0, i) - xc.index_select(0, j)
-        dist[i, j] = (diff * diff).sum(1).sqrt()
-    mass = torch.minimum(hi[rows, None], hi[None, cols])
-    mass.sub_(torch.maximum(lo[rows, None], lo[None, cols])).clamp_min_(0)
-    mass[:, :rows.stop - rows.start].mul_(0.5)
-    return dist, mass, cols
+class _Tiles:
+    """The upper-triangle tiles of every band, for forward and backward alike.
+
+    Each tile is rows ``rows`` of a band against its members from ``rows.start`` on: (distances
+    [T, Mc], overlaps [T, Mc], column slice). The diagonal block's overlaps are halved: it holds
+    both (a, b) and (b, a), every other block only one of them, so summing a tile's contributions
+    to its rows *and* its columns counts each pair exactly once.
+
+    Gram entries that may have lost their digits to cancellation (``d² ≤ tol (‖a‖² + ‖b‖²)``) are
+    recomputed from differences. One min over the tile decides whether any entry may be such; on
+    the CPU at once, on a GPU the flags are kept on the device and read once at the end
+    (:meth:`needs_exact`), so that no tile waits for the device: the caller then runs again
+    with ``exact=True``, where every tile is checked entry by entry.
+    """
+
+    def __init__(self, xs: Tensor, sq: Tensor, exact: bool):
+        self.xs, self.sq = xs, sq
+        self.tol = cancellation_tolerance(xs)
+        self.exact = exact
+        self.check_now = exact or not _gpu_layout(xs.device)
+        self.flags: list[Tensor] = []
+
+    def __call__(self, xb: Tensor, sqb: Tensor, cb: Tensor, lo: Tensor, hi: Tensor, rows: slice):
+        cols = slice(rows.start, xb.shape[0])
+        xr, xc = xb[rows], xb[cols]
+        sq_r, sq_c = sqb[rows], sqb[cols]
+        d2 = torch.addmm(sq_c[None, :], xr, xc.T, alpha=-2.0).add_(sq_r[:, None])  # ‖a‖²+‖b‖²−2a·b
+        self_d2 = d2.diagonal()  # each row against itself
+        self_d2.fill_(torch.inf)
+        flag = d2.amin() <= self.tol * (sq_r.max() + sq_c.max())
+        self_d2.fill_(0)
+        dist = d2.clamp_min_(0).sqrt_()
+        if not self.check_now:
+            self.flags.append(flag)
+        elif self.exact or bool(flag):
+            near = torch.nonzero(dist * dist <= self.tol * (sq_r[:, None] + sq_c[None, :]))
+            i, j = near[:, 0], near[:, 1]
+            keep = cb[rows].index_select(0, i) != cb[cols].index_select(0, j)  # own class: unused
+            i, j = i[keep], j[keep]
+            diff = xr.index_select(0, i) - xc.index_select(0, j)
+            dist[i, j] = (diff * diff).sum(1).sqrt()
+        mass = torch.minimum(hi[rows, None], hi[None, cols])
+        mass.sub_(torch.maximum(lo[rows, None], lo[None, cols])).clamp_min_(0)
+        mass[:, :rows.stop - rows.start].mul_(0.5)
+        return dist, mass, cols
+
+    def needs_exact(self) -> bool:
+        """Whether a deferred check found a tile that needs the entry-by-entry pass (one sync)."""
+        return bool(self.flags) and bool(torch.stack(self.flags).any())
 
 
-def _row_class_sums(t: Tensor, cls: Tensor) -> tuple[int, Tensor]:
-    """[T, Mc] rows labelled by sorted class positions ``cls`` [T] -> (c0, [Mc, c1 − c0]) sums of
-    the rows of each class c0 ≤ c < c1, transposed (one small product with a 0/1 matrix)."""
-    c0, c1 = int(cls[0]), int(cls[-1]) + 1
+def _add_row_class_sums(part: Tensor, t: Tensor, cls: Tensor, cls_host, cols: slice) -> None:
+    """part[cols, c] += Σ_{rows of class c} t[row, :] for a [T, Mc] tile whose rows have the
+    sorted class positions ``cls`` [T] (``cls_host`` the same on the host). CPU: one small
+    product with a 0/1 matrix over the tile's classes; GPU: an atomic index_add."""
+    if _gpu_layout(t.device):
+        part[cols].index_add_(1, cls, t.T.to(part.dtype))
+        return
+    c0, c1 = int(cls_host[0]), int(cls_host[-1]) + 1
     onehot = cls[None, :] == torch.arange(c0, c1, device=cls.device)[:, None]
-    return c0, t.T @ onehot.to(t.dtype).T
+    part[cols, c0:c1] += t.T @ onehot.to(t.dtype).T
+
+
+def _scaled(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    c = feature_scale(x)
+    xs = x / c
+    return c, xs, (xs * xs).sum(1)
+
+
+def _forward_sums(xs: Tensor, sq: Tensor, bands: Bands, exact: bool) -> tuple[Tensor, _Tiles]:
+    """acc[j, i] = Σ_r Σ_{a∈i, b∈j} overlap_r(a, b) ‖x_a − x_b‖ over the upper tiles
+    (each unordered pair once, in one of its two orders)."""
+    k = bands.k
+    tiles = _Tiles(xs, sq, exact)
+    acc = torch.zeros(k, k, dtype=torch.float64, device=xs.device)  # [col class, row class]
+    for idx, cb, cb_host, lo, hi in bands.iterate(xs.dtype):
+        xb, sqb = xs.index_select(0, idx), sq.index_select(0, idx)
+        part = torch.zeros(idx.numel(), k, dtype=torch.float64, device=xs.device)
+        for rows in _row_blocks(idx.numel(), xs.device):
+            dist, mass, cols = tiles(xb, sqb, cb, lo, hi, rows)
+            _add_row_class_sums(part, mass.mul_(dist), cb[rows], cb_host[rows], cols)
+        acc.index_add_(0, cb, part)
+    return acc, tiles
+
+
+def _backward_grad(xs: Tensor, sq: Tensor, bands: Bands, g: Tensor, exact: bool):
+    """∂/∂x_a of Σ_{tiles} g[class a, class b] overlap(a, b) ‖x_a − x_b‖ (constant plan)."""
+    tiles = _Tiles(xs, sq, exact)
+    grad = torch.zeros_like(xs)
+    for idx, cb, _, lo, hi in bands.iterate(xs.dtype):
+        xb, sqb = xs.index_select(0, idx), sq.index_select(0, idx)
+        out = torch.zeros_like(xb)
+        for rows in _row_blocks(idx.numel(), xs.device):
+            dist, coef, cols = tiles(xb, sqb, cb, lo, hi, rows)
+            coef.mul_(g.index_select(0, cb[rows]).index_select(1, cb[cols]))
+            coef.div_(dist.masked_fill_(dist <= 0, torch.inf))  # 0 where samples coincide
+            # the tile's rows a, then its columns b
+            out[rows] += coef.sum(1, keepdim=True) * xb[rows] - coef @ xb[cols]
+            out[cols] += coef.sum(0)[:, None] * xb[cols] - coef.T @ xb[rows]
+        grad.index_add_(0, idx, out)
+    return grad, tiles
 
 
 class _BandCost(torch.autograd.Function):
@@ -146,20 +224,10 @@ class _BandCost(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, bands, pair_i, pair_j):  # noqa: D102
-        c = feature_scale(x)
-        xs = x / c
-        sq = (xs * xs).sum(1)
-        k, tol = bands.k, cancellation_tolerance(xs)
-        acc = torch.zeros(k, k, dtype=torch.float64, device=x.device)  # [col class, row class]
-        for idx, cb, lo, hi in bands:
-            xb, sqb = xs.index_select(0, idx), sq.index_select(0, idx)
-            lo, hi = lo.to(x.dtype), hi.to(x.dtype)
-            part = torch.zeros(idx.numel(), k, dtype=torch.float64, device=x.device)
-            for rows in _row_blocks(idx.numel(), x.device):
-                dist, mass, cols = _upper_tile(xb, sqb, cb, lo, hi, rows, tol)
-                c0, sums = _row_class_sums(mass.mul_(dist), cb[rows])  # rows sorted by class
-                part[cols, c0:c0 + sums.shape[1]] += sums
-            acc.index_add_(0, cb, part)
+        c, xs, sq = _scaled(x)
+        acc, tiles = _forward_sums(xs, sq, bands, exact=False)
+        if tiles.needs_exact():
+            acc, _ = _forward_sums(xs, sq, bands, exact=True)
         acc = acc + acc.T  # each pair was counted once, in one of the two orders
         ctx.bands = bands
         ctx.save_for_backward(x, pair_i, pair_j)
@@ -169,27 +237,13 @@ class _BandCost(torch.autograd.Function):
     def backward(ctx, grad_rho):  # noqa: D102
         x, pair_i, pair_j = ctx.saved_tensors
         bands = ctx.bands
-        k = bands.k
-        c = feature_scale(x)
-        xs = x / c
-        sq = (xs * xs).sum(1)
-        tol = cancellation_tolerance(xs)
-        g = torch.zeros(k, k, dtype=x.dtype, device=x.device)
+        _, xs, sq = _scaled(x)
+        g = torch.zeros(bands.k, bands.k, dtype=x.dtype, device=x.device)
         g[pair_i, pair_j] = grad_rho.to(x.dtype) / bands.R
         g = g + g.T
-        grad = torch.zeros_like(x)
-        for idx, cb, lo, hi in bands:
-            xb, sqb = xs.index_select(0, idx), sq.index_select(0, idx)
-            lo, hi = lo.to(x.dtype), hi.to(x.dtype)
-            out = torch.zeros_like(xb)
-            for rows in _row_blocks(idx.numel(), x.device):
-                dist, coef, cols = _upper_tile(xb, sqb, cb, lo, hi, rows, tol)
-                coef.mul_(g.index_select(0, cb[rows]).index_select(1, cb[cols]))
-                coef.div_(dist.masked_fill_(dist <= 0, torch.inf))  # 0 where samples coincide
-                # ∂/∂x_a of Σ coef_ab ‖x_a − x_b‖ for the rows a, then for the columns b
-                out[rows] += coef.sum(1, keepdim=True) * xb[rows] - coef @ xb[cols]
-                out[cols] += coef.sum(0)[:, None] * xb[cols] - coef.T @ xb[rows]
-            grad.index_add_(0, idx, out)
+        grad, tiles = _backward_grad(xs, sq, bands, g, exact=False)
+        if tiles.needs_exact():
+            grad, _ = _backward_grad(xs, sq, bands, g, exact=True)
         return grad, None, None, None
 
 
