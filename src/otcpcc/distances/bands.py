@@ -91,7 +91,9 @@ class Bands:
         self.lo = ((lo.index_select(0, self.member) - q0) * R).clamp_(0, 1)
         self.hi = ((hi.index_select(0, self.member) - q0) * R).clamp_(0, 1)
         self.cls = cls.index_select(0, self.member)
-        self.cls_host = self.cls.cpu().numpy()  # class ranges of row blocks without a sync each
+        # class ranges of the CPU layout's row blocks without a sync each (the GPU layout adds
+        # atomically and needs none)
+        self.cls_host = None if _gpu_layout(dev) else self.cls.cpu().numpy()
 
     def iterate(self, dtype: torch.dtype):
         """Per band: (members [M], classes [M], classes on the host, lo [M], hi [M] in ``dtype``)."""
@@ -100,7 +102,8 @@ class Bands:
         for size in self.sizes:
             sl = slice(start, start + size)
             start += size
-            yield self.member[sl], self.cls[sl], self.cls_host[sl], lo[sl], hi[sl]
+            host = None if self.cls_host is None else self.cls_host[sl]
+            yield self.member[sl], self.cls[sl], host, lo[sl], hi[sl]
 
 
 def _row_blocks(size: int, device: torch.device):
@@ -196,7 +199,8 @@ def _forward_sums(xs: Tensor, sq: Tensor, bands: Bands, exact: bool) -> tuple[Te
         part = torch.zeros(idx.numel(), k, dtype=torch.float64, device=xs.device)
         for rows in _row_blocks(idx.numel(), xs.device):
             dist, mass, cols = tiles(xb, sqb, cb, lo, hi, rows)
-            _add_row_class_sums(part, mass.mul_(dist), cb[rows], cb_host[rows], cols)
+            host = None if cb_host is None else cb_host[rows]
+            _add_row_class_sums(part, mass.mul_(dist), cb[rows], host, cols)
         acc.index_add_(0, cb, part)
     return acc, tiles
 
