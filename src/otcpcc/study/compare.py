@@ -138,6 +138,8 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: 
     if state == "evaluated":
         _say(progress, f"[compare] {run_dir} finished earlier; reusing its eval.json")
         return {"run_dir": run_dir, "metrics": stored_metrics(run_dir)}
+    if state == "trained":
+        _say(progress, f"[compare] {run_dir} was trained earlier; evaluating it")
     try:
         if state != "trained":  # a checkpoint continues; a directory with none starts over
             run_dir = Path(train(cfg, run_dir, resume=state == "checkpoint",
