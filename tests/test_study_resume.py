@@ -125,6 +125,8 @@ def test_compare_resume_refuses_other_settings_and_keeps_today_s_refusals(tmp_pa
     assert "--resume" in error(["compare", *one])  # without --resume: refused as before, names it
     assert "not both" in error(["compare", *one, "--resume", "--force"])
     assert "nothing to resume" in error(["compare", *TINY, "--out", str(tmp_path / "new"), "--resume"])
+    (tmp_path / "old" / "none").mkdir(parents=True)  # a comparison without study.json
+    assert "holds no study.json" in error(["compare", *TINY, "--out", str(tmp_path / "old"), "--resume"])
     assert (out / "summary.json").read_bytes() == summary  # nothing was touched
     assert not (tmp_path / "new").exists()
     # --device / --workers may change, as for train --resume

@@ -10,6 +10,7 @@ size and writes ``sweep.csv`` and ``sweep.png``.
 Layout::
 
     out/summary.json, report.md, report.html, *.png      (compare)
+    out/study.json                                       (its settings, for --resume: study.resume)
     out/<method>/seed<k>/                                (one run directory per method and seed)
     out/sweep.csv, sweep.png, lam<λ>_bs<B>/              (sweep)
 """

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ def cost_fingerprint(cost_matrix: Any) -> str | None:
     for the tree distance (no matrix). O(file size)."""
     if cost_matrix is None:
         return None
-    if isinstance(cost_matrix, (str, Path)):
+    if isinstance(cost_matrix, (str, os.PathLike)):
         return hashlib.sha256(Path(cost_matrix).read_bytes()).hexdigest()
     a = np.ascontiguousarray(np.asarray(cost_matrix, dtype=np.float64))
     return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
@@ -53,7 +54,7 @@ def study_record(command: str, cfg: TrainConfig, methods: Sequence[str], seeds: 
     """What ``out/study.json`` holds: ``{command, config, methods, seeds, cost_matrix,
     cost_matrix_sha256}`` (``cost_matrix``: the CSV path, ``"array"`` or ``None``)."""
     source = None if cost_matrix is None else (
-        str(cost_matrix) if isinstance(cost_matrix, (str, Path)) else "array")
+        str(cost_matrix) if isinstance(cost_matrix, (str, os.PathLike)) else "array")
     return {"command": command, "config": cfg.to_dict(), "methods": list(methods),
             "seeds": int(seeds), "cost_matrix": source,
             "cost_matrix_sha256": cost_fingerprint(cost_matrix)}
@@ -95,6 +96,9 @@ def open_study(out: Path, record: Mapping[str, Any], *, resume: bool, force: boo
                              "overwrite it, or choose another --out")
         return
     if not stored.is_file():
+        if out.is_dir() and any(out.iterdir()):  # e.g. written before --resume existed
+            raise StudyResumeError(f"cannot resume {out}: it holds no {STUDY_FILE}, so its settings "
+                                   "cannot be checked; start over with --force or choose another --out")
         raise StudyResumeError(f"nothing to resume in {out}: no {STUDY_FILE} there; run without "
                                "--resume, or pass the --out of an earlier comparison")
     try:
