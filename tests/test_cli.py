@@ -175,8 +175,10 @@ def test_python_dash_m_otcpcc_help():
 def test_compare_and_sweep_pass_their_settings_on(monkeypatch, tmp_path):
     calls = {}
 
-    def fake_compare(cfg, distances, seeds, out, force=False, progress=True, cost_matrix=None):
+    def fake_compare(cfg, distances, seeds, out, force=False, progress=True, cost_matrix=None,
+                     resume=False):
         calls["compare"] = (cfg, distances, seeds, out, force, progress, cost_matrix)
+        calls["resume"] = resume
         return out
 
     def fake_sweep(cfg, lams, batch_sizes, out, force=False, progress=True):
@@ -190,6 +192,7 @@ def test_compare_and_sweep_pass_their_settings_on(monkeypatch, tmp_path):
     assert cfg.data == "synthetic" and seeds == 3
     assert distances == ["none", "hxe", "soft", "l2", "fastft"]
     assert str(out) == "runs/compare" and not force and progress and cost is None
+    assert not calls["resume"] and main(["compare", "--resume"]) == 0 and calls["resume"]
     assert main(["compare", "--distances", "l2,emd", "--seeds", "2", "--lam", "0.5", "--out",
                  str(tmp_path), "--force", "--no-progress", "--epochs", "4"]) == 0
     cfg, distances, seeds, out, force, progress, _ = calls["compare"]

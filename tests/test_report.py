@@ -339,7 +339,7 @@ def test_read_log_and_subsample(tmp_path):
 # ------------------------------------------------------------------ compare / sweep drivers
 def _fake_train_eval(tmp_log):
     """Stand-in for train + evaluate: metrics depend on (distance, seed, lam, batch size)."""
-    def fake(cfg, run_dir, force, progress, cost_matrix):
+    def fake(cfg, run_dir, force, progress, cost_matrix, resume=False):
         tmp_log.append((cfg.distance, cfg.seed, cfg.lam, cfg.batch_size, force))
         _fake_run(Path(run_dir))
         gain = 0.0 if cfg.distance == "none" else 0.1 * cfg.lam

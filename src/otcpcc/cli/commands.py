@@ -117,7 +117,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     args.distance = "none"  # each method sets its own; --dist-opt is checked per method by compare
     cfg = config_from_args(args)
     out = run_compare(cfg, args.methods, args.seeds, Path(args.out), force=args.force,
-                      progress=not args.no_progress, cost_matrix=args.cost_matrix)
+                      progress=not args.no_progress, cost_matrix=args.cost_matrix,
+                      resume=args.resume)
     print(out)
     return 0
 
@@ -175,7 +176,7 @@ def cmd_pilot(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = run_pilot(cfg, Path(args.out), methods=args.methods, seeds=args.seeds,
                     cost_matrix=args.cost_matrix, force=args.force,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, resume=args.resume)
     print(out / "report.html")
     return 0
 
@@ -193,6 +194,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+_STUDY_RESUME = ("continue an interrupted run of this same command in --out: finished runs are "
+                 "reused, an unfinished one continues from its last.pt; refused if any setting "
+                 "differs (only --device, --workers, --data-dir may change)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog=PROG, description=__doc__, formatter_class=fmt)
@@ -253,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--out", default="runs/compare", metavar="DIR", type=_out_dir,
                    help="output directory (default runs/compare)")
     g.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    g.add_argument("--resume", action="store_true", help=_STUDY_RESUME)
     g.add_argument("--cost-matrix", metavar="CSV", help="cost matrix for expected cost")
     p.set_defaults(func=cmd_compare)
 
@@ -316,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--out", default="runs/pilot", metavar="DIR",
                    help="output directory (default runs/pilot)")
     g.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    g.add_argument("--resume", action="store_true", help=_STUDY_RESUME)
     p.set_defaults(func=cmd_pilot)
 
     p = sub.add_parser("bench", help="speed benchmarks of the CPCC distances",
@@ -344,6 +352,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _interrupted_study(argv: Sequence[str], e: KeyboardInterrupt) -> int:
+    """Ctrl-C in compare / pilot: say what is kept and the command that continues."""
+    import shlex
+
+    from ..training import TrainingInterrupted
+
+    kept = f" and a checkpoint in {e.run_dir}/last.pt" if isinstance(e, TrainingInterrupted) else ""
+    words = [a for a in argv if a not in ("--force", "--resume")] + ["--resume"]
+    again = " ".join(shlex.quote(a) for a in (PROG, *words))
+    print(f"{PROG}: interrupted; the finished runs{kept} are kept; continue with {again}",
+          file=sys.stderr)
+    return 130
+
+
 def _main(argv: Sequence[str] | None) -> int:
     from ..training import TrainingInterrupted
 
@@ -358,16 +380,18 @@ def _main(argv: Sequence[str] | None) -> int:
     debug = os.environ.get("OTCPCC_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except TrainingInterrupted as e:
+    except KeyboardInterrupt as e:
+        if args.command in ("compare", "pilot"):  # a study continues as a whole, not run by run
+            return _interrupted_study(argv, e)
+        if not isinstance(e, TrainingInterrupted):
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
         if os.environ.get("RANK", "0") == "0":
             again = f"{PROG} train --out {e.run_dir} --resume"
             if "WORLD_SIZE" in os.environ:  # under torchrun: the same launcher again
                 again = f"torchrun --nproc_per_node {os.environ['WORLD_SIZE']} -m {again}"
             print(f"{PROG}: interrupted; checkpoint saved in {e.run_dir}/last.pt; continue with "
                   f"{again}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, ImportError) as e:
         if debug:

@@ -26,7 +26,7 @@ def diagnose(data: str | None = None, *, run: str | os.PathLike | None = None,
              data_dir: str | None = None, data_options: dict[str, Any] | None = None,
              data_seed: int = 0, max_components: int = 5, device: str = "cpu",
              max_per_class: int = 200, tree: str | None = None,
-             emd_per_class: int = EMD_PER_CLASS) -> dict[str, Any]:
+             emd_per_class: int = EMD_PER_CLASS, bundle: Any = None) -> dict[str, Any]:
     """Count the modes of every class: on input features of ``data`` (flattened, train split), or
     on the learned test features of ``run``; then measure the OT effect on the same features
     (``emd_per_class`` samples per class for the exact transport problems).
@@ -35,6 +35,8 @@ def diagnose(data: str | None = None, *, run: str | os.PathLike | None = None,
     "rank_agreement_l2_emd", "cpcc_l2", "cpcc_emd", "cpcc_gain", "recommend", "reasons",
     "ot_effect" (the whole :func:`ot_effect` result)}``. At most ``max_per_class`` samples per
     class are used (a fixed-seed draw). ``tree``: a label-tree file replacing the data's tree.
+    ``bundle``: the data already loaded with these settings (``runs.build.load_data``), used as
+    given instead of loading it again.
     """
     if run is not None:
         loaded = load_run(run, device=device, data_dir=data_dir)
@@ -55,7 +57,7 @@ def diagnose(data: str | None = None, *, run: str | os.PathLike | None = None,
         cfg = TrainConfig(data=data, data_dir=data_dir, data_options=dict(data_options or {}),
                           data_seed=data_seed, tree=tree)
         cfg.validate()
-        bundle = load_data(cfg)
+        bundle = load_data(cfg) if bundle is None else bundle
         ys = np.asarray([int(bundle.train[i][1]) for i in range(len(bundle.train))])
         keep = subsample_per_class(ys, max_per_class, seed=data_seed)
         x = np.stack([torch.as_tensor(bundle.train[int(i)][0]).reshape(-1).float().numpy()

@@ -10,6 +10,7 @@ size and writes ``sweep.csv`` and ``sweep.png``.
 Layout::
 
     out/summary.json, report.md, report.html, *.png      (compare)
+    out/study.json                                       (its settings, for --resume: study.resume)
     out/<method>/seed<k>/                                (one run directory per method and seed)
     out/sweep.csv, sweep.png, lam<λ>_bs<B>/              (sweep)
 """
@@ -34,6 +35,7 @@ from .context import read_context
 from .methods import resolve_methods
 from .notes import run_collapse
 from .report import render_report
+from .resume import open_study, run_state, stored_metrics, study_record, write_study
 from .tables import _is_number, aggregate_runs
 from .verdict import verdicts
 
@@ -126,13 +128,23 @@ def _eval_device(cfg: TrainConfig) -> str:
 
 
 def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: bool,
-                        cost_matrix: Any) -> dict[str, Any]:
+                        cost_matrix: Any, resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate one run; with ``resume``, reuse what ``run_dir`` already holds
+    (``study.resume.run_state``: its eval.json, its trained model, or its last checkpoint)."""
     from ..evaluation.evaluate import evaluate_run
     from ..training import train
     from ..training.control import NonFiniteLoss
 
+    state = run_state(run_dir) if resume else "new"
+    if state == "evaluated":
+        _say(progress, f"[compare] {run_dir} finished earlier; reusing its eval.json")
+        return {"run_dir": run_dir, "metrics": stored_metrics(run_dir)}
+    if state == "trained":
+        _say(progress, f"[compare] {run_dir} was trained earlier; evaluating it")
     try:
-        run_dir = Path(train(cfg, run_dir, force=force, progress=progress))
+        if state != "trained":  # a checkpoint continues; a directory with none starts over
+            run_dir = Path(train(cfg, run_dir, resume=state == "checkpoint",
+                                 force=force or (resume and state == "new"), progress=progress))
     except NonFiniteLoss as e:  # one diverged run is a finding of the comparison, not its end
         print(f"otcpcc: {e}; the comparison goes on without this run", file=sys.stderr, flush=True)
         where = re.search(r"epoch (\d+)/\d+, step (\d+)", str(e))
@@ -144,7 +156,7 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: 
 
 def run_compare(base_cfg: TrainConfig | Mapping[str, Any], methods: Sequence[str], seeds: int,
                 out: str | os.PathLike, force: bool = False, progress: bool = True,
-                cost_matrix: Any = None) -> Path:
+                cost_matrix: Any = None, resume: bool = False, tree: Any = None) -> Path:
     """Train and evaluate every method for ``seeds`` seeds, summarise, judge and render the report.
 
     Each entry of ``methods`` (``study.methods.resolve_method``: ``none``, ``hxe``, ``soft``, a
@@ -155,21 +167,29 @@ def run_compare(base_cfg: TrainConfig | Mapping[str, Any], methods: Sequence[str
     against none]}`` (rows: see :func:`run_row`, with ``method`` and ``distance``; verdicts: see
     :func:`otcpcc.study.verdict.verdicts`); then :func:`otcpcc.report.render_report` writes
     ``report.md``, ``report.html`` and figures. An ``out`` that exists and is not empty raises
-    ``ValueError`` unless ``force``. Returns ``out``.
+    ``ValueError`` unless ``force`` or ``resume``. ``out/study.json`` stores the settings;
+    ``resume`` continues an interrupted comparison asked with the same ones (``study.resume``:
+    finished runs are reused, an unfinished one continues from its checkpoint), so its summary
+    equals an uninterrupted one. ``tree``: the data's label tree when the caller already loaded
+    it (the cost-matrix and CPCC-target checks then load no data). Returns ``out``.
     """
     cfg = _as_config(base_cfg)
-    specs, configs = check_compare(cfg, methods, seeds, cost_matrix)
+    specs, configs = check_compare(cfg, methods, seeds, cost_matrix, tree=tree)
     out = Path(out)
-    _check_out(out, force)
+    record = study_record("compare", cfg, [s.name for s in specs], seeds, cost_matrix)
+    open_study(out, record, resume=resume, force=force)
     with removed_if_empty_on_failure(out):
-        return _compare(cfg, specs, configs, seeds, out, force, progress, cost_matrix)
+        if not resume:
+            write_study(out, record)
+        return _compare(cfg, specs, configs, seeds, out, force, progress, cost_matrix, resume)
 
 
-def check_compare(cfg: TrainConfig, methods: Sequence[str], seeds: int, cost_matrix: Any = None
-                  ) -> tuple[list[Any], dict[str, TrainConfig]]:
+def check_compare(cfg: TrainConfig, methods: Sequence[str], seeds: int, cost_matrix: Any = None,
+                  tree: Any = None) -> tuple[list[Any], dict[str, TrainConfig]]:
     """Everything a comparison needs, checked before any file is written: the method entries, the
     seeds, one validated config per method (each gets the ``--dist-opt`` options its distance takes;
-    an option no listed distance takes is refused), the cost matrix and the CPCC target. Returns
+    an option no listed distance takes is refused), the cost matrix and the CPCC target (against
+    ``tree``, the data's label tree; loaded from the data when ``None``). Returns
     ``(method specs, {method name: config})``."""
     from ..distances import OPTIONS, resolve
 
@@ -190,7 +210,8 @@ def check_compare(cfg: TrainConfig, methods: Sequence[str], seeds: int, cost_mat
         from ..objectives.target import load_cpcc_target
         from ..runs.build import load_data
 
-        tree = load_data(cfg.replace(cpcc_target=None)).tree
+        if tree is None:
+            tree = load_data(cfg.replace(cpcc_target=None)).tree
         if cost_matrix is not None:
             resolve_cost_matrix(cost_matrix, tree)
         if cfg.cpcc_target is not None:
@@ -216,7 +237,7 @@ def removed_if_empty_on_failure(out: Path) -> Iterator[None]:
 
 
 def _compare(cfg: TrainConfig, specs: list[Any], configs: dict[str, TrainConfig], seeds: int,
-             out: Path, force: bool, progress: bool, cost_matrix: Any) -> Path:
+             out: Path, force: bool, progress: bool, cost_matrix: Any, resume: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runs, run_dirs = [], {}
     total, done = len(specs) * seeds, 0
@@ -226,7 +247,8 @@ def _compare(cfg: TrainConfig, specs: list[Any], configs: dict[str, TrainConfig]
             done += 1
             _say(progress, f"[compare {done}/{total}] method={spec.name} seed={seed}")
             res = _train_and_evaluate(configs[spec.name].replace(seed=seed),
-                                      out / spec.name / f"seed{seed}", force, progress, cost_matrix)
+                                      out / spec.name / f"seed{seed}", force, progress, cost_matrix,
+                                      resume)
             lam = cfg.lam if spec.distance != "none" else 0.0
             if res["run_dir"] is None:  # diverged: no metrics, a note in the report
                 runs.append({"method": spec.name, "distance": spec.distance, "seed": seed, "lam": lam,

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ..runs.config import TrainConfig
-from .compare import _check_out, _say, check_compare, removed_if_empty_on_failure, run_compare
+from .compare import _say, check_compare, removed_if_empty_on_failure, run_compare
 from .diagnosis_report import diagnosis_markdown, html_page, markdown_to_html_body, write_diagnosis
 from .pilot_budget import PILOT_METHODS, PILOT_SEEDS
 from .report import markdown_tables
+from .resume import STUDY_FILE, open_study, study_record, write_study
 from .tables import aggregate_runs, fmt
 from .verdict import verdicts as verdicts_of
 
@@ -78,29 +79,47 @@ def _verdict_table(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def run_pilot(cfg: TrainConfig, out: str | os.PathLike, *, methods: Sequence[str] = PILOT_METHODS,
               seeds: int = PILOT_SEEDS, cost_matrix: str | None = None, force: bool = False,
-              progress: bool = True) -> Path:
+              progress: bool = True, resume: bool = False) -> Path:
     """Diagnose, compare ``methods`` over ``seeds`` seeds with ``cfg``'s budget, write the report
-    (module docstring). Returns ``out``."""
+    (module docstring). ``out/study.json`` stores the settings; ``resume`` continues an interrupted
+    pilot asked with the same ones (``study.resume``): a written diagnosis and the finished runs
+    are reused, an unfinished run continues from its checkpoint. The data is loaded once here, for
+    the diagnosis and the checks of the cost matrix and CPCC target (each training run still loads
+    its own). Returns ``out``."""
+    from ..runs.build import load_data
 
     out = Path(out)
-    _check_out(out, force)
     if cost_matrix is not None and not Path(cost_matrix).is_file():
         raise FileNotFoundError(f"cost matrix {cost_matrix!r} not found; check --cost-matrix")
-    check_compare(cfg, list(methods), seeds, cost_matrix)  # every input checked before a file is written
+    record = study_record("pilot", cfg, list(methods), seeds, cost_matrix)
+    open_study(out, record, resume=resume, force=force)
+    diagnosed = resume and (out / "diagnosis" / "diagnose.html").is_file()  # written last
+    bundle = None
+    if not diagnosed or cost_matrix is not None or cfg.cpcc_target is not None:
+        bundle = load_data(cfg.replace(cpcc_target=None))  # once: diagnosis + the checks below
+    tree = bundle.tree if bundle is not None else None
+    check_compare(cfg, list(methods), seeds, cost_matrix, tree=tree)  # every input checked first
     with removed_if_empty_on_failure(out):
-        return _pilot(cfg, out, methods, seeds, cost_matrix, force, progress)
+        if not resume:
+            write_study(out, record)
+        return _pilot(cfg, out, methods, seeds, cost_matrix, force, progress, resume, bundle)
 
 
 def _pilot(cfg: TrainConfig, out: Path, methods: Sequence[str], seeds: int, cost_matrix: str | None,
-           force: bool, progress: bool) -> Path:
+           force: bool, progress: bool, resume: bool, bundle: Any) -> Path:
     from ..evaluation.diagnose import diagnose
 
-    _say(progress, "[pilot] diagnosis")
-    diag = diagnose(cfg.data, data_dir=cfg.data_dir, data_options=dict(cfg.data_options),
-                    data_seed=cfg.data_seed, tree=cfg.tree)
-    write_diagnosis(out / "diagnosis", diag)
+    if bundle is None:  # resumed after the diagnosis was written: reuse it as it stands
+        _say(progress, "[pilot] diagnosis written earlier; reusing it")
+        diag = json.loads((out / "diagnosis" / "diagnose.json").read_text(encoding="utf-8"))
+    else:
+        _say(progress, "[pilot] diagnosis")
+        diag = diagnose(cfg.data, data_dir=cfg.data_dir, data_options=dict(cfg.data_options),
+                        data_seed=cfg.data_seed, tree=cfg.tree, bundle=bundle)
+        write_diagnosis(out / "diagnosis", diag)
+    resume_compare = resume and (out / "compare" / STUDY_FILE).is_file()  # else it had not begun
     run_compare(cfg, list(methods), seeds, out / "compare", force=force, progress=progress,
-                cost_matrix=cost_matrix)
+                cost_matrix=cost_matrix, resume=resume_compare, tree=bundle.tree if bundle else None)
     summary = json.loads((out / "compare" / "summary.json").read_text(encoding="utf-8"))
     aggregate = summary.get("aggregate") or aggregate_runs(summary["runs"])
     verdicts = summary.get("verdicts") or verdicts_of(summary["runs"])

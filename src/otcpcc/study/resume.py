@@ -1,0 +1,131 @@
+"""Resuming a comparison (``otcpcc compare --resume``, ``otcpcc pilot --resume``).
+
+A study (a compare or a pilot) stores what it was asked in ``out/study.json`` before its first run:
+the resolved base :class:`~otcpcc.runs.config.TrainConfig`, the method entries (in order), the
+number of seeds and the cost matrix (its path and the SHA-256 of its contents). ``--resume``
+reopens ``out`` only when the command now given asks the same (:func:`open_study`; the keys in
+:data:`STUDY_FREE_KEYS` may change, as for ``otcpcc train --resume``), then each run directory is in
+one of four states (:func:`run_state`):
+
+- ``evaluated`` (``metrics.json`` and ``eval.json``): its ``eval.json`` is reused as it stands;
+- ``trained`` (``metrics.json`` only: stopped during evaluation): evaluated again;
+- ``checkpoint`` (``last.pt``, no ``metrics.json``): ``train(resume=True)`` continues it from its
+  last checkpoint (the training loop's own exact resume);
+- ``new`` (nothing trained): trained from the start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..runs.checkpoint import CHECKPOINT, atomic_write_text
+from ..runs.config import TrainConfig
+
+STUDY_FILE = "study.json"
+# settings that may change on --resume: where and how fast it runs, not what is computed (as for
+# `otcpcc train --resume`, except epochs and eval_every: they change a study's numbers and notes)
+STUDY_FREE_KEYS = frozenset({"device", "workers", "data_dir"})
+
+
+class StudyResumeError(ValueError):
+    """``--resume`` onto nothing, or onto a study stored with different settings."""
+
+
+def cost_fingerprint(cost_matrix: Any) -> str | None:
+    """SHA-256 (hex) of a cost matrix: the bytes of a CSV file, or of a float64 array; ``None``
+    for the tree distance (no matrix). O(file size)."""
+    if cost_matrix is None:
+        return None
+    if isinstance(cost_matrix, (str, os.PathLike)):
+        return hashlib.sha256(Path(cost_matrix).read_bytes()).hexdigest()
+    a = np.ascontiguousarray(np.asarray(cost_matrix, dtype=np.float64))
+    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def study_record(command: str, cfg: TrainConfig, methods: Sequence[str], seeds: int,
+                 cost_matrix: Any) -> dict[str, Any]:
+    """What ``out/study.json`` holds: ``{command, config, methods, seeds, cost_matrix,
+    cost_matrix_sha256}`` (``cost_matrix``: the CSV path, ``"array"`` or ``None``)."""
+    source = None if cost_matrix is None else (
+        str(cost_matrix) if isinstance(cost_matrix, (str, os.PathLike)) else "array")
+    return {"command": command, "config": cfg.to_dict(), "methods": list(methods),
+            "seeds": int(seeds), "cost_matrix": source,
+            "cost_matrix_sha256": cost_fingerprint(cost_matrix)}
+
+
+def study_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Each differing setting as ``"name (saved -> now)"``: the config keys outside
+    :data:`STUDY_FREE_KEYS`, ``methods``, ``seeds`` and the cost matrix's contents."""
+    before = TrainConfig.from_dict(saved["config"], source=STUDY_FILE).to_dict()
+    after = now["config"]
+    changes = [f"{k} ({before[k]!r} -> {after[k]!r})" for k in before
+               if k not in STUDY_FREE_KEYS and before[k] != after.get(k)]
+    for key in ("command", "methods", "seeds"):
+        if saved.get(key) != now[key]:
+            changes.append(f"{key} ({saved.get(key)!r} -> {now[key]!r})")
+    if saved.get("cost_matrix_sha256") != now["cost_matrix_sha256"]:
+        was, is_ = saved.get("cost_matrix") or "tree distance", now["cost_matrix"] or "tree distance"
+        changes.append(f"cost_matrix ({was} -> {is_}" + (", other contents)" if was == is_ else ")"))
+    return changes
+
+
+def open_study(out: Path, record: Mapping[str, Any], *, resume: bool, force: bool) -> None:
+    """Check that ``out`` may hold this study; writes nothing.
+
+    Without ``resume``: ``out`` must be absent or empty unless ``force`` (as before ``--resume``
+    existed). With ``resume``: ``out/study.json`` must exist and ask the same as ``record``
+    (:func:`study_differences`); else :class:`StudyResumeError` naming every differing setting.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory; choose another --out")
+    stored = out / STUDY_FILE
+    if resume and force:
+        raise StudyResumeError("pass either --resume (continue the comparison) or --force "
+                               "(start over), not both")
+    if not resume:
+        if out.is_dir() and any(out.iterdir()) and not force:
+            again = "pass --resume to continue it, " if stored.is_file() else ""
+            raise ValueError(f"{out} already exists and is not empty; {again}pass --force to "
+                             "overwrite it, or choose another --out")
+        return
+    if not stored.is_file():
+        if out.is_dir() and any(out.iterdir()):  # e.g. written before --resume existed
+            raise StudyResumeError(f"cannot resume {out}: it holds no {STUDY_FILE}, so its settings "
+                                   "cannot be checked; start over with --force or choose another --out")
+        raise StudyResumeError(f"nothing to resume in {out}: no {STUDY_FILE} there; run without "
+                               "--resume, or pass the --out of an earlier comparison")
+    try:
+        saved = json.loads(stored.read_text(encoding="utf-8"))
+        changes = study_differences(saved, record)
+    except (ValueError, KeyError, TypeError) as e:
+        raise StudyResumeError(f"cannot resume {out}: {stored} is unreadable ({e}); start over "
+                               "with --force or choose another --out") from None
+    if changes:
+        raise StudyResumeError(
+            f"cannot resume {out}: it was started with different settings: {', '.join(changes)}; "
+            "resume with the original settings, or start over with --force or another --out")
+
+
+def write_study(out: Path, record: Mapping[str, Any]) -> None:
+    """Write ``out/study.json`` (atomically; ``out`` created)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / STUDY_FILE, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def run_state(run_dir: Path) -> str:
+    """``"evaluated"``, ``"trained"``, ``"checkpoint"`` or ``"new"`` (module docstring)."""
+    if (run_dir / "metrics.json").is_file():
+        return "evaluated" if (run_dir / "eval.json").is_file() else "trained"
+    return "checkpoint" if (run_dir / CHECKPOINT).is_file() else "new"
+
+
+def stored_metrics(run_dir: Path) -> dict[str, Any]:
+    """The metrics a finished run's evaluation wrote (``run_dir/eval.json``), as they stand."""
+    return json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))

@@ -1,0 +1,175 @@
+"""`otcpcc compare/pilot --resume`: an interrupted comparison, resumed, writes the same summary as an
+uninterrupted one; finished runs are reused, the cut run continues from its checkpoint; a resume
+with other settings is refused naming them. And the pilot loads its data once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from otcpcc.cli import main
+from otcpcc.study import compare as compare_mod
+from otcpcc.training import loop as train_mod
+
+# 6 classes x 12 = 72 training samples, batch 16: 5 steps per epoch; 2 epochs of cosine
+TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
+        "test_per_class=6", "--data-opt", "branching=[2, 3]", "--model-opt", "hidden=[16]",
+        "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--no-progress"]
+STUDY = [*TINY, "--methods", "none,l2", "--seeds", "2"]
+TIMING = ("train_time_s",)  # wall-clock seconds: the only numbers two runs may not share
+
+
+def without_timing(obj):
+    if isinstance(obj, dict):
+        return {k: without_timing(v) for k, v in obj.items() if not k.startswith(TIMING)}
+    if isinstance(obj, list):
+        return [without_timing(v) for v in obj]
+    return obj
+
+
+def write_costs(path, cost):
+    """A cost-matrix CSV over TINY's 6 classes: header of names, then "name,costs" per true class."""
+    from otcpcc.runs.build import load_data
+    from otcpcc.runs.config import TrainConfig
+
+    names = list(load_data(TrainConfig(data="synthetic", data_options={
+        "branching": [2, 3], "train_per_class": 12, "test_per_class": 6})).tree.leaves)
+    rows = [f"{a}," + ",".join(str(cost(i, j)) for j in range(len(names))) for i, a in enumerate(names)]
+    path.write_text("," + ",".join(names) + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def no_figures(monkeypatch):
+    # the report's figures (t-SNE, dendrograms) are tested elsewhere; summary.json is what counts
+    monkeypatch.setattr(compare_mod, "render_report", lambda *a, **k: None)
+
+
+def spy_train(monkeypatch):
+    """Record (run directory, resume) of every training run started."""
+    from otcpcc import training
+
+    real, calls = training.train, []
+
+    def spy(cfg, out, **kw):
+        calls.append((f"{out.parent.name}/{out.name}", kw.get("resume", False)))
+        return real(cfg, out, **kw)
+
+    monkeypatch.setattr(training, "train", spy)
+    return calls
+
+
+def test_compare_resumed_after_ctrl_c_equals_uninterrupted(tmp_path, monkeypatch, capsys, no_figures):
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert main(["compare", *STUDY, "--out", str(straight)]) == 0
+
+    # Ctrl-C in the second run (none/seed1), epoch 2, step 2 of 5: run 1 finished, run 2 checkpointed
+    real_step, steps = train_mod.train_step, {"n": 0}
+
+    def step_then_ctrl_c(*a, **k):
+        out = real_step(*a, **k)
+        steps["n"] += 1
+        if steps["n"] == 10 + 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(train_mod, "train_step", step_then_ctrl_c)
+    assert main(["compare", *STUDY, "--out", str(cut)]) == 130
+    err = capsys.readouterr().err
+    assert f"checkpoint in {cut / 'none' / 'seed1'}/last.pt" in err
+    assert err.strip().splitlines()[-1].endswith("--out " + str(cut) + " --resume")
+    assert not (cut / "summary.json").exists() and (cut / "none" / "seed0" / "eval.json").is_file()
+    first_eval = (cut / "none" / "seed0" / "eval.json").stat().st_mtime_ns
+    monkeypatch.setattr(train_mod, "train_step", real_step)
+
+    calls = spy_train(monkeypatch)
+    assert main(["compare", *STUDY, "--out", str(cut), "--resume"]) == 0
+    # run 1 reused (not trained, not evaluated again), run 2 continued, runs 3-4 trained anew
+    assert calls == [("none/seed1", True), ("l2/seed0", False), ("l2/seed1", False)]
+    assert (cut / "none" / "seed0" / "eval.json").stat().st_mtime_ns == first_eval
+    a = json.loads((straight / "summary.json").read_text())
+    b = json.loads((cut / "summary.json").read_text())
+    assert len(b["runs"]) == 4 and b["verdicts"]
+    assert without_timing(b) == without_timing(a)  # every number, to the last digit
+
+    # resuming a finished comparison trains nothing and writes the same summary again
+    calls.clear()
+    assert main(["compare", *STUDY, "--out", str(cut), "--resume"]) == 0
+    assert calls == []
+    assert without_timing(json.loads((cut / "summary.json").read_text())) == without_timing(a)
+
+
+def test_compare_resume_refuses_other_settings_and_keeps_today_s_refusals(tmp_path, capsys, monkeypatch,
+                                                                          no_figures):
+    out = tmp_path / "c"
+    one = [*TINY, "--epochs", "1", "--methods", "none", "--seeds", "1", "--out", str(out)]
+    assert main(["compare", *one]) == 0
+    summary = (out / "summary.json").read_bytes()
+    capsys.readouterr()
+
+    def error(argv):
+        assert main(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("otcpcc: error: ")
+        return lines[0]
+
+    msg = error(["compare", *one, "--epochs", "2", "--methods", "none,l2", "--lam", "0.5", "--resume"])
+    assert "epochs (1 -> 2)" in msg and "lam (1.0 -> 0.5)" in msg
+    assert "methods (['none'] -> ['none', 'l2'])" in msg
+    costs = write_costs(tmp_path / "costs.csv", lambda i, j: int(i != j))
+    assert "cost_matrix (tree distance -> " in error(["compare", *one, "--cost-matrix", str(costs),
+                                                      "--resume"])
+    assert "--resume" in error(["compare", *one])  # without --resume: refused as before, names it
+    assert "not both" in error(["compare", *one, "--resume", "--force"])
+    assert "nothing to resume" in error(["compare", *TINY, "--out", str(tmp_path / "new"), "--resume"])
+    (tmp_path / "old" / "none").mkdir(parents=True)  # a comparison without study.json
+    assert "holds no study.json" in error(["compare", *TINY, "--out", str(tmp_path / "old"), "--resume"])
+    assert (out / "summary.json").read_bytes() == summary  # nothing was touched
+    assert not (tmp_path / "new").exists()
+    # --device / --workers may change, as for train --resume
+    assert main(["compare", *one, "--workers", "0", "--resume"]) == 0
+
+
+def test_pilot_loads_the_data_once_and_resumes(tmp_path, monkeypatch, capsys, no_figures):
+    from otcpcc.runs import build
+
+    real, loads = build._load_data, []
+    monkeypatch.setattr(build, "_load_data", lambda cfg: loads.append(cfg.data) or real(cfg))
+    costs = write_costs(tmp_path / "costs.csv", lambda i, j: abs(i - j))
+    loads.clear()
+    pilot = ["pilot", *TINY, "--epochs", "1", "--methods", "none,l2", "--seeds", "1",
+             "--cost-matrix", str(costs)]
+    calls = spy_train(monkeypatch)
+    assert main([*pilot, "--out", str(tmp_path / "p")]) == 0
+    runs = len(calls)
+    # one load for the diagnosis and the cost-matrix check, then one per training run and one per
+    # evaluation of a run (each loads its own)
+    assert runs == 2 and len(loads) == 1 + 2 * runs, loads
+
+    # interrupted after the diagnosis and the first run; resumed: same pilot.json, nothing redone
+    stop = {"n": 0}
+    real_tae = compare_mod._train_and_evaluate
+
+    def ctrl_c_before_second(*a, **k):
+        stop["n"] += 1
+        if stop["n"] == 2:
+            raise KeyboardInterrupt
+        return real_tae(*a, **k)
+
+    monkeypatch.setattr(compare_mod, "_train_and_evaluate", ctrl_c_before_second)
+    assert main([*pilot, "--out", str(tmp_path / "q")]) == 130
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr(compare_mod, "_train_and_evaluate", real_tae)
+    calls.clear()
+    loads.clear()
+    assert main([*pilot, "--out", str(tmp_path / "q"), "--resume"]) == 0
+    assert calls == [("l2/seed0", False)]
+    assert len(loads) == 1 + 2  # the cost-matrix check (the diagnosis is reused) + one run
+    a = json.loads((tmp_path / "p" / "pilot.json").read_text())
+    b = json.loads((tmp_path / "q" / "pilot.json").read_text())
+    assert b == a
+    assert main([*pilot, "--seeds", "2", "--out", str(tmp_path / "q"), "--resume"]) == 2
+    assert "seeds (1 -> 2)" in capsys.readouterr().err
