@@ -58,13 +58,18 @@ def read_tree(
     format: str | None = None,
     on_multiple_parents: str = "error",
 ) -> LabelTree:
-    """Read a tree file (see :meth:`LabelTree.from_file`); ``format`` is inferred from the suffix."""
+    """Read a tree file (see :meth:`LabelTree.from_file`); ``format`` is inferred from the suffix.
+    Every TreeError names the file (a cycle or a second root is found after parsing)."""
     path = Path(path)
     fmt = _format_of(path, format)
     try:
         text = read_text(path, _EXPECTED[fmt])
+        return _parse(cls, text, path, fmt, on_multiple_parents)
     except ValueError as e:
-        raise TreeError(str(e)) from None
+        raise TreeError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+
+
+def _parse(cls: type[LabelTree], text: str, path: Path, fmt: str, on_multiple_parents: str) -> LabelTree:
     if fmt == "edges":
         return _from_edges_text(cls, text, path, on_multiple_parents)
     if fmt == "json":
