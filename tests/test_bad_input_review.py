@@ -182,3 +182,48 @@ def test_evaluate_and_resume_refuse_a_run_without_its_target_copy(target_run, tm
                        "trained with --cpcc-target", "restore the run's copy")
     assert not (run / "eval.json").exists()
     assert json.loads((run / "config.json").read_text())["epochs"] == 1
+
+
+# ----------------------------------------------------------- 7. found by attacking it afterwards
+def test_a_tree_files_structural_error_names_the_file(tmp_path):
+    (tmp_path / "t.txt").write_text("a b\nb a\n")
+    with pytest.raises(ValueError, match=r"t\.txt: cycle in the tree"):
+        LabelTree.from_file(tmp_path / "t.txt")
+
+
+@pytest.mark.parametrize("x, y", [(torch.randn(6, 2).tolist(), torch.arange(6) % 2),
+                                  (torch.randn(6, 2), np.arange(6) % 2)])
+def test_cpcc_given_lists_or_arrays_says_so(x, y):
+    tree = LabelTree.from_levels([[0, 0, 1, 1]])
+    for call in (lambda: CPCCLoss(tree, "l2")(x, y), lambda: cpcc(x, y, tree)):
+        with pytest.raises(ValueError, match="must be torch tensors, got .*torch.as_tensor"):
+            call()
+
+
+def test_data_of_one_class_is_refused_before_training(tmp_path, capsys):
+    """It used to train, to accuracy 1.0."""
+    np.savez(tmp_path / "f.npz", features=np.random.default_rng(0).normal(size=(40, 3)),
+             labels=np.zeros(40, dtype=int))
+    code = main(["train", "--data", "features", "--data-dir", str(tmp_path / "f.npz"), "--distance", "none",
+                 "--epochs", "1", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "r")])
+    one_line_error(capsys, code, "has 1 class(es)", "needs at least 2")
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_files_that_are_truncated_or_folders(target_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(target_run, run)
+    one_line_error(capsys, main(["evaluate", str(run), "--cost-matrix", str(tmp_path)]),
+                   f"{tmp_path} is a directory; pass the path of a CSV cost matrix")
+    (run / "last.pt").write_bytes((target_run / "last.pt").read_bytes()[:1000])
+    err = one_line_error(capsys, main(["evaluate", str(run)]), "cannot read checkpoint", "retrain")
+    assert "If you are seeing this" not in err and len(err) < 300, err  # torch's own advice dropped
+
+
+@pytest.mark.parametrize("flags, needle", [(["--lams", "0,-1"], "--lams lists -1"),
+                                           (["--batch-sizes", "16,0"], "--batch-sizes lists 0")])
+def test_sweep_names_its_own_list_flags(tmp_path, capsys, flags, needle):
+    one_line_error(capsys, main(["sweep", *TINY[:10], *flags, "--out", str(tmp_path / "s")]), needle)
+    assert not (tmp_path / "s").exists()

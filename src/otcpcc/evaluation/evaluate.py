@@ -142,7 +142,7 @@ def resolve_cost_matrix(cost_matrix: Any, tree: Any) -> tuple[np.ndarray | None,
         return None, "tree distance"
     if isinstance(cost_matrix, (str, os.PathLike)):
         path = Path(cost_matrix)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"cost matrix {str(path)!r} not found; check --cost-matrix")
         return load_cost_matrix(path, list(tree.leaves)), str(path)
     c = np.asarray(cost_matrix, dtype=np.float64)

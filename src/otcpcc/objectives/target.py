@@ -95,7 +95,7 @@ def load_cpcc_target(path: str | Path, class_names: list[str]) -> tuple[np.ndarr
     from ..metrics import load_cost_matrix
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"CPCC target {str(path)!r} not found; check --cpcc-target")
     c = load_cost_matrix(path, class_names)
     asym = bool(np.abs(c - c.T).max() > SYMMETRY_RTOL * max(float(np.abs(c).max()), 1e-300))
