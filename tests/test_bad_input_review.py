@@ -227,3 +227,14 @@ def test_run_files_that_are_truncated_or_folders(target_run, tmp_path, capsys):
 def test_sweep_names_its_own_list_flags(tmp_path, capsys, flags, needle):
     one_line_error(capsys, main(["sweep", *TINY[:10], *flags, "--out", str(tmp_path / "s")]), needle)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--model-opt", "hidden=[10000000000]"], "over the limit of 1,073,741,824"),  # was a MemoryError traceback
+    (["--model-opt", "dropout=2"], "dropout must be a number in [0, 1)"),
+    (["--data-opt", "=5"], "expected KEY=VALUE with a name before '='"),
+    (["--data-dir", "somewhere"], "--data-dir does not apply to synthetic"),  # was silently ignored
+])
+def test_train_flags_found_by_attacking(tmp_path, capsys, flags, needle):
+    one_line_error(capsys, main(["train", *TINY, *flags, "--out", str(tmp_path / "r")]), needle)
+    assert not (tmp_path / "r").exists()

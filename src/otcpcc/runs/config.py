@@ -309,6 +309,9 @@ class TrainConfig:
             raise bad(
                 f"unknown dataset {self.data!r}{hint}; choose one of: {', '.join(sorted(DATASETS))}"
             )
+        if self.data_dir is not None and self.data in ("synthetic", "digits"):  # it would be ignored
+            what = "generated from --data-seed" if self.data == "synthetic" else "bundled with scikit-learn"
+            raise bad(f"--data-dir does not apply to {self.data} ({what}); drop --data-dir")
         self.distance = canonical_distance(self.distance)
         self.method = str(self.method).lower()
         if self.method not in METHODS:
