@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..flags import OneLineParser, int_at_least
+
 APPROX = (("fastft", {"order": "batch"}, "fastft-batch"),
           ("fastft", {"order": "sorted"}, "fastft-sorted"),
           ("swd", {"seed": 0}, "swd"),
@@ -192,30 +194,18 @@ def verdict(rows: list[tuple[str, dict]]) -> str:
     return "sorted qualifies as default" if not fails else "keep batch: " + "; ".join(fails)
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
-        return value
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="otcpcc bench --approx", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="otcpcc bench --approx", description=__doc__.split("\n")[0])
     p.add_argument("--approx", action="store_true", help="(selects this benchmark)")
     p.add_argument("--run", default=None, metavar="DIR", help="run whose learned features to use")
     p.add_argument("--dims", default="2,16,128", help="Gaussian-mixture dimensions (default 2,16,128)")
-    p.add_argument("--max-per-class", type=_int_at_least(2), default=100, metavar="N")
-    p.add_argument("--batch", type=int, default=256, metavar="B",
+    p.add_argument("--max-per-class", type=int_at_least(2), default=100, metavar="N")
+    p.add_argument("--batch", type=int_at_least(0), default=256, metavar="B",
                    help="batch rows: B samples per batch (0: none; default 256)")
-    p.add_argument("--batches", type=_int_at_least(1), default=10, help="batches averaged (default 10)")
-    p.add_argument("--repeats", type=_int_at_least(1), default=3, help="timed calls (median)")
+    p.add_argument("--batches", type=int_at_least(1), default=10, help="batches averaged (default 10)")
+    p.add_argument("--repeats", type=int_at_least(1), default=3, help="timed calls (median)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_int_at_least(0), default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--threads", type=int_at_least(0), default=0, help="torch threads (0: leave as is)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     return p
 
@@ -232,7 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dims = [int(v) for v in args.dims.split(",") if v.strip()]
     except ValueError:
-        print(f"otcpcc bench: error: --dims must be comma-separated integers, got {args.dims!r}",
+        dims = [0]
+    if not dims or min(dims) < 1:
+        print(f"otcpcc: error: --dims must be comma-separated integers >= 1, got {args.dims!r}",
               file=sys.stderr)
         return 2
     sets = [(f"input {n}", lambda n=n: embedded_inputs(n)) for n in ("synthetic", "digits")]

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..flags import OneLineParser, given_flags, int_at_least, refuse_unused
 from .problem import make_problem
 
 DISTANCES = ("l2", "emd", "sinkhorn", "swd", "fastft")
@@ -347,23 +348,25 @@ def _distance_list(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``otcpcc bench``."""
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="otcpcc bench",
         description="Time CPCCLoss (forward + backward) against the per-pair reference loop.")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch-sizes", type=_int_list, default=[256, 1024, 4096],
                    help="comma-separated batch sizes (default 256,1024,4096)")
-    p.add_argument("--classes", type=int, default=100, help="fine classes K (default 100)")
-    p.add_argument("--coarse", type=int, default=20, help="coarse groups (default 20)")
-    p.add_argument("--dim", type=int, default=512, help="feature dimension (default 512)")
+    p.add_argument("--classes", type=int_at_least(3), default=100, help="fine classes K (default 100)")
+    p.add_argument("--coarse", type=int_at_least(2), default=20,
+                   help="coarse groups, 2 <= coarse < classes (default 20)")
+    p.add_argument("--dim", type=int_at_least(1), default=512, help="feature dimension (default 512)")
     p.add_argument("--distances", type=_distance_list, default=list(DISTANCES),
                    help=f"comma-separated (default {','.join(DISTANCES)})")
     # defaults = the flags of README's table: a few untimed calls absorb first-use costs, and
     # the median of 31 calls is stable on a busy machine
-    p.add_argument("--repeats", type=int, default=31,
+    p.add_argument("--repeats", type=int_at_least(1), default=31,
                    help="timed calls of ours, the median is reported (default 31)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls of ours first (default 3)")
-    p.add_argument("--reference-repeats", type=int, default=3,
+    p.add_argument("--warmup", type=int_at_least(0), default=3,
+                   help="untimed calls of ours first (default 3)")
+    p.add_argument("--reference-repeats", type=int_at_least(1), default=3,
                    help="timed calls of the baseline (default 3)")
     p.add_argument("--reference-budget", type=float, default=60.0,
                    help="seconds allowed for the baseline's timed calls at one (distance, batch "
@@ -372,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="time otcpcc only")
     p.add_argument("--reference", default=None, metavar="PATH",
                    help="another reference.py (or its folder) to time; default: otcpcc.bench.reference")
-    p.add_argument("--n-projections", type=int, default=10, help="swd directions L")
+    p.add_argument("--n-projections", type=int_at_least(1), default=10, help="swd directions L")
     p.add_argument("--weights", default="uniform", choices=["uniform", "near", "far"],
                    help="sample weights of emd and fastft (default uniform)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -380,16 +383,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-step", action="store_true",
                    help="also time a ResNet-18 train step and FastFT's share of it")
     p.add_argument("--big", action="store_true",
-                   help="large case: K=1000, B=16384, fastft only (overrides those flags)")
+                   help="large case: K=1000, B=16384, fastft only (refuses --classes, "
+                        "--batch-sizes, --distances)")
     p.add_argument("--approx", action="store_true",
                    help="accuracy of fastft (batch/sorted), swd, sinkhorn, l2 against exact EMD "
                         "instead of speed (see otcpcc bench --approx --help)")
     p.add_argument("--scale", action="store_true",
                    help="scale cases (16k batches over 1000 classes, 100k test sets) as ratios "
-                        "to one GEMM, each in a fresh process (otcpcc.bench.scale)")
+                        "to one GEMM, each in a fresh process (otcpcc.bench.scale); takes no "
+                        "other flag but --json")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="write results as JSON to PATH ('-' or no PATH: print to stdout)")
     return p
+
+
+def _refuse_overridden(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """ValueError naming the flags that ``--scale`` (fixed cases) or ``--big`` would silently ignore."""
+    if not (args.scale or args.big):
+        return
+    given = given_flags(parser, argv)
+    if args.scale:
+        scale_note = ("--scale runs fixed cases (16k batches over 1000 classes, 100k test sets); "
+                      "drop those flags, or leave out --scale to time the distances with them")
+        refuse_unused(given, "bench --scale", {a.dest: scale_note for a in parser._actions
+                                               if a.dest not in ("help", "scale", "json")})
+    refuse_unused(given, "bench --big", dict.fromkeys(
+        ("classes", "batch_sizes", "distances"),
+        "--big sets K=1000, B=16384 and fastft; drop those flags, or leave out --big"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -398,7 +418,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .approx import main as approx_main
 
         return approx_main(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _refuse_overridden(parser, args, sys.argv[1:] if argv is None else argv)
+    except ValueError as err:
+        print(f"otcpcc: error: {err}", file=sys.stderr)
+        return 2
     if args.json not in (None, "-") and (Path(args.json).is_dir()
                                          or not Path(args.json).resolve().parent.is_dir()):
         print(f"otcpcc: error: --json {args.json}: not a writable file path (a directory, or its folder "
@@ -411,17 +437,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.big:
         args.classes, args.batch_sizes, args.distances = 1000, [16384], ["fastft"]
         args.coarse = min(args.coarse, args.classes - 1)
+    if args.coarse >= args.classes:  # before the table starts
+        print(f"otcpcc: error: --coarse {args.coarse} must be below --classes {args.classes} (each coarse "
+              "group holds at least one class); lower --coarse", file=sys.stderr)
+        return 2
     try:
         device = torch.device(args.device)
     except RuntimeError:
-        print(f"otcpcc bench: unknown --device {args.device!r}; use cpu or cuda", file=sys.stderr)
+        print(f"otcpcc: error: unknown --device {args.device!r}; use cpu or cuda", file=sys.stderr)
         return 2
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("otcpcc bench: --device cuda but CUDA is not available; use --device cpu",
-              file=sys.stderr)
-        return 2
-    if args.repeats < 1 or args.reference_repeats < 1 or args.warmup < 0:
-        print("otcpcc bench: --repeats and --reference-repeats must be >= 1, --warmup >= 0",
+        print("otcpcc: error: --device cuda but CUDA is not available; use --device cpu",
               file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype)
@@ -433,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             reference = load_reference(args.reference)
         except FileNotFoundError as err:
-            print(f"otcpcc bench: {err}", file=sys.stderr)
+            print(f"otcpcc: error: {err}", file=sys.stderr)
             return 2
 
     say(f"device={device} dtype={args.dtype} K={args.classes} coarse={args.coarse} "
@@ -450,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             missing_note="--no-reference",
             log=say)
     except ValueError as err:
-        print(f"otcpcc bench: {err}", file=sys.stderr)
+        print(f"otcpcc: error: {err}", file=sys.stderr)
         return 2
 
     train = None

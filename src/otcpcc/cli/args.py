@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..flags import int_at_least, refuse_unused
 from ..runs.config import METHODS, OPTIMIZERS, PRESET_NAMES, SCHEDULES, TrainConfig
 
 
@@ -15,6 +16,8 @@ def _key_value(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, _, raw = text.partition("=")
+    if not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a name before '=', got {text!r}")
     import yaml
 
     try:
@@ -57,14 +60,7 @@ def _device(text: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown device {text!r}; choose auto, cpu, cuda or cuda:N")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+_positive_int = int_at_least(1)
 
 
 # --------------------------------------------------------------------------- shared flags
@@ -72,20 +68,19 @@ def _positive_int(text: str) -> int:
 # in the parser (hidden from --help) so that giving one is refused with that hint (see
 # refuse_unused_flags) instead of being silently overridden.
 NOT_USED: dict[str, dict[str, str]] = {
-    "compare": {"distance": "--methods (compare trains every method listed there, e.g. none,l2,fastft)",
-                "method": "--methods (compare trains every method listed there, e.g. none,hxe,hxe+fastft)"},
-    "sweep": {"lam": "--lams (sweep trains every lambda listed there)",
-              "batch_size": "--batch-sizes (sweep trains every batch size listed there)"},
+    "compare": {"distance": "pass --methods (compare trains every method listed there, e.g. none,l2,fastft)",
+                "method": "pass --methods (compare trains every method listed there, e.g. none,hxe,hxe+fastft)"},
+    "pilot": {"distance": "pass --methods (a pilot trains every method listed there, e.g. none,l2,fastft)",
+              "method": "pass --methods (a pilot trains every method listed there, e.g. none,hxe,hxe+fastft)"},
+    "sweep": {"lam": "pass --lams (sweep trains every lambda listed there)",
+              "batch_size": "pass --batch-sizes (sweep trains every batch size listed there)"},
 }
-_FLAG_OF = {"lam": "--lam", "batch_size": "--batch-size", "distance": "--distance", "method": "--method"}
 
 
 def refuse_unused_flags(args: argparse.Namespace, command: str) -> None:
-    """ValueError naming the first train flag given to ``command`` that it does not use."""
-    for dest, instead in NOT_USED.get(command, {}).items():
-        if getattr(args, dest, None) is not None:
-            flag = _FLAG_OF.get(dest, "--" + dest.replace("_", "-"))
-            raise ValueError(f"{command} does not use {flag}; pass {instead}")
+    """ValueError naming the train flags given to ``command`` that it does not use
+    (:func:`otcpcc.flags.refuse_unused` on ``NOT_USED[command]``)."""
+    refuse_unused(args, command, NOT_USED.get(command, {}))
 
 
 def add_train_args(p: argparse.ArgumentParser, command: str = "train") -> None:

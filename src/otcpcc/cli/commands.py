@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..flags import OneLineParser
 from .args import (
     _device,
     _float_list,
@@ -47,14 +48,7 @@ from .args import (
 )
 
 PROG = "otcpcc"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``otcpcc train: error: ...``) and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
-
+_Parser = OneLineParser  # one-line usage errors (``otcpcc train: error: ...``), exit status 2
 
 
 def _say(args: argparse.Namespace, msg: str) -> None:
@@ -171,8 +165,8 @@ def cmd_pilot(args: argparse.Namespace) -> int:
 
     if args.epochs is None and not args.config:
         args.epochs = PILOT_EPOCHS  # a small budget unless asked otherwise
-    if args.distance is None:
-        args.distance = "none"  # each method sets its own; --dist-opt is checked per method
+    refuse_unused_flags(args, "pilot")
+    args.distance = "none"  # each method sets its own; --dist-opt is checked per method
     cfg = config_from_args(args)
     out = run_pilot(cfg, Path(args.out), methods=args.methods, seeds=args.seeds,
                     cost_matrix=args.cost_matrix, force=args.force,
@@ -309,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "then train flat CE and the CPCC candidates on a small budget, "
                                    "and write report.md / report.html with the cost of mistakes "
                                    "and a recommendation. See docs/pilot.md.")
-    add_train_args(p)
+    add_train_args(p, "pilot")
     g = p.add_argument_group("pilot")
     for action in p._actions:  # a pilot's own budget
         if action.dest == "epochs":

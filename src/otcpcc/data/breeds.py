@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from ..textfile import read_text
 from ..tree import LabelTree
 from .bundle import DataBundle
 from .folder import (
@@ -100,37 +101,38 @@ class BreedsHierarchy:
             )
         self.dir = hierarchy_dir
         info_path = hierarchy_dir / "dataset_class_info.json"
+        info_text = read_text(info_path, "BREEDS' JSON list of [index, wnid, name] rows")
         try:
-            info = json.loads(info_path.read_text())
+            info = json.loads(info_text)
             self.leaves: list[str] = [str(row[1]) for row in info]
             self.leaf_names: dict[str, str] = {str(row[1]): str(row[2]) for row in info}
             self.leaf_index: dict[str, int] = {str(row[1]): int(row[0]) for row in info}
-        except (ValueError, TypeError, IndexError, KeyError) as exc:
+        except (ValueError, TypeError, IndexError, KeyError, RecursionError) as exc:
             raise ValueError(
-                f"{info_path}: expected a JSON list of [index, wnid, name] rows ({exc})"
+                f"{info_path}: expected a JSON list of [index, wnid, name] rows "
+                f"({str(exc)[:120] or type(exc).__name__})"
             ) from None
         leaf_set = set(self.leaves)
 
         parents_of: dict[str, list[str]] = {}
         edge_path = hierarchy_dir / "class_hierarchy.txt"
-        with edge_path.open() as f:
-            for lineno, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts or parts[0].startswith("#"):
-                    continue
-                if len(parts) != 2:
-                    raise ValueError(
-                        f"{edge_path}:{lineno}: expected 'parent child', got {line.strip()!r}"
-                    )
-                parents_of.setdefault(parts[1], []).append(parts[0])
+        edge_text = read_text(edge_path, "BREEDS' 'parent child' lines of WordNet ids")
+        for lineno, line in enumerate(edge_text.splitlines(), 1):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            if len(parts) != 2:
+                raise ValueError(
+                    f"{edge_path}:{lineno}: expected 'parent child', got {line.strip()!r}"
+                )
+            parents_of.setdefault(parts[1], []).append(parts[0])
 
         self.node_names: dict[str, str] = {}
         names_path = hierarchy_dir / "node_names.txt"
-        with names_path.open() as f:
-            for line in f:
-                parts = line.rstrip("\n").split("\t")
-                if len(parts) >= 2:
-                    self.node_names[parts[0]] = parts[1]
+        for line in read_text(names_path, "BREEDS' 'wnid<TAB>name' lines").splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2:
+                self.node_names[parts[0]] = parts[1]
 
         # keep only edges into ImageNet classes and their ancestors (walk up from the leaves)
         children: dict[str, list[str]] = {}

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from ..textfile import read_text
 from ..tree import LabelTree
 from .bundle import DataBundle
 from .folder import (
@@ -72,9 +73,10 @@ def _read_json(path: Path) -> dict[str, Any]:
             f"{path} not found; iNaturalist 2021 needs train_mini.json (or train.json) and "
             "val.json in data_dir"
         )
+    text = read_text(path, "COCO-style iNaturalist 2021 annotations (JSON)")
     try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = json.loads(text)
+    except ValueError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     except RecursionError:
         raise ValueError(f"{path}: JSON nested deeper than Python's parser allows; COCO-style "

@@ -102,7 +102,8 @@ def check_batch(features: Tensor, labels: Tensor, finite: bool = True) -> None:
     ``finite=False`` skips the O(N d) scan for NaN/inf (callers then check their output).
     """
     if not isinstance(features, Tensor) or not isinstance(labels, Tensor):
-        raise ValueError("features and labels must be torch tensors")
+        raise ValueError(f"features and labels must be torch tensors, got {type(features).__name__} and "
+                         f"{type(labels).__name__}; convert them with torch.as_tensor")
     if features.ndim != 2:
         raise ValueError(f"features must be [N, d], got shape {tuple(features.shape)}; "
                          "flatten or pool them first")

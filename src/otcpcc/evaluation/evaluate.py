@@ -142,7 +142,7 @@ def resolve_cost_matrix(cost_matrix: Any, tree: Any) -> tuple[np.ndarray | None,
         return None, "tree distance"
     if isinstance(cost_matrix, (str, os.PathLike)):
         path = Path(cost_matrix)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"cost matrix {str(path)!r} not found; check --cost-matrix")
         return load_cost_matrix(path, list(tree.leaves)), str(path)
     c = np.asarray(cost_matrix, dtype=np.float64)
@@ -189,6 +189,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
     cfg, tree, bundle = run.cfg, run.tree, run.bundle
     dataset = _split(bundle, split)
     c, cost_source = resolve_cost_matrix(cost_matrix, tree)
+    target = read_run_target(run.run_dir, list(tree.leaves), cfg.cpcc_target)  # its --cpcc-target
 
     out = predict(run.model, dataset, run.env, cfg)
     train = out if split == "train" else predict(run.model, bundle.train, run.env, cfg)
@@ -215,7 +216,6 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
         result[f"test_cpcc_{name}"] = value
         if info is not None:
             subsample[name] = info
-    target = read_run_target(run.run_dir, list(tree.leaves))  # --cpcc-target of the run
     if target is not None:
         for name in dict.fromkeys((*YARDSTICKS, own)):
             options = cfg.distance_options if name == cfg.distance else {}

@@ -4,6 +4,7 @@ of hard decisions, and the cost-matrix CSV loader."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..textfile import read_text
 from ._arrays import _as_labels, _as_probs, _as_scores, _as_square
 
 
@@ -128,8 +130,8 @@ def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"class_names lists {dup!r} twice; pass each class once")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [[cell.strip() for cell in r] for r in csv.reader(f)]
+    text = read_text(path, "a CSV cost matrix (a header row of class names, then one row per class)")
+    rows = [[cell.strip() for cell in r] for r in csv.reader(io.StringIO(text, newline=""))]
     rows = [r for r in rows if any(r)]  # drop blank lines
     if len(rows) < 2:
         raise ValueError(f"{path}: needs a header row of class names and one row per class")

@@ -172,6 +172,9 @@ def _image_shape(arch: str, input_shape: tuple[int, ...]) -> tuple[int, int, int
     return c, h, w
 
 
+MAX_MLP_WEIGHTS = 2**30  # 4 GiB of float32 weights
+
+
 def _build_mlp(input_shape, num_classes, kw):
     if len(input_shape) != 1:
         raise ValueError(f"arch 'mlp' needs vector inputs (d,), got input_shape="
@@ -184,7 +187,20 @@ def _build_mlp(input_shape, num_classes, kw):
                          f"{opts['hidden']!r}; pass e.g. --model-opt hidden=[256,128]") from None
     if any(h < 1 for h in hidden):
         raise ValueError(f"mlp hidden sizes must be positive, got {hidden}")
-    net = MLP(int(input_shape[0]), hidden, bool(opts["batch_norm"]), float(opts["dropout"]))
+    widths = (int(input_shape[0]), *hidden, num_classes)
+    weights = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    if weights > MAX_MLP_WEIGHTS:  # refused before torch tries to allocate them
+        raise ValueError(f"mlp hidden={list(hidden)} makes {weights:,} weights, over the limit of "
+                         f"{MAX_MLP_WEIGHTS:,} (4 bytes each, plus gradients and optimiser state); "
+                         "pass smaller widths, e.g. --model-opt hidden=[256,128]")
+    try:
+        dropout = float(opts["dropout"])
+    except (TypeError, ValueError):
+        dropout = math.nan
+    if not 0 <= dropout < 1:
+        raise ValueError(f"mlp option dropout must be a number in [0, 1), got {opts['dropout']!r}; "
+                         "pass e.g. --model-opt dropout=0.1")
+    net = MLP(int(input_shape[0]), hidden, bool(opts["batch_norm"]), dropout)
     return FeatureClassifier("mlp", net, net.out_dim, num_classes, input_shape)
 
 

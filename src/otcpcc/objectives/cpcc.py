@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..distances import check_options, grouped_distances, resolve
+from ..distances import check_batch, check_options, grouped_distances, resolve
 from ..distributed.gather import all_gather_labels, all_gather_with_grad
 from .target import target_matrix
 
@@ -93,6 +93,7 @@ def check_logits_labels(logits: Tensor, labels: Tensor, num_classes: int) -> Ten
 
 
 def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str, options: dict):
+    check_batch(features, labels, finite=False)  # types and shapes first (the NaN scan comes later)
     if labels.ndim == 1 and not labels.dtype.is_floating_point and labels.dtype != torch.bool:
         labels = labels.long()  # any integer dtype; the leaf-id gather needs int64
         _check_labels(labels, tree_dist.shape[0])
@@ -139,6 +140,7 @@ class CPCCLoss(nn.Module):
         return f"distance={self.distance!r}, gather={self.gather}{opts}"
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
+        check_batch(features, labels, finite=False)
         if self.gather:
             features, labels = all_gather_with_grad(features), all_gather_labels(labels)
         if self.tree_dist.device != features.device:  # moved once, not copied every call

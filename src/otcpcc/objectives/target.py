@@ -32,11 +32,19 @@ def _as_array(target: Any) -> np.ndarray:
                          f"got {type(target).__name__}") from None
 
 
+def _check_size(k: int) -> None:
+    if k < 2:
+        raise ValueError(f"CPCC target has {k} class{'es' if k != 1 else ''}; a target needs at least 2 "
+                         "classes (CPCC correlates distances between pairs of classes): give a [K, K] "
+                         "matrix or a tree with K >= 2 leaves")
+
+
 def check_target_matrix(t: np.ndarray, num_classes: int | None = None) -> np.ndarray:
     """Validate a class-distance matrix: square [K, K], finite, >= 0, zero diagonal, symmetric
     within :data:`SYMMETRY_RTOL`; returns it exactly symmetrised ((T + Tᵀ)/2). One-line errors."""
     if t.ndim != 2 or t.shape[0] != t.shape[1]:
         raise ValueError(f"CPCC target matrix must be square [K, K], got shape {t.shape}")
+    _check_size(t.shape[0])
     if num_classes is not None and t.shape[0] != num_classes:
         raise ValueError(f"CPCC target matrix is {t.shape[0]}x{t.shape[0]} but there are "
                          f"{num_classes} classes; give one row and column per class")
@@ -68,7 +76,9 @@ def target_matrix(target: Any, num_classes: int | None = None) -> Tensor:
     """[K, K] float64 CPCC target from a ``LabelTree`` (its ``distance_matrix()``) or a matrix
     (tensor / array / nested lists) checked by :func:`check_target_matrix`."""
     if hasattr(target, "distance_matrix"):
-        return torch.tensor(np.asarray(target.distance_matrix()), dtype=torch.float64)
+        d = torch.tensor(np.asarray(target.distance_matrix()), dtype=torch.float64)
+        _check_size(d.shape[0])
+        return d
     if isinstance(target, (str, Path)):
         raise ValueError(f"CPCC target {str(target)!r} is a path; load it first with "
                          "load_cpcc_target(path, class_names)")
@@ -85,7 +95,7 @@ def load_cpcc_target(path: str | Path, class_names: list[str]) -> tuple[np.ndarr
     from ..metrics import load_cost_matrix
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"CPCC target {str(path)!r} not found; check --cpcc-target")
     c = load_cost_matrix(path, class_names)
     asym = bool(np.abs(c - c.T).max() > SYMMETRY_RTOL * max(float(np.abs(c).max()), 1e-300))

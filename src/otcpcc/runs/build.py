@@ -29,8 +29,13 @@ def seed_everything(seed: int) -> None:
 def load_data(cfg: TrainConfig):
     """``get_dataset`` with the config's options; ``cfg.tree`` replaces the dataset's tree.
 
-    An empty train or test split is refused (one line naming the split), before any training."""
+    An empty train or test split, or data of fewer than 2 classes, is refused (one line), before
+    any training."""
     bundle = _load_data(cfg)
+    if bundle.tree.num_classes < 2:
+        where = f" in --data-dir {cfg.data_dir}" if cfg.data_dir else ""
+        raise ValueError(f"{cfg.data}{where} has {bundle.tree.num_classes} class(es); a classifier (and "
+                         "CPCC, which compares pairs of classes) needs at least 2: check its labels")
     for split in ("train", "test"):
         if len(getattr(bundle, split)) == 0:
             where = f" in --data-dir {cfg.data_dir}" if cfg.data_dir else ""

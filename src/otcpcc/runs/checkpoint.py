@@ -164,7 +164,8 @@ def load_checkpoint(path: str | os.PathLike,
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle.UnpicklingError, RuntimeError (truncated zip), EOFError ...
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        first = first.split(". ")[0][:160]  # torch's first sentence: its advice is not for this file
         raise ValueError(
             f"cannot read checkpoint {str(path)!r} ({first}); it is corrupt or not an otcpcc "
             "checkpoint: retrain, or restore the file"

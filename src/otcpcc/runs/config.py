@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..textfile import read_text
+
 
 class ConfigError(ValueError):
     """A configuration value or file that cannot be used (message: problem and fix, one line)."""
@@ -307,6 +309,9 @@ class TrainConfig:
             raise bad(
                 f"unknown dataset {self.data!r}{hint}; choose one of: {', '.join(sorted(DATASETS))}"
             )
+        if self.data_dir is not None and self.data in ("synthetic", "digits"):  # it would be ignored
+            what = "generated from --data-seed" if self.data == "synthetic" else "bundled with scikit-learn"
+            raise bad(f"--data-dir does not apply to {self.data} ({what}); drop --data-dir")
         self.distance = canonical_distance(self.distance)
         self.method = str(self.method).lower()
         if self.method not in METHODS:
@@ -421,7 +426,10 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r} not found; check the --config path")
-    text = p.read_text()
+    try:
+        text = read_text(p, "a YAML or JSON config file (a mapping of config keys to values)")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml

@@ -30,8 +30,9 @@ def load_run_target(cfg: TrainConfig, class_names: list[str], run_dir: Path | No
         return None
     from ..objectives.target import load_cpcc_target
 
-    own = run_dir / TARGET_FILE if run_dir is not None else None
-    path = own if own is not None and own.is_file() else Path(cfg.cpcc_target)
+    if run_dir is not None:  # resuming: the exact matrix the run started with, never the original again
+        return read_run_target(run_dir, class_names, cfg.cpcc_target)
+    path = Path(cfg.cpcc_target)
     matrix, asym = load_cpcc_target(path, class_names)
     if asym:
         msg = (f"otcpcc: note: --cpcc-target {path} is not symmetric; CPCC uses (C + C^T)/2 "
@@ -49,10 +50,17 @@ def save_run_target(run_dir: Path, matrix: np.ndarray, class_names: list[str]) -
     atomic_write_text(run_dir / TARGET_FILE, buf.getvalue())
 
 
-def read_run_target(run_dir: Path, class_names: list[str]) -> np.ndarray | None:
-    """The target a run was trained against (its ``cpcc_target.csv``), or None."""
+def read_run_target(run_dir: Path, class_names: list[str], cpcc_target: str | None = None) -> np.ndarray | None:
+    """The target a run was trained against (its ``cpcc_target.csv``), or None (trained against
+    its tree). ``cpcc_target``: the run's ``--cpcc-target`` (config.json); when set, a missing copy
+    is a ValueError (metrics against it would silently go missing), not None."""
     path = Path(run_dir) / TARGET_FILE
     if not path.is_file():
+        if cpcc_target:
+            raise ValueError(
+                f"{path} is missing, but the run was trained with --cpcc-target {cpcc_target}; "
+                f"restore the run's copy of that matrix (e.g. cp {cpcc_target} {path}, if that file "
+                "is unchanged)")
         return None
     from ..objectives.target import load_cpcc_target
 

@@ -344,6 +344,11 @@ def run_sweep(base_cfg: TrainConfig | Mapping[str, Any], lams: Sequence[float],
     if not lams or not batch_sizes:
         raise ValueError("sweep needs at least one λ and one batch size; pass --lams and "
                          "--batch-sizes")
+    for flag, bad, need in (("--lams", [x for x in lams if not (math.isfinite(x) and x >= 0)],
+                             "each lambda must be a finite number >= 0"),
+                            ("--batch-sizes", [b for b in batch_sizes if b < 1], "each batch_size must be >= 1")):
+        if bad:  # named here: the config's own check would name --lam / --batch-size
+            raise ValueError(f"{flag} lists {bad[0]:g}; {need}")
     grid = [cfg.replace(lam=lam, batch_size=bs) for lam in lams for bs in batch_sizes]  # validate
     out = Path(out)
     _check_out(out, force)

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..textfile import read_text
 from .common import TreeError, _check_name, _listed
 
 if TYPE_CHECKING:  # the class is passed in as ``cls``: no import cycle at run time
@@ -21,6 +22,9 @@ if TYPE_CHECKING:  # the class is passed in as ``cls``: no import cycle at run t
 __all__ = ["read_tree", "write_tree"]
 
 _FORMATS = ("edges", "json", "newick")
+_EXPECTED = {"edges": "an edge-list tree ('parent child [weight]' lines)",
+             "json": "a JSON tree ({\"child\": \"parent\", ...} or nested)",
+             "newick": "a Newick tree (such as '((a,b)x,(c,d)y)root;')"}
 NESTED_JSON_MAX_DEPTH = 200  # deeper trees are written flat: json's parser recurses per level
 _SUFFIXES = {
     ".txt": "edges",
@@ -54,10 +58,18 @@ def read_tree(
     format: str | None = None,
     on_multiple_parents: str = "error",
 ) -> LabelTree:
-    """Read a tree file (see :meth:`LabelTree.from_file`); ``format`` is inferred from the suffix."""
+    """Read a tree file (see :meth:`LabelTree.from_file`); ``format`` is inferred from the suffix.
+    Every TreeError names the file (a cycle or a second root is found after parsing)."""
     path = Path(path)
     fmt = _format_of(path, format)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = read_text(path, _EXPECTED[fmt])
+        return _parse(cls, text, path, fmt, on_multiple_parents)
+    except ValueError as e:
+        raise TreeError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+
+
+def _parse(cls: type[LabelTree], text: str, path: Path, fmt: str, on_multiple_parents: str) -> LabelTree:
     if fmt == "edges":
         return _from_edges_text(cls, text, path, on_multiple_parents)
     if fmt == "json":

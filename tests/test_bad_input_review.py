@@ -1,0 +1,240 @@
+"""Bad input found in review: each gives one line naming the problem and the fix (CLI: exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from otcpcc import CPCCLoss, LabelTree, cpcc
+from otcpcc.bench import scale, speed
+from otcpcc.cli import main
+from otcpcc.data.breeds import BreedsHierarchy
+from otcpcc.data.inat import load_inat2021
+from otcpcc.metrics import load_cost_matrix
+from otcpcc.runs.config import load_config_file
+from otcpcc.runs.target import save_run_target
+
+TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
+        "test_per_class=6", "--data-opt", "branching=[2, 3]", "--model-opt", "hidden=[16]",
+        "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress"]
+BINARY = b"\x83\x01\xff binary, not text"
+
+
+def one_line_error(capsys, code, *needles):
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("otcpcc") and all(n in err for n in needles), err
+    return err
+
+
+@pytest.fixture(scope="module")
+def target_run(tmp_path_factory):
+    """A tiny run trained against a --cpcc-target matrix (the tree's own distances)."""
+    from otcpcc.data import get_dataset
+
+    tmp = tmp_path_factory.mktemp("review")
+    tree = get_dataset("synthetic", train_per_class=12, test_per_class=6, branching=[2, 3]).tree
+    save_run_target(tmp, np.asarray(tree.distance_matrix()), list(tree.leaves))  # the CSV format
+    out = tmp / "run"
+    assert main(["train", *TINY, "--distance", "l2", "--cpcc-target", str(tmp / "cpcc_target.csv"),
+                 "--out", str(out)]) == 0
+    return out
+
+
+# ------------------------------------------------------------- 1. binary / non-UTF-8 text files
+@pytest.mark.parametrize("name, read, expected", [
+    ("t.txt", lambda p: LabelTree.from_file(p), "expected an edge-list tree"),
+    ("t.json", lambda p: LabelTree.from_file(p), "expected a JSON tree"),
+    ("t.nwk", lambda p: LabelTree.from_file(p), "expected a Newick tree"),
+    ("c.csv", lambda p: load_cost_matrix(p, ["a", "b"]), "expected a CSV cost matrix"),
+    ("c.yaml", load_config_file, "expected a YAML or JSON config file"),
+])
+@pytest.mark.parametrize("content, problem", [(BINARY, "is not UTF-8 text (byte 0x83 at offset 0)"),
+                                              (b"a b\n\x00\x00\x00", "looks binary")])
+def test_library_names_a_binary_text_file_and_its_format(tmp_path, name, read, expected, content, problem):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        read(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg and problem in msg and expected in msg, msg
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    """Excel writes one; the header "a,b" (no corner cell) must still name class a."""
+    (tmp_path / "c.csv").write_bytes(b"\xef\xbb\xbfa,b\na,0,1\nb,1,0\n")
+    np.testing.assert_array_equal(load_cost_matrix(tmp_path / "c.csv", ["a", "b"]), [[0, 1], [1, 0]])
+
+
+def test_dataset_text_files_name_themselves(tmp_path):
+    (tmp_path / "train_mini.json").write_bytes(BINARY)
+    (tmp_path / "val.json").write_bytes(BINARY)
+    with pytest.raises(ValueError, match=r"train_mini.json is not UTF-8 text.*iNaturalist"):
+        load_inat2021(tmp_path)
+    for f in ("class_hierarchy.txt", "dataset_class_info.json", "node_names.txt"):
+        (tmp_path / f).write_text("[]" if f.endswith(".json") else "")
+    (tmp_path / "class_hierarchy.txt").write_bytes(BINARY)
+    with pytest.raises(ValueError, match=r"class_hierarchy.txt is not UTF-8 text.*BREEDS"):
+        BreedsHierarchy(tmp_path)
+    (tmp_path / "dataset_class_info.json").write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(ValueError, match=r"dataset_class_info.json: expected a JSON list"):
+        BreedsHierarchy(tmp_path)
+
+
+@pytest.mark.parametrize("flag, name", [("--cpcc-target", "x.csv"), ("--tree", "x.txt"),
+                                        ("--tree", "x.nwk"), ("--config", "x.yaml")])
+def test_cli_names_a_binary_input_file(tmp_path, capsys, flag, name):
+    (tmp_path / name).write_bytes(BINARY)
+    code = main(["train", *TINY, flag, str(tmp_path / name), "--out", str(tmp_path / "r")])
+    one_line_error(capsys, code, str(tmp_path / name), "is not UTF-8 text", "expected a")
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_names_a_binary_cost_matrix(target_run, tmp_path, capsys):
+    (tmp_path / "c.csv").write_bytes(BINARY)
+    one_line_error(capsys, main(["evaluate", str(target_run), "--cost-matrix", str(tmp_path / "c.csv")]),
+                   "c.csv is not UTF-8 text", "expected a CSV cost matrix")
+
+
+# ------------------------------------------------------------------- 2. degenerate CPCC targets
+@pytest.mark.parametrize("target", [torch.zeros(0, 0), torch.zeros(1, 1), np.zeros((1, 1)), [[0.0]],
+                                    LabelTree.from_parents({"a": "root"})])
+def test_a_target_needs_two_classes(target):
+    x, y = torch.randn(6, 3), torch.zeros(6, dtype=torch.long)
+    for call in (lambda: CPCCLoss(target, "l2"), lambda: cpcc(x, y, target)):
+        with pytest.raises(ValueError, match="a target needs at least 2 classes") as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("target, needle", [
+    (torch.zeros(2, 3), "must be square"),
+    ([[0, float("nan")], [float("nan"), 0]], "must be finite"),
+    ([[0, -1], [-1, 0]], "must be >= 0"),
+    ([[0, 1], [2, 0]], "not symmetric"),
+    ([[1, 1], [1, 0]], "on its diagonal"),
+    ([[0, 1, 1], [1, 0, 1], [1, 1, 0]], "correlation is undefined"),
+])
+def test_other_degenerate_targets_are_refused(target, needle):
+    with pytest.raises(ValueError, match=needle):
+        CPCCLoss(target, "l2")
+
+
+# ------------------------------------------------------------------------ 3. bench integer flags
+@pytest.mark.parametrize("flags, needle", [
+    (["--n-projections", "0"], "argument --n-projections: expected an integer >= 1, got '0'"),
+    (["--n-projections", "-2"], "argument --n-projections: expected an integer >= 1"),
+    (["--repeats", "0"], "argument --repeats: expected an integer >= 1"),
+    (["--reference-repeats", "0"], "argument --reference-repeats: expected an integer >= 1"),
+    (["--warmup", "-1"], "argument --warmup: expected an integer >= 0"),
+    (["--dim", "0"], "argument --dim: expected an integer >= 1"),
+    (["--classes", "1"], "argument --classes: expected an integer >= 3"),
+    (["--coarse", "0"], "argument --coarse: expected an integer >= 2"),
+    (["--classes", "6", "--coarse", "9"], "--coarse 9 must be below --classes 6"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--approx", "--batch", "-1"], "argument --batch: expected an integer >= 0"),
+    (["--approx", "--dims", "0"], "--dims must be comma-separated integers >= 1"),
+])
+def test_bench_integer_flags_are_one_line(capsys, flags, needle):
+    one_line_error(capsys, main(["bench", *flags, "--batch-sizes", "8", "--no-reference"]
+                                if "--approx" not in flags else ["bench", *flags]), needle)
+
+
+# ------------------------------------------------------------------- 4. flags --scale/--big ignore
+def test_bench_scale_and_big_refuse_the_flags_they_ignore(monkeypatch, capsys):
+    monkeypatch.setattr(scale, "run_all", lambda *a: pytest.fail("ran the cases"))
+    monkeypatch.setattr(speed, "bench_distances", lambda **k: pytest.fail("ran the bench"))
+    one_line_error(capsys, main(["bench", "--scale", "--batch-sizes", "64", "--device", "cpu"]),
+                   "bench --scale does not use --device, --batch-sizes;", "leave out --scale")
+    one_line_error(capsys, main(["bench", "--scale", "--distances", "l2", "--no-reference"]),
+                   "does not use --distances, --no-reference;")
+    one_line_error(capsys, main(["bench", "--big", "--classes", "50"]),
+                   "bench --big does not use --classes;", "--big sets K=1000")
+    one_line_error(capsys, main(["bench", "--approx", "--classes", "5"]),
+                   "unrecognized arguments: --classes 5")
+
+
+# ------------------------------------------------------------------ 5. pilot's unused train flags
+def test_pilot_hides_and_refuses_distance_and_method(tmp_path, capsys):
+    assert main(["pilot", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--methods" in text and "--distance " not in text and "--method " not in text
+    for flag, value in (("--distance", "emd"), ("--method", "hxe")):
+        one_line_error(capsys, main(["pilot", *TINY, flag, value, "--out", str(tmp_path / "p")]),
+                       f"pilot does not use {flag}; pass --methods")
+    assert not (tmp_path / "p").exists()
+
+
+# --------------------------------------------------- 6. a run's cpcc_target.csv deleted afterwards
+def test_evaluate_and_resume_refuse_a_run_without_its_target_copy(target_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(target_run, run)
+    (run / "cpcc_target.csv").unlink()
+    (run / "eval.json").unlink(missing_ok=True)
+    for argv in (["evaluate", str(run)], ["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]):
+        one_line_error(capsys, main(argv), f"{run / 'cpcc_target.csv'} is missing",
+                       "trained with --cpcc-target", "restore the run's copy")
+    assert not (run / "eval.json").exists()
+    assert json.loads((run / "config.json").read_text())["epochs"] == 1
+
+
+# ----------------------------------------------------------- 7. found by attacking it afterwards
+def test_a_tree_files_structural_error_names_the_file(tmp_path):
+    (tmp_path / "t.txt").write_text("a b\nb a\n")
+    with pytest.raises(ValueError, match=r"t\.txt: cycle in the tree"):
+        LabelTree.from_file(tmp_path / "t.txt")
+
+
+@pytest.mark.parametrize("x, y", [(torch.randn(6, 2).tolist(), torch.arange(6) % 2),
+                                  (torch.randn(6, 2), np.arange(6) % 2)])
+def test_cpcc_given_lists_or_arrays_says_so(x, y):
+    tree = LabelTree.from_levels([[0, 0, 1, 1]])
+    for call in (lambda: CPCCLoss(tree, "l2")(x, y), lambda: cpcc(x, y, tree)):
+        with pytest.raises(ValueError, match="must be torch tensors, got .*torch.as_tensor"):
+            call()
+
+
+def test_data_of_one_class_is_refused_before_training(tmp_path, capsys):
+    """It used to train, to accuracy 1.0."""
+    np.savez(tmp_path / "f.npz", features=np.random.default_rng(0).normal(size=(40, 3)),
+             labels=np.zeros(40, dtype=int))
+    code = main(["train", "--data", "features", "--data-dir", str(tmp_path / "f.npz"), "--distance", "none",
+                 "--epochs", "1", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "r")])
+    one_line_error(capsys, code, "has 1 class(es)", "needs at least 2")
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_files_that_are_truncated_or_folders(target_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(target_run, run)
+    one_line_error(capsys, main(["evaluate", str(run), "--cost-matrix", str(tmp_path)]),
+                   f"{tmp_path} is a directory; pass the path of a CSV cost matrix")
+    (run / "last.pt").write_bytes((target_run / "last.pt").read_bytes()[:1000])
+    err = one_line_error(capsys, main(["evaluate", str(run)]), "cannot read checkpoint", "retrain")
+    assert "If you are seeing this" not in err and len(err) < 300, err  # torch's own advice dropped
+
+
+@pytest.mark.parametrize("flags, needle", [(["--lams", "0,-1"], "--lams lists -1"),
+                                           (["--batch-sizes", "16,0"], "--batch-sizes lists 0")])
+def test_sweep_names_its_own_list_flags(tmp_path, capsys, flags, needle):
+    one_line_error(capsys, main(["sweep", *TINY[:10], *flags, "--out", str(tmp_path / "s")]), needle)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--model-opt", "hidden=[10000000000]"], "over the limit of 1,073,741,824"),  # was a MemoryError traceback
+    (["--model-opt", "dropout=2"], "dropout must be a number in [0, 1)"),
+    (["--data-opt", "=5"], "expected KEY=VALUE with a name before '='"),
+    (["--data-dir", "somewhere"], "--data-dir does not apply to synthetic"),  # was silently ignored
+])
+def test_train_flags_found_by_attacking(tmp_path, capsys, flags, needle):
+    one_line_error(capsys, main(["train", *TINY, *flags, "--out", str(tmp_path / "r")]), needle)
+    assert not (tmp_path / "r").exists()
