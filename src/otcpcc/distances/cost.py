@@ -244,12 +244,14 @@ class _PlanCost(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, ia, ib, mass, pair, num_pairs, norms=None):  # noqa: D102
+    def forward(ctx, x, ia, ib, mass, pair, num_pairs, norms=None, exact_norms=False):  # noqa: D102
         gram = use_gram(x.shape[0], ia.shape[0])
         tiles = _Tiles(x.shape[0], ia, ib) if gram and ctx.needs_input_grad[0] else None
         with torch.no_grad():
             if norms is not None:
-                norms = fix_near(x, ia, ib, norms.to(x.dtype))
+                norms = norms.to(x.dtype)
+                if not exact_norms:
+                    norms = fix_near(x, ia, ib, norms)
             elif gram:
                 norms = gram_distances(x, ia, ib, tiles)
             else:
@@ -276,7 +278,7 @@ class _PlanCost(torch.autograd.Function):
                 flat = tiles.flat if tiles.flat is not None else ia * n + ib
                 C.index_add_(0, flat, coef).index_add_(0, ib * n + ia, coef)
                 C = C.view(n, n)
-                return C.sum(1, keepdim=True) * x - C @ x, None, None, None, None, None, None
+                return C.sum(1, keepdim=True) * x - C @ x, *[None] * 7
             grad_x = torch.zeros_like(x)
             for rows, e, flat in tiles:
                 C = torch.zeros((rows.stop - rows.start) * n, dtype=x.dtype, device=x.device)
@@ -284,7 +286,7 @@ class _PlanCost(torch.autograd.Function):
                 xr = x[rows]
                 grad_x[rows] += C.sum(1, keepdim=True) * xr - C @ x
                 grad_x += C.sum(0)[:, None] * x - C.T @ xr
-            return grad_x, None, None, None, None, None, None
+            return grad_x, *[None] * 7
         grad_x = torch.zeros_like(x)
         budget = _elements(CHUNK_ELEMENTS, CHUNK_BYTES_PER_ELEMENT, x.device)
         for sl in _chunks(ia.shape[0], x.shape[1], budget):
@@ -292,7 +294,7 @@ class _PlanCost(torch.autograd.Function):
             g = coef[sl, None] * (x.index_select(0, a) - x.index_select(0, b))
             grad_x.index_add_(0, a, g)
             grad_x.index_add_(0, b, -g)
-        return grad_x, None, None, None, None, None, None
+        return grad_x, *[None] * 7
 
 
 def transport_cost(
@@ -303,6 +305,7 @@ def transport_cost(
     pair: Tensor | None,
     num_pairs: int,
     norms: Tensor | None = None,
+    exact_norms: bool = False,
 ) -> Tensor:
     r"""Costs of many sparse plans: :math:`\rho_t = \sum_{s:\,pair_s = t} P_s \lVert x_{a_s} - x_{b_s}\rVert_2`.
 
@@ -312,7 +315,8 @@ def transport_cost(
         pair: [S] long pair index of each entry in ``[0, num_pairs)``. ``pair`` and ``mass`` None:
             entry s is pair s with mass 1 (S = num_pairs, e.g. the class means of ``l2``).
         norms: [S] the distances ‖x[ia] − x[ib]‖ when already known (e.g. from an LP's cost
-            matrix), so they are not computed again; entries near 0 are still recomputed exactly.
+            matrix), so they are not computed again; entries near 0 are still recomputed exactly,
+            unless ``exact_norms`` (they come from :func:`gather_distances` of the same x, ia, ib).
 
     Returns:
         [num_pairs] costs, differentiable w.r.t. ``x`` with the constant-plan gradient.
@@ -321,4 +325,4 @@ def transport_cost(
         x = x.to(cost_dtype(x))
         if pair is not None:
             mass = mass.to(x.dtype).detach()
-        return _PlanCost.apply(x, ia, ib, mass, pair, num_pairs, norms)
+        return _PlanCost.apply(x, ia, ib, mass, pair, num_pairs, norms, exact_norms)

@@ -75,11 +75,10 @@ def group_and_read(labels: Tensor, flags: Sequence[Tensor] = ()) -> tuple[ClassG
     dev = labels.device
     order = torch.argsort(labels, stable=True)
     ordered = labels.index_select(0, order)
-    starts = torch.ones(n, dtype=torch.int64, device=dev)
-    torch.ne(ordered[1:], ordered[:-1], out=starts[1:])
-    index = torch.cumsum(starts, 0).sub_(1)  # class position of each sample
+    index = torch.zeros(n, dtype=torch.int64, device=dev)  # class position of each sample:
+    torch.cumsum(ordered[1:] != ordered[:-1], 0, out=index[1:])  # the classes started before it
     read = torch.zeros(n + 2 + len(flags), dtype=torch.int64, device=dev)
-    read[:n].index_add_(0, index, starts.new_ones(1).expand(n))  # class sizes, then zeros
+    read[:n].index_add_(0, index, index.new_ones(1).expand(n))  # class sizes, then zeros
     if n:
         read[n:n + 2] = ordered[::n - 1] if n > 1 else ordered.expand(2)  # first and last
     else:
