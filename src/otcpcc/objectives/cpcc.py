@@ -127,8 +127,8 @@ def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str,
         return None
     if tree_dist.device != rho.device:
         tree_dist = tree_dist.to(rho.device)
-    ci, cj = groups.classes.index_select(0, groups.pair_i), groups.classes.index_select(0, groups.pair_j)
-    t = tree_dist.view(-1).index_select(0, ci * k + cj)
+    t = tree_dist[groups.classes.index_select(0, groups.pair_i),
+                  groups.classes.index_select(0, groups.pair_j)]
     return correlation(t, rho, rounding_spread(features, rho.dtype))
 
 
