@@ -45,7 +45,7 @@ TILE_ELEMENTS: int | None = None  # floats in one [T, N] tile; None: from the me
 CHUNK_ELEMENTS: int | None = None  # floats in one [rows, d] chunk; None: from the memory budget
 TILE_BYTES_PER_ELEMENT = 24  # Gram tile, gathered values, backward's coefficient tile
 CHUNK_BYTES_PER_ELEMENT = 16  # two gathered rows and their difference
-RECOMPUTE_CAP = 128  # near-zero entries recomputed without a host sync (inside deferred_recompute)
+RECOMPUTE_CAP = 32  # near-zero entries recomputed without a host sync (inside deferred_recompute)
 _OVERFLOWS: ContextVar[list[Tensor] | None] = ContextVar("near_overflows", default=None)
 
 
