@@ -49,7 +49,7 @@ MUTANTS = (
            "loss = ce + cfg.lam * reg", "loss = ce - cfg.lam * reg", TRAIN),
     # distances
     Mutant("cost: no near-zero recompute", "distances/cost.py",
-           "    if near.numel():\n", "    if False:\n", DIST),
+           "    overflows = _OVERFLOWS.get()\n", "    return vals[:s]\n", DIST),
     Mutant("groups: pair order swapped", "distances/groups.py",
            "pair_i, pair_j = torch.triu_indices(k, k, offset=1, device=labels.device)",
            "pair_j, pair_i = torch.triu_indices(k, k, offset=1, device=labels.device)", DIST),
@@ -74,7 +74,8 @@ MUTANTS = (
     Mutant("pearson: no centring of t", "objectives/cpcc.py",
            "tc = t - t.mean()", "tc = t", ("test_loss.py", "test_reference.py")),
     Mutant("pearson: no sqrt", "objectives/cpcc.py",
-           "torch.sqrt(stt * srr)", "(stt * srr)", ("test_loss.py", "test_reference.py")),
+           "torch.sqrt(torch.where(defined, stt * srr, 1))", "torch.where(defined, stt * srr, 1)",
+           ("test_loss.py", "test_reference.py")),
     # metrics
     Mutant("severity: matrix transposed", "metrics/mistakes.py",
            "d[y[wrong], p[wrong]]", "d[p[wrong], y[wrong]]", METRICS),

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .cost import cost_dtype
+from .cost import cost_dtype, deferred_recompute
 from .emd import emd
 from .fastft import ORDERS, fastft
-from .groups import ClassGroups, group_by_class
+from .groups import ClassGroups, group_and_read, group_by_class
 from .l2 import l2
 from .sinkhorn import sinkhorn
 from .swd import random_projections, swd
@@ -128,17 +128,33 @@ def check_batch(features: Tensor, labels: Tensor, finite: bool = True) -> None:
 
 
 def grouped_distances(
-    features: Tensor, labels: Tensor, distance: str = "l2", **options: Any
+    features: Tensor,
+    labels: Tensor,
+    distance: str = "l2",
+    *,
+    on_labels: Callable[[int, int], None] | None = None,
+    **options: Any,
 ) -> tuple[ClassGroups, Tensor]:
-    """Validated batch -> (groups, rho [pairs]); the shared core of class_distances and CPCC."""
+    """Validated batch -> (groups, rho [pairs]); the shared core of class_distances and CPCC.
+
+    ``on_labels(lo, hi)``: the caller's check of the smallest and largest label (may raise),
+    called with the class sizes' transfer, before any distance. On CUDA the whole call syncs twice
+    for the closed-form distances: the class sizes and one read after the distances (finite
+    values; near-zero recomputes within their cap, see :func:`.cost.deferred_recompute`).
+    """
     name = resolve(distance)
     check_options(name, options)
-    # Solvers that feed an LP or iterations need finite input up front; for the closed-form
-    # ones a NaN/inf shows in the [pairs] output, which is far cheaper to scan than [N, d].
+    # Solvers that feed an LP or iterations need finite input up front (read with the class
+    # sizes); for the closed-form ones a NaN/inf shows in the [pairs] output, far cheaper to scan.
     upfront = name in ("emd", "sinkhorn")
-    check_batch(features, labels, finite=upfront)
+    check_batch(features, labels, finite=False)
     labels = labels.long()  # any integer dtype (uint8, int16, ...) indexes as int64
-    groups = group_by_class(labels)
+    flags = [torch.isfinite(features.detach()).all()] if upfront else []
+    groups, (lo, hi, *finite) = group_and_read(labels, flags)
+    if on_labels is not None and labels.numel():
+        on_labels(lo, hi)
+    if upfront and not finite[0]:
+        check_batch(features, labels)  # names the bad rows
     if groups.num_classes < 2:
         check_batch(features, labels)
         return groups, features.new_zeros(0)
@@ -149,11 +165,16 @@ def grouped_distances(
     # in the differences and projections (e.g. features 1e5 + noise).
     x = x - x.detach().mean(0)
     with torch.autocast(device_type=x.device.type, enabled=False):  # costs never in bf16, even under AMP
-        rho = DISTANCES[name](x, groups, **options)
-    if not upfront and not bool(torch.isfinite(rho.detach()).all()):
-        check_batch(features, labels)  # names the bad rows
-        raise ValueError(f"{name} distances are not finite although the features are; "
-                         "the feature scale may overflow float32: normalise the features")
+        with deferred_recompute() as overflows:
+            rho = DISTANCES[name](x, groups, **options)
+        late = overflows + ([] if upfront else [torch.isfinite(rho.detach()).all()])
+        late = torch.stack(late).tolist() if late else []  # one sync
+        if not upfront and not late[-1]:
+            check_batch(features, labels)  # names the bad rows
+            raise ValueError(f"{name} distances are not finite although the features are; "
+                             "the feature scale may overflow float32: normalise the features")
+        if any(late[:len(overflows)]):  # more near-zero distances than recomputed: again, exactly
+            rho = DISTANCES[name](x, groups, **options)
     return groups, rho
 
 

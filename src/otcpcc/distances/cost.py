@@ -21,12 +21,18 @@ entries S:
 
 Gram entries where cancellation may have eaten the digits (``d² ≤ tol · (‖a‖² + ‖b‖²)``, see
 :func:`cancellation_tolerance`) are recomputed from their differences, so values are exact on both
-paths, also for features with a large common offset.
+paths, also for features with a large common offset. Finding them needs their number on the host (a
+sync); inside :func:`deferred_recompute` (as :func:`otcpcc.distances.grouped_distances` runs every
+distance) up to ``RECOMPUTE_CAP`` of them are recomputed without a sync and whether there were
+more is left as a device flag, for the caller to read with its own sync (and then run again exactly).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
@@ -39,6 +45,21 @@ TILE_ELEMENTS: int | None = None  # floats in one [T, N] tile; None: from the me
 CHUNK_ELEMENTS: int | None = None  # floats in one [rows, d] chunk; None: from the memory budget
 TILE_BYTES_PER_ELEMENT = 24  # Gram tile, gathered values, backward's coefficient tile
 CHUNK_BYTES_PER_ELEMENT = 16  # two gathered rows and their difference
+RECOMPUTE_CAP = 32  # near-zero entries recomputed without a host sync (inside deferred_recompute)
+_OVERFLOWS: ContextVar[list[Tensor] | None] = ContextVar("near_overflows", default=None)
+
+
+@contextmanager
+def deferred_recompute() -> Iterator[list[Tensor]]:
+    """Within: near-zero Gram entries are recomputed without a host sync, at most
+    ``RECOMPUTE_CAP`` per evaluation; the yielded list collects one device bool per evaluation,
+    true where there were more (the values are then inexact: evaluate again outside)."""
+    flags: list[Tensor] = []
+    token = _OVERFLOWS.set(flags)
+    try:
+        yield flags
+    finally:
+        _OVERFLOWS.reset(token)
 
 
 def _elements(fixed: int | None, bytes_per_element: int, device) -> int:
@@ -65,7 +86,7 @@ def feature_scale(x: Tensor) -> Tensor:
     """A detached positive scalar c with max|x/c| = 1, so squares neither overflow nor underflow."""
     lo, hi = x.detach().aminmax()  # one pass, no |x| copy
     c = torch.maximum(hi, -lo)
-    return torch.where(torch.isfinite(c) & (c > 0), c, torch.ones_like(c))
+    return torch.where((c > 0) & (c < torch.inf), c, 1.0)  # 1 where 0, inf or NaN
 
 
 def _chunks(n: int, per_item: int, budget: int):
@@ -74,15 +95,20 @@ def _chunks(n: int, per_item: int, budget: int):
         yield slice(s, min(n, s + step))
 
 
-def row_distances(x: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
-    """[S] ‖x[ia] − x[ib]‖₂ without autograd, from the differences, in bounded chunks."""
-    out = torch.empty(ia.shape[0], dtype=x.dtype, device=x.device)
-    c = feature_scale(x)
+def row_distances(x: Tensor, ia: Tensor, ib: Tensor, c: Tensor | None = None) -> Tensor:
+    """[S] ‖x[ia] − x[ib]‖₂ without autograd, from the differences, in bounded chunks
+    (``c``: :func:`feature_scale` of ``x`` when already known)."""
+    c = feature_scale(x) if c is None else c
     budget = _elements(CHUNK_ELEMENTS, CHUNK_BYTES_PER_ELEMENT, x.device)
-    for sl in _chunks(ia.shape[0], x.shape[1], budget):
-        diff = (x.index_select(0, ia[sl]) - x.index_select(0, ib[sl])) / c
-        out[sl] = (diff * diff).sum(1).sqrt() * c
-    return out
+    chunks = list(_chunks(ia.shape[0], x.shape[1], budget))
+    out = None if len(chunks) == 1 else torch.empty(ia.shape[0], dtype=x.dtype, device=x.device)
+    for sl in chunks:
+        diff = (x.index_select(0, ia[sl]) - x.index_select(0, ib[sl])).div_(c)
+        dist = (diff * diff).sum(1).sqrt_().mul_(c)
+        if out is None:
+            return dist
+        out[sl] = dist
+    return out if out is not None else x.new_zeros(0)
 
 
 class _Tiles:
@@ -94,6 +120,7 @@ class _Tiles:
         tile = _elements(TILE_ELEMENTS, TILE_BYTES_PER_ELEMENT, ia.device)
         rows = max(1, min(n, tile // max(n, 1)))
         self.single = rows >= n
+        self.flat: Tensor | None = None  # single tile: ia * n + ib, kept for backward
         if self.single:
             self.order, self.ia, self.ib = None, ia, ib
             self.starts, self.cuts = [0, n], [0, ia.shape[0]]
@@ -110,7 +137,12 @@ class _Tiles:
         for k in range(len(self.starts) - 1):
             r0, r1 = self.starts[k], self.starts[k + 1]
             e = slice(self.cuts[k], self.cuts[k + 1])
-            yield slice(r0, r1), e, (self.ia[e] - r0) * self.n + self.ib[e]
+            if self.single:
+                if self.flat is None:
+                    self.flat = self.ia * self.n + self.ib
+                yield slice(r0, r1), e, self.flat
+            else:
+                yield slice(r0, r1), e, (self.ia[e] - r0) * self.n + self.ib[e]
 
     def unsort(self, sorted_vals: Tensor) -> Tensor:
         """Values in tile order -> values in the entries' order."""
@@ -139,33 +171,59 @@ def gram_distances(x: Tensor, ia: Tensor, ib: Tensor, tiles: _Tiles | None = Non
     xs = x / c
     sq = (xs * xs).sum(1)
     tol = cancellation_tolerance(x)
-    sorted_vals = torch.empty(ia.shape[0], dtype=x.dtype, device=x.device)
-    sorted_near = torch.empty(ia.shape[0], dtype=torch.bool, device=x.device)
+    s = ia.shape[0]
+    # values in tile order (a single tile: the entries' order, with the spare slot of _recompute)
+    sorted_vals = torch.empty(s + tiles.single, dtype=x.dtype, device=x.device)
+    sorted_near = torch.empty(s, dtype=torch.bool, device=x.device)
     for rows, e, flat in tiles:  # gather from the Gram tile, then finish only the needed entries
         g = (xs[rows] @ xs.T).view(-1).index_select(0, flat)
-        sa, sb = sq.index_select(0, tiles.ia[e]), sq.index_select(0, tiles.ib[e])
-        d2 = sa + sb - 2.0 * g
-        sorted_vals[e] = d2.clamp_min(0).sqrt()
-        sorted_near[e] = d2 <= tol * (sa + sb)
-    return _recompute(x, ia, ib, tiles.unsort(sorted_vals) * c, tiles.unsort(sorted_near))
+        s_ab = sq.index_select(0, tiles.ia[e]) + sq.index_select(0, tiles.ib[e])
+        d2 = torch.sub(s_ab, g, alpha=2.0)  # ‖a‖² + ‖b‖² − 2⟨a, b⟩
+        torch.le(d2, s_ab.mul_(tol), out=sorted_near[e])
+        torch.sqrt(d2.clamp_min_(0), out=sorted_vals[e])
+    if tiles.single:
+        vals = sorted_vals
+    else:
+        vals = torch.empty(s + 1, dtype=x.dtype, device=x.device)
+        vals[:s] = tiles.unsort(sorted_vals)
+    vals[:s].mul_(c)
+    return _recompute(x, ia, ib, vals, tiles.unsort(sorted_near), c)
 
 
 def fix_near(x: Tensor, ia: Tensor, ib: Tensor, vals: Tensor, c: Tensor | None = None) -> Tensor:
     """``vals`` [S] (Gram-formula distances) with the entries where cancellation may have eaten their
-    digits (:func:`cancellation_tolerance`) recomputed from the differences; in place."""
+    digits (:func:`cancellation_tolerance`) recomputed from the differences (a new tensor)."""
     c = feature_scale(x) if c is None else c
     xs = x / c
     sq = (xs * xs).sum(1)
     vs = vals / c
     near = vs * vs <= cancellation_tolerance(x) * (sq.index_select(0, ia) + sq.index_select(0, ib))
-    return _recompute(x, ia, ib, vals, near)
+    spare = torch.empty(vals.shape[0] + 1, dtype=vals.dtype, device=vals.device)
+    spare[:-1] = vals
+    return _recompute(x, ia, ib, spare, near, c)
 
 
-def _recompute(x: Tensor, ia: Tensor, ib: Tensor, vals: Tensor, near_mask: Tensor) -> Tensor:
-    near = torch.nonzero(near_mask).squeeze(1)
-    if near.numel():
-        vals[near] = row_distances(x, ia.index_select(0, near), ib.index_select(0, near))
-    return vals
+def _recompute(x: Tensor, ia: Tensor, ib: Tensor, vals: Tensor, near_mask: Tensor,
+               c: Tensor) -> Tensor:
+    """[S] ``vals`` with the entries of ``near_mask`` [S] recomputed from the differences.
+
+    ``vals`` has S + 1 entries (written in place; the last one is a spare slot, garbage after)."""
+    s = near_mask.shape[0]
+    overflows = _OVERFLOWS.get()
+    if overflows is None or s == 0:  # exact: the number of entries is read on the host
+        near = torch.nonzero(near_mask).squeeze(1)
+        if near.numel():
+            vals[near] = row_distances(x, ia.index_select(0, near), ib.index_select(0, near), c)
+        return vals[:s]
+    # no sync: the first cap near entries, their slots padded with the spare slot s; slot cap is
+    # occupied exactly when there are more than cap of them (then the caller evaluates again)
+    cap = min(RECOMPUTE_CAP, s)
+    near = torch.nonzero_static(near_mask, size=cap + 1, fill_value=s).squeeze(1)
+    overflows.append(near[cap] != s)
+    near = near[:cap]
+    safe = near.clamp(max=s - 1)
+    vals.index_copy_(0, near, row_distances(x, ia.index_select(0, safe), ib.index_select(0, safe), c))
+    return vals[:s]
 
 
 def gather_distances(x: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
@@ -186,73 +244,85 @@ class _PlanCost(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, ia, ib, mass, pair, num_pairs, norms=None):  # noqa: D102
+    def forward(ctx, x, ia, ib, mass, pair, num_pairs, norms=None, exact_norms=False):  # noqa: D102
         gram = use_gram(x.shape[0], ia.shape[0])
         tiles = _Tiles(x.shape[0], ia, ib) if gram and ctx.needs_input_grad[0] else None
         with torch.no_grad():
             if norms is not None:
-                norms = fix_near(x, ia, ib, norms.to(x.dtype).clone())
+                norms = norms.to(x.dtype)
+                if not exact_norms:
+                    norms = fix_near(x, ia, ib, norms)
             elif gram:
                 norms = gram_distances(x, ia, ib, tiles)
             else:
                 norms = row_distances(x, ia, ib)
         ctx.tiles = tiles
         ctx.save_for_backward(x, ia, ib, mass, pair, norms)
+        if pair is None:  # entry s is pair s, mass 1
+            return norms.clone()
         rho = torch.zeros(num_pairs, dtype=x.dtype, device=x.device)
         return rho.index_add_(0, pair, mass * norms)
 
     @staticmethod
     def backward(ctx, grad_rho):  # noqa: D102
         x, ia, ib, mass, pair, norms = ctx.saved_tensors
-        w = grad_rho.index_select(0, pair) * mass
-        coef = torch.where(norms > 0, w / torch.where(norms > 0, norms, 1), 0)
-        grad_x = torch.zeros_like(x)
+        w = grad_rho if pair is None else grad_rho.index_select(0, pair) * mass
+        pos = norms > 0
+        coef = torch.where(pos, w / torch.where(pos, norms, 1), 0)
         n = x.shape[0]
         tiles = ctx.tiles
         if tiles is not None:
             coef = tiles.sort(coef)
             if tiles.single:  # one [N, N] tile, filled symmetrically: both sides in one product
                 C = torch.zeros(n * n, dtype=x.dtype, device=x.device)
-                C.index_add_(0, ia * n + ib, coef).index_add_(0, ib * n + ia, coef)
+                flat = tiles.flat if tiles.flat is not None else ia * n + ib
+                C.index_add_(0, flat, coef).index_add_(0, ib * n + ia, coef)
                 C = C.view(n, n)
-                return C.sum(1, keepdim=True) * x - C @ x, None, None, None, None, None, None
+                return C.sum(1, keepdim=True) * x - C @ x, *[None] * 7
+            grad_x = torch.zeros_like(x)
             for rows, e, flat in tiles:
                 C = torch.zeros((rows.stop - rows.start) * n, dtype=x.dtype, device=x.device)
                 C = C.index_add_(0, flat, coef[e]).view(-1, n)
                 xr = x[rows]
                 grad_x[rows] += C.sum(1, keepdim=True) * xr - C @ x
                 grad_x += C.sum(0)[:, None] * x - C.T @ xr
-            return grad_x, None, None, None, None, None, None
+            return grad_x, *[None] * 7
+        grad_x = torch.zeros_like(x)
         budget = _elements(CHUNK_ELEMENTS, CHUNK_BYTES_PER_ELEMENT, x.device)
         for sl in _chunks(ia.shape[0], x.shape[1], budget):
             a, b = ia[sl], ib[sl]
             g = coef[sl, None] * (x.index_select(0, a) - x.index_select(0, b))
             grad_x.index_add_(0, a, g)
             grad_x.index_add_(0, b, -g)
-        return grad_x, None, None, None, None, None, None
+        return grad_x, *[None] * 7
 
 
 def transport_cost(
     x: Tensor,
     ia: Tensor,
     ib: Tensor,
-    mass: Tensor,
-    pair: Tensor,
+    mass: Tensor | None,
+    pair: Tensor | None,
     num_pairs: int,
     norms: Tensor | None = None,
+    exact_norms: bool = False,
 ) -> Tensor:
     r"""Costs of many sparse plans: :math:`\rho_t = \sum_{s:\,pair_s = t} P_s \lVert x_{a_s} - x_{b_s}\rVert_2`.
 
     Args:
         x: [N, d] grouped features (any float dtype; costs are float32, float64 for float64 input).
         ia, ib: [S] long sample indices of each plan entry; mass: [S] entry masses (no grad);
-        pair: [S] long pair index of each entry in ``[0, num_pairs)``.
+        pair: [S] long pair index of each entry in ``[0, num_pairs)``. ``pair`` and ``mass`` None:
+            entry s is pair s with mass 1 (S = num_pairs, e.g. the class means of ``l2``).
         norms: [S] the distances ‖x[ia] − x[ib]‖ when already known (e.g. from an LP's cost
-            matrix), so they are not computed again; entries near 0 are still recomputed exactly.
+            matrix), so they are not computed again; entries near 0 are still recomputed exactly,
+            unless ``exact_norms`` (they come from :func:`gather_distances` of the same x, ia, ib).
 
     Returns:
         [num_pairs] costs, differentiable w.r.t. ``x`` with the constant-plan gradient.
     """
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(cost_dtype(x))
-        return _PlanCost.apply(x, ia, ib, mass.to(x.dtype).detach(), pair, num_pairs, norms)
+        if pair is not None:
+            mass = mass.to(x.dtype).detach()
+        return _PlanCost.apply(x, ia, ib, mass, pair, num_pairs, norms, exact_norms)

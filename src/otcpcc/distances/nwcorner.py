@@ -77,6 +77,27 @@ def _segments(vals: Tensor, is_a: Tensor, n: Tensor, m: Tensor, block: Tensor) -
     return Segments(owner, a, b, mass)
 
 
+def uniform_entries(groups: ClassGroups, pairs: slice) -> int:
+    """Σ (n_i + n_j − 1) over the pairs ``pairs`` (a range of pair indices in triu order): the
+    number of entries of their uniform NW plans, from the host-side class sizes (no sync). O(k)."""
+    counts = np.asarray(groups.counts_host, dtype=np.int64)
+    k = counts.size
+    prefix = np.concatenate([[0], np.cumsum(counts)])  # Σ_{c < i} n_c
+    rows = np.arange(k)
+    row_start = rows * (2 * k - rows - 1) // 2  # first pair of row i (pairs (i, j), j > i)
+    row_total = np.concatenate([[0], np.cumsum((k - 1 - rows) * (counts - 1) + prefix[-1] - prefix[1:])])
+
+    def before(t: int) -> int:  # Σ over the first t pairs
+        if t <= 0 or k < 2:
+            return 0
+        i = int(np.searchsorted(row_start[: k - 1], t, side="right")) - 1
+        q = t - int(row_start[i])  # pairs (i, i+1) .. (i, i+q)
+        return int(row_total[i] + q * (counts[i] - 1) + prefix[i + q + 1] - prefix[i + 1])
+
+    start, stop, _ = pairs.indices(groups.num_pairs)
+    return before(stop) - before(start) if stop > start else 0
+
+
 def pair_chunks(groups: ClassGroups, max_entries: int) -> list[slice]:
     """Consecutive ranges of pairs whose uniform NW plans hold at most ``max_entries`` entries
     (n + m − 1 per pair) each; a single pair above the limit gets a range of its own.
@@ -130,7 +151,7 @@ def nw_plans_uniform(groups: ClassGroups, dtype: torch.dtype = torch.float64,
     n, m = _take(groups.counts, pi), _take(groups.counts, pj)
     lengths = n + m - 1
     if pairs is not None:
-        total = int(lengths.sum())
+        total = uniform_entries(groups, pairs)
     pair = torch.repeat_interleave(
         torch.arange(n.numel(), device=n.device), lengths, output_size=total
     )

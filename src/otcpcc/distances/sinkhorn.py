@@ -88,7 +88,9 @@ def sinkhorn_plans(
     valid = va[:, :, None] & vb[:, None, :]
     Mr = torch.where(valid, M / reg, 0)
     eps = torch.finfo(Mr.dtype).eps
-    if not float(Mr.amax()) * eps <= MAX_ROUNDING_IN_EXP:
+    spread = (Mr.amax((1, 2)) - torch.where(valid, Mr, torch.inf).amin((1, 2))).max()
+    top, spread = torch.stack([Mr.amax(), spread]).tolist()  # one sync for both decisions
+    if not top * eps <= MAX_ROUNDING_IN_EXP:
         least = float(M.amax()) * eps / MAX_ROUNDING_IN_EXP
         wider = "use float64 features, " if Mr.dtype != torch.float64 else ""
         raise ValueError(
@@ -96,9 +98,8 @@ def sinkhorn_plans(
             f"{float(M.amax()):.3g}): cost/reg loses its precision below reg={least:.2g} and the "
             f"plan would be wrong or NaN; raise reg, {wider}or use 'emd' "
             "(the exact reg -> 0 limit)")
-    spread = (Mr.amax((1, 2)) - torch.where(valid, Mr, torch.inf).amin((1, 2))).max()
     limit = SCALING_MAX_RANGE[Mr.dtype == torch.float64]
-    solve = _scaling if float(spread) < limit else _log_domain
+    solve = _scaling if spread < limit else _log_domain
     return solve(Mr, va, vb, max_iter, tol)
 
 
@@ -118,14 +119,14 @@ def sinkhorn(
     ia, va = _padded_index(groups, groups.pair_i, n_max)
     ib, vb = _padded_index(groups, groups.pair_j, n_max)
     P = groups.num_pairs
-    ia_full = ia[:, :, None].expand(P, n_max, n_max)
-    ib_full = ib[:, None, :].expand(P, n_max, n_max)
+    ia_full = ia[:, :, None].expand(P, n_max, n_max).reshape(-1)
+    ib_full = ib[:, None, :].expand(P, n_max, n_max).reshape(-1)
     with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
         xd = x.detach().to(dtype)
-        M = gather_distances(xd, ia_full.reshape(-1), ib_full.reshape(-1)).view(P, n_max, n_max)
-        plan = sinkhorn_plans(M, va, vb, float(reg), int(max_iter), float(tol))
-    keep = va[:, :, None] & vb[:, None, :]
-    pair = torch.arange(P, device=x.device)[:, None, None].expand(P, n_max, n_max)
-    return transport_cost(
-        x, ia_full[keep], ib_full[keep], plan[keep], pair[keep], P
-    )
+        M = gather_distances(xd, ia_full, ib_full)
+        plan = sinkhorn_plans(M.view(P, n_max, n_max), va, vb, float(reg), int(max_iter), float(tol))
+    # padded entries (beyond a class's samples) carry mass exactly 0: they add nothing to the
+    # costs or the gradient, and keeping them saves selecting the valid ones (a host sync); M
+    # holds exactly the distances transport_cost would compute for these entries
+    pair = torch.arange(P, device=x.device)[:, None].expand(P, n_max * n_max).reshape(-1)
+    return transport_cost(x, ia_full, ib_full, plan.view(-1), pair, P, norms=M, exact_norms=True)

@@ -25,8 +25,9 @@ from .target import target_matrix
 ZERO_SPREAD = 8.0  # rho spread <= ZERO_SPREAD · eps · d · max|x| counts as zero variance
 
 
-def rounding_spread(features: Tensor, dtype: torch.dtype) -> float:
-    r"""The spread of class distances that rounding alone can produce from ``features`` [N, d].
+def rounding_spread(features: Tensor, dtype: torch.dtype) -> Tensor:
+    r"""The spread of class distances that rounding alone can produce from ``features`` [N, d]:
+    a float64 scalar tensor (no host sync).
 
     Every distance is computed from d-term sums over entries bounded by :math:`c = \max|x|`, so
     it is at most :math:`2\sqrt d\,c` and its rounding error is about
@@ -37,32 +38,48 @@ def rounding_spread(features: Tensor, dtype: torch.dtype) -> float:
     decision at every feature scale. O(N d).
     """
     if features.numel() == 0:
-        return 0.0
+        return torch.zeros((), dtype=torch.float64, device=features.device)
     lo, hi = features.detach().aminmax()
-    c = max(abs(float(lo)), abs(float(hi)))
-    return ZERO_SPREAD * torch.finfo(dtype).eps * features.shape[1] * c
+    c = torch.maximum(hi, -lo).double()  # max(|lo|, |hi|), as lo <= hi
+    return c * (ZERO_SPREAD * torch.finfo(dtype).eps * features.shape[1])
 
 
-def pearson(t: Tensor, r: Tensor, noise: float = 0.0) -> Tensor | None:
-    """Pearson correlation of two [P] vectors; None where undefined.
+def correlation(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
+    """Pearson correlation of two [P] vectors (P >= 1) without a host sync: ``(corr, defined)``,
+    scalar tensors; where undefined (see :func:`pearson`) ``corr`` is 0 with a zero gradient.
 
-    Undefined: P < 2, t constant, or ``r`` spread (max − min) at most ``noise`` (the rounding
-    level of the inputs, :func:`rounding_spread`). Both vectors are divided by their largest
-    magnitude before centring and squaring, so the value is the same at every scale of the float
-    range (no overflow or underflow of the squares). O(P).
+    Both vectors are divided by their largest magnitude before centring and squaring, so the
+    value is the same at every scale of the float range (no overflow or underflow of the
+    squares). O(P).
     """
-    if r.numel() < 2:
-        return None
     t = t.to(r.dtype)
     r_lo, r_hi = r.detach().aminmax()
     t_lo, t_hi = t.aminmax()
-    if not float(r_hi - r_lo) > noise or not float(t_hi - t_lo) > 0:
-        return None
-    r = r / torch.maximum(r_hi.abs(), r_lo.abs())
-    t = t / torch.maximum(t_hi.abs(), t_lo.abs())
+    defined = ((r_hi - r_lo).double() > noise) & (t_hi > t_lo)
+    if r.numel() < 2:
+        defined = torch.zeros_like(defined)
+    # where undefined every divisor is replaced by 1, so no inf or NaN reaches the gradient;
+    # max(hi, −lo) is the largest magnitude max(|hi|, |lo|) (as lo <= hi)
+    r = r / torch.where(defined, torch.maximum(r_hi, -r_lo), 1)
+    t = t / torch.where(defined, torch.maximum(t_hi, -t_lo), 1)
     tc = t - t.mean()
     rc = r - r.mean()
-    return (tc * rc).sum() / torch.sqrt((tc * tc).sum() * (rc * rc).sum())
+    num = (tc * rc).sum()  # (the order of these products fixes the gradient's rounding)
+    stt, srr = (tc * tc).sum(), (rc * rc).sum()
+    corr = num / torch.sqrt(torch.where(defined, stt * srr, 1))
+    return torch.where(defined, corr, 0), defined
+
+
+def pearson(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> Tensor | None:
+    """Pearson correlation of two [P] vectors; None where undefined.
+
+    Undefined: P < 2, t constant, or ``r`` spread (max − min) at most ``noise`` (the rounding
+    level of the inputs, :func:`rounding_spread`). One host sync (the decision); O(P).
+    """
+    if r.numel() < 2:
+        return None
+    corr, defined = correlation(t, r, noise)
+    return corr if bool(defined) else None
 
 
 def _check_labels(labels: Tensor, num_leaves: int) -> None:
@@ -92,20 +109,28 @@ def check_logits_labels(logits: Tensor, labels: Tensor, num_classes: int) -> Ten
     return labels
 
 
-def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str, options: dict):
+def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str,
+          options: dict) -> tuple[Tensor, Tensor] | None:
+    """(corr, defined) as :func:`correlation`, or None with fewer than two classes. Two host
+    syncs on CUDA for the closed-form distances (:func:`otcpcc.distances.grouped_distances`):
+    the label range is read with the class sizes."""
     check_batch(features, labels, finite=False)  # types and shapes first (the NaN scan comes later)
+    k = tree_dist.shape[0]
+    on_labels = None
     if labels.ndim == 1 and not labels.dtype.is_floating_point and labels.dtype != torch.bool:
         labels = labels.long()  # any integer dtype; the leaf-id gather needs int64
-        _check_labels(labels, tree_dist.shape[0])
-    groups, rho = grouped_distances(features, labels, distance, **options)
+
+        def on_labels(lo: int, hi: int) -> None:
+            if lo < 0 or hi >= k:
+                _check_labels(labels, k)
+    groups, rho = grouped_distances(features, labels, distance, on_labels=on_labels, **options)
     if groups.num_classes < 2:
         return None
     if tree_dist.device != rho.device:
         tree_dist = tree_dist.to(rho.device)
-    k = tree_dist.shape[0]
-    ci, cj = groups.classes.index_select(0, groups.pair_i), groups.classes.index_select(0, groups.pair_j)
-    t = tree_dist.view(-1).index_select(0, ci * k + cj)
-    return pearson(t, rho, rounding_spread(features, rho.dtype))
+    t = tree_dist[groups.classes.index_select(0, groups.pair_i),
+                  groups.classes.index_select(0, groups.pair_j)]
+    return correlation(t, rho, rounding_spread(features, rho.dtype))
 
 
 class CPCCLoss(nn.Module):
@@ -145,10 +170,10 @@ class CPCCLoss(nn.Module):
             features, labels = all_gather_with_grad(features), all_gather_labels(labels)
         if self.tree_dist.device != features.device:  # moved once, not copied every call
             self.tree_dist = self.tree_dist.to(features.device)
-        corr = _cpcc(features, labels, self.tree_dist, self.distance, self.options)
-        if corr is None:
+        found = _cpcc(features, labels, self.tree_dist, self.distance, self.options)
+        if found is None:
             return features.sum() * 0 + 1.0
-        return 1.0 - corr
+        return 1.0 - found[0]  # 1.0 with a zero gradient where CPCC is undefined
 
 
 @torch.no_grad()
@@ -159,5 +184,5 @@ def cpcc(features: Tensor, labels: Tensor, target: Any, distance: str = "l2", **
     Returns 0.0 where CPCC is undefined (fewer than two classes, zero variance), matching the
     loss's value of 1.0 there.
     """
-    corr = _cpcc(features, labels, target_matrix(target), resolve(distance), options)
-    return 0.0 if corr is None else float(corr)
+    found = _cpcc(features, labels, target_matrix(target), resolve(distance), options)
+    return 0.0 if found is None else float(found[0])
