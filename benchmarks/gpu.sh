@@ -19,10 +19,12 @@ OUT=${OUT:-/tmp/otcpcc-gpu}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, ot; print('torch', torch.__version__, 'pot', ot.__version__)"
 echo "== gpu-marked tests and their CPU twins"
-timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ 2>&1 | tail -4
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_distances.py -k "on_device" 2>&1 | tail -2
+timeout 120 python3 -m pytest -p no:cacheprovider -p no:warnings -m gpu tests/ 2>&1 | tail -3
+timeout 120 python3 -m pytest -p no:cacheprovider -p no:warnings tests/test_distances.py tests/test_scale.py tests/test_syncs.py 2>&1 | tail -3
 echo "== distances, B = 256 and 1024, against the per-pair reference (values + timings)"
 timeout 200 python3 -m otcpcc.bench --device cuda --batch-sizes 256,1024 --repeats 20 --warmup 3 \
   --reference-repeats 1 --reference-budget 4 --train-step --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
 echo "== scale cases on CUDA"
 timeout 150 python3 benchmarks/gpu_scale.py 2>&1 | tee "$OUT/scale.txt"
+echo "== syncs and launches per call"
+timeout 90 python3 benchmarks/gpu_profile.py --quick 2>&1 | grep -v "^ *$" | tee "$OUT/profile.txt" | grep -E "===|sync|launch" | head -40
