@@ -370,7 +370,7 @@ def test_run_compare_summary(tmp_path, monkeypatch, fake_features):
     assert [(c[0], c[1]) for c in calls] == [("none", 3), ("none", 4), ("fastft", 3),
                                              ("fastft", 4)]  # alias deduplicated, same seeds
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"context", "runs", "aggregate", "verdicts"}
+    assert set(summary) == {"context", "runs", "aggregate", "verdicts", "ot_verdicts"}
     ctx = summary["context"]  # from the first run's files (the fake has tree.json only) + compare
     assert ctx == {"num_classes": 6, "tree_depth": 3, "levels": ["level1", "level2"], "lam": 2.0,
                    "methods": ["none", "fastft"], "seeds": [3, 4]}
@@ -511,7 +511,7 @@ def test_verdict_sentences_hand_worked():
     s = sentences.verdict_sentences(VERDICTS, agg, [0, 1, 2])
     assert s[0].startswith("Each method against none, paired over seeds 0, 1, 2 (same seed")
     assert s[1:] == [
-        "Lowest mean expected cost: hxe (0.970 ± 0.100).",
+        "Lowest mean expected cost (± sd over seeds, not an interval): hxe (0.970 ± 0.100).",
         "Highest mean fine accuracy: none (0.800).",
         "Expected cost against none: better — hxe; worse — fastft; within noise — no method.",
         # ± = half-width of the interval; accuracy in points; the order: cost, accuracy, CPCC

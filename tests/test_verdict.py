@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from otcpcc.study import compare, report, verdict
+from otcpcc.study import compare, report, sentences, verdict
 from otcpcc.study.methods import resolve_method
 
 
@@ -57,6 +57,30 @@ def test_verdicts_pair_by_seed_and_skip_missing_values():
     assert (one["ci_low"], one["ci_high"], one["call"]) == (None, None, "one seed")
 
 
+def test_ot_verdicts_pair_each_ot_method_with_its_class_means_counterpart():
+    """fastft against l2 and hxe+emd against hxe+l2 (paired by seed, t-interval as SciPy); a
+    method without an OT distance, or whose counterpart was not run, gets none."""
+    assert verdict.means_counterpart("fastft") == "l2"
+    assert verdict.means_counterpart("hxe+emd") == "hxe+l2"
+    assert verdict.means_counterpart("soft") is None and verdict.means_counterpart("l2") is None
+    runs = _rows({"none": [1.0, 1.1, 1.2], "l2": [0.9, 1.0, 1.05], "fastft": [0.8, 0.85, 0.9],
+                  "hxe+l2": [0.7, 0.7, 0.7], "hxe+emd": [0.8, 0.7, 0.6], "swd": [0.5, 0.5, 0.5]})
+    rows = verdict.ot_verdicts(runs, metrics=["expected_cost_argmax"])
+    assert [(r["method"], r["baseline"]) for r in rows] == [
+        ("fastft", "l2"), ("hxe+emd", "hxe+l2"), ("swd", "l2")]
+    diffs = np.array([0.8, 0.85, 0.9]) - np.array([0.9, 1.0, 1.05])
+    lo, hi = stats.t.interval(0.95, 2, loc=diffs.mean(), scale=stats.sem(diffs))
+    assert rows[0]["diff_mean"] == pytest.approx(diffs.mean())
+    assert (rows[0]["ci_low"], rows[0]["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert rows[0]["call"] == "better" and rows[1]["call"] == "within noise"
+    lines = sentences.ot_sentences(rows)
+    assert "Against l2 (the same method with class means), fastft lowers" in lines[0]
+    assert "optimal transport changes the decision costs here" in lines[0]
+    assert "ends within noise of class means" in lines[1]
+    assert verdict.ot_verdicts(_rows({"none": [1.0], "fastft": [0.9]})) == []
+    assert sentences.ot_sentences([]) == []
+
+
 def test_method_entries():
     assert resolve_method("hxe+fft") == resolve_method("FASTFT+hxe")
     spec = resolve_method("soft+sk")
@@ -92,6 +116,7 @@ def test_tiny_compare_with_two_seeds_produces_verdicts(tmp_path, monkeypatch):
             assert r[key] == pytest.approx(ev[key], nan_ok=True), key
         assert r["expected_cost_argmax"] == pytest.approx(r["hier_dist@1"])  # tree cost
     assert [a["method"] for a in summary["aggregate"]] == ["none", "hxe", "soft+fastft"]
+    assert summary["ot_verdicts"] == []  # no soft+l2 was run: nothing to say about OT
     rows = summary["verdicts"]
     assert {(v["method"], v["metric"]) for v in rows} == {
         (m, k) for m in ("hxe", "soft+fastft")

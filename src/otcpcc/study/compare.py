@@ -37,7 +37,7 @@ from .notes import run_collapse
 from .report import render_report
 from .resume import open_study, run_state, stored_metrics, study_record, write_study
 from .tables import _is_number, aggregate_runs
-from .verdict import verdicts
+from .verdict import ot_verdicts, verdicts
 
 # the summary's leading keys, in this order; every other evaluation metric follows
 _FIRST_KEYS = ("fine_acc", "test_cpcc_l2", "test_cpcc_emd", "test_cpcc_own", "mistake_severity",
@@ -265,7 +265,7 @@ def _compare(cfg: TrainConfig, specs: list[Any], configs: dict[str, TrainConfig]
     context = {**read_context(first_dir), "lam": cfg.lam, "methods": [s.name for s in specs],
                "seeds": list(range(cfg.seed, cfg.seed + seeds))}
     summary = {"context": context, "runs": runs, "aggregate": aggregate_runs(runs),
-               "verdicts": verdicts(runs)}
+               "verdicts": verdicts(runs), "ot_verdicts": ot_verdicts(runs)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     render_report(out, summary, run_dirs)
     _say(progress, f"[compare] wrote {out / 'summary.json'} and {out / 'report.html'}")

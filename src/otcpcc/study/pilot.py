@@ -30,6 +30,7 @@ from .diagnosis_report import diagnosis_markdown, html_page, markdown_to_html_bo
 from .pilot_budget import PILOT_METHODS, PILOT_SEEDS
 from .report import markdown_tables
 from .resume import STUDY_FILE, open_study, study_record, write_study
+from .sentences import ot_sentences
 from .tables import aggregate_runs, fmt
 from .verdict import verdicts as verdicts_of
 
@@ -125,7 +126,8 @@ def _pilot(cfg: TrainConfig, out: Path, methods: Sequence[str], seeds: int, cost
     verdicts = summary.get("verdicts") or verdicts_of(summary["runs"])
     closing = closing_recommendation(diag, aggregate, verdicts)
     costs = cost_matrix or "tree distance (no --cost-matrix given)"
-    cost_lines = [f"- {_method(r)}: expected cost {fmt(r.get('expected_cost_mean'))}, mistake "
+    cost_lines = [f"- {_method(r)}: cost of the decisions {fmt(r.get(COST_METRIC + '_mean'))} "
+                  f"(soft expected cost {fmt(r.get('expected_cost_mean'))}), mistake "
                   f"severity {fmt(r.get('mistake_severity_mean'))}, fine accuracy "
                   f"{fmt(r.get('fine_acc_mean'))}" for r in aggregate]
     md = "\n".join([
@@ -137,7 +139,10 @@ def _pilot(cfg: TrainConfig, out: Path, methods: Sequence[str], seeds: int, cost
         "## Comparison (compare/report.html has the figures)", "", markdown_tables(aggregate), "",
         "### Paired verdicts against flat CE", "", *_verdict_table(verdicts), "",
         f"## Cost of mistakes (cost matrix: {costs})", "",
-        "Expected cost = mean over test samples of C[true, predicted].", "", *cost_lines, ""])
+        "Cost of the decisions = mean over test samples of C[true, argmax prediction] (what the "
+        "verdicts use); soft expected cost = the same averaged over the predicted distribution.",
+        "", *cost_lines, "", *[f"- {line}" for line in ot_sentences(summary.get("ot_verdicts"))],
+        ""])
     (out / "report.md").write_text(md, encoding="utf-8")
     body = markdown_to_html_body(md, {"diagnosis/diagnose.png": out / "diagnosis" / "diagnose.png"})
     (out / "report.html").write_text(html_page("otcpcc pilot", body), encoding="utf-8")

@@ -42,7 +42,7 @@ from typing import Any
 from .context import context_lines, read_context
 from .figures import _run_list, render_figures
 from .notes import collapse_notes, notes_html, notes_markdown
-from .sentences import verdict_sentences
+from .sentences import ot_sentences, verdict_sentences
 from .tables import (
     aggregate_runs,
     best_rows,
@@ -54,6 +54,7 @@ from .tables import (
     seed_list,
     table_groups,
 )
+from .verdict import ot_verdicts
 
 _ARROW = {"max": " ↑", "min": " ↓", None: ""}
 _LEGEND = ("Mean ± sample standard deviation over seeds (the mean alone for one seed); ↑ higher "
@@ -204,6 +205,7 @@ def render_report(out: str | os.PathLike, summary: Mapping[str, Any],
     context = context_lines(ctx, runs)
     verdict = verdict_sentences(summary.get("verdicts"), aggregate,
                                 ctx.get("seeds") or seed_list(runs))
+    verdict += ot_sentences(summary.get("ot_verdicts", ot_verdicts(runs)))
     notes = collapse_notes(runs)  # + "figure skipped: ..." from render_figures
     figures = render_figures(out, aggregate, run_dirs, max_points, runs=runs,
                              cost_source=str(ctx.get("cost_matrix") or "tree distance"), notes=notes)

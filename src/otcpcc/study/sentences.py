@@ -93,7 +93,8 @@ def _headline(aggregate: Sequence[Mapping[str, Any]]) -> list[str]:
             best = " and ".join(f"{method_name(aggregate[i])} ({cell(aggregate[i], metric)})"
                                 for i in rows)
             kind = "Highest" if metric == "fine_acc" else "Lowest"
-            out.append(f"{kind} mean {words}: {best}.")
+            sd = " (± sd over seeds, not an interval)" if "±" in best else ""
+            out.append(f"{kind} mean {words}{sd}: {best}.")
     return out
 
 
@@ -148,3 +149,22 @@ def verdict_sentences(verdicts: Sequence[Mapping[str, Any]] | None,
         out.append(f"Against {against}, {m} " + _join([verdict_phrase(v) for v in mine]) + ".")
     return out
 
+
+
+def ot_sentences(ot_verdicts: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    """"Does optimal transport matter here?" in sentences: each OT-CPCC method against the same
+    method with class means (ℓ2), paired over seeds; nothing when no such pair was run."""
+    if not ot_verdicts:
+        return []
+    out = []
+    for m in dict.fromkeys(str(v.get("method")) for v in ot_verdicts):
+        mine = _ordered([v for v in ot_verdicts if str(v.get("method")) == m])
+        base = str(mine[0].get("baseline"))
+        calls = {str(v.get("call")) for v in mine if v.get("metric") in
+                 ("expected_cost_argmax", "expected_cost_crm")}
+        gist = ("optimal transport changes the decision costs here"
+                if calls & {"better", "worse"} else
+                "on the decision costs, optimal transport ends within noise of class means here")
+        out.append(f"Does optimal transport matter? Against {base} (the same method with class "
+                   f"means), {m} " + _join([verdict_phrase(v) for v in mine]) + f": {gist}.")
+    return out

@@ -116,3 +116,33 @@ def verdicts(runs: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
     return out
 
 
+
+
+OT_DISTANCES = ("fastft", "fft", "emd", "sinkhorn", "sk", "swd")
+OT_METRICS = ("expected_cost_argmax", "expected_cost_crm", "fine_acc", "test_cpcc_emd")
+
+
+def means_counterpart(method: str) -> str | None:
+    """The same method with class means (ℓ2) in place of its optimal-transport distance:
+    ``fastft`` → ``l2``, ``hxe+emd`` → ``hxe+l2``; None for a method without an OT distance."""
+    parts = method.split("+")
+    if parts[-1] not in OT_DISTANCES:
+        return None
+    return "+".join([*parts[:-1], "l2"])
+
+
+def ot_verdicts(runs: Sequence[Mapping[str, Any]],
+                metrics: Sequence[str] = OT_METRICS) -> list[dict[str, Any]]:
+    """Does optimal transport matter? Each OT-CPCC method paired over seeds against its ℓ2
+    counterpart (:func:`means_counterpart`) when that was run too; rows as :func:`verdicts`, with
+    ``baseline`` the counterpart. Empty when no such pair was run."""
+    names = list(dict.fromkeys(_name(r) for r in runs))
+    out: list[dict[str, Any]] = []
+    for name in names:
+        base = means_counterpart(name)
+        if base is None or base not in names:
+            continue
+        pair = [r for r in runs if _name(r) in (name, base)]
+        out += verdicts(pair, baseline=base, metrics=[m for m in metrics
+                                                      if any(m in r for r in pair)])
+    return out
