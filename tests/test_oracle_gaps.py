@@ -283,3 +283,46 @@ def test_sync_batchnorm_conversion_per_device(device):
     assert isinstance(layer, want)
     assert torch.equal(layer.weight.detach().cpu(), torch.tensor([1.0, 2.0, 3.0]))
     assert torch.equal(layer.running_mean.cpu(), torch.tensor([0.5, -0.5, 1.5]))
+
+
+# ----------------------------------------------------------------------------- extreme scales
+def _four_leaf_tree():
+    from otcpcc import LabelTree
+
+    return LabelTree.from_parents({"a": "P", "b": "P", "c": "Q", "d": "Q", "P": "R", "Q": "R"})
+
+
+@pytest.mark.parametrize("name,opts", [("l2", {}), ("emd", {}), ("fastft", {"order": "sorted"}),
+                                       ("fastft", {}), ("swd", {"seed": 0})])
+def test_tiny_features_have_finite_scaled_gradients(name, opts):
+    """CPCC is scale invariant, so the gradient at s·x is the gradient at x divided by s. At
+    s = 1e-20 in float32 the plan-cost backward divided huge upstream gradients by tiny norms and
+    overflowed to inf, then NaN (l2, emd, sorted fastft); it now works in units of the scale."""
+    from otcpcc import CPCCLoss
+
+    tree = _four_leaf_tree()
+    x0 = torch.tensor(np.random.default_rng(0).normal(size=(8, 5)))
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    ref = x0.clone().requires_grad_()
+    CPCCLoss(tree, name, **opts)(ref, y).backward()
+    for s in (1e-20, 1e-30):
+        x = (x0 * s).float().requires_grad_()
+        CPCCLoss(tree, name, **opts)(x, y).backward()
+        assert torch.isfinite(x.grad).all()
+        assert float((x.grad.double() * s - ref.grad).norm() / ref.grad.norm()) < 1e-5
+
+
+def test_cpcc_of_float32_features_with_a_large_common_offset_is_not_called_undefined():
+    """Four well separated classes + 1e6 in float32: CPCC is 1 as in float64. The rounding bound
+    that decides 'all distances equal' used max|x| (1e6) although the distances see the centred
+    batch, so it called CPCC undefined and returned 0 (and the loss had no gradient)."""
+    from otcpcc import cpcc
+
+    rng = np.random.default_rng(0)
+    y = np.arange(200) % 4
+    centres = 3.0 * np.array([[1.0, 0.0], [1.0, 0.3], [-1.0, 0.0], [-1.0, 0.3]])
+    base = rng.normal(size=(200, 64)) + np.tile(centres[y], (1, 32))
+    for name in ("l2", "fastft"):
+        want = cpcc(torch.tensor(base), torch.tensor(y), _four_leaf_tree(), name)
+        got = cpcc(torch.tensor(base + 1e6, dtype=torch.float32), torch.tensor(y), _four_leaf_tree(), name)
+        assert want > 0.9 and got == pytest.approx(want, abs=1e-3)

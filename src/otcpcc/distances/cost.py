@@ -267,6 +267,11 @@ class _PlanCost(torch.autograd.Function):
     def backward(ctx, grad_rho):  # noqa: D102
         x, ia, ib, mass, pair, norms = ctx.saved_tensors
         w = grad_rho if pair is None else grad_rho.index_select(0, pair) * mass
+        # in units of the feature scale c: tiny features (1e-20) have huge gradients w, and
+        # w / ‖x_a − x_b‖ would overflow float32 where w / (‖x_a − x_b‖ / c) does not
+        c = feature_scale(x)
+        x = x / c
+        norms = norms / c
         pos = norms > 0
         coef = torch.where(pos, w / torch.where(pos, norms, 1), 0)
         n = x.shape[0]

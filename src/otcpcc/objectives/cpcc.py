@@ -29,7 +29,8 @@ def rounding_spread(features: Tensor, dtype: torch.dtype) -> Tensor:
     r"""The spread of class distances that rounding alone can produce from ``features`` [N, d]:
     a float64 scalar tensor (no host sync).
 
-    Every distance is computed from d-term sums over entries bounded by :math:`c = \max|x|`, so
+    Every distance is computed from the centred batch (:func:`otcpcc.distances.grouped_distances`
+    removes the mean), from d-term sums over entries bounded by :math:`c = \max|x - \bar x|`, so
     it is at most :math:`2\sqrt d\,c` and its rounding error is about
     :math:`\sqrt d\,\varepsilon` of that (a random walk of d rounding errors), i.e.
     :math:`\approx d\,\varepsilon\,c`. Class distances that all agree to within
@@ -39,7 +40,8 @@ def rounding_spread(features: Tensor, dtype: torch.dtype) -> Tensor:
     """
     if features.numel() == 0:
         return torch.zeros((), dtype=torch.float64, device=features.device)
-    lo, hi = features.detach().aminmax()
+    x = features.detach()
+    lo, hi = (x - x.mean(0)).aminmax()  # the distances see the centred batch
     c = torch.maximum(hi, -lo).double()  # max(|lo|, |hi|), as lo <= hi
     return c * (ZERO_SPREAD * torch.finfo(dtype).eps * features.shape[1])
 
