@@ -13,6 +13,7 @@ then 1.0 (zero correlation) with a zero gradient, never NaN.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -22,28 +23,37 @@ from ..distances import check_batch, check_options, grouped_distances, resolve
 from ..distributed.gather import all_gather_labels, all_gather_with_grad
 from .target import target_matrix
 
-ZERO_SPREAD = 8.0  # rho spread <= ZERO_SPREAD · eps · d · max|x| counts as zero variance
+ZERO_SPREAD = 8.0  # rho spread within ZERO_SPREAD · eps · (d·max|x - mean| + √d·max|x|): zero variance
 
 
 def rounding_spread(features: Tensor, dtype: torch.dtype) -> Tensor:
     r"""The spread of class distances that rounding alone can produce from ``features`` [N, d]:
     a float64 scalar tensor (no host sync).
 
-    Every distance is computed from the centred batch (:func:`otcpcc.distances.grouped_distances`
-    removes the mean), from d-term sums over entries bounded by :math:`c = \max|x - \bar x|`, so
-    it is at most :math:`2\sqrt d\,c` and its rounding error is about
-    :math:`\sqrt d\,\varepsilon` of that (a random walk of d rounding errors), i.e.
-    :math:`\approx d\,\varepsilon\,c`. Class distances that all agree to within
-    ``ZERO_SPREAD``·d·ε·c (float32, d = 512: 2e-5 of the largest possible distance) are equal up
-    to rounding: the variance is zero. The bound scales with the features, so it is the same
-    decision at every feature scale. O(N d).
+    Two sources, both bounded here:
+
+    * the computation: every distance is computed from the centred batch
+      (:func:`otcpcc.distances.grouped_distances` removes the mean), from d-term sums over entries
+      bounded by :math:`c = \max|x - \bar x|`; its rounding error is about :math:`d\,\varepsilon\,c`
+      (a random walk of d rounding errors on distances up to :math:`2\sqrt d\,c`);
+    * the input itself: each entry carries a rounding of :math:`\varepsilon \max|x|`, so rows
+      that differ only by it (the same feature up to an ulp) are :math:`\sqrt d\,\varepsilon
+      \max|x|` apart, however large a common offset is.
+
+    Class distances that all agree to within ``ZERO_SPREAD``·ε·(d·c + √d·max|x|) are equal up to
+    rounding: the variance is zero. Both terms scale with the features, so it is the same decision
+    at every feature scale; a common offset enters only through the input term (float32 features
+    1e6 + structure of size 3 keep their CPCC). O(N d).
     """
     if features.numel() == 0:
         return torch.zeros((), dtype=torch.float64, device=features.device)
     x = features.detach()
+    lo, hi = x.aminmax()
+    raw = torch.maximum(hi, -lo).double()
     lo, hi = (x - x.mean(0)).aminmax()  # the distances see the centred batch
-    c = torch.maximum(hi, -lo).double()  # max(|lo|, |hi|), as lo <= hi
-    return c * (ZERO_SPREAD * torch.finfo(dtype).eps * features.shape[1])
+    centred = torch.maximum(hi, -lo).double()
+    d = features.shape[1]
+    return (centred * d + raw * math.sqrt(d)) * (ZERO_SPREAD * torch.finfo(dtype).eps)
 
 
 def correlation(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
