@@ -369,3 +369,34 @@ def test_evaluate_adds_zero_shot_one_shot_and_cross_retrieval_on_target_splits(t
     assert f"map_{coarse.name}" in res and "map_fine" not in res
     _, ty = loaded.bundle.extra["target_train"].tensors
     assert sorted(ty[res["one_shot_samples"]].tolist()) == [2, 3, 6, 7]  # one shot per class
+
+
+def test_a_step_whose_features_diverge_is_a_non_finite_step_not_a_bad_input_error():
+    """A model that overflows (features NaN/inf) made CPCCLoss raise its bad-input ValueError,
+    which stopped a whole compare; the step now reports a NaN loss, which the loop turns into
+    NonFiniteLoss (a note inside compare). Finite bad input still raises."""
+    from otcpcc import CPCCLoss, LabelTree
+    from otcpcc.training.step import train_step
+
+    tree = LabelTree.from_parents({"a": "P", "b": "P", "c": "Q", "d": "Q", "P": "R", "Q": "R"})
+
+    class Blowup(torch.nn.Module):
+        def __init__(self, scale: float):
+            super().__init__()
+            self.lin, self.scale = torch.nn.Linear(3, 4), scale
+
+        def forward(self, x):
+            f = self.lin(x) * self.scale
+            return f, f
+
+    cfg = TrainConfig.from_dict(dict(data="synthetic", lam=1.0, device="cpu"))
+    x, y = torch.randn(8, 3), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    model = Blowup(float("inf"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = train_step(model, CPCCLoss(tree), opt, x, y, cfg, torch.device("cpu"), False)
+    assert math.isnan(stats.loss) and stats.n == 8
+    model = Blowup(1.0)
+    three = LabelTree.from_parents({"a": "P", "b": "P", "c": "R", "P": "R"})  # label 3 is no leaf
+    with pytest.raises(ValueError, match="not a leaf id"):
+        train_step(model, CPCCLoss(three), torch.optim.SGD(model.parameters(), lr=0.1), x, y,
+                   cfg, torch.device("cpu"), False)

@@ -38,12 +38,20 @@ def train_step(model: nn.Module, criterion: nn.Module | None, optimizer: torch.o
     ce = F.cross_entropy(logits.float(), y) if task_loss is None else task_loss(logits.float(), y)
     loss, cpcc_value = ce, float("nan")
     if criterion is not None:
-        if cfg.lam > 0:
-            reg = criterion(features.float(), y)  # 1 - CPCC of the (global) batch
-            loss = ce + cfg.lam * reg
-        else:  # lam = 0: monitor CPCC without training on it
-            with torch.no_grad():
-                reg = criterion(features.float().detach(), y)
+        try:
+            if cfg.lam > 0:
+                reg = criterion(features.float(), y)  # 1 - CPCC of the (global) batch
+                loss = ce + cfg.lam * reg
+            else:  # lam = 0: monitor CPCC without training on it
+                with torch.no_grad():
+                    reg = criterion(features.float().detach(), y)
+        except ValueError:
+            if bool(torch.isfinite(features.detach()).all()):
+                raise
+            # the model diverged (NaN/inf features): a non-finite step, which the loop turns
+            # into NonFiniteLoss (a note inside compare), not a bad-input error
+            nan = float("nan")
+            return StepStats(nan, nan, nan, 0, int(y.numel()))
         cpcc_value = 1.0 - float(reg.detach())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
