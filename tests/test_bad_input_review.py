@@ -238,3 +238,37 @@ def test_sweep_names_its_own_list_flags(tmp_path, capsys, flags, needle):
 def test_train_flags_found_by_attacking(tmp_path, capsys, flags, needle):
     one_line_error(capsys, main(["train", *TINY, *flags, "--out", str(tmp_path / "r")]), needle)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_flat_tree_is_refused_by_the_regulariser_not_silently_ignored():
+    """A flat tree (or all edge weights 0) makes every class distance equal: CPCC undefined, loss
+    1 with no gradient. The regulariser refuses it in one line, as a constant target matrix;
+    TestCPCC on such a tree still evaluates (to 0)."""
+    import torch
+
+    from otcpcc import CPCCLoss, LabelTree, cpcc
+
+    flat = LabelTree.from_parents({"a": "R", "b": "R", "c": "R"})
+    with pytest.raises(ValueError, match="label tree is flat"):
+        CPCCLoss(flat)
+    x, y = torch.randn(9, 4), torch.arange(9) % 3
+    assert cpcc(x, y, flat, "l2") == 0.0
+    CPCCLoss(LabelTree.from_parents({"a": "P", "b": "P", "c": "R", "P": "R"}))  # not flat: fine
+
+
+def test_a_cost_matrix_with_an_unclosed_quote_is_one_line(tmp_path):
+    from otcpcc.metrics.mistakes import load_cost_matrix
+
+    path = tmp_path / "costs.csv"
+    path.write_text('a,b\n"' + "x" * 200_000 + "\n0,1\n", encoding="utf-8")  # a 200 KB cell
+    with pytest.raises(ValueError, match="not a readable CSV table.*quotes"):
+        load_cost_matrix(path, ["a", "b"])
+
+
+@pytest.mark.parametrize("text", ["{\"fine_acc\": 0.5,", "[]", "{}"])
+def test_a_damaged_eval_json_is_named_when_a_study_resumes(tmp_path, text):
+    from otcpcc.study.resume import stored_metrics
+
+    (tmp_path / "eval.json").write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match="eval.json .*delete it and rerun with --resume"):
+        stored_metrics(tmp_path)

@@ -249,6 +249,7 @@ def test_torchvision_weights_through_the_cli_with_frozen_batchnorm(folder, tmp_p
     out = tmp_path / "run"
     code = main(["train", *data_flags, "--arch", "resnet18", "--model-opt", "stem=imagenet",
                  "--weights", str(path), "--freeze", "backbone", "--epochs", "1", "-b", "6",
+                 "--distance", "none",  # a folder without --tree has a flat tree: no CPCC to train
                  *RUN, "--out", str(out)])
     assert code == 0
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)["model"]

@@ -131,7 +131,11 @@ def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray
         dup = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"class_names lists {dup!r} twice; pass each class once")
     text = read_text(path, "a CSV cost matrix (a header row of class names, then one row per class)")
-    rows = [[cell.strip() for cell in r] for r in csv.reader(io.StringIO(text, newline=""))]
+    try:
+        rows = [[cell.strip() for cell in r] for r in csv.reader(io.StringIO(text, newline=""))]
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV table ({e}); an unclosed quote swallows "
+                         "the lines after it: check the file's quotes") from None
     rows = [r for r in rows if any(r)]  # drop blank lines
     if len(rows) < 2:
         raise ValueError(f"{path}: needs a header row of class names and one row per class")

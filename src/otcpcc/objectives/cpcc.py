@@ -171,6 +171,13 @@ class CPCCLoss(nn.Module):
         self.gather = gather
         self.options = options
         self.register_buffer("tree_dist", target_matrix(target), persistent=False)
+        off = self.tree_dist[~torch.eye(len(self.tree_dist), dtype=torch.bool)]
+        if len(self.tree_dist) >= 3 and bool(off.max() == off.min()):
+            raise ValueError(
+                "the label tree is flat: every two classes are equally far apart (all distances "
+                f"{float(off[0]):g}), so CPCC is undefined and the regulariser would do nothing; "
+                "give a tree with at least one level between the root and the classes (e.g. "
+                "--tree FILE), or train without it (--distance none)")
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())

@@ -112,7 +112,14 @@ def _pilot(cfg: TrainConfig, out: Path, methods: Sequence[str], seeds: int, cost
 
     if bundle is None:  # resumed after the diagnosis was written: reuse it as it stands
         _say(progress, "[pilot] diagnosis written earlier; reusing it")
-        diag = json.loads((out / "diagnosis" / "diagnose.json").read_text(encoding="utf-8"))
+        path = out / "diagnosis" / "diagnose.json"
+        try:
+            diag = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            diag = e
+        if not isinstance(diag, dict) or "recommend" not in diag:
+            raise ValueError(f"{path} is missing or damaged; delete {out / 'diagnosis'} and rerun "
+                             "with --resume to diagnose again (the finished runs are kept)")
     else:
         _say(progress, "[pilot] diagnosis")
         diag = diagnose(cfg.data, data_dir=cfg.data_dir, data_options=dict(cfg.data_options),

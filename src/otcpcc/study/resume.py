@@ -128,4 +128,13 @@ def run_state(run_dir: Path) -> str:
 
 def stored_metrics(run_dir: Path) -> dict[str, Any]:
     """The metrics a finished run's evaluation wrote (``run_dir/eval.json``), as they stand."""
-    return json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+    path = run_dir / "eval.json"
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        found = e
+    if not isinstance(found, dict) or "fine_acc" not in found:
+        what = f"is not JSON ({found})" if isinstance(found, Exception) else "holds no evaluation"
+        raise ValueError(f"{path} {what}; delete it and rerun with --resume to evaluate that run "
+                         "again")
+    return found
