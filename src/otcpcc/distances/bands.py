@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .cost import cancellation_tolerance, cost_dtype, feature_scale
+from .cost import cancellation_tolerance, cost_dtype, feature_scale, row_distances
 from .groups import ClassGroups
 from .memory import chunk_items
 
@@ -134,8 +134,7 @@ class _Tiles:
     with ``exact=True``, where every tile is checked entry by entry.
     """
 
-    def __init__(self, xs: Tensor, sq: Tensor, exact: bool):
-        self.xs, self.sq = xs, sq
+    def __init__(self, xs: Tensor, exact: bool):
         self.tol = cancellation_tolerance(xs)
         self.exact = exact
         self.check_now = exact or not _gpu_layout(xs.device)
@@ -157,9 +156,8 @@ class _Tiles:
             near = torch.nonzero(dist * dist <= self.tol * (sq_r[:, None] + sq_c[None, :]))
             i, j = near[:, 0], near[:, 1]
             keep = cb[rows].index_select(0, i) != cb[cols].index_select(0, j)  # own class: unused
-            i, j = i[keep], j[keep]
-            diff = xr.index_select(0, i) - xc.index_select(0, j)
-            dist[i, j] = (diff * diff).sum(1).sqrt()
+            i, j = i[keep], j[keep]  # rows and columns both start at rows.start of the band
+            dist[i, j] = row_distances(xb, i + rows.start, j + rows.start, c=xb.new_ones(()))
         mass = torch.minimum(hi[rows, None], hi[None, cols])
         mass.sub_(torch.maximum(lo[rows, None], lo[None, cols])).clamp_min_(0)
         mass[:, :rows.stop - rows.start].mul_(0.5)
@@ -192,7 +190,7 @@ def _forward_sums(xs: Tensor, sq: Tensor, bands: Bands, exact: bool) -> tuple[Te
     """acc[j, i] = Σ_r Σ_{a∈i, b∈j} overlap_r(a, b) ‖x_a − x_b‖ over the upper tiles
     (each unordered pair once, in one of its two orders)."""
     k = bands.k
-    tiles = _Tiles(xs, sq, exact)
+    tiles = _Tiles(xs, exact)
     acc = torch.zeros(k, k, dtype=torch.float64, device=xs.device)  # [col class, row class]
     for idx, cb, cb_host, lo, hi in bands.iterate(xs.dtype):
         xb, sqb = xs.index_select(0, idx), sq.index_select(0, idx)
@@ -207,7 +205,7 @@ def _forward_sums(xs: Tensor, sq: Tensor, bands: Bands, exact: bool) -> tuple[Te
 
 def _backward_grad(xs: Tensor, sq: Tensor, bands: Bands, g: Tensor, exact: bool):
     """∂/∂x_a of Σ_{tiles} g[class a, class b] overlap(a, b) ‖x_a − x_b‖ (constant plan)."""
-    tiles = _Tiles(xs, sq, exact)
+    tiles = _Tiles(xs, exact)
     grad = torch.zeros_like(xs)
     for idx, cb, _, lo, hi in bands.iterate(xs.dtype):
         xb, sqb = xs.index_select(0, idx), sq.index_select(0, idx)
