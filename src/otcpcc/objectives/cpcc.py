@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..distances import check_batch, check_options, grouped_distances, resolve
 from ..distributed.gather import all_gather_labels, all_gather_with_grad
-from .target import target_matrix
+from .target import constant_distance, target_matrix
 
 ZERO_SPREAD = 8.0  # rho spread within ZERO_SPREAD · eps · (d·max|x - mean| + √d·max|x|): zero variance
 
@@ -171,11 +171,11 @@ class CPCCLoss(nn.Module):
         self.gather = gather
         self.options = options
         self.register_buffer("tree_dist", target_matrix(target), persistent=False)
-        off = self.tree_dist[~torch.eye(len(self.tree_dist), dtype=torch.bool)]
-        if len(self.tree_dist) >= 3 and bool(off.max() == off.min()):
+        same = constant_distance(self.tree_dist.numpy())  # matrices were refused above
+        if same is not None:
             raise ValueError(
                 "the label tree is flat: every two classes are equally far apart (all distances "
-                f"{float(off[0]):g}), so CPCC is undefined and the regulariser would do nothing; "
+                f"{same:g}), so CPCC is undefined and the regulariser would do nothing; "
                 "give a tree with at least one level between the root and the classes (e.g. "
                 "--tree FILE), or train without it (--distance none)")
 

@@ -39,6 +39,13 @@ def _check_size(k: int) -> None:
                          "matrix or a tree with K >= 2 leaves")
 
 
+def constant_distance(t: np.ndarray) -> float | None:
+    """The one distance shared by every pair of classes of a [K, K] matrix with K >= 3 (CPCC is
+    then undefined: the targets have no variance), else None."""
+    off = t[~np.eye(t.shape[0], dtype=bool)]
+    return float(off[0]) if t.shape[0] >= 3 and np.ptp(off) == 0 else None
+
+
 def check_target_matrix(t: np.ndarray, num_classes: int | None = None) -> np.ndarray:
     """Validate a class-distance matrix: square [K, K], finite, >= 0, zero diagonal, symmetric
     within :data:`SYMMETRY_RTOL`; returns it exactly symmetrised ((T + Tᵀ)/2). One-line errors."""
@@ -64,9 +71,9 @@ def check_target_matrix(t: np.ndarray, num_classes: int | None = None) -> np.nda
         i, j = np.unravel_index(int(np.argmax(gap)), gap.shape)
         raise ValueError(f"CPCC target matrix is not symmetric: ({i}, {j}) is {t[i, j]} but "
                          f"({j}, {i}) is {t[j, i]}; symmetrise it, e.g. (C + C.T) / 2")
-    off = t[~np.eye(t.shape[0], dtype=bool)]
-    if t.shape[0] >= 3 and np.ptp(off) == 0:
-        raise ValueError(f"CPCC target matrix: every distance between two classes is {off[0]:g}, so "
+    same = constant_distance(t)
+    if same is not None:
+        raise ValueError(f"CPCC target matrix: every distance between two classes is {same:g}, so "
                          "the correlation is undefined (the loss would stay at 1 with no gradient); "
                          "give distances that differ between class pairs")
     return (t + t.T) / 2
