@@ -29,7 +29,7 @@ from .compare import _say, check_compare, removed_if_empty_on_failure, run_compa
 from .diagnosis_report import diagnosis_markdown, html_page, markdown_to_html_body, write_diagnosis
 from .pilot_budget import PILOT_METHODS, PILOT_SEEDS
 from .report import markdown_tables
-from .resume import STUDY_FILE, open_study, study_record, write_study
+from .resume import STUDY_FILE, open_study, read_saved, study_record, write_study
 from .sentences import ot_sentences
 from .tables import aggregate_runs, fmt
 from .verdict import verdicts as verdicts_of
@@ -112,14 +112,9 @@ def _pilot(cfg: TrainConfig, out: Path, methods: Sequence[str], seeds: int, cost
 
     if bundle is None:  # resumed after the diagnosis was written: reuse it as it stands
         _say(progress, "[pilot] diagnosis written earlier; reusing it")
-        path = out / "diagnosis" / "diagnose.json"
-        try:
-            diag = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            diag = e
-        if not isinstance(diag, dict) or "recommend" not in diag:
-            raise ValueError(f"{path} is missing or damaged; delete {out / 'diagnosis'} and rerun "
-                             "with --resume to diagnose again (the finished runs are kept)")
+        diag = read_saved(out / "diagnosis" / "diagnose.json", "recommend",
+                          f"delete {out / 'diagnosis'} and rerun with --resume to diagnose again "
+                          "(the finished runs are kept)")
     else:
         _say(progress, "[pilot] diagnosis")
         diag = diagnose(cfg.data, data_dir=cfg.data_dir, data_options=dict(cfg.data_options),

@@ -126,15 +126,19 @@ def run_state(run_dir: Path) -> str:
     return "checkpoint" if (run_dir / CHECKPOINT).is_file() else "new"
 
 
-def stored_metrics(run_dir: Path) -> dict[str, Any]:
-    """The metrics a finished run's evaluation wrote (``run_dir/eval.json``), as they stand."""
-    path = run_dir / "eval.json"
+def read_saved(path: Path, key: str, fix: str) -> dict[str, Any]:
+    """A JSON object an earlier, interrupted study wrote, holding ``key``; else a one-line
+    ValueError naming the file and ending with ``fix``."""
     try:
         found = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        found = e
-    if not isinstance(found, dict) or "fine_acc" not in found:
-        what = f"is not JSON ({found})" if isinstance(found, Exception) else "holds no evaluation"
-        raise ValueError(f"{path} {what}; delete it and rerun with --resume to evaluate that run "
-                         "again")
+    except (OSError, ValueError) as e:  # missing, unreadable, not UTF-8, not JSON
+        raise ValueError(f"{path} is missing or not JSON ({e}); {fix}") from None
+    if not isinstance(found, dict) or key not in found:
+        raise ValueError(f"{path} holds no {key!r}; {fix}")
     return found
+
+
+def stored_metrics(run_dir: Path) -> dict[str, Any]:
+    """The metrics a finished run's evaluation wrote (``run_dir/eval.json``), as they stand."""
+    return read_saved(run_dir / "eval.json", "fine_acc",
+                      "delete it and rerun with --resume to evaluate that run again")
