@@ -57,6 +57,23 @@ def test_library_bad_input_is_a_one_line_value_error(call, needle):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("distance", ["l2", "emd", "sinkhorn", "swd", "fastft"])
+def test_distances_that_overflow_float32_are_one_line_errors(distance):
+    """Finite float32 features whose distances (4e38) overflow: each distance says so in one line
+    (emd returned NaN silently, sinkhorn blamed reg=nan)."""
+    x = torch.tensor([[1e38] * 4, [1e38, 1e38, 1e38, 0.0], [-1e38] * 4, [-1e38, -1e38, -1e38, 0.0],
+                      [0.0] * 4, [0.0, 0.0, 0.0, 1.0]])
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    if distance == "swd":  # projections onto unit directions: its values (≤ 2.3e38 here) fit
+        assert torch.isfinite(class_distances(x, y, distance)[1]).all()
+        return
+    for call in (lambda: class_distances(x, y, distance),
+                 lambda: CPCCLoss(LabelTree.from_levels([[0, 0, 1]]), distance)(x, y)):
+        with pytest.raises(ValueError, match=f"^{distance} distances are not finite although the "
+                                              "features are; .* normalise the features$"):
+            call()
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
 def test_any_integer_label_dtype_is_accepted(dtype):
     x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))

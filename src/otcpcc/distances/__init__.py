@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .cost import cost_dtype, deferred_recompute
+from .cost import cost_dtype, deferred_recompute, overflow_error
 from .emd import emd
 from .fastft import ORDERS, fastft
 from .groups import ClassGroups, group_and_read, group_by_class
@@ -134,8 +134,11 @@ def grouped_distances(
     *,
     on_labels: Callable[[int, int], None] | None = None,
     **options: Any,
-) -> tuple[ClassGroups, Tensor]:
-    """Validated batch -> (groups, rho [pairs]); the shared core of class_distances and CPCC.
+) -> tuple[ClassGroups, Tensor, Tensor]:
+    """Validated batch -> (groups, rho [pairs], magnitude); the shared core of class_distances
+    and CPCC. ``magnitude``: a detached [2] tensor (max|x|, max|x − x̄|) of the features as the
+    distances see them (cost dtype; the second after removing the batch mean), zeros with fewer
+    than two classes: the scale of their rounding (:func:`otcpcc.objectives.cpcc.rounding_spread`).
 
     ``on_labels(lo, hi)``: the caller's check of the smallest and largest label (may raise),
     called with the class sizes' transfer, before any distance. On CUDA the whole call syncs twice
@@ -146,6 +149,7 @@ def grouped_distances(
     check_options(name, options)
     # Solvers that feed an LP or iterations need finite input up front (read with the class
     # sizes); for the closed-form ones a NaN/inf shows in the [pairs] output, far cheaper to scan.
+    # Every output is scanned: distances can overflow float32 although the features are finite.
     upfront = name in ("emd", "sinkhorn")
     check_batch(features, labels, finite=False)
     labels = labels.long()  # any integer dtype (uint8, int16, ...) indexes as int64
@@ -157,25 +161,27 @@ def grouped_distances(
         check_batch(features, labels)  # names the bad rows
     if groups.num_classes < 2:
         check_batch(features, labels)
-        return groups, features.new_zeros(0)
+        return groups, features.new_zeros(0), features.new_zeros(2, dtype=torch.float64)
     x = features.index_select(0, groups.order)
     x = x.to(cost_dtype(x))  # float32 for half/bf16 input (float64 stays float64)
+    raw = torch.linalg.vector_norm(x.detach(), ord=math.inf)
     # Every distance here is translation invariant, so remove the batch mean first (detached:
     # the gradient is unchanged): a large common offset would otherwise cost float32 its digits
     # in the differences and projections (e.g. features 1e5 + noise).
     x = x - x.detach().mean(0)
+    magnitude = torch.stack((raw, torch.linalg.vector_norm(x.detach(), ord=math.inf))).double()
     with torch.autocast(device_type=x.device.type, enabled=False):  # costs never in bf16, even under AMP
         with deferred_recompute() as overflows:
             rho = DISTANCES[name](x, groups, **options)
-        late = overflows + ([] if upfront else [torch.isfinite(rho.detach()).all()])
-        late = torch.stack(late).tolist() if late else []  # one sync
-        if not upfront and not late[-1]:
+        # max|rho| < inf: false for any inf or NaN (the norm propagates NaN), in two operations
+        finite = torch.linalg.vector_norm(rho.detach(), ord=math.inf) < math.inf
+        late = torch.stack([*overflows, finite]).tolist()  # one sync
+        if not late[-1]:
             check_batch(features, labels)  # names the bad rows
-            raise ValueError(f"{name} distances are not finite although the features are; "
-                             "the feature scale may overflow float32: normalise the features")
-        if any(late[:len(overflows)]):  # more near-zero distances than recomputed: again, exactly
+            raise overflow_error(name)
+        if any(late[:-1]):  # more near-zero distances than recomputed: again, exactly
             rho = DISTANCES[name](x, groups, **options)
-    return groups, rho
+    return groups, rho, magnitude
 
 
 def class_distances(
@@ -194,7 +200,7 @@ def class_distances(
         :func:`itertools.combinations` order of ``classes``, differentiable w.r.t. ``features``
         with the constant-plan gradient (float32; float64 for float64 input).
     """
-    groups, rho = grouped_distances(features, labels, distance, **options)
+    groups, rho, _ = grouped_distances(features, labels, distance, **options)
     return groups.classes, rho
 
 

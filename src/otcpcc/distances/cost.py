@@ -77,6 +77,12 @@ def safe_sqrt(x: Tensor) -> Tensor:
     return torch.where(pos, torch.where(pos, x, torch.ones_like(x)).sqrt(), x * 0)
 
 
+def overflow_error(name: str) -> ValueError:
+    """The one-line error for distances that overflow although the features are finite."""
+    return ValueError(f"{name} distances are not finite although the features are; the feature "
+                      "scale may overflow float32: normalise the features")
+
+
 def cost_dtype(x: Tensor) -> torch.dtype:
     """Costs are computed in float64 for float64 input, else float32 (also under autocast)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -84,9 +90,8 @@ def cost_dtype(x: Tensor) -> torch.dtype:
 
 def feature_scale(x: Tensor) -> Tensor:
     """A detached positive scalar c with max|x/c| = 1, so squares neither overflow nor underflow."""
-    lo, hi = x.detach().aminmax()  # one pass, no |x| copy
-    c = torch.maximum(hi, -lo)
-    return torch.where((c > 0) & (c < torch.inf), c, 1.0)  # 1 where 0, inf or NaN
+    c = torch.linalg.vector_norm(x.detach(), ord=math.inf)  # max|x|: one pass, no |x| copy
+    return torch.where(c > 0, c, 1.0).nan_to_num_(nan=1.0, posinf=1.0)  # 1 where 0, inf or NaN
 
 
 def _chunks(n: int, per_item: int, budget: int):
@@ -104,7 +109,7 @@ def row_distances(x: Tensor, ia: Tensor, ib: Tensor, c: Tensor | None = None) ->
     out = None if len(chunks) == 1 else torch.empty(ia.shape[0], dtype=x.dtype, device=x.device)
     for sl in chunks:
         diff = (x.index_select(0, ia[sl]) - x.index_select(0, ib[sl])).div_(c)
-        dist = (diff * diff).sum(1).sqrt_().mul_(c)
+        dist = torch.linalg.vector_norm(diff, dim=1).mul_(c)
         if out is None:
             return dist
         out[sl] = dist
@@ -164,10 +169,12 @@ def cancellation_tolerance(x: Tensor) -> float:
     return 1e3 * torch.finfo(x.dtype).eps * math.sqrt(max(x.shape[1], 1))
 
 
-def gram_distances(x: Tensor, ia: Tensor, ib: Tensor, tiles: _Tiles | None = None) -> Tensor:
-    """[S] ‖x[ia] − x[ib]‖₂ without autograd, from Gram tiles; near-zero entries recomputed."""
+def gram_distances(x: Tensor, ia: Tensor, ib: Tensor, tiles: _Tiles | None = None,
+                   c: Tensor | None = None) -> Tensor:
+    """[S] ‖x[ia] − x[ib]‖₂ without autograd, from Gram tiles; near-zero entries recomputed
+    (``c``: :func:`feature_scale` of ``x`` when already known)."""
     tiles = tiles or _Tiles(x.shape[0], ia, ib)
-    c = feature_scale(x)
+    c = feature_scale(x) if c is None else c
     xs = x / c
     sq = (xs * xs).sum(1)
     tol = cancellation_tolerance(x)
@@ -248,16 +255,17 @@ class _PlanCost(torch.autograd.Function):
         gram = use_gram(x.shape[0], ia.shape[0])
         tiles = _Tiles(x.shape[0], ia, ib) if gram and ctx.needs_input_grad[0] else None
         with torch.no_grad():
+            c = feature_scale(x)
             if norms is not None:
                 norms = norms.to(x.dtype)
                 if not exact_norms:
-                    norms = fix_near(x, ia, ib, norms)
+                    norms = fix_near(x, ia, ib, norms, c)
             elif gram:
-                norms = gram_distances(x, ia, ib, tiles)
+                norms = gram_distances(x, ia, ib, tiles, c)
             else:
-                norms = row_distances(x, ia, ib)
+                norms = row_distances(x, ia, ib, c)
         ctx.tiles = tiles
-        ctx.save_for_backward(x, ia, ib, mass, pair, norms)
+        ctx.save_for_backward(x, ia, ib, mass, pair, norms, c)
         if pair is None:  # entry s is pair s, mass 1
             return norms.clone()
         rho = torch.zeros(num_pairs, dtype=x.dtype, device=x.device)
@@ -265,11 +273,10 @@ class _PlanCost(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_rho):  # noqa: D102
-        x, ia, ib, mass, pair, norms = ctx.saved_tensors
+        x, ia, ib, mass, pair, norms, c = ctx.saved_tensors
         w = grad_rho if pair is None else grad_rho.index_select(0, pair) * mass
         # in units of the feature scale c: tiny features (1e-20) have huge gradients w, and
         # w / ‖x_a − x_b‖ would overflow float32 where w / (‖x_a − x_b‖ / c) does not
-        c = feature_scale(x)
         x = x / c
         norms = norms / c
         pos = norms > 0

@@ -19,10 +19,12 @@ Memory O(pairs · n_max · m_max).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from .cost import cost_dtype, gather_distances, transport_cost
+from .cost import cost_dtype, gather_distances, overflow_error, transport_cost
 from .groups import ClassGroups
 
 SCALING_MAX_RANGE = (30.0, 300.0)  # float32, float64: exp(-range) stays far from underflow
@@ -89,13 +91,15 @@ def sinkhorn_plans(
     Mr = torch.where(valid, M / reg, 0)
     eps = torch.finfo(Mr.dtype).eps
     spread = (Mr.amax((1, 2)) - torch.where(valid, Mr, torch.inf).amin((1, 2))).max()
-    top, spread = torch.stack([Mr.amax(), spread]).tolist()  # one sync for both decisions
+    top, spread, largest = torch.stack([Mr.amax(), spread, M.amax()]).tolist()  # one sync for all
+    if not math.isfinite(largest):  # the distances overflowed (finite features were checked)
+        raise overflow_error("sinkhorn")
     if not top * eps <= MAX_ROUNDING_IN_EXP:
-        least = float(M.amax()) * eps / MAX_ROUNDING_IN_EXP
+        least = largest * eps / MAX_ROUNDING_IN_EXP
         wider = "use float64 features, " if Mr.dtype != torch.float64 else ""
         raise ValueError(
             f"sinkhorn reg={reg:g} is too small for these {str(Mr.dtype)[6:]} costs (largest "
-            f"{float(M.amax()):.3g}): cost/reg loses its precision below reg={least:.2g} and the "
+            f"{largest:.3g}): cost/reg loses its precision below reg={least:.2g} and the "
             f"plan would be wrong or NaN; raise reg, {wider}or use 'emd' "
             "(the exact reg -> 0 limit)")
     limit = SCALING_MAX_RANGE[Mr.dtype == torch.float64]

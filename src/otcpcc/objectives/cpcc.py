@@ -26,16 +26,17 @@ from .target import constant_distance, target_matrix
 ZERO_SPREAD = 8.0  # rho spread within ZERO_SPREAD · eps · (d·max|x - mean| + √d·max|x|): zero variance
 
 
-def rounding_spread(features: Tensor, dtype: torch.dtype) -> Tensor:
-    r"""The spread of class distances that rounding alone can produce from ``features`` [N, d]:
-    a float64 scalar tensor (no host sync).
+def rounding_spread(magnitude: Tensor, d: int, dtype: torch.dtype) -> Tensor:
+    r"""The spread of class distances that rounding alone can produce from features of ``d``
+    dimensions whose ``magnitude`` is :math:`(\max|x|, \max|x - \bar x|)` (a [2] tensor, from
+    :func:`otcpcc.distances.grouped_distances`): a float64 scalar tensor (no host sync).
 
     Two sources, both bounded here:
 
-    * the computation: every distance is computed from the centred batch
-      (:func:`otcpcc.distances.grouped_distances` removes the mean), from d-term sums over entries
-      bounded by :math:`c = \max|x - \bar x|`; its rounding error is about :math:`d\,\varepsilon\,c`
-      (a random walk of d rounding errors on distances up to :math:`2\sqrt d\,c`);
+    * the computation: every distance is computed from the centred batch, from d-term sums over
+      entries bounded by :math:`c = \max|x - \bar x|`; its rounding error is about
+      :math:`d\,\varepsilon\,c` (a random walk of d rounding errors on distances up to
+      :math:`2\sqrt d\,c`);
     * the input itself: each entry carries a rounding of :math:`\varepsilon \max|x|`, so rows
       that differ only by it (the same feature up to an ulp) are :math:`\sqrt d\,\varepsilon
       \max|x|` apart, however large a common offset is.
@@ -43,17 +44,56 @@ def rounding_spread(features: Tensor, dtype: torch.dtype) -> Tensor:
     Class distances that all agree to within ``ZERO_SPREAD``·ε·(d·c + √d·max|x|) are equal up to
     rounding: the variance is zero. Both terms scale with the features, so it is the same decision
     at every feature scale; a common offset enters only through the input term (float32 features
-    1e6 + structure of size 3 keep their CPCC). O(N d).
+    1e6 + structure of size 3 keep their CPCC). O(1).
     """
-    if features.numel() == 0:
-        return torch.zeros((), dtype=torch.float64, device=features.device)
-    x = features.detach()
-    lo, hi = x.aminmax()
-    raw = torch.maximum(hi, -lo).double()
-    lo, hi = (x - x.mean(0)).aminmax()  # the distances see the centred batch
-    centred = torch.maximum(hi, -lo).double()
-    d = features.shape[1]
-    return (centred * d + raw * math.sqrt(d)) * (ZERO_SPREAD * torch.finfo(dtype).eps)
+    eps = ZERO_SPREAD * torch.finfo(dtype).eps
+    return magnitude[1].mul(d * eps).add_(magnitude[0], alpha=math.sqrt(d) * eps)
+
+
+class _Correlation(torch.autograd.Function):
+    r"""Pearson correlation of t and r ([P] each) and whether it is defined, with the closed-form
+    gradient w.r.t. r (one fused step instead of autograd through every elementwise operation).
+
+    With :math:`\tilde t = t/s_t - \overline{t/s_t}` and :math:`\tilde r = r/s_r - \overline{r/s_r}`
+    (:math:`s` the largest magnitude, so the squares neither overflow nor underflow),
+    :math:`S_{tt} = \lVert\tilde t\rVert^2`, :math:`S_{rr} = \lVert\tilde r\rVert^2`:
+
+    .. math:: c = \frac{\langle\tilde t, \tilde r\rangle}{\sqrt{S_{tt} S_{rr}}}, \qquad
+              \frac{\partial c}{\partial r} = \frac{1}{s_r}\Big(\frac{\tilde t}{\sqrt{S_{tt}
+              S_{rr}}} - c\,\frac{\tilde r}{S_{rr}}\Big)
+
+    (the centring drops out of the gradient: both centred vectors sum to 0; :math:`s_r` is a
+    detached scale, c does not depend on it). Where undefined, c = 0 with a zero gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, t, r, noise):  # noqa: D102
+        r_lo, r_hi = r.aminmax()
+        t_lo, t_hi = t.aminmax()
+        defined = ((r_hi - r_lo).double() > noise) & (t_hi > t_lo)
+        if r.numel() < 2:
+            defined = torch.zeros_like(defined)
+        # where undefined every divisor is 1, so no inf or NaN reaches the value or the gradient;
+        # max(hi, −lo) is the largest magnitude max(|hi|, |lo|) (as lo <= hi)
+        s_r = torch.where(defined, torch.maximum(r_hi, -r_lo), 1)
+        t = t / torch.where(defined, torch.maximum(t_hi, -t_lo), 1)
+        r = r / s_r
+        tc = t - t.mean()
+        rc = r - r.mean()
+        s_rr = torch.where(defined, torch.dot(rc, rc), 1)
+        norm = torch.sqrt(torch.dot(tc, tc) * s_rr)
+        corr = torch.where(defined, torch.dot(tc, rc) / torch.where(defined, norm, 1), 0)
+        # dc/dr = a t̃ − b r̃ (a = b = 0 where undefined)
+        a = torch.where(defined, 1 / (s_r * norm), 0)
+        b = corr / (s_r * s_rr)
+        ctx.save_for_backward(tc, rc, a, b)
+        ctx.mark_non_differentiable(defined)
+        return corr, defined
+
+    @staticmethod
+    def backward(ctx, grad, _):  # noqa: D102
+        tc, rc, a, b = ctx.saved_tensors
+        return None, tc * (a * grad) - rc * (b * grad), None
 
 
 def correlation(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
@@ -62,24 +102,9 @@ def correlation(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> tuple[Tens
 
     Both vectors are divided by their largest magnitude before centring and squaring, so the
     value is the same at every scale of the float range (no overflow or underflow of the
-    squares). O(P).
+    squares); the gradient w.r.t. ``r`` is the closed form of :class:`_Correlation`. O(P).
     """
-    t = t.to(r.dtype)
-    r_lo, r_hi = r.detach().aminmax()
-    t_lo, t_hi = t.aminmax()
-    defined = ((r_hi - r_lo).double() > noise) & (t_hi > t_lo)
-    if r.numel() < 2:
-        defined = torch.zeros_like(defined)
-    # where undefined every divisor is replaced by 1, so no inf or NaN reaches the gradient;
-    # max(hi, −lo) is the largest magnitude max(|hi|, |lo|) (as lo <= hi)
-    r = r / torch.where(defined, torch.maximum(r_hi, -r_lo), 1)
-    t = t / torch.where(defined, torch.maximum(t_hi, -t_lo), 1)
-    tc = t - t.mean()
-    rc = r - r.mean()
-    num = (tc * rc).sum()  # (the order of these products fixes the gradient's rounding)
-    stt, srr = (tc * tc).sum(), (rc * rc).sum()
-    corr = num / torch.sqrt(torch.where(defined, stt * srr, 1))
-    return torch.where(defined, corr, 0), defined
+    return _Correlation.apply(t.detach().to(r.dtype), r, noise)
 
 
 def pearson(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> Tensor | None:
@@ -135,14 +160,14 @@ def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str,
         def on_labels(lo: int, hi: int) -> None:
             if lo < 0 or hi >= k:
                 _check_labels(labels, k)
-    groups, rho = grouped_distances(features, labels, distance, on_labels=on_labels, **options)
+    groups, rho, magnitude = grouped_distances(features, labels, distance, on_labels=on_labels, **options)
     if groups.num_classes < 2:
         return None
     if tree_dist.device != rho.device:
         tree_dist = tree_dist.to(rho.device)
     t = tree_dist[groups.classes.index_select(0, groups.pair_i),
                   groups.classes.index_select(0, groups.pair_j)]
-    return correlation(t, rho, rounding_spread(features, rho.dtype))
+    return correlation(t, rho, rounding_spread(magnitude, features.shape[1], rho.dtype))
 
 
 class CPCCLoss(nn.Module):
