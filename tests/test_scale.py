@@ -144,12 +144,13 @@ def test_swd_chunked_equals_unchunked_formula(p, monkeypatch):
                                    rtol=1e-9)
 
 
+@pytest.mark.parametrize("budget", [1, 4000])  # one pair per chunk; a few pairs per chunk
 @pytest.mark.parametrize("equal", [None, 7])
 @pytest.mark.parametrize("kind,sign", [("uniform", None), ("near", -1.0)])
-def test_emd_row_blocks_and_assignment_match_pot(equal, kind, sign, monkeypatch):
-    """emd with the cost matrices in one-column chunks, the assignment solver (uniform, n = m = 7)
+def test_emd_row_blocks_and_assignment_match_pot(equal, kind, sign, budget, monkeypatch):
+    """emd with the cost matrices in column chunks, the assignment solver (uniform, n = m = 7)
     and the LP (unequal sizes or weights) against POT, values and gradients."""
-    monkeypatch.setattr(memory, "BUDGET_BYTES", 1)
+    monkeypatch.setattr(memory, "BUDGET_BYTES", budget)
     x, y = scale_batch(9, n=70, equal=equal)
     w = None if sign is None else softmax_weights(x, y, sign)
     xt = torch.tensor(x, requires_grad=True)

@@ -134,12 +134,14 @@ def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, uniform: bool, x: Te
               parts: list) -> None:
     """The remaining pairs: one optimal plan each on the CPU (sparse plans and their distances).
 
-    Cost matrices come from one float64 product per class against all later samples (never an
-    [N, N] matrix, column chunks sized to the memory budget). With uniform weights and n = m an
-    optimal plan is a permutation / n (Birkhoff), found by the assignment solver
+    Work comes in units: one class A against a chunk of later samples, holding whole pairs (A, B)
+    side by side. Each unit's cost matrix is one float64 product (never an [N, N] matrix, chunks
+    sized to the memory budget); its pairs' plans are written into one dense array of the same
+    shape and read back with one ``nonzero``. With uniform weights and n = m an optimal plan is a
+    permutation / n (Birkhoff), found by the assignment solver
     (``scipy.optimize.linear_sum_assignment``); otherwise POT's network simplex. The solvers
     release the GIL, so with enough work (``LP_PARALLEL_MIN_CELLS`` cost entries in all) the
-    row classes are split into one share per thread (``torch.get_num_threads()``).
+    units are split into one share per thread (``torch.get_num_threads()``).
     """
     if sel.size == 0:
         return
@@ -152,50 +154,57 @@ def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, uniform: bool, x: Te
     c = float(c)
     rows_of = np.split(sel, np.flatnonzero(np.diff(ea[sel])) + 1)  # pairs grouped by class A
 
-    def blocks(pairs: np.ndarray):
-        """This row class's cost blocks, from torch products on the calling (main) thread."""
+    def units(pairs: np.ndarray):
+        """(pairs, first column, cost block) of this row class, from torch products on the
+        calling (main) thread; pairs in a unit are side by side in its columns."""
         a0, na = int(ea[pairs[0]]), int(n[pairs[0]])
         width = chunk_items(16 * na, x.device)  # columns per chunk of the row's distances
-        D, d0 = None, 0
-        for t in pairs:
-            b0, nb = int(eb[t]), int(m[t])
-            if D is None or b0 + nb > d0 + D.shape[1]:  # the next column chunk
-                d0, d1 = b0, min(xs.shape[0], b0 + max(width, nb))
-                D = _class_row_distances(xs, sq, c, slice(a0, a0 + na), slice(d0, d1))
-            yield int(t), a0, b0, D[:, b0 - d0 : b0 - d0 + nb]
+        cut = [0]
+        for k in range(1, len(pairs)):  # start a new chunk where this pair would not fit
+            if eb[pairs[k]] + m[pairs[k]] > eb[pairs[cut[-1]]] + max(width, m[pairs[cut[-1]]]):
+                cut.append(k)
+        for lo, hi in zip(cut, cut[1:] + [len(pairs)], strict=True):
+            d0, d1 = int(eb[pairs[lo]]), int(eb[pairs[hi - 1]] + m[pairs[hi - 1]])
+            yield pairs[lo:hi], d0, _class_row_distances(xs, sq, c, slice(a0, a0 + na), slice(d0, d1))
 
-    def solve(item: tuple[int, int, int, np.ndarray]) -> tuple[np.ndarray, ...]:
-        """One plan (numpy/scipy/POT only: safe in a worker thread, no torch threads inside)."""
-        t, a0, b0, block = item
-        na, nb = block.shape
-        if uniform and na == nb:
-            r, col = linear_sum_assignment(block)
-            mass = np.full(na, 1.0 / na)
-        else:
-            plan = _solve_lp(w[a0 : a0 + na], w[b0 : b0 + nb], block)
-            r, col = np.nonzero(plan)
-            mass = plan[r, col]
-        return np.full(r.size, t), a0 + r, b0 + col, mass, block[r, col]
+    def solve(unit: tuple[np.ndarray, int, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """One unit's plans (numpy/scipy/POT only: safe in a worker thread)."""
+        pairs, d0, D = unit
+        a0, na = int(ea[pairs[0]]), int(n[pairs[0]])
+        wa = w[a0 : a0 + na]
+        G = np.zeros_like(D)
+        starts = eb[pairs] - d0
+        for o, nb in zip(starts.tolist(), m[pairs].tolist(), strict=True):
+            block = D[:, o : o + nb]
+            if uniform and na == nb:
+                r, col = linear_sum_assignment(block)
+                G[r, o + col] = 1.0 / na
+            else:
+                G[:, o : o + nb] = _solve_lp(wa, w[d0 + o : d0 + o + nb], block)
+        r, col = np.nonzero(G)
+        t = pairs[np.searchsorted(starts, col, side="right") - 1]
+        return t, a0 + r, d0 + col, G[r, col], D[r, col]
 
     # Products on this thread (torch uses its own threads), solvers in a pool: the two never
-    # compete for the cores. Blocks are made and solved in batches bounded by the memory budget.
+    # compete for the cores. Units are made and solved in batches bounded by the memory budget.
     workers = max(1, min(torch.get_num_threads(), len(sel)))
     parallel = workers > 1 and int((n[sel] * m[sel]).sum()) >= LP_PARALLEL_MIN_CELLS
-    budget = chunk_items(8, x.device)  # float64 cost entries held at once
+    budget = chunk_items(16, x.device)  # float64 cost and plan entries held at once
     results: list[tuple[np.ndarray, ...]] = []
     with ThreadPoolExecutor(workers) if parallel else nullcontext() as pool:
         batch, cells = [], 0
         for pairs in rows_of:
-            for item in blocks(pairs):
-                batch.append(item)
-                cells += item[3].size
+            for unit in units(pairs):
+                batch.append(unit)
+                cells += unit[2].size
             if cells >= budget or pairs is rows_of[-1]:
-                if parallel:  # one share per thread (a future per tiny LP costs more than the LP)
+                if parallel:  # one share per thread, largest units first, dealt round-robin
+                    batch.sort(key=lambda u: -u[2].size)
                     shares = [batch[i::workers] for i in range(workers)]
-                    results += [r for share in pool.map(lambda sh: [solve(i) for i in sh], shares)
+                    results += [r for share in pool.map(lambda sh: [solve(u) for u in sh], shares)
                                 for r in share]
                 else:
-                    results += [solve(i) for i in batch]
+                    results += [solve(u) for u in batch]
                 batch, cells = [], 0
     parts.append(tuple(np.concatenate(z) for z in zip(*results, strict=True)))
 
