@@ -8,7 +8,8 @@ probabilities (and train features for the retrieval prototypes), and writes ``RU
   level of the tree (fine probabilities summed over each ancestor's leaves, then argmax);
 - ``map_fine``, ``map_{level}``: retrieval mAP with class prototypes (mean train feature), cosine;
 - ``mistake_severity`` (mean tree distance of top-1 mistakes), ``hier_dist@1``, ``hier_dist@5``,
-  ``expected_cost`` (cost matrix from a CSV keyed by class names, default the tree distance);
+  ``expected_cost`` (cost matrix from a CSV keyed by class names, default the tree distance;
+  ``cost_matrix`` names it, ``cost_matrix_sha256`` fingerprints its values, None for the tree);
 - the decision costs under that matrix: ``expected_cost_argmax`` (mean cost of the argmax), and
   for the conditional-risk decisions (``metrics.crm_predict``) ``fine_acc_crm``,
   ``mistake_severity_crm``, ``expected_cost_crm``;
@@ -183,7 +184,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
         device: where to run the model.
         data_dir: the data's location when it moved since training.
     """
-    from ..metrics import evaluate_all
+    from ..metrics import cost_matrix_sha256, evaluate_all
 
     run = load_run(run_dir, device=device, data_dir=data_dir)
     cfg, tree, bundle = run.cfg, run.tree, run.bundle
@@ -200,7 +201,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
         "split": split, "n": int(labels.numel()), "num_classes": tree.num_classes,
         "epoch": run.epoch, "method": cfg.method, "distance": cfg.distance, "lam": cfg.lam,
         "seed": cfg.seed,
-        "cost_matrix": cost_source,
+        "cost_matrix": cost_source, "cost_matrix_sha256": cost_matrix_sha256(c),
     }
     metrics = evaluate_all(probs, labels.numpy(), feats.numpy(), train["features"].numpy(),
                            train["labels"].numpy(), tree, cost_matrix=c)

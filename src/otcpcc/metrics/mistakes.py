@@ -4,6 +4,7 @@ of hard decisions, and the cost-matrix CSV loader."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 from collections.abc import Sequence
@@ -107,6 +108,16 @@ def decision_cost(preds: Any, labels: Any, C: Any) -> float:
     if y.shape[0] == 0:
         return math.nan
     return float(c[y, p].mean())
+
+
+def cost_matrix_sha256(cost: Any) -> str | None:
+    """SHA-256 (hex) of a [K, K] cost matrix as float64, shape included; ``None`` for ``None``
+    (the tree distance). Two matrices get the same fingerprint iff they hold the same values in
+    the same class order. O(K²)."""
+    if cost is None:
+        return None
+    a = np.ascontiguousarray(np.asarray(cost, dtype=np.float64))
+    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
 
 
 def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray:
