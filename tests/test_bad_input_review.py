@@ -272,3 +272,33 @@ def test_a_damaged_eval_json_is_named_when_a_study_resumes(tmp_path, text):
     (tmp_path / "eval.json").write_text(text, encoding="utf-8")
     with pytest.raises(ValueError, match="eval.json .*delete it and rerun with --resume"):
         stored_metrics(tmp_path)
+
+
+# ------------------------------------------- evaluate on a run still training, or interrupted
+@pytest.mark.parametrize("cut", ["no metrics.json", "fewer epochs than asked"])
+def test_evaluate_refuses_an_unfinished_run_unless_partial(target_run, tmp_path, capsys, cut):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(target_run, run)
+    (run / "eval.json").unlink(missing_ok=True)
+    if cut == "no metrics.json":  # interrupted after its last checkpoint, before metrics.json
+        (run / "metrics.json").unlink()
+        why = "it has no metrics.json yet"
+    else:  # resumed with --epochs 3: config.json asks 3, last.pt holds 1
+        cfg = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**cfg, "epochs": 3}))
+        why = "its last.pt holds epoch 1 of 3"
+    one_line_error(capsys, main(["evaluate", str(run)]), "has not finished training", why,
+                   f"otcpcc train --out {run} --resume", "--partial")
+    assert not (run / "eval.json").exists()  # nothing written
+    assert main(["evaluate", str(run), "--partial"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "note" in err[0] and "epoch-1 checkpoint" in err[0], err
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["partial"] is True and saved["epoch"] == 1
+    # a study resumed on it does not take these figures for the finished run's
+    from otcpcc.study.resume import evaluated_alike
+
+    assert not evaluated_alike(saved, run, None)
+    assert evaluated_alike({**saved, "partial": False}, run, None)

@@ -149,8 +149,8 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: 
             _say(progress, f"[compare] {run_dir} finished earlier; reusing its eval.json")
             return {"run_dir": run_dir, "metrics": saved}
         state = "trained"  # e.g. evaluated again by hand with another --cost-matrix
-        _say(progress, f"[compare] {run_dir}/eval.json was computed with another cost matrix "
-                       f"({saved.get('cost_matrix')}); evaluating it again")
+        _say(progress, f"[compare] {run_dir}/eval.json was not computed with this comparison's "
+                       f"cost matrix ({saved.get('cost_matrix')}) on the finished run; evaluating it again")
     elif state == "trained":
         _say(progress, f"[compare] {run_dir} was trained earlier; evaluating it")
     try:

@@ -148,12 +148,13 @@ def evaluated_alike(saved: Mapping[str, Any], run_dir: Path, cost_matrix: Any) -
     evaluates with (``cost_matrix``: a CSV path, an array or ``None`` = tree distance), compared
     by the ``cost_matrix_sha256`` of the matrix resolved against ``run_dir/tree.json``
     (:func:`otcpcc.metrics.cost_matrix_sha256`); an ``eval.json`` written before that key existed
-    matches only the tree distance. E.g. the run was evaluated again by hand with another
-    ``--cost-matrix``: ``False``, so the study evaluates it again instead of mixing costs."""
+    matches only the tree distance; one of an unfinished run (``partial``) never matches. E.g.
+    the run was evaluated again by hand with another ``--cost-matrix``: ``False``, so the study
+    evaluates it again instead of mixing costs."""
     from ..evaluation.evaluate import resolve_cost_matrix
     from ..tree import LabelTree
 
-    if saved.get("split", "test") != "test":
+    if saved.get("split", "test") != "test" or saved.get("partial"):  # e.g. evaluate --partial
         return False
     expected = cost_matrix_sha256(resolve_cost_matrix(
         cost_matrix, LabelTree.from_file(run_dir / "tree.json"))[0])
