@@ -302,3 +302,15 @@ def test_evaluate_refuses_an_unfinished_run_unless_partial(target_run, tmp_path,
 
     assert not evaluated_alike(saved, run, None)
     assert evaluated_alike({**saved, "partial": False}, run, None)
+
+
+# ------------------------------------------------- a CPCC weight so large that training overflows
+@pytest.mark.parametrize("batch, where", [
+    ("16", "the loss became nan at epoch 1/2"),  # a NaN loss during training
+    ("100", "outputs became non-finite after epoch 2/2, step 1"),  # 100 > 72 samples: the last
+])  # step's update overflows and the final evaluation met NaN features (it blamed lr / AMP)
+def test_a_huge_lam_is_named_as_the_cause_of_the_overflow(tmp_path, capsys, batch, where):
+    argv = ["train", *TINY, "--epochs", "2", "--batch-size", batch, "--distance", "l2",
+            "--lam", "1e30", "--out", str(tmp_path / "r")]
+    err = one_line_error(capsys, main(argv), where, "--lam 1e+30", "overflow", "lower --lam")
+    assert "AMP" not in err and "--lr" not in err, err
