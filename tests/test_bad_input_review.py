@@ -314,3 +314,33 @@ def test_a_huge_lam_is_named_as_the_cause_of_the_overflow(tmp_path, capsys, batc
             "--lam", "1e30", "--out", str(tmp_path / "r")]
     err = one_line_error(capsys, main(argv), where, "--lam 1e+30", "overflow", "lower --lam")
     assert "AMP" not in err and "--lr" not in err, err
+
+
+# ------------------------------------------------ bench: --json writability, budget, reference flags
+SMALL_BENCH = ["--batch-sizes", "8", "--classes", "4", "--coarse", "2", "--dim", "2", "--distances", "l2",
+               "--repeats", "1", "--warmup", "0"]
+
+
+@pytest.mark.parametrize("flags, needles", [
+    (["--json", "/sys/x.json", "--no-reference"],
+     ["--json /sys/x.json: cannot write in /sys", "a folder you can write to"]),
+    (["--approx", "--json", "/sys/x.json"], ["--json /sys/x.json: cannot write in /sys"]),
+    (["--reference-budget", "-5", "--no-reference"], ["--reference-budget: expected a number > 0, got '-5'"]),
+    (["--reference-budget", "0", "--no-reference"], ["expected a number > 0, got '0'"]),
+    (["--reference", "x.py", "--no-reference"], ["--reference and --no-reference contradict",
+                                                 "--no-reference to time otcpcc only"]),
+])
+def test_bench_refuses_before_running(monkeypatch, capsys, flags, needles):
+    from otcpcc.bench import approx
+
+    monkeypatch.setattr(speed, "bench_distances", lambda **k: pytest.fail("ran the bench"))
+    monkeypatch.setattr(approx, "compare", lambda *a, **k: pytest.fail("ran the bench"))
+    argv = ["bench", *flags] if "--approx" in flags else ["bench", *flags, *SMALL_BENCH]
+    one_line_error(capsys, main(argv), *needles)
+
+
+def test_bench_json_write_check_leaves_nothing_behind(tmp_path):
+    from otcpcc.flags import unwritable
+
+    assert unwritable(str(tmp_path / "b.json")) is None
+    assert list(tmp_path.iterdir()) == []

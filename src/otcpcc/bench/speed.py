@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..flags import OneLineParser, given_flags, int_at_least, refuse_unused
+from ..flags import OneLineParser, given_flags, int_at_least, positive_float, refuse_unused, unwritable
 from .problem import make_problem
 
 DISTANCES = ("l2", "emd", "sinkhorn", "swd", "fastft")
@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="untimed calls of ours first (default 3)")
     p.add_argument("--reference-repeats", type=int_at_least(1), default=3,
                    help="timed calls of the baseline (default 3)")
-    p.add_argument("--reference-budget", type=float, default=60.0,
+    p.add_argument("--reference-budget", type=positive_float, default=60.0,
                    help="seconds allowed for the baseline's timed calls at one (distance, batch "
                         "size): skipped where they are estimated above it, cut short where they "
                         "run over it (default 60)")
@@ -425,10 +425,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"otcpcc: error: {err}", file=sys.stderr)
         return 2
-    if args.json not in (None, "-") and (Path(args.json).is_dir()
-                                         or not Path(args.json).resolve().parent.is_dir()):
-        print(f"otcpcc: error: --json {args.json}: not a writable file path (a directory, or its folder "
-              "does not exist); pass a file in an existing folder", file=sys.stderr)
+    if args.reference is not None and args.no_reference:
+        print("otcpcc: error: --reference and --no-reference contradict each other; pass "
+              "--reference PATH to time that baseline, or --no-reference to time otcpcc only",
+              file=sys.stderr)
+        return 2
+    why = unwritable(args.json) if args.json not in (None, "-") else None
+    if why:  # before the run, not after it
+        print(f"otcpcc: error: {why}", file=sys.stderr)
         return 2
     if args.scale:
         from .scale import main_scale
