@@ -344,3 +344,39 @@ def test_bench_json_write_check_leaves_nothing_behind(tmp_path):
 
     assert unwritable(str(tmp_path / "b.json")) is None
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------- SIGTERM while last.pt is written: no ckpt.tmp litter
+def test_sigterm_while_saving_a_checkpoint_leaves_no_temporary_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import os, signal, sys, torch
+from otcpcc.runs.checkpoint import save_checkpoint
+save_checkpoint(sys.argv[1], {"model": {}, "epoch": 1})      # the previous last.pt
+def killed_midway(obj, f):                                    # torch.save, stopped halfway
+    f.write(b"half a checkpoint"); f.flush()
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("SIGTERM did not end the process")
+torch.save = killed_midway
+save_checkpoint(sys.argv[1], {"model": {}, "epoch": 2})
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -15, done.stderr  # ended by the signal, as without the handler
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no ckpt.tmp
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1  # the previous one
+
+
+def test_resume_removes_temporary_files_a_killed_run_left(target_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(target_run, run)
+    (run / "ckpt.tmp").write_bytes(b"")  # SIGKILL while writing: nothing can remove them then
+    (run / "eval.json.tmp").write_text("{")  # (a file the resumed run does not write again)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert not (run / "ckpt.tmp").exists() and not (run / "eval.json.tmp").exists()
