@@ -380,3 +380,53 @@ def test_resume_removes_temporary_files_a_killed_run_left(target_run, tmp_path):
     (run / "eval.json.tmp").write_text("{")  # (a file the resumed run does not write again)
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
     assert not (run / "ckpt.tmp").exists() and not (run / "eval.json.tmp").exists()
+
+
+# ----------------------------------------------------------------- messages: UTF-16, header, cycles
+@pytest.mark.parametrize("encoding, name", [("utf-16", "UTF-16"), ("utf-16-be", "UTF-16"),
+                                            ("utf-32", "UTF-32")])
+@pytest.mark.parametrize("file, read, expected", [
+    ("t.txt", lambda p: LabelTree.from_file(p), "expected an edge-list tree"),
+    ("c.csv", lambda p: load_cost_matrix(p, ["a", "b"]), "expected a CSV cost matrix"),
+])
+def test_a_utf16_text_file_is_named_utf16_with_the_fix(tmp_path, encoding, name, file, read, expected):
+    path = tmp_path / file
+    bom = {"utf-16-be": b"\xfe\xff"}.get(encoding, b"")  # utf-16/utf-32 write their own mark
+    path.write_bytes(bom + "r a\nr b\n".encode(encoding))
+    with pytest.raises(ValueError) as e:
+        read(path)
+    assert f"{path} is {name} text, not UTF-8" in str(e.value) and "re-save it as UTF-8" in str(e.value)
+    assert expected in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("text", ["0,1,5\n1,0,5\n5,5,0\n",  # a bare matrix
+                                  "a,0,1,5\nb,1,0,5\nc,5,5,0\n"])  # rows with names, no header
+def test_a_cost_matrix_without_its_header_row_says_so(tmp_path, capsys, target_run, text):
+    path = tmp_path / "costs.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"the header row is missing; add a first row naming the "
+                                         r"class of each column \(e\.g\. ',a,b,c'\)"):
+        load_cost_matrix(path, ["a", "b", "c"])
+    one_line_error(capsys, main(["evaluate", str(target_run), "--cost-matrix", str(path)]),
+                   "holds numbers, not class names: the header row is missing")
+    # classes named by numbers: a header of numbers is a header
+    path.write_text(",0,1\n0,0,2\n1,3,0\n", encoding="utf-8")
+    assert load_cost_matrix(path, ["1", "0"]).tolist() == [[0.0, 3.0], [2.0, 0.0]]
+
+
+@pytest.mark.parametrize("edges, needles", [
+    ("r a\na b\nb a\n", ["node 'a' has two parents, 'r' (", "t.txt:1) and 'b' (", "t.txt:3)",
+                         "closes a cycle ('a' -> 'b' -> 'a', child -> parent)", "delete one of these edges"]),
+    ("r a\na a\n", ["edge 'a' -> 'a' (", "t.txt:2) makes 'a' its own parent (a cycle 'a' -> 'a'); remove that edge"]),
+    ("r a\nr b\na x\nb x\n", ["node 'x' has two parents, 'a' (", "t.txt:3) and 'b' (", "t.txt:4)"]),
+])
+def test_a_tree_file_cycle_or_second_parent_names_the_lines_and_a_fix_for_the_cli(tmp_path, capsys,
+                                                                                 edges, needles):
+    path = tmp_path / "t.txt"
+    path.write_text(edges, encoding="utf-8")
+    err = one_line_error(capsys, main(["train", *TINY, "--tree", str(path), "--out", str(tmp_path / "r")]),
+                         *needles)
+    assert "or pass on_multiple_parents" not in err  # an argument a CLI user cannot pass
+    with pytest.raises(ValueError, match="from Python, on_multiple_parents='first' keeps the first"
+                       if "two parents" in needles[0] else "its own parent"):
+        LabelTree.from_edges([tuple(line.split()) for line in edges.splitlines()])

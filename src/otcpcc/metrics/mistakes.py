@@ -120,6 +120,16 @@ def cost_matrix_sha256(cost: Any) -> str | None:
     return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
 
 
+def _all_numbers(cells: Sequence[str]) -> bool:
+    """Whether every non-empty cell reads as a number (and one at least does)."""
+    filled = [c for c in cells if c]
+    try:
+        [float(c) for c in filled]
+    except ValueError:
+        return False
+    return bool(filled)
+
+
 def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray:
     """Read a misclassification cost matrix from a CSV keyed by class name.
 
@@ -151,6 +161,13 @@ def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray
     if len(rows) < 2:
         raise ValueError(f"{path}: needs a header row of class names and one row per class")
     header, body = rows[0], rows[1:]
+    # no header: a bare matrix, or rows "name,costs" only (the corner cell may hold anything)
+    if _all_numbers(header[1:]) and not set(names) <= set(header):
+        raise ValueError(
+            f"{path}: the first row ({','.join(header[:4])}{',...' if len(header) > 4 else ''}) "
+            "holds numbers, not class names: the header row is missing; add a first row naming "
+            f"the class of each column (e.g. ',{','.join(names[:3])}{',...' if len(names) > 3 else ''}') "
+            "and start each row with its class name")
     lengths = [len(r) for r in body]
     width = max(set(lengths), key=lengths.count)  # the usual row length; report the odd ones
     for i, r in enumerate(body, start=2):
