@@ -430,3 +430,15 @@ def test_a_tree_file_cycle_or_second_parent_names_the_lines_and_a_fix_for_the_cl
     with pytest.raises(ValueError, match="from Python, on_multiple_parents='first' keeps the first"
                        if "two parents" in needles[0] else "its own parent"):
         LabelTree.from_edges([tuple(line.split()) for line in edges.splitlines()])
+
+
+# ------------------------------------------------------------- bench --scale --help: its own help
+def test_bench_scale_help_shows_the_scale_cases(monkeypatch, capsys):
+    monkeypatch.setattr(scale, "run_all", lambda *a: pytest.fail("ran the cases"))
+    assert main(["bench", "--scale", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: otcpcc bench --scale [-h] [--json [PATH]]"), out
+    assert all(case in out for case in scale.CASES) and "--batch-sizes BATCH_SIZES" not in out
+    assert "fastft-train   ok at or under 2x the GEMM" in out
+    assert main(["bench", "--help"]) == 0  # the general help points at it
+    assert "(see otcpcc bench --scale --help)" in " ".join(capsys.readouterr().out.split())
