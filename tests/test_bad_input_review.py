@@ -442,3 +442,19 @@ def test_bench_scale_help_shows_the_scale_cases(monkeypatch, capsys):
     assert "fastft-train   ok at or under 2x the GEMM" in out
     assert main(["bench", "--help"]) == 0  # the general help points at it
     assert "(see otcpcc bench --scale --help)" in " ".join(capsys.readouterr().out.split())
+
+
+# --------------------------------------------------- cli/args: one parser for lists of numbers
+def test_float_and_int_lists_are_one_parser_with_unchanged_messages():
+    import argparse
+
+    from otcpcc.cli import args
+
+    for parse, good, value, what in ((args._float_list, "0, 0.5,,2", [0.0, 0.5, 2.0], "numbers"),
+                                     (args._int_list, "64,256,", [64, 256], "integers")):
+        assert parse.__qualname__.startswith("_number_list.")  # the one factory
+        assert parse(good) == value
+        with pytest.raises(argparse.ArgumentTypeError) as e:
+            parse("1,x")
+        assert str(e.value) == f"expected comma-separated {what}, got '1,x'"
+    assert args._number_list(int, "integers")("3") == [3]
