@@ -308,7 +308,8 @@ def test_evaluate_refuses_an_unfinished_run_unless_partial(target_run, tmp_path,
 @pytest.mark.parametrize("batch, where", [
     ("16", "the loss became nan at epoch 1/2"),  # a NaN loss during training
     ("100", "outputs became non-finite after epoch 2/2, step 1"),  # 100 > 72 samples: the last
-])  # step's update overflows and the final evaluation met NaN features (it blamed lr / AMP)
+])  # update overflows the logits (before: a "finished" run with inf logits here; on the default
+#     data, NaN features in the final evaluation, blamed on lr / AMP)
 def test_a_huge_lam_is_named_as_the_cause_of_the_overflow(tmp_path, capsys, batch, where):
     argv = ["train", *TINY, "--epochs", "2", "--batch-size", batch, "--distance", "l2",
             "--lam", "1e30", "--out", str(tmp_path / "r")]
