@@ -272,3 +272,190 @@ def test_a_damaged_eval_json_is_named_when_a_study_resumes(tmp_path, text):
     (tmp_path / "eval.json").write_text(text, encoding="utf-8")
     with pytest.raises(ValueError, match="eval.json .*delete it and rerun with --resume"):
         stored_metrics(tmp_path)
+
+
+# ------------------------------------------- evaluate on a run still training, or interrupted
+@pytest.mark.parametrize("cut", ["no metrics.json", "fewer epochs than asked"])
+def test_evaluate_refuses_an_unfinished_run_unless_partial(target_run, tmp_path, capsys, cut):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(target_run, run)
+    (run / "eval.json").unlink(missing_ok=True)
+    if cut == "no metrics.json":  # interrupted after its last checkpoint, before metrics.json
+        (run / "metrics.json").unlink()
+        why = "it has no metrics.json yet"
+    else:  # resumed with --epochs 3: config.json asks 3, last.pt holds 1
+        cfg = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**cfg, "epochs": 3}))
+        why = "its last.pt holds epoch 1 of 3"
+    one_line_error(capsys, main(["evaluate", str(run)]), "has not finished training", why,
+                   f"otcpcc train --out {run} --resume", "--partial")
+    assert not (run / "eval.json").exists()  # nothing written
+    assert main(["evaluate", str(run), "--partial"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "note" in err[0] and "epoch-1 checkpoint" in err[0], err
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["partial"] is True and saved["epoch"] == 1
+    # a study resumed on it does not take these figures for the finished run's
+    from otcpcc.study.resume import evaluated_alike
+
+    assert not evaluated_alike(saved, run, None)
+    assert evaluated_alike({**saved, "partial": False}, run, None)
+
+
+# ------------------------------------------------- a CPCC weight so large that training overflows
+@pytest.mark.parametrize("batch, where", [
+    ("16", "the loss became nan at epoch 1/2"),  # a NaN loss during training
+    ("100", "outputs became non-finite after epoch 2/2, step 1"),  # 100 > 72 samples: the last
+])  # update overflows the logits (before: a "finished" run with inf logits here; on the default
+#     data, NaN features in the final evaluation, blamed on lr / AMP)
+def test_a_huge_lam_is_named_as_the_cause_of_the_overflow(tmp_path, capsys, batch, where):
+    argv = ["train", *TINY, "--epochs", "2", "--batch-size", batch, "--distance", "l2",
+            "--lam", "1e30", "--out", str(tmp_path / "r")]
+    err = one_line_error(capsys, main(argv), where, "--lam 1e+30", "overflow", "lower --lam")
+    assert "AMP" not in err and "--lr" not in err, err
+
+
+# ------------------------------------------------ bench: --json writability, budget, reference flags
+SMALL_BENCH = ["--batch-sizes", "8", "--classes", "4", "--coarse", "2", "--dim", "2", "--distances", "l2",
+               "--repeats", "1", "--warmup", "0"]
+
+
+@pytest.mark.parametrize("flags, needles", [
+    (["--json", "/sys/x.json", "--no-reference"],
+     ["--json /sys/x.json: cannot write in /sys", "a folder you can write to"]),
+    (["--approx", "--json", "/sys/x.json"], ["--json /sys/x.json: cannot write in /sys"]),
+    (["--reference-budget", "-5", "--no-reference"], ["--reference-budget: expected a number > 0, got '-5'"]),
+    (["--reference-budget", "0", "--no-reference"], ["expected a number > 0, got '0'"]),
+    (["--reference", "x.py", "--no-reference"], ["--reference and --no-reference contradict",
+                                                 "--no-reference to time otcpcc only"]),
+])
+def test_bench_refuses_before_running(monkeypatch, capsys, flags, needles):
+    from otcpcc.bench import approx
+
+    monkeypatch.setattr(speed, "bench_distances", lambda **k: pytest.fail("ran the bench"))
+    monkeypatch.setattr(approx, "compare", lambda *a, **k: pytest.fail("ran the bench"))
+    argv = ["bench", *flags] if "--approx" in flags else ["bench", *flags, *SMALL_BENCH]
+    one_line_error(capsys, main(argv), *needles)
+
+
+def test_bench_json_write_check_leaves_nothing_behind(tmp_path):
+    from otcpcc.flags import unwritable
+
+    assert unwritable(str(tmp_path / "b.json")) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------- SIGTERM while last.pt is written: no ckpt.tmp litter
+def test_sigterm_while_saving_a_checkpoint_leaves_no_temporary_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import os, signal, sys, torch
+from otcpcc.runs.checkpoint import save_checkpoint
+save_checkpoint(sys.argv[1], {"model": {}, "epoch": 1})      # the previous last.pt
+def killed_midway(obj, f):                                    # torch.save, stopped halfway
+    f.write(b"half a checkpoint"); f.flush()
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("SIGTERM did not end the process")
+torch.save = killed_midway
+save_checkpoint(sys.argv[1], {"model": {}, "epoch": 2})
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -15, done.stderr  # ended by the signal, as without the handler
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no ckpt.tmp
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1  # the previous one
+
+
+def test_resume_removes_temporary_files_a_killed_run_left(target_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(target_run, run)
+    (run / "ckpt.tmp").write_bytes(b"")  # SIGKILL while writing: nothing can remove them then
+    (run / "eval.json.tmp").write_text("{")  # (a file the resumed run does not write again)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert not (run / "ckpt.tmp").exists() and not (run / "eval.json.tmp").exists()
+
+
+# ----------------------------------------------------------------- messages: UTF-16, header, cycles
+@pytest.mark.parametrize("encoding, name", [("utf-16", "UTF-16"), ("utf-16-be", "UTF-16"),
+                                            ("utf-32", "UTF-32")])
+@pytest.mark.parametrize("file, read, expected", [
+    ("t.txt", lambda p: LabelTree.from_file(p), "expected an edge-list tree"),
+    ("c.csv", lambda p: load_cost_matrix(p, ["a", "b"]), "expected a CSV cost matrix"),
+])
+def test_a_utf16_text_file_is_named_utf16_with_the_fix(tmp_path, encoding, name, file, read, expected):
+    path = tmp_path / file
+    bom = {"utf-16-be": b"\xfe\xff"}.get(encoding, b"")  # utf-16/utf-32 write their own mark
+    path.write_bytes(bom + "r a\nr b\n".encode(encoding))
+    with pytest.raises(ValueError) as e:
+        read(path)
+    assert f"{path} is {name} text, not UTF-8" in str(e.value) and "re-save it as UTF-8" in str(e.value)
+    assert expected in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("text", ["0,1,5\n1,0,5\n5,5,0\n",  # a bare matrix
+                                  "a,0,1,5\nb,1,0,5\nc,5,5,0\n"])  # rows with names, no header
+def test_a_cost_matrix_without_its_header_row_says_so(tmp_path, capsys, target_run, text):
+    path = tmp_path / "costs.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"the header row is missing; add a first row naming the "
+                                         r"class of each column \(e\.g\. ',a,b,c'\)"):
+        load_cost_matrix(path, ["a", "b", "c"])
+    one_line_error(capsys, main(["evaluate", str(target_run), "--cost-matrix", str(path)]),
+                   "holds numbers, not class names: the header row is missing")
+    # classes named by numbers: a header of numbers is a header
+    path.write_text(",0,1\n0,0,2\n1,3,0\n", encoding="utf-8")
+    assert load_cost_matrix(path, ["1", "0"]).tolist() == [[0.0, 3.0], [2.0, 0.0]]
+
+
+@pytest.mark.parametrize("edges, needles", [
+    ("r a\na b\nb a\n", ["node 'a' has two parents, 'r' (", "t.txt:1) and 'b' (", "t.txt:3)",
+                         "closes a cycle ('a' -> 'b' -> 'a', child -> parent)", "delete one of these edges"]),
+    ("r a\na a\n", ["edge 'a' -> 'a' (", "t.txt:2) makes 'a' its own parent (a cycle 'a' -> 'a'); remove that edge"]),
+    ("r a\nr b\na x\nb x\n", ["node 'x' has two parents, 'a' (", "t.txt:3) and 'b' (", "t.txt:4)"]),
+])
+def test_a_tree_file_cycle_or_second_parent_names_the_lines_and_a_fix_for_the_cli(tmp_path, capsys,
+                                                                                 edges, needles):
+    path = tmp_path / "t.txt"
+    path.write_text(edges, encoding="utf-8")
+    err = one_line_error(capsys, main(["train", *TINY, "--tree", str(path), "--out", str(tmp_path / "r")]),
+                         *needles)
+    assert "or pass on_multiple_parents" not in err  # an argument a CLI user cannot pass
+    with pytest.raises(ValueError, match="from Python, on_multiple_parents='first' keeps the first"
+                       if "two parents" in needles[0] else "its own parent"):
+        LabelTree.from_edges([tuple(line.split()) for line in edges.splitlines()])
+
+
+# ------------------------------------------------------------- bench --scale --help: its own help
+def test_bench_scale_help_shows_the_scale_cases(monkeypatch, capsys):
+    monkeypatch.setattr(scale, "run_all", lambda *a: pytest.fail("ran the cases"))
+    assert main(["bench", "--scale", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: otcpcc bench --scale [-h] [--json [PATH]]"), out
+    assert all(case in out for case in scale.CASES) and "--batch-sizes BATCH_SIZES" not in out
+    assert "fastft-train   ok at or under 2x the GEMM" in out
+    assert main(["bench", "--help"]) == 0  # the general help points at it
+    assert "(see otcpcc bench --scale --help)" in " ".join(capsys.readouterr().out.split())
+
+
+# --------------------------------------------------- cli/args: one parser for lists of numbers
+def test_float_and_int_lists_are_one_parser_with_unchanged_messages():
+    import argparse
+
+    from otcpcc.cli import args
+
+    for parse, good, value, what in ((args._float_list, "0, 0.5,,2", [0.0, 0.5, 2.0], "numbers"),
+                                     (args._int_list, "64,256,", [64, 256], "integers")):
+        assert parse.__qualname__.startswith("_number_list.")  # the one factory
+        assert parse(good) == value
+        with pytest.raises(argparse.ArgumentTypeError) as e:
+            parse("1,x")
+        assert str(e.value) == f"expected comma-separated {what}, got '1,x'"
+    assert args._number_list(int, "integers")("3") == [3]

@@ -173,3 +173,31 @@ def test_pilot_loads_the_data_once_and_resumes(tmp_path, monkeypatch, capsys, no
     assert b == a
     assert main([*pilot, "--seeds", "2", "--out", str(tmp_path / "q"), "--resume"]) == 2
     assert "seeds (1 -> 2)" in capsys.readouterr().err
+
+
+def test_compare_resume_evaluates_again_a_run_evaluated_with_another_cost_matrix(tmp_path, monkeypatch,
+                                                                                 capsys, no_figures):
+    """A run's eval.json recomputed by hand with another --cost-matrix is not reused as it stands
+    (its rows would mix costs): --resume evaluates that run again with the study's matrix."""
+    out = tmp_path / "c"
+    costs = write_costs(tmp_path / "costs.csv", lambda i, j: int(i != j))
+    other = write_costs(tmp_path / "other.csv", lambda i, j: 5 * int(i != j))
+    one = [*TINY, "--epochs", "1", "--methods", "none", "--seeds", "1", "--out", str(out),
+           "--cost-matrix", str(costs)]
+    assert main(["compare", *one]) == 0
+    first = json.loads((out / "summary.json").read_text())["runs"][0]
+    run = out / "none" / "seed0"
+    assert main(["evaluate", str(run), "--cost-matrix", str(other)]) == 0
+    by_hand = json.loads((run / "eval.json").read_text())
+    assert by_hand["expected_cost"] == pytest.approx(5 * first["expected_cost"])  # 5 x the costs
+    capsys.readouterr()
+    calls = spy_train(monkeypatch)
+    assert main(["compare", *one, "--resume"]) == 0
+    assert calls == []  # evaluated again, not trained again
+    again = json.loads((out / "summary.json").read_text())["runs"][0]
+    assert again["expected_cost"] == pytest.approx(first["expected_cost"])
+    assert json.loads((run / "eval.json").read_text())["cost_matrix"] == str(costs)
+    # evaluated with the study's matrix: reused as it stands (not rewritten)
+    stamp = (run / "eval.json").stat().st_mtime_ns
+    assert main(["compare", *one, "--resume"]) == 0
+    assert (run / "eval.json").stat().st_mtime_ns == stamp

@@ -2,7 +2,10 @@
 (:mod:`otcpcc.bench`, which cannot import the cli: the cli imports it).
 
 * :class:`OneLineParser`: argparse whose usage errors are one line (``otcpcc bench: error: ...``), exit 2.
-* :func:`int_at_least`: an integer flag type with a lower bound, e.g. ``--repeats`` >= 1.
+* :func:`int_at_least`: an integer flag type with a lower bound, e.g. ``--repeats`` >= 1;
+  :func:`positive_float`: a float flag type > 0, e.g. ``--reference-budget``.
+* :func:`unwritable`: why an output file (``--json PATH``) cannot be written, checked before a
+  long run rather than after it.
 * :func:`refuse_unused`: a table ``{dest: what to do instead}`` of flags that a command (or a mode
   such as ``bench --scale``) does not use; giving one is refused with one line naming the flags,
   instead of being silently ignored. :func:`given_flags` says which flags a command line gave
@@ -14,9 +17,14 @@ Imports nothing from the package (and not torch): any module may use it.
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
-__all__ = ["OneLineParser", "given_flags", "int_at_least", "refuse_unused"]
+__all__ = ["OneLineParser", "given_flags", "int_at_least", "positive_float", "refuse_unused",
+           "unwritable"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -38,6 +46,39 @@ def int_at_least(low: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (anything else: "expected a number > 0, got '-5'")."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def unwritable(path: str, flag: str = "--json") -> str | None:
+    """``None`` when a file can be written at ``path``, else the one-line reason (naming ``flag``
+    and the fix). Tried, not guessed: a temporary file is created in ``path``'s folder and removed
+    (O(1) files), so a read-only or foreign folder is found before a long run, not after it."""
+    p = Path(path)
+    fix = "pass a file in a folder you can write to"
+    if p.is_dir():
+        return f"{flag} {path}: is a directory; {fix}"
+    folder = p.resolve().parent
+    if not folder.is_dir():
+        return f"{flag} {path}: its folder {folder} does not exist; {fix}"
+    if p.exists() and not os.access(p, os.W_OK):
+        return f"{flag} {path}: the file exists and is read-only; {fix}"
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".otcpcc-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"{flag} {path}: cannot write in {folder} ({e.strerror or e}); {fix}"
+    return None
 
 
 def flag_of(dest: str) -> str:

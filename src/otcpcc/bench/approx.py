@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..flags import OneLineParser, int_at_least
+from ..flags import OneLineParser, int_at_least, unwritable
 
 APPROX = (("fastft", {"order": "batch"}, "fastft-batch"),
           ("fastft", {"order": "sorted"}, "fastft-sorted"),
@@ -212,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.json is not None and (Path(args.json).is_dir() or not Path(args.json).resolve().parent.is_dir()):
-        print(f"otcpcc: error: --json {args.json}: not a writable file path (a directory, or its folder "
-              "does not exist); pass a file in an existing folder", file=sys.stderr)
+    why = unwritable(args.json) if args.json is not None else None
+    if why:  # before the run, not after it
+        print(f"otcpcc: error: {why}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

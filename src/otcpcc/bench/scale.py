@@ -22,7 +22,9 @@ One-time imports (POT for ``emd``) happen before the timing.
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -149,9 +151,23 @@ def main_scale(json_path: str | None = None, repeats: int = 1,
     return 0
 
 
-def _child(argv: Sequence[str]) -> int:
-    import argparse
+def scale_parser() -> argparse.ArgumentParser:
+    """The help of ``otcpcc bench --scale``: its cases and goals (module docstring) and its one
+    flag, ``--json`` (the parsing itself is ``otcpcc bench``'s)."""
+    from ..flags import OneLineParser
 
+    goals = "\n".join(f"  {name:<14} ok at or under {GOALS[name]:g}x the GEMM" for name in CASES)
+    text = re.sub(r":func:`([^`]+)`", r"\1", __doc__.split("\n\n", 1)[1])
+    p = OneLineParser(prog="otcpcc bench --scale", formatter_class=argparse.RawDescriptionHelpFormatter,
+                      description=text + "\nGoals (ratio case / GEMM):\n" + goals,
+                      epilog="Takes no other flag: the cases are fixed (drop --scale to time the "
+                             "distances with --batch-sizes, --classes, ...).")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                   help="write results as JSON to PATH ('-' or no PATH: print to stdout)")
+    return p
+
+
+def _child(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m otcpcc.bench.scale")
     p.add_argument("--case", choices=CASES, default=None, help="run one case (JSON line out)")
     p.add_argument("--repeats", type=int, default=1)

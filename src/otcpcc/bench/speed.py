@@ -39,7 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..flags import OneLineParser, given_flags, int_at_least, refuse_unused
+from ..flags import OneLineParser, int_at_least, positive_float
+from .checks import refusal
 from .problem import make_problem
 
 DISTANCES = ("l2", "emd", "sinkhorn", "swd", "fastft")
@@ -368,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="untimed calls of ours first (default 3)")
     p.add_argument("--reference-repeats", type=int_at_least(1), default=3,
                    help="timed calls of the baseline (default 3)")
-    p.add_argument("--reference-budget", type=float, default=60.0,
+    p.add_argument("--reference-budget", type=positive_float, default=60.0,
                    help="seconds allowed for the baseline's timed calls at one (distance, batch "
                         "size): skipped where they are estimated above it, cut short where they "
                         "run over it (default 60)")
@@ -391,25 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", action="store_true",
                    help="scale cases (16k batches over 1000 classes, 100k test sets) as ratios "
                         "to one GEMM, each in a fresh process (otcpcc.bench.scale); takes no "
-                        "other flag but --json")
+                        "other flag but --json (see otcpcc bench --scale --help)")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="write results as JSON to PATH ('-' or no PATH: print to stdout)")
     return p
-
-
-def _refuse_overridden(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str]) -> None:
-    """ValueError naming the flags that ``--scale`` (fixed cases) or ``--big`` would silently ignore."""
-    if not (args.scale or args.big):
-        return
-    given = given_flags(parser, argv)
-    if args.scale:
-        scale_note = ("--scale runs fixed cases (16k batches over 1000 classes, 100k test sets); "
-                      "drop those flags, or leave out --scale to time the distances with them")
-        refuse_unused(given, "bench --scale", {a.dest: scale_note for a in parser._actions
-                                               if a.dest not in ("help", "scale", "json")})
-    refuse_unused(given, "bench --big", dict.fromkeys(
-        ("classes", "batch_sizes", "distances"),
-        "--big sets K=1000, B=16384 and fastft; drop those flags, or leave out --big"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -418,17 +404,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .approx import main as approx_main
 
         return approx_main(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--scale" in given and {"-h", "--help"} & set(given):  # the help of --scale's own cases
+        from .scale import scale_parser
+
+        scale_parser().print_help()
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        _refuse_overridden(parser, args, sys.argv[1:] if argv is None else argv)
-    except ValueError as err:
-        print(f"otcpcc: error: {err}", file=sys.stderr)
-        return 2
-    if args.json not in (None, "-") and (Path(args.json).is_dir()
-                                         or not Path(args.json).resolve().parent.is_dir()):
-        print(f"otcpcc: error: --json {args.json}: not a writable file path (a directory, or its folder "
-              "does not exist); pass a file in an existing folder", file=sys.stderr)
+    why = refusal(parser, args, given)
+    if why:  # before the run, not after it
+        print(f"otcpcc: error: {why}", file=sys.stderr)
         return 2
     if args.scale:
         from .scale import main_scale

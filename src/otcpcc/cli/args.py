@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..flags import int_at_least, refuse_unused
 from ..runs.config import METHODS, OPTIMIZERS, PRESET_NAMES, SCHEDULES, TrainConfig
+
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- value parsers
@@ -27,20 +30,22 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}") from None
+def _number_list(type_: Callable[[str], T], what: str) -> Callable[[str], list[T]]:
+    """argparse type: comma-separated values read by ``type_`` (empty items skipped); anything
+    else: "expected comma-separated <what>, got '...'"."""
+    def parse(text: str) -> list[T]:
+        try:
+            return [type_(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got {text!r}") from None
+
+    parse.__name__ = f"{getattr(type_, '__name__', 'value')}_list"
+    return parse
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
+_float_list = _number_list(float, "numbers")
+_int_list = _number_list(int, "integers")
 
 
 def _name_list(text: str) -> list[str]:

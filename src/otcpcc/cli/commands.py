@@ -81,7 +81,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate_run
 
     res = evaluate_run(args.run, cost_matrix=args.cost_matrix, split=args.split,
-                       device=args.device, data_dir=args.data_dir)
+                       device=args.device, data_dir=args.data_dir, partial=args.partial)
+    if res.get("partial"):  # --partial on an unfinished run: say which epoch these numbers are
+        print(f"{PROG}: note: {args.run} has not finished training; these are the figures of its "
+              f"epoch-{res['epoch']} checkpoint (eval.json records partial: true)", file=sys.stderr)
     if args.json:
         print(json.dumps(res, indent=2, default=str))
         return 0
@@ -231,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu (default), cuda, cuda:N, auto")
     p.add_argument("--data-dir", metavar="PATH", help="the data's location if it moved")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.add_argument("--partial", action="store_true",
+                   help="evaluate a run that has not finished training (still training, or "
+                        "interrupted) at the epoch of its last.pt; refused without it")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="train + evaluate several methods, write a report",

@@ -8,7 +8,8 @@ probabilities (and train features for the retrieval prototypes), and writes ``RU
   level of the tree (fine probabilities summed over each ancestor's leaves, then argmax);
 - ``map_fine``, ``map_{level}``: retrieval mAP with class prototypes (mean train feature), cosine;
 - ``mistake_severity`` (mean tree distance of top-1 mistakes), ``hier_dist@1``, ``hier_dist@5``,
-  ``expected_cost`` (cost matrix from a CSV keyed by class names, default the tree distance);
+  ``expected_cost`` (cost matrix from a CSV keyed by class names, default the tree distance;
+  ``cost_matrix`` names it, ``cost_matrix_sha256`` fingerprints its values, None for the tree);
 - the decision costs under that matrix: ``expected_cost_argmax`` (mean cost of the argmax), and
   for the conditional-risk decisions (``metrics.crm_predict``) ``fine_acc_crm``,
   ``mistake_severity_crm``, ``expected_cost_crm``;
@@ -170,8 +171,19 @@ def multimodality_summary(features: np.ndarray, labels: np.ndarray, names: list[
     }
 
 
+def unfinished(run: LoadedRun) -> str | None:
+    """Why ``run`` is not a finished training run (its ``last.pt`` holds fewer epochs than its
+    config asks, or it has no ``metrics.json``: still training, or interrupted), or ``None``."""
+    if run.epoch < run.cfg.epochs:
+        return f"its {CHECKPOINT} holds epoch {run.epoch} of {run.cfg.epochs}"
+    if not (run.run_dir / "metrics.json").is_file():
+        return "it has no metrics.json yet"
+    return None
+
+
 def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: str = "test",
-                 device: str = "cpu", data_dir: str | None = None) -> dict[str, Any]:
+                 device: str = "cpu", data_dir: str | None = None,
+                 partial: bool = False) -> dict[str, Any]:
     """Evaluate a trained run; write and return ``run_dir/eval.json`` (``eval_{split}.json``).
 
     Args:
@@ -182,10 +194,19 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
             (e.g. ``"target_test"``).
         device: where to run the model.
         data_dir: the data's location when it moved since training.
+        partial: evaluate a run that has not finished training (:func:`unfinished`: still
+            training or interrupted) at the epoch its ``last.pt`` holds; the result then has
+            ``partial: True``. Without it such a run raises :class:`RunDirError`.
     """
-    from ..metrics import evaluate_all
+    from ..metrics import cost_matrix_sha256, evaluate_all
 
     run = load_run(run_dir, device=device, data_dir=data_dir)
+    why = unfinished(run)
+    if why and not partial:
+        raise RunDirError(
+            f"{str(run.run_dir)!r} has not finished training ({why}: still training, or "
+            f"interrupted); finish it with otcpcc train --out {run.run_dir} --resume, or pass "
+            f"--partial to evaluate its epoch-{run.epoch} checkpoint anyway")
     cfg, tree, bundle = run.cfg, run.tree, run.bundle
     dataset = _split(bundle, split)
     c, cost_source = resolve_cost_matrix(cost_matrix, tree)
@@ -198,9 +219,9 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
 
     result: dict[str, Any] = {
         "split": split, "n": int(labels.numel()), "num_classes": tree.num_classes,
-        "epoch": run.epoch, "method": cfg.method, "distance": cfg.distance, "lam": cfg.lam,
+        "epoch": run.epoch, "partial": bool(why), "method": cfg.method, "distance": cfg.distance, "lam": cfg.lam,
         "seed": cfg.seed,
-        "cost_matrix": cost_source,
+        "cost_matrix": cost_source, "cost_matrix_sha256": cost_matrix_sha256(c),
     }
     metrics = evaluate_all(probs, labels.numpy(), feats.numpy(), train["features"].numpy(),
                            train["labels"].numpy(), tree, cost_matrix=c)

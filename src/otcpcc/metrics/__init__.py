@@ -21,12 +21,20 @@ Bad input raises :class:`ValueError` with a one-line message naming the problem 
 
 from .accuracy import level_accuracies
 from .decision import crm_predict
-from .mistakes import decision_cost, expected_cost, hier_dist_at_k, load_cost_matrix, mistake_severity
+from .mistakes import (
+    cost_matrix_sha256,
+    decision_cost,
+    expected_cost,
+    hier_dist_at_k,
+    load_cost_matrix,
+    mistake_severity,
+)
 from .multimodality import multimodality
 from .retrieval import retrieval_map
 from .summary import evaluate_all
 
 __all__ = [
+    "cost_matrix_sha256",
     "crm_predict",
     "decision_cost",
     "evaluate_all",

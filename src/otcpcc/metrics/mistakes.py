@@ -4,6 +4,7 @@ of hard decisions, and the cost-matrix CSV loader."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 from collections.abc import Sequence
@@ -109,6 +110,26 @@ def decision_cost(preds: Any, labels: Any, C: Any) -> float:
     return float(c[y, p].mean())
 
 
+def cost_matrix_sha256(cost: Any) -> str | None:
+    """SHA-256 (hex) of a [K, K] cost matrix as float64, shape included; ``None`` for ``None``
+    (the tree distance). Two matrices get the same fingerprint iff they hold the same values in
+    the same class order. O(K²)."""
+    if cost is None:
+        return None
+    a = np.ascontiguousarray(np.asarray(cost, dtype=np.float64))
+    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def _all_numbers(cells: Sequence[str]) -> bool:
+    """Whether every non-empty cell reads as a number (and one at least does)."""
+    filled = [c for c in cells if c]
+    try:
+        [float(c) for c in filled]
+    except ValueError:
+        return False
+    return bool(filled)
+
+
 def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray:
     """Read a misclassification cost matrix from a CSV keyed by class name.
 
@@ -140,6 +161,13 @@ def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray
     if len(rows) < 2:
         raise ValueError(f"{path}: needs a header row of class names and one row per class")
     header, body = rows[0], rows[1:]
+    # no header: a bare matrix, or rows "name,costs" only (the corner cell may hold anything)
+    if _all_numbers(header[1:]) and not set(names) <= set(header):
+        raise ValueError(
+            f"{path}: the first row ({','.join(header[:4])}{',...' if len(header) > 4 else ''}) "
+            "holds numbers, not class names: the header row is missing; add a first row naming "
+            f"the class of each column (e.g. ',{','.join(names[:3])}{',...' if len(names) > 3 else ''}') "
+            "and start each row with its class name")
     lengths = [len(r) for r in body]
     width = max(set(lengths), key=lengths.count)  # the usual row length; report the odd ones
     for i, r in enumerate(body, start=2):

@@ -15,7 +15,10 @@ import json
 import math
 import os
 import random
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +136,42 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- checkpoints
+@contextmanager
+def _removed_on_sigterm(tmp: Path) -> Iterator[None]:
+    """While writing ``tmp``: a SIGTERM (``kill``, a scheduler's stop) first removes ``tmp``, then
+    takes its usual course (the previous handler, by default the end of the process), so that no
+    half-written temporary file is left behind. Only in the main thread (where handlers live)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        tmp.unlink(missing_ok=True)
+        signal.signal(signal.SIGTERM, old)
+        os.kill(os.getpid(), signal.SIGTERM)  # again, to the previous handler
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, old)
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> None:
+    """Remove the temporary files an earlier process killed while writing left in ``run_dir``
+    (``ckpt.tmp``, ``<run file>.tmp``: SIGKILL, power loss); called before a run is written again."""
+    for name in (TMP_CHECKPOINT, *(f"{n}.tmp" for n in RUN_FILES if n not in (TMP_CHECKPOINT, "tb"))):
+        (Path(run_dir) / name).unlink(missing_ok=True)
+
+
 def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``run_dir/ckpt.tmp``, then rename it to ``run_dir/last.pt``."""
+    """Write ``state`` to ``run_dir/ckpt.tmp``, then rename it to ``run_dir/last.pt``; an error,
+    Ctrl-C or SIGTERM while writing removes ``ckpt.tmp`` (``last.pt`` stays the previous one)."""
     run_dir = Path(run_dir)
     tmp, final = run_dir / TMP_CHECKPOINT, run_dir / CHECKPOINT
     try:
-        with open(tmp, "wb") as f:
+        with _removed_on_sigterm(tmp), open(tmp, "wb") as f:
             torch.save({"format": FORMAT_VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint import CHECKPOINT, RUN_FILES, atomic_write_text
+from .checkpoint import CHECKPOINT, RUN_FILES, atomic_write_text, remove_stale_temporaries
 from .config import TrainConfig, load_config_file
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, env: DistEnv, *, resume: bool, 
     (``meta`` adds entries to config.json's ``meta``)."""
     if resume:
         check_resume_config(out, cfg, env)
+        remove_stale_temporaries(out)  # left by a process killed while writing (SIGKILL)
     elif force:
         discard_run_files(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,14 @@ from .context import read_context
 from .methods import resolve_methods
 from .notes import run_collapse
 from .report import render_report
-from .resume import open_study, run_state, stored_metrics, study_record, write_study
+from .resume import (
+    evaluated_alike,
+    open_study,
+    run_state,
+    stored_metrics,
+    study_record,
+    write_study,
+)
 from .tables import _is_number, aggregate_runs
 from .verdict import ot_verdicts, verdicts
 
@@ -137,9 +144,14 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: 
 
     state = run_state(run_dir) if resume else "new"
     if state == "evaluated":
-        _say(progress, f"[compare] {run_dir} finished earlier; reusing its eval.json")
-        return {"run_dir": run_dir, "metrics": stored_metrics(run_dir)}
-    if state == "trained":
+        saved = stored_metrics(run_dir)
+        if evaluated_alike(saved, run_dir, cost_matrix):
+            _say(progress, f"[compare] {run_dir} finished earlier; reusing its eval.json")
+            return {"run_dir": run_dir, "metrics": saved}
+        state = "trained"  # e.g. evaluated again by hand with another --cost-matrix
+        _say(progress, f"[compare] {run_dir}/eval.json was not computed with this comparison's "
+                       f"cost matrix ({saved.get('cost_matrix')}) on the finished run; evaluating it again")
+    elif state == "trained":
         _say(progress, f"[compare] {run_dir} was trained earlier; evaluating it")
     try:
         if state != "trained":  # a checkpoint continues; a directory with none starts over

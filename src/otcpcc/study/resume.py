@@ -7,7 +7,8 @@ reopens ``out`` only when the command now given asks the same (:func:`open_study
 :data:`STUDY_FREE_KEYS` may change, as for ``otcpcc train --resume``), then each run directory is in
 one of four states (:func:`run_state`):
 
-- ``evaluated`` (``metrics.json`` and ``eval.json``): its ``eval.json`` is reused as it stands;
+- ``evaluated`` (``metrics.json`` and ``eval.json``): its ``eval.json`` is reused as it stands
+  when it was computed with this study's cost matrix (:func:`evaluated_alike`), else evaluated again;
 - ``trained`` (``metrics.json`` only: stopped during evaluation): evaluated again;
 - ``checkpoint`` (``last.pt``, no ``metrics.json``): ``train(resume=True)`` continues it from its
   last checkpoint (the training loop's own exact resume);
@@ -23,8 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from ..metrics.mistakes import cost_matrix_sha256
 from ..runs.checkpoint import CHECKPOINT, atomic_write_text
 from ..runs.config import TrainConfig
 
@@ -45,8 +45,7 @@ def cost_fingerprint(cost_matrix: Any) -> str | None:
         return None
     if isinstance(cost_matrix, (str, os.PathLike)):
         return hashlib.sha256(Path(cost_matrix).read_bytes()).hexdigest()
-    a = np.ascontiguousarray(np.asarray(cost_matrix, dtype=np.float64))
-    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
+    return cost_matrix_sha256(cost_matrix)
 
 
 def study_record(command: str, cfg: TrainConfig, methods: Sequence[str], seeds: int,
@@ -142,3 +141,23 @@ def stored_metrics(run_dir: Path) -> dict[str, Any]:
     """The metrics a finished run's evaluation wrote (``run_dir/eval.json``), as they stand."""
     return read_saved(run_dir / "eval.json", "fine_acc",
                       "delete it and rerun with --resume to evaluate that run again")
+
+
+def evaluated_alike(saved: Mapping[str, Any], run_dir: Path, cost_matrix: Any) -> bool:
+    """Whether a saved ``eval.json`` (``saved``) was computed with the cost matrix this study
+    evaluates with (``cost_matrix``: a CSV path, an array or ``None`` = tree distance), compared
+    by the ``cost_matrix_sha256`` of the matrix resolved against ``run_dir/tree.json``
+    (:func:`otcpcc.metrics.cost_matrix_sha256`); an ``eval.json`` written before that key existed
+    matches only the tree distance; one of an unfinished run (``partial``) never matches. E.g.
+    the run was evaluated again by hand with another ``--cost-matrix``: ``False``, so the study
+    evaluates it again instead of mixing costs."""
+    from ..evaluation.evaluate import resolve_cost_matrix
+    from ..tree import LabelTree
+
+    if saved.get("split", "test") != "test" or saved.get("partial"):  # e.g. evaluate --partial
+        return False
+    expected = cost_matrix_sha256(resolve_cost_matrix(
+        cost_matrix, LabelTree.from_file(run_dir / "tree.json"))[0])
+    if "cost_matrix_sha256" not in saved:
+        return expected is None and saved.get("cost_matrix") == "tree distance"
+    return saved["cost_matrix_sha256"] == expected

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -191,8 +192,7 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
         if isinstance(e, NonFiniteLoss):
             kept = (f"{out / CHECKPOINT} keeps the last finite state" if saved else
                     f"no epoch had finished, so nothing was kept in {out}")
-            raise NonFiniteLoss(f"{e}; training stopped and {kept}; lower --lr (now {cfg.lr:g}) "
-                                "or --lam, or check the data for NaN/inf") from None
+            raise NonFiniteLoss(f"{e}; training stopped and {kept}; {divergence_fix(cfg)}") from None
         raise
 
     # 7. Final metrics (TestCPCC over the whole test split, gathered from all ranks).
@@ -205,6 +205,20 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
             f"TestCPCC({metrics['test_cpcc_distance']}) {metrics['test_cpcc']:.4f}; wrote {out}")
     env.barrier()  # no rank leaves (and tears the process group down) before rank 0 is done
     return out
+
+
+# above this the CPCC term lam * (1 - CPCC) (at most 2 * lam) dwarfs any task loss (~log K):
+# a run that diverges with such a weight diverges because of it, not of its learning rate
+LARGE_LAM = 1e3
+
+
+def divergence_fix(cfg: TrainConfig) -> str:
+    """What to change when a run's loss or outputs became NaN/inf: the CPCC weight when it is
+    above :data:`LARGE_LAM`, else the learning rate or the weight (or the data)."""
+    if cfg.distance != "none" and cfg.lam > LARGE_LAM:
+        return (f"the CPCC weight --lam {cfg.lam:g} makes the loss (task loss + lam * (1 - CPCC)) "
+                "and its updates overflow: lower --lam (default 1)")
+    return f"lower --lr (now {cfg.lr:g}) or --lam, or check the data for NaN/inf"
 
 
 def _data_meta(bundle: Any) -> dict[str, Any]:
@@ -306,6 +320,10 @@ def _epochs(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     test = {k: v.numpy() for k, v in
                             predict(run.model, run.bundle.test, env, cfg, run.amp).items()}
+                    if not (np.isfinite(test["logits"]).all() and np.isfinite(test["features"]).all()):
+                        raise NonFiniteLoss(  # the epoch's last update overflowed the weights
+                            f"the model's outputs became non-finite after epoch {epoch + 1}/"
+                            f"{cfg.epochs}, step {first_step + totals.steps}")
                     row["test_acc"] = float((test["logits"].argmax(1) == test["labels"]).mean())
                 history.append(row)
                 run.checkpoint(epoch + 1, 0, None, history)

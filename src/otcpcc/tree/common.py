@@ -54,3 +54,19 @@ def _check_weight(w: Any, child: str, parent: str | None) -> float:
             f"weight {x!r} of edge {parent!r} -> {child!r} is negative or not finite; weights must be finite and >= 0"
         )
     return x
+
+
+def _second_parent(child: str, first: str, first_at: str, second: str, second_at: str,
+                   parent: dict[str, str]) -> str:
+    """The message for an edge ``second -> child`` when ``child`` already hangs under ``first``:
+    names both edges (and where they are) and the cycle the second one would close, if any; the
+    fix suits a tree file's reader (delete an edge) and a caller of the API alike."""
+    chain, n = [second], second
+    while n in parent and n != child and len(chain) <= len(parent):
+        n = parent[n]
+        chain.append(n)
+    cycle = (f"; it also closes a cycle ({' -> '.join(repr(x) for x in [child, *chain])}, child -> parent)"
+             if n == child else "")
+    return (f"node {child!r} has two parents, {first!r}{first_at} and {second!r}{second_at}{cycle}; a label "
+            "tree needs one parent per node: delete one of these edges (from Python, "
+            "on_multiple_parents='first' keeps the first)")

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import Level, TreeError, _check_name, _check_weight, _listed
+from .common import Level, TreeError, _check_name, _check_weight, _listed, _second_parent
 from .files import read_tree, write_tree
 from .levels import named_levels, parents_from_levels
 
@@ -208,6 +208,7 @@ class LabelTree:
         parent: dict[str, str] = {}
         weight: dict[str, float] = {}
         has_children: set[str] = set()
+        given_at: dict[str, str] = {}  # child -> where its parent edge is (" (file:line)")
         dropped = False
         for k, e in enumerate(edges):
             at = f" ({where[k]})" if where is not None else ""
@@ -216,6 +217,9 @@ class LabelTree:
             p = _check_name(e[0], f"parent in edge {tuple(e)!r}{at}")
             c = _check_name(e[1], f"child in edge {tuple(e)!r}{at}")
             w = _check_weight(e[2], c, p) if len(e) == 3 else 1.0
+            if p == c:
+                raise TreeError(f"edge {p!r} -> {c!r}{at} makes {c!r} its own parent (a cycle {c!r} -> {c!r}); "
+                                "remove that edge")
             order.setdefault(p, None)
             order.setdefault(c, None)
             has_children.add(p)
@@ -227,14 +231,12 @@ class LabelTree:
                         )
                     continue
                 if on_multiple_parents == "error":
-                    raise TreeError(
-                        f"node {c!r} has two parents, {parent[c]!r} and {p!r}{at}; a label tree "
-                        "needs one parent per node (or pass on_multiple_parents='first')"
-                    )
+                    raise TreeError(_second_parent(c, parent[c], given_at[c], p, at, parent))
                 dropped = True
                 continue
             parent[c] = p
             weight[c] = w
+            given_at[c] = at
         nodes = list(order)
         if dropped:
             # prune nodes that had children in the input but lost all of them

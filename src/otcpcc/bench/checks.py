@@ -1,0 +1,39 @@
+"""What ``otcpcc bench`` refuses before it runs anything (a bench takes minutes; a bad flag found
+after it would waste them): flags that ``--scale`` or ``--big`` would silently ignore,
+``--reference`` with ``--no-reference``, and a ``--json`` file that cannot be written."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from ..flags import given_flags, refuse_unused, unwritable
+
+
+def refuse_overridden(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """ValueError naming the flags that ``--scale`` (fixed cases) or ``--big`` would silently ignore."""
+    if not (args.scale or args.big):
+        return
+    given = given_flags(parser, argv)
+    if args.scale:
+        scale_note = ("--scale runs fixed cases (16k batches over 1000 classes, 100k test sets); "
+                      "drop those flags, or leave out --scale to time the distances with them")
+        refuse_unused(given, "bench --scale", {a.dest: scale_note for a in parser._actions
+                                               if a.dest not in ("help", "scale", "json")})
+    refuse_unused(given, "bench --big", dict.fromkeys(
+        ("classes", "batch_sizes", "distances"),
+        "--big sets K=1000, B=16384 and fastft; drop those flags, or leave out --big"))
+
+
+def refusal(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str]) -> str | None:
+    """The one-line reason ``otcpcc bench`` (``argv``, parsed into ``args``) must not start, or None."""
+    try:
+        refuse_overridden(parser, args, argv)
+    except ValueError as err:
+        return str(err)
+    if args.reference is not None and args.no_reference:
+        return ("--reference and --no-reference contradict each other; pass --reference PATH to "
+                "time that baseline, or --no-reference to time otcpcc only")
+    if args.json not in (None, "-"):
+        return unwritable(args.json)
+    return None
