@@ -22,19 +22,30 @@ two paths with the same values (to rounding) and the same constant-plan gradient
 * quantile bands (:mod:`.bands`): R = N // max(K, 512) dense problems of M ≈ N/R + K members,
   O(N K d) work, no stored plan (built for 16k-sample batches over 1000 classes).
 
-The rule: stored plans iff (1) uniform weights, (2) N ≤ ``cost.GRAM_ALWAYS_N`` (one Gram square;
-above it the plan path gathers or sorts millions of entries), (3) the square is not larger than
-the bands' work, :math:`N^2 \le` ``BAND_CELL_COST`` :math:`\cdot R M^2`, and (4) the stored
-entries fit the chunk memory budget (S · ``PLAN_BYTES_PER_ENTRY`` ≤ :func:`.memory.chunk_budget`).
-``BAND_CELL_COST = 2``: a band cell goes through ~14 elementwise passes and 2 products (forward and
-backward, on half the square), a Gram-path cell through ~2 passes and 2 products; the measured
-per-cell ratio at N = 1024 was 1.6–2.7. In effect: plans below 1536 samples, plans up to 2048
-samples when K is large (e.g. K ≥ 300), bands otherwise. Per-sample weights always take the
-bands: their plans need an O(E log E) merge sort (measured 1.4–2.5× the bands' time at K = 100,
-2–8× for TestCPCC). Measured (2-core CPU, 2 threads, ratio stored/bands, fwd+bwd of CPCCLoss):
-B = 256–1024, K = 10–100, uniform: 0.23–0.98 (d = 64), 0.61–0.86 (d = 512), and the stored path
-runs 193 operators and 2 host syncs per step against the bands' 236–299 and 6; B = 4096:
-bands 1.8–3.2× faster except K = 10 at d = 64; B = 16384, K = 1000: bands only (16M entries).
+The rule, from host-side sizes only (no sync): stored plans iff (1) uniform weights, (2) the
+plans take the Gram path of :func:`.cost.use_gram` (one product of the [N, N] square; the
+alternative there, gathering d-vectors per entry, was 3.2× slower than the bands at d = 512),
+(3) the stored entries fit the chunk memory budget (S · ``PLAN_BYTES_PER_ENTRY`` ≤
+:func:`.memory.chunk_budget`; the bands' memory is O(K² + tile) for any N), and (4) the work model
+
+.. math:: N^2 + c_E\, S \;\le\; c_B\, R\, M^2, \qquad M = N/R + K,
+
+in units of one Gram-square cell (a d-long product plus ~3 elementwise passes, forward and
+backward). ``BAND_CELL_COST`` :math:`c_B = 2.5`: a band cell goes through ~14 elementwise passes
+and 1.5 products (half the square, forward and backward) against the Gram cell's ~3 passes and 2
+products (ratio 1.7–2.4); the measured per-cell ratio at N = 1024 was 1.6–2.7.
+``ENTRY_COST`` :math:`c_E = 12`: an entry is built (~12 int64 passes), gathered, weighted and
+scattered twice, all random access; measured at B = 2048, K = 1000 (S = 1.5M, the first size where
+the entries dominate) the stored path took 2.4–3.4× the bands, which needs :math:`c_E \ge 11`.
+In effect: stored plans for B ≤ 512 (one band: the bands save nothing), for B = 1024 up to
+K ≈ 40 and B ≈ 1400 at K ≤ 10; bands otherwise. Per-sample weights always take the bands: their plans need an
+O(E log E) merge sort (measured 1.4–2.5× the bands' time at K = 100, 2–8× for TestCPCC).
+Measured (2-core CPU, 2 threads, stored / bands, CPCCLoss forward + backward; docs/approx.md):
+B = 256–1024, K = 10, uniform: 0.23–0.70, with 193 operators and 2 host syncs per step against
+the bands' 236–299 and 6 (bands in their GPU layout); B ≥ 4096: the bands 1.6–3.2× faster except
+K = 10 at d = 64 (stored 0.4–0.6×, not taken: the model has no d); B = 16384, K = 1000: bands only.
+``PATH`` forces a path (tests, benchmarks).
+
 ``order="sorted"`` first sorts both classes of each pair along the line between their means
 (:mod:`otcpcc.distances.sorted_plans`): the same walk, now invariant to any permutation of the batch;
 still ≥ EMD. Extra cost O(N k d + N k log N).
@@ -56,23 +67,24 @@ from .weights import sample_weights
 
 ORDERS = ("batch", "sorted")
 PATH: str | None = None  # None: use_stored_plans decides; "plans" / "bands" force one (tests, benchmarks)
-BAND_CELL_COST = 2  # time of one cell of a band's square / one cell of the plans' Gram square
+BAND_CELL_COST = 2.5  # time of one cell of a band's square / one cell of the plans' Gram square
+ENTRY_COST = 12.0  # time of one stored plan entry / one cell of the Gram square
 PLAN_BYTES_PER_ENTRY = 128  # peak bytes per stored plan entry (indices, masses, gathers, backward)
 
 
 def use_stored_plans(groups: ClassGroups, weighted: bool, device: torch.device | str) -> bool:
-    """Whether ``order="batch"`` evaluates stored NW plans (True) or quantile bands (False); the
-    rule and its measurements are in the module docstring. From host-side sizes only (no sync)."""
+    """Whether ``order="batch"`` evaluates stored NW plans (True) or quantile bands (False): the
+    work and memory model of the module docstring, from host-side sizes only (no sync)."""
     if PATH is not None:
         return PATH == "plans"
     n, k = int(sum(groups.counts_host)), groups.num_classes
-    if weighted or n > cost.GRAM_ALWAYS_N:
+    entries = n * (k - 1) - groups.num_pairs  # Σ_pairs (n_i + n_j − 1)
+    if weighted or not cost.use_gram(n, entries):
         return False
-    entries = n * (k - 1) - groups.num_pairs
     if entries * PLAN_BYTES_PER_ENTRY > chunk_budget(device):
         return False
     r = band_count(n, k)
-    return n * n <= BAND_CELL_COST * r * (n / r + k) ** 2
+    return n * n + ENTRY_COST * entries <= BAND_CELL_COST * r * (n / r + k) ** 2
 
 
 def fastft(x: Tensor, groups: ClassGroups, weights: str = "uniform", order: str = "batch") -> Tensor:
