@@ -38,13 +38,14 @@ products (ratio 1.7–2.4); the measured per-cell ratio at N = 1024 was 1.6–2.
 scattered twice, all random access; measured at B = 2048, K = 1000 (S = 1.5M, the first size where
 the entries dominate) the stored path took 2.4–3.4× the bands, which needs :math:`c_E \ge 11`.
 In effect: stored plans for B ≤ 512 (one band: the bands save nothing), for B = 1024 up to
-K ≈ 40 and B ≈ 1400 at K ≤ 10; bands otherwise. Per-sample weights always take the bands: their plans need an
-O(E log E) merge sort (measured 1.4–2.5× the bands' time at K = 100, 2–8× for TestCPCC).
-Measured (2-core CPU, 2 threads, stored / bands, CPCCLoss forward + backward; docs/approx.md):
-B = 256–1024, K = 10, uniform: 0.23–0.70, with 193 operators and 2 host syncs per step against
-the bands' 236–299 and 6 (bands in their GPU layout); B ≥ 4096: the bands 1.6–3.2× faster except
-K = 10 at d = 64 (stored 0.4–0.6×, not taken: the model has no d); B = 16384, K = 1000: bands only.
-``PATH`` forces a path (tests, benchmarks).
+K ≈ 40 and B ≈ 1400 at K ≤ 10; bands otherwise. Per-sample weights always take the bands: their
+plans need an O(E log E) merge sort (mostly 1.2–2.6× the bands' time at K = 100; TestCPCC 2.4–8×).
+
+Measured (docs/approx.md; 2-core CPU, 1 and 2 threads, stored / bands, CPCCLoss forward +
+backward): B = 256–1024, K = 10, uniform: 0.23–0.79, with 193 operators and 2 host syncs per step
+against the bands' 236–299 and 6 (bands in their GPU layout); B ≥ 4096: the bands 1.2–4.4× faster
+except K = 10 at d = 64 (stored 0.4–0.6×, not taken: the model has no d term); B = 16384,
+K = 1000: bands only (16M entries). ``PATH`` forces a path (tests, benchmarks).
 
 ``order="sorted"`` first sorts both classes of each pair along the line between their means
 (:mod:`otcpcc.distances.sorted_plans`): the same walk, now invariant to any permutation of the batch;
@@ -69,7 +70,7 @@ ORDERS = ("batch", "sorted")
 PATH: str | None = None  # None: use_stored_plans decides; "plans" / "bands" force one (tests, benchmarks)
 BAND_CELL_COST = 2.5  # time of one cell of a band's square / one cell of the plans' Gram square
 ENTRY_COST = 12.0  # time of one stored plan entry / one cell of the Gram square
-PLAN_BYTES_PER_ENTRY = 128  # peak bytes per stored plan entry (indices, masses, gathers, backward)
+PLAN_BYTES_PER_ENTRY = 128  # peak bytes per stored entry, fwd + bwd (measured 61 at S = 1.5M; 2x margin)
 
 
 def use_stored_plans(groups: ClassGroups, weighted: bool, device: torch.device | str) -> bool:
