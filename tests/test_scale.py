@@ -76,6 +76,7 @@ def test_fastft_bands_match_brute_force_oracle(kind, sign, monkeypatch):
     many bands and one-row tiles, equal-size classes included."""
     monkeypatch.setattr(memory, "BUDGET_BYTES", 1)
     monkeypatch.setattr(bands_module, "MIN_BAND", 4)
+    monkeypatch.setattr(sys.modules["otcpcc.distances.fastft"], "PATH", "bands")  # not the switch's
     for x, y in (scale_batch(3), scale_batch(4, n=60, equal=6)):
         w = None if sign is None else softmax_weights(x, y, sign)
         xt = torch.tensor(x, requires_grad=True)
