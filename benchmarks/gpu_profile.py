@@ -14,6 +14,7 @@ cases on CPU (no CUDA columns), ``--quick`` skips the operator tables.
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 import warnings
 
@@ -24,8 +25,12 @@ from otcpcc import CPCCLoss
 from otcpcc.bench.problem import make_problem
 from otcpcc.bench.syncs import count_syncs
 
-CASES = (("l2", 1024, 100), ("swd", 1024, 100), ("sinkhorn", 1024, 100), ("fastft", 1024, 100),
-         ("fastft", 16384, 1000))
+fastft_module = importlib.import_module("otcpcc.distances.fastft")  # (the package exports the function)
+
+# (distance, B, K, fastft path: None = as fastft.use_stored_plans picks, "plans" / "bands" forced)
+CASES = (("l2", 1024, 100, None), ("swd", 1024, 100, None), ("sinkhorn", 1024, 100, None),
+         ("fastft", 1024, 100, "bands"), ("fastft", 1024, 100, "plans"), ("fastft", 256, 100, None),
+         ("fastft", 16384, 1000, None))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
-    for distance, n, k in CASES:
+    for distance, n, k, path in CASES:
+        fastft_module.PATH = path
         f, y, tree = make_problem(n, k, min(20, k - 1), 512, seed=0)
         x, y = f.detach().to(dev).requires_grad_(), y.to(dev)
         crit = CPCCLoss(tree, distance)
@@ -75,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
                      if "synchroniz" in str(w.message)]
         launches = sum(e.count for e in ev if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
                                                           "cudaLaunchKernelExC"))
-        print(f"\n=== {distance} B={n} K={k} on {dev.type}: {ms:.2f} ms/call; syncs {syncs.total} "
+        name = distance if path is None else f"{distance} ({path})"
+        print(f"\n=== {name} B={n} K={k} on {dev.type}: {ms:.2f} ms/call; syncs {syncs.total} "
               f"({', '.join(f'{s} {c}' for s, c in sorted(syncs.by_source.items()))}); "
               f"ops {syncs.ops}" + (f"; cudaStreamSynchronize {stream_syncs}; sync_debug "
                                     f"{len(debug)}; kernel launches {launches}" if cuda else ""),

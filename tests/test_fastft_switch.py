@@ -119,6 +119,16 @@ def test_the_switch_follows_the_work_model(n, k, weighted, plans, monkeypatch):
     assert fastft_module.use_stored_plans(_groups(n, k), weighted, "cpu") is plans
 
 
+@pytest.mark.parametrize("n,k,weighted,plans", [
+    (1024, 100, False, True), (4096, 1000, False, True),  # launch-bound: the fewer launches
+    (8192, 100, False, False), (16384, 1000, False, False), (1024, 100, True, False),
+])
+def test_on_a_gpu_the_switch_takes_the_path_with_fewer_launches_up_to_4096(n, k, weighted, plans,
+                                                                             monkeypatch):
+    monkeypatch.setattr(memory, "BUDGET_BYTES", 1 << 30)  # (no CUDA query: runs on any machine)
+    assert fastft_module.use_stored_plans(_groups(n, k), weighted, "cuda") is plans
+
+
 def test_the_switch_keeps_memory_bounded(monkeypatch):
     """Stored plans only where S · PLAN_BYTES_PER_ENTRY fits the chunk budget: 1024 samples in
     10 classes hold ~9k entries (~1.2 MB), so a 1 MB budget takes the bands."""

@@ -47,6 +47,13 @@ against the bands' 236–299 and 6 (bands in their GPU layout); B ≥ 4096: the 
 except K = 10 at d = 64 (stored 0.4–0.6×, not taken: the model has no d term); B = 16384,
 K = 1000: bands only (16M entries). ``PATH`` forces a path (tests, benchmarks).
 
+On a GPU the work model is replaced by N ≤ ``GPU_PLANS_MAX_N`` (conditions 1–3 still apply): at
+these sizes a CUDA call is bound by kernel launches and host syncs, not by arithmetic (the last
+profile on an H200: 1.4 ms of kernels in a 9 ms bands call at B = 1024, K = 100), and the stored
+path makes 163 operators and 2 syncs per step there against the bands' ~260 and 6–7 (counted on
+CPU with ``benchmarks/gpu_profile.py --device cpu``). Not yet timed on a GPU: the profile times
+both paths (``fastft (plans)`` / ``fastft (bands)``) for the next session that has one.
+
 ``order="sorted"`` first sorts both classes of each pair along the line between their means
 (:mod:`otcpcc.distances.sorted_plans`): the same walk, now invariant to any permutation of the batch;
 still ≥ EMD. Extra cost O(N k d + N k log N).
@@ -70,6 +77,7 @@ ORDERS = ("batch", "sorted")
 PATH: str | None = None  # None: use_stored_plans decides; "plans" / "bands" force one (tests, benchmarks)
 BAND_CELL_COST = 2.5  # time of one cell of a band's square / one cell of the plans' Gram square
 ENTRY_COST = 12.0  # time of one stored plan entry / one cell of the Gram square
+GPU_PLANS_MAX_N = 4096  # on a GPU: stored plans up to this batch size (see the module docstring)
 PLAN_BYTES_PER_ENTRY = 128  # peak bytes per stored entry, fwd + bwd (measured 61 at S = 1.5M; 2x margin)
 
 
@@ -84,6 +92,8 @@ def use_stored_plans(groups: ClassGroups, weighted: bool, device: torch.device |
         return False
     if entries * PLAN_BYTES_PER_ENTRY > chunk_budget(device):
         return False
+    if torch.device(device).type != "cpu":  # launch-bound sizes: the path with fewer launches
+        return n <= GPU_PLANS_MAX_N
     r = band_count(n, k)
     return n * n + ENTRY_COST * entries <= BAND_CELL_COST * r * (n / r + k) ** 2
 
