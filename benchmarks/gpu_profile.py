@@ -30,7 +30,7 @@ fastft_module = importlib.import_module("otcpcc.distances.fastft")  # (the packa
 # (distance, B, K, fastft path: None = as fastft.use_stored_plans picks, "plans" / "bands" forced)
 CASES = (("l2", 1024, 100, None), ("swd", 1024, 100, None), ("sinkhorn", 1024, 100, None),
          ("fastft", 1024, 100, "bands"), ("fastft", 1024, 100, "plans"), ("fastft", 256, 100, None),
-         ("fastft", 16384, 1000, None))
+         ("fastft", 4096, 1000, "bands"), ("fastft", 4096, 1000, "plans"), ("fastft", 16384, 1000, None))
 
 
 def main(argv: list[str] | None = None) -> None:
