@@ -70,22 +70,24 @@ class _Correlation(torch.autograd.Function):
     def forward(ctx, t, r, noise):  # noqa: D102
         r_lo, r_hi = r.aminmax()
         t_lo, t_hi = t.aminmax()
-        defined = ((r_hi - r_lo).double() > noise) & (t_hi > t_lo)
+        defined = torch.gt(r_hi - r_lo, noise) & (t_hi > t_lo)  # (compared in float64)
         if r.numel() < 2:
             defined = torch.zeros_like(defined)
-        # where undefined every divisor is 1, so no inf or NaN reaches the value or the gradient;
-        # max(hi, −lo) is the largest magnitude max(|hi|, |lo|) (as lo <= hi)
-        s_r = torch.where(defined, torch.maximum(r_hi, -r_lo), 1)
-        t = t / torch.where(defined, torch.maximum(t_hi, -t_lo), 1)
+        # largest magnitudes, at least the smallest normal number: no division by 0 (an all-zero
+        # vector stays 0); where undefined the results below are replaced, so no inf or NaN
+        # reaches the value or the gradient
+        tiny = torch.finfo(r.dtype).tiny
+        s_r = torch.linalg.vector_norm(r, ord=math.inf).clamp_min_(tiny)
+        t = t / torch.linalg.vector_norm(t, ord=math.inf).clamp_min_(tiny)
         r = r / s_r
         tc = t - t.mean()
         rc = r - r.mean()
-        s_rr = torch.where(defined, torch.dot(rc, rc), 1)
+        s_rr = torch.dot(rc, rc)
         norm = torch.sqrt(torch.dot(tc, tc) * s_rr)
-        corr = torch.where(defined, torch.dot(tc, rc) / torch.where(defined, norm, 1), 0)
+        corr = torch.where(defined, torch.dot(tc, rc) / norm, 0)
         # dc/dr = a t̃ − b r̃ (a = b = 0 where undefined)
         a = torch.where(defined, 1 / (s_r * norm), 0)
-        b = corr / (s_r * s_rr)
+        b = torch.where(defined, corr / (s_r * s_rr), 0)
         ctx.save_for_backward(tc, rc, a, b)
         ctx.mark_non_differentiable(defined)
         return corr, defined
