@@ -516,6 +516,15 @@ def test_features_npz_layouts_trees_and_nonfinite(tmp_path):
     tf.write_text("r x\nr y\nx a\nx b\ny c\ny d\n")
     t = load_features(tmp_path / "g.npz", tree=str(tf))
     assert t.tree.leaves == ["a", "b", "c"] and t.tree.distance_matrix()[0, 2] == 4
+    # integer labels (no class_names) and a tree file: matched by name to leaves "0".."K-1" (in any
+    # file order); named leaves are refused (they were matched silently by file order)
+    with pytest.raises(ValueError, match=r"h\.npz has no class_names.*named leaves.*'a', 'b', 'c'"
+                                         r".*add class_names"):
+        load_features(tmp_path / "h.npz", tree=str(tf))
+    tf.write_text("r x\nr y\nx 2\nx 0\ny 1\n")
+    n = load_features(tmp_path / "h.npz", tree=str(tf))
+    assert n.tree.leaves == ["0", "1", "2"]
+    np.testing.assert_array_equal(n.tree.distance_matrix(), [[0, 4, 2], [4, 0, 4], [2, 4, 0]])
     # non-finite features
     bad = x.copy()
     bad[2, 1], bad[5, 0], bad[5, 3] = np.nan, np.inf, -np.inf

@@ -11,7 +11,10 @@
 - optional tree: ``tree_parents`` (a JSON string ``{"child": "parent", ...}``; labels index its
   leaves in the map's order, or ``class_names`` if given), or ``levels`` int [L, K] (bottom-up
   ancestor ids, as ``LabelTree.from_levels``; optional ``level_names`` str [L]); the option
-  ``tree=PATH`` (or a ``LabelTree``) overrides both. No tree: flat (every class under the root).
+  ``tree=PATH`` (or a ``LabelTree``) overrides both; without ``class_names`` its leaves must be
+  named by the label ids ``0..K-1`` (label k is leaf ``"k"``; named leaves are refused: matching
+  integer labels to names by file order would be a silent guess). No tree: flat (every class
+  under the root).
 
 Labels must lie in ``0..K-1``; non-finite features are an error naming how many and the file.
 Items: ``(float tensor [d], int64 tensor)``.
@@ -268,6 +271,15 @@ def load_features(data_dir: str | Path | None = None, seed: int = 0, **options: 
                    if "class_names" in z else None)
     if tree_opt is not None:
         tree, source = resolve_tree(tree_opt, class_names, str(path))
+        if class_names is None:  # integer labels: match them to leaves named by their ids only
+            ids = [str(i) for i in range(tree.num_classes)]
+            if sorted(tree.leaves) != sorted(ids):
+                shown = ", ".join(repr(n) for n in tree.leaves[:3])
+                raise ValueError(
+                    f"{path} has no class_names, so its integer labels cannot be matched to the "
+                    f"named leaves of the tree ({source}: {shown}, ...); add class_names (the name "
+                    "of label k at position k) to the .npz, or name the tree's leaves 0..K-1")
+            tree, _ = resolve_tree(tree, ids, str(path))
     else:
         tree, source = _tree_from_file(z, path, class_names)
         if tree is not None and class_names is not None and tree.leaves != class_names:
