@@ -415,6 +415,16 @@ def test_a_cost_matrix_without_its_header_row_says_so(tmp_path, capsys, target_r
     assert load_cost_matrix(path, ["1", "0"]).tolist() == [[0.0, 3.0], [2.0, 0.0]]
 
 
+def test_a_cost_matrix_whose_rows_lack_the_class_name_says_so(tmp_path):
+    """A header of names but bare rows of costs said "class 'a' has no column" (new-user trial)."""
+    path = tmp_path / "costs.csv"
+    path.write_text("a,b,c\n0,1,5\n1,0,5\n5,5,0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"the rows start with numbers \(0,1,5,\.\.\.\), not class "
+                                         r"names: start each row with the name of its true class "
+                                         r"\(e\.g\. 'a,0,\.\.\.'\) and give the header an empty first cell"):
+        load_cost_matrix(path, ["a", "b", "c"])
+
+
 @pytest.mark.parametrize("edges, needles", [
     ("r a\na b\nb a\n", ["node 'a' has two parents, 'r' (", "t.txt:1) and 'b' (", "t.txt:3)",
                          "closes a cycle ('a' -> 'b' -> 'a', child -> parent)", "delete one of these edges"]),

@@ -168,6 +168,12 @@ def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray
             "holds numbers, not class names: the header row is missing; add a first row naming "
             f"the class of each column (e.g. ',{','.join(names[:3])}{',...' if len(names) > 3 else ''}') "
             "and start each row with its class name")
+    firsts = [r[0] for r in body]
+    if _all_numbers(firsts) and not set(names) <= set(firsts):
+        raise ValueError(
+            f"{path}: the rows start with numbers ({','.join(body[0][:3])},...), not class names: "
+            f"start each row with the name of its true class (e.g. '{names[0]},0,...') and give "
+            "the header an empty first cell above that column")
     lengths = [len(r) for r in body]
     width = max(set(lengths), key=lengths.count)  # the usual row length; report the odd ones
     for i, r in enumerate(body, start=2):
