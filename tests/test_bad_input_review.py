@@ -459,3 +459,54 @@ def test_float_and_int_lists_are_one_parser_with_unchanged_messages():
             parse("1,x")
         assert str(e.value) == f"expected comma-separated {what}, got '1,x'"
     assert args._number_list(int, "integers")("3") == [3]
+
+
+# ------------------------------------------------------------- found by the breaker session
+@pytest.mark.parametrize("scale", [1e300, 1e-320, 1e39])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_target_matrix_beyond_the_features_float_range_keeps_its_cpcc(scale, dtype):
+    """CPCC is invariant to the target's scale; a float64 target of 1e300 (or 1e-320) used to be
+    cast to the features' float32 first (inf or 0): CPCC 0.0 and a loss of 1 with zero gradient,
+    silently."""
+    from scipy.stats import pearsonr
+
+    t = np.array([[0, 2, 4, 4], [2, 0, 4, 4], [4, 4, 0, 2], [4, 4, 2, 0]], dtype=np.float64)
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(12, 3, generator=g).to(dtype)
+    lab = torch.arange(4).repeat_interleave(3)
+    rho = torch.stack([f[lab == i].float().mean(0) - f[lab == j].float().mean(0)
+                       for i in range(4) for j in range(i + 1, 4)]).norm(dim=1)
+    want = pearsonr([t[i, j] for i in range(4) for j in range(i + 1, 4)], rho.numpy())[0]
+    assert cpcc(f, lab, t * scale) == pytest.approx(want, abs=2e-3)
+    x = f.clone().requires_grad_()
+    loss = CPCCLoss(t * scale, "l2")(x, lab)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(1 - want, abs=2e-3) and float(x.grad.abs().max()) > 0
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"projections": torch.randn(3, 0)}, "projections has shape (3, 0): no directions"),
+    ({"projections": torch.full((3, 2), float("nan"))}, "projections has NaN or inf entries"),
+    ({"projections": torch.full((3, 2), 1e300, dtype=torch.float64)}, "projections has NaN or inf entries"),
+    ({"seed": "abc"}, "seed must be an integer"),
+    ({"seed": 2**70}, "seed must be an integer"),
+])
+def test_swd_option_values_found_by_attacking(options, needle):
+    """Each used to blame the feature scale (\"may overflow float32\") or raise int()'s or the
+    generator's own message ("Overflow when unpacking long long")."""
+    from otcpcc import class_distances
+
+    with pytest.raises(ValueError) as e:
+        class_distances(torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2]), "swd", **options)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_numpy_integers_are_integer_options():
+    """np.int64(4) used to be refused as 'must be an integer >= 1, got np.int64(4)'."""
+    from otcpcc import class_distances
+
+    f, lab = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2])
+    one = class_distances(f, lab, "swd", n_projections=np.int64(4), seed=np.int64(1))[1]
+    assert torch.equal(one, class_distances(f, lab, "swd", n_projections=4, seed=1)[1])
+    two = class_distances(f, lab, "sinkhorn", max_iter=np.int32(50))[1]
+    assert torch.equal(two, class_distances(f, lab, "sinkhorn", max_iter=50)[1])

@@ -74,9 +74,10 @@ class _Correlation(torch.autograd.Function):
         if r.numel() < 2:
             defined = torch.zeros_like(defined)
         # where undefined every divisor is 1, so no inf or NaN reaches the value or the gradient;
-        # max(hi, −lo) is the largest magnitude max(|hi|, |lo|) (as lo <= hi)
+        # max(hi, −lo) is the largest magnitude max(|hi|, |lo|) (as lo <= hi). t is scaled in
+        # its own dtype (float64) before the cast: a target of 1e300 is not inf in float32.
         s_r = torch.where(defined, torch.maximum(r_hi, -r_lo), 1)
-        t = t / torch.where(defined, torch.maximum(t_hi, -t_lo), 1)
+        t = (t / torch.where(defined, torch.maximum(t_hi, -t_lo), 1)).to(r.dtype)
         r = r / s_r
         tc = t - t.mean()
         rc = r - r.mean()
@@ -104,7 +105,7 @@ def correlation(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> tuple[Tens
     value is the same at every scale of the float range (no overflow or underflow of the
     squares); the gradient w.r.t. ``r`` is the closed form of :class:`_Correlation`. O(P).
     """
-    return _Correlation.apply(t.detach().to(r.dtype), r, noise)
+    return _Correlation.apply(t.detach(), r, noise)
 
 
 def pearson(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> Tensor | None:
