@@ -510,3 +510,19 @@ def test_numpy_integers_are_integer_options():
     assert torch.equal(one, class_distances(f, lab, "swd", n_projections=4, seed=1)[1])
     two = class_distances(f, lab, "sinkhorn", max_iter=np.int32(50))[1]
     assert torch.equal(two, class_distances(f, lab, "sinkhorn", max_iter=50)[1])
+
+
+@pytest.mark.parametrize("sep, what", [("\t", "tabs"), (";", "semicolons")])
+def test_a_cost_matrix_separated_by_tabs_or_semicolons_says_so(tmp_path, capsys, target_run, sep, what):
+    """Spreadsheets in many locales save "CSV" with semicolons (and decimal commas): this used to
+    say "class 'a' has no column" (or name a ragged row) for a file that has every class."""
+    path = tmp_path / "costs.csv"
+    path.write_text(f"{sep}a{sep}b{sep}c\na{sep}0{sep}1,5{sep}2\nb{sep}1,5{sep}0{sep}3\nc{sep}2{sep}3{sep}0\n",
+                    encoding="utf-8")
+    with pytest.raises(ValueError, match=f"separated by {what}, not commas; re-save it as comma-separated CSV"):
+        load_cost_matrix(path, ["a", "b", "c"])
+    leaves = list(LabelTree.from_file(target_run / "tree.json").leaves)
+    path.write_text(sep.join(["", *leaves]) + "\n" + "\n".join(
+        sep.join([a, *("0" if a == b else "1" for b in leaves)]) for a in leaves) + "\n", encoding="utf-8")
+    one_line_error(capsys, main(["evaluate", str(target_run), "--cost-matrix", str(path)]),
+                   f"separated by {what}, not commas")

@@ -169,6 +169,10 @@ def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray
             f"the class of each column (e.g. ',{','.join(names[:3])}{',...' if len(names) > 3 else ''}') "
             "and start each row with its class name")
     lengths = [len(r) for r in body]
+    found = [what for sep, what in (("\t", "tabs"), (";", "semicolons")) if sep in header[0]]
+    if len(header) == 1 and found:  # e.g. saved with tabs or semicolons (a locale's "CSV")
+        raise ValueError(f"{path}: the header row is one cell: its cells are separated by "
+                         f"{found[0]}, not commas; re-save it as comma-separated CSV")
     width = max(set(lengths), key=lengths.count)  # the usual row length; report the odd ones
     for i, r in enumerate(body, start=2):
         if len(r) != width:
