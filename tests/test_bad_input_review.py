@@ -526,3 +526,18 @@ def test_a_cost_matrix_separated_by_tabs_or_semicolons_says_so(tmp_path, capsys,
         sep.join([a, *("0" if a == b else "1" for b in leaves)]) for a in leaves) + "\n", encoding="utf-8")
     one_line_error(capsys, main(["evaluate", str(target_run), "--cost-matrix", str(path)]),
                    f"separated by {what}, not commas")
+
+
+@pytest.mark.parametrize("edges", ["root, A\nroot, B\nA, a1\nA, a2\nB, b1\nB, b2\n",
+                                   "root, A, 1\nroot B\nA a1\nA a2\nB b1\nB b2\n"])
+def test_a_tree_file_written_parent_comma_child_says_remove_the_commas(tmp_path, capsys, edges):
+    """'parent, child' lines used to read as nodes named 'root,' 'A,' 'B,' and fail later as
+    'several roots: 'root,', 'A,', 'B,' have no parent' (or build a tree of wrong names)."""
+    path = tmp_path / "t.txt"
+    path.write_text(edges, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"t\.txt:1: expected 'parent child \[weight\]' separated by "
+                                         r"whitespace only, got 'root, A.*'; remove the commas"):
+        LabelTree.from_file(path)
+    one_line_error(capsys, main(["train", *TINY, "--tree", str(path), "--out", str(tmp_path / "r")]),
+                   "remove the commas")
+    assert not (tmp_path / "r").exists()
