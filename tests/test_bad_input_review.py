@@ -541,3 +541,19 @@ def test_a_tree_file_written_parent_comma_child_says_remove_the_commas(tmp_path,
     one_line_error(capsys, main(["train", *TINY, "--tree", str(path), "--out", str(tmp_path / "r")]),
                    "remove the commas")
     assert not (tmp_path / "r").exists()
+
+
+def test_bench_approx_refuses_a_missing_run_and_a_negative_seed_before_working(tmp_path, monkeypatch, capsys):
+    """--run DIR that does not exist used to be found only after the embedded inputs had been
+    measured (minutes); --seed -1 ended with numpy's 'expected non-negative integer'."""
+    from otcpcc.bench import approx
+
+    def no_work(*a, **k):
+        raise AssertionError("measured before the flags were checked")
+
+    monkeypatch.setattr(approx, "embedded_inputs", no_work)
+    monkeypatch.setattr(approx, "gaussian_mixture", no_work)
+    one_line_error(capsys, main(["bench", "--approx", "--run", str(tmp_path / "nowhere")]),
+                   "run directory", "not found")
+    one_line_error(capsys, main(["bench", "--approx", "--seed", "-1"]),
+                   "--seed: expected an integer >= 0, got '-1'")
