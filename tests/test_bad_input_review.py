@@ -557,3 +557,20 @@ def test_bench_approx_refuses_a_missing_run_and_a_negative_seed_before_working(t
                    "run directory", "not found")
     one_line_error(capsys, main(["bench", "--approx", "--seed", "-1"]),
                    "--seed: expected an integer >= 0, got '-1'")
+
+
+def test_a_truncated_breeds_hierarchy_is_refused_not_a_smaller_dataset(tmp_path):
+    """class_hierarchy.txt cut at a line boundary used to give breeds-living17 with 5 or 10
+    superclasses instead of 17, silently (every remaining line is well formed)."""
+    from fakes import write_breeds_hierarchy
+    from otcpcc.data.breeds import load_living17
+
+    hier = write_breeds_hierarchy(tmp_path / "hier")
+    edges = (hier / "class_hierarchy.txt").read_text().splitlines(keepends=True)
+    (hier / "class_hierarchy.txt").write_text("".join(edges[: len(edges) * 6 // 10]))
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(ValueError, match=r"breeds-living17: the hierarchy files in .* give 10 "
+                                         r"superclasses, BREEDS' living17 has 17; class_hierarchy\.txt "
+                                         r"may be truncated"):
+        load_living17(tmp_path, hierarchy_dir=hier)
