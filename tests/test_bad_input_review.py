@@ -326,6 +326,8 @@ SMALL_BENCH = ["--batch-sizes", "8", "--classes", "4", "--coarse", "2", "--dim",
     (["--json", "/sys/x.json", "--no-reference"],
      ["--json /sys/x.json: cannot write in /sys", "a folder you can write to"]),
     (["--approx", "--json", "/sys/x.json"], ["--json /sys/x.json: cannot write in /sys"]),
+    (["--json", "", "--no-reference"], ["--json was given an empty path"]),  # was "--json : is a directory"
+    (["--approx", "--json", " "], ["--json was given an empty path"]),
     (["--reference-budget", "-5", "--no-reference"], ["--reference-budget: expected a number > 0, got '-5'"]),
     (["--reference-budget", "0", "--no-reference"], ["expected a number > 0, got '0'"]),
     (["--reference", "x.py", "--no-reference"], ["--reference and --no-reference contradict",
