@@ -576,3 +576,22 @@ def test_a_truncated_breeds_hierarchy_is_refused_not_a_smaller_dataset(tmp_path)
                                          r"superclasses, BREEDS' living17 has 17; class_hierarchy\.txt "
                                          r"may be truncated"):
         load_living17(tmp_path, hierarchy_dir=hier)
+
+
+def test_a_cost_matrix_near_the_float_limit_is_refused_not_an_inf_expected_cost(tmp_path, capsys, target_run):
+    """Costs of 1.7e308 are finite, so they were read; evaluate then printed expected_cost inf
+    (with numpy's overflow warning) and wrote it to eval.json. 1e200 is still read."""
+    leaves = list(LabelTree.from_file(target_run / "tree.json").leaves)
+    path = tmp_path / "costs.csv"
+
+    def write(cost):
+        path.write_text(",".join(["", *leaves]) + "\n" + "\n".join(
+            ",".join([a, *("0" if a == b else cost for b in leaves)]) for a in leaves) + "\n")
+
+    write("1.7e308")
+    with pytest.raises(ValueError, match=r"is 1\.7e308, above 1e\+200: averages over a test set would "
+                                         r"overflow; rescale the matrix"):
+        load_cost_matrix(path, leaves)
+    one_line_error(capsys, main(["evaluate", str(target_run), "--cost-matrix", str(path)]), "above 1e+200")
+    write("1e200")
+    assert load_cost_matrix(path, leaves).max() == 1e200

@@ -16,6 +16,8 @@ import numpy as np
 from ..textfile import read_text
 from ._arrays import _as_labels, _as_probs, _as_scores, _as_square
 
+MAX_COST = 1e200  # largest cost a CSV may hold: K² · N · MAX_COST stays far below float64's 1.8e308
+
 
 def mistake_severity(preds: Any, labels: Any, D: Any) -> float:
     """Mean distance ``D[label_i, pred_i]`` over the mistakes ``pred_i != label_i``.
@@ -229,5 +231,10 @@ def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray
                     f"{path}: cost for true {rn!r}, predicted {cn!r} is {cell}; "
                     f"costs must be finite and >= 0"
                 )
+            if v > MAX_COST:  # sums over a test set (expected cost) would overflow to inf
+                raise ValueError(
+                    f"{path}: cost for true {rn!r}, predicted {cn!r} is {cell}, above {MAX_COST:g}: "
+                    "averages over a test set would overflow; rescale the matrix (e.g. divide it by "
+                    "its largest entry)")
             out[i, j] = v
     return out
