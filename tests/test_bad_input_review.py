@@ -595,3 +595,25 @@ def test_a_cost_matrix_near_the_float_limit_is_refused_not_an_inf_expected_cost(
     one_line_error(capsys, main(["evaluate", str(target_run), "--cost-matrix", str(path)]), "above 1e+200")
     write("1e200")
     assert load_cost_matrix(path, leaves).max() == 1e200
+
+
+def test_thread_and_worker_counts_have_a_ceiling(monkeypatch, capsys):
+    """bench --approx --threads 100000 crashed the process (exit 139, 'cannot allocate memory');
+    train -j 100000 would start 100000 DataLoader processes, each importing torch (the CLI reaches
+    TrainConfig.validate before any data; not run here, where a regression would fork them)."""
+    import os
+
+    from otcpcc.bench import approx
+    from otcpcc.runs.config import MAX_WORKERS, ConfigError, TrainConfig
+
+    def no_work(*a, **k):
+        raise AssertionError("the flag was not refused")
+
+    monkeypatch.setattr(approx, "embedded_inputs", no_work)
+    monkeypatch.setattr(approx.torch, "set_num_threads", no_work)
+    most = 4 * (os.cpu_count() or 1)
+    one_line_error(capsys, main(["bench", "--approx", "--threads", str(most + 1)]),
+                   f"--threads: expected at most {most}")
+    with pytest.raises(ConfigError, match=f"workers 100000 is above {MAX_WORKERS} data-loading processes"):
+        TrainConfig(workers=100000).validate()
+    TrainConfig(workers=MAX_WORKERS).validate()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -194,6 +195,14 @@ def verdict(rows: list[tuple[str, dict]]) -> str:
     return "sorted qualifies as default" if not fails else "keep batch: " + "; ".join(fails)
 
 
+def _threads(text: str) -> int:
+    """argparse type: 0 (leave as is) up to 4x the CPU cores (100000 threads crashed the process)."""
+    value, most = int_at_least(0)(text), 4 * (os.cpu_count() or 1)
+    if value > most:
+        raise argparse.ArgumentTypeError(f"expected at most {most} (4x this machine's CPU cores), got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="otcpcc bench --approx", description=__doc__.split("\n")[0])
     p.add_argument("--approx", action="store_true", help="(selects this benchmark)")
@@ -205,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int_at_least(1), default=10, help="batches averaged (default 10)")
     p.add_argument("--repeats", type=int_at_least(1), default=3, help="timed calls (median)")
     p.add_argument("--seed", type=int_at_least(0), default=0)
-    p.add_argument("--threads", type=int_at_least(0), default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     return p
 
