@@ -326,6 +326,8 @@ SMALL_BENCH = ["--batch-sizes", "8", "--classes", "4", "--coarse", "2", "--dim",
     (["--json", "/sys/x.json", "--no-reference"],
      ["--json /sys/x.json: cannot write in /sys", "a folder you can write to"]),
     (["--approx", "--json", "/sys/x.json"], ["--json /sys/x.json: cannot write in /sys"]),
+    (["--json", "", "--no-reference"], ["--json was given an empty path"]),  # was "--json : is a directory"
+    (["--approx", "--json", " "], ["--json was given an empty path"]),
     (["--reference-budget", "-5", "--no-reference"], ["--reference-budget: expected a number > 0, got '-5'"]),
     (["--reference-budget", "0", "--no-reference"], ["expected a number > 0, got '0'"]),
     (["--reference", "x.py", "--no-reference"], ["--reference and --no-reference contradict",
@@ -469,3 +471,159 @@ def test_float_and_int_lists_are_one_parser_with_unchanged_messages():
             parse("1,x")
         assert str(e.value) == f"expected comma-separated {what}, got '1,x'"
     assert args._number_list(int, "integers")("3") == [3]
+
+
+# ------------------------------------------------------------- found by the breaker session
+@pytest.mark.parametrize("scale", [1e300, 1e-320, 1e39])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_target_matrix_beyond_the_features_float_range_keeps_its_cpcc(scale, dtype):
+    """CPCC is invariant to the target's scale; a float64 target of 1e300 (or 1e-320) used to be
+    cast to the features' float32 first (inf or 0): CPCC 0.0 and a loss of 1 with zero gradient,
+    silently."""
+    from scipy.stats import pearsonr
+
+    t = np.array([[0, 2, 4, 4], [2, 0, 4, 4], [4, 4, 0, 2], [4, 4, 2, 0]], dtype=np.float64)
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(12, 3, generator=g).to(dtype)
+    lab = torch.arange(4).repeat_interleave(3)
+    rho = torch.stack([f[lab == i].float().mean(0) - f[lab == j].float().mean(0)
+                       for i in range(4) for j in range(i + 1, 4)]).norm(dim=1)
+    want = pearsonr([t[i, j] for i in range(4) for j in range(i + 1, 4)], rho.numpy())[0]
+    assert cpcc(f, lab, t * scale) == pytest.approx(want, abs=2e-3)
+    x = f.clone().requires_grad_()
+    loss = CPCCLoss(t * scale, "l2")(x, lab)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(1 - want, abs=2e-3) and float(x.grad.abs().max()) > 0
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"projections": torch.randn(3, 0)}, "projections has shape (3, 0): no directions"),
+    ({"projections": torch.full((3, 2), float("nan"))}, "projections has NaN or inf entries"),
+    ({"projections": torch.full((3, 2), 1e300, dtype=torch.float64)}, "projections has NaN or inf entries"),
+    ({"seed": "abc"}, "seed must be an integer"),
+    ({"seed": 2**70}, "seed must be an integer"),
+])
+def test_swd_option_values_found_by_attacking(options, needle):
+    """Each used to blame the feature scale (\"may overflow float32\") or raise int()'s or the
+    generator's own message ("Overflow when unpacking long long")."""
+    from otcpcc import class_distances
+
+    with pytest.raises(ValueError) as e:
+        class_distances(torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2]), "swd", **options)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_numpy_integers_are_integer_options():
+    """np.int64(4) used to be refused as 'must be an integer >= 1, got np.int64(4)'."""
+    from otcpcc import class_distances
+
+    f, lab = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2])
+    one = class_distances(f, lab, "swd", n_projections=np.int64(4), seed=np.int64(1))[1]
+    assert torch.equal(one, class_distances(f, lab, "swd", n_projections=4, seed=1)[1])
+    two = class_distances(f, lab, "sinkhorn", max_iter=np.int32(50))[1]
+    assert torch.equal(two, class_distances(f, lab, "sinkhorn", max_iter=50)[1])
+
+
+@pytest.mark.parametrize("sep, what", [("\t", "tabs"), (";", "semicolons")])
+def test_a_cost_matrix_separated_by_tabs_or_semicolons_says_so(tmp_path, capsys, target_run, sep, what):
+    """Spreadsheets in many locales save "CSV" with semicolons (and decimal commas): this used to
+    say "class 'a' has no column" (or name a ragged row) for a file that has every class."""
+    path = tmp_path / "costs.csv"
+    path.write_text(f"{sep}a{sep}b{sep}c\na{sep}0{sep}1,5{sep}2\nb{sep}1,5{sep}0{sep}3\nc{sep}2{sep}3{sep}0\n",
+                    encoding="utf-8")
+    with pytest.raises(ValueError, match=f"separated by {what}, not commas; re-save it as comma-separated CSV"):
+        load_cost_matrix(path, ["a", "b", "c"])
+    leaves = list(LabelTree.from_file(target_run / "tree.json").leaves)
+    path.write_text(sep.join(["", *leaves]) + "\n" + "\n".join(
+        sep.join([a, *("0" if a == b else "1" for b in leaves)]) for a in leaves) + "\n", encoding="utf-8")
+    one_line_error(capsys, main(["evaluate", str(target_run), "--cost-matrix", str(path)]),
+                   f"separated by {what}, not commas")
+
+
+@pytest.mark.parametrize("edges", ["root, A\nroot, B\nA, a1\nA, a2\nB, b1\nB, b2\n",
+                                   "root, A, 1\nroot B\nA a1\nA a2\nB b1\nB b2\n"])
+def test_a_tree_file_written_parent_comma_child_says_remove_the_commas(tmp_path, capsys, edges):
+    """'parent, child' lines used to read as nodes named 'root,' 'A,' 'B,' and fail later as
+    'several roots: 'root,', 'A,', 'B,' have no parent' (or build a tree of wrong names)."""
+    path = tmp_path / "t.txt"
+    path.write_text(edges, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"t\.txt:1: expected 'parent child \[weight\]' separated by "
+                                         r"whitespace only, got 'root, A.*'; remove the commas"):
+        LabelTree.from_file(path)
+    one_line_error(capsys, main(["train", *TINY, "--tree", str(path), "--out", str(tmp_path / "r")]),
+                   "remove the commas")
+    assert not (tmp_path / "r").exists()
+
+
+def test_bench_approx_refuses_a_missing_run_and_a_negative_seed_before_working(tmp_path, monkeypatch, capsys):
+    """--run DIR that does not exist used to be found only after the embedded inputs had been
+    measured (minutes); --seed -1 ended with numpy's 'expected non-negative integer'."""
+    from otcpcc.bench import approx
+
+    def no_work(*a, **k):
+        raise AssertionError("measured before the flags were checked")
+
+    monkeypatch.setattr(approx, "embedded_inputs", no_work)
+    monkeypatch.setattr(approx, "gaussian_mixture", no_work)
+    one_line_error(capsys, main(["bench", "--approx", "--run", str(tmp_path / "nowhere")]),
+                   "run directory", "not found")
+    one_line_error(capsys, main(["bench", "--approx", "--seed", "-1"]),
+                   "--seed: expected an integer >= 0, got '-1'")
+
+
+def test_a_truncated_breeds_hierarchy_is_refused_not_a_smaller_dataset(tmp_path):
+    """class_hierarchy.txt cut at a line boundary used to give breeds-living17 with 5 or 10
+    superclasses instead of 17, silently (every remaining line is well formed)."""
+    from fakes import write_breeds_hierarchy
+    from otcpcc.data.breeds import load_living17
+
+    hier = write_breeds_hierarchy(tmp_path / "hier")
+    edges = (hier / "class_hierarchy.txt").read_text().splitlines(keepends=True)
+    (hier / "class_hierarchy.txt").write_text("".join(edges[: len(edges) * 6 // 10]))
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(ValueError, match=r"breeds-living17: the hierarchy files in .* give 10 "
+                                         r"superclasses, BREEDS' living17 has 17; class_hierarchy\.txt "
+                                         r"may be truncated"):
+        load_living17(tmp_path, hierarchy_dir=hier)
+
+
+def test_a_cost_matrix_near_the_float_limit_is_refused_not_an_inf_expected_cost(tmp_path, capsys, target_run):
+    """Costs of 1.7e308 are finite, so they were read; evaluate then printed expected_cost inf
+    (with numpy's overflow warning) and wrote it to eval.json. 1e200 is still read."""
+    leaves = list(LabelTree.from_file(target_run / "tree.json").leaves)
+    path = tmp_path / "costs.csv"
+
+    def write(cost):
+        path.write_text(",".join(["", *leaves]) + "\n" + "\n".join(
+            ",".join([a, *("0" if a == b else cost for b in leaves)]) for a in leaves) + "\n")
+
+    write("1.7e308")
+    with pytest.raises(ValueError, match=r"is 1\.7e308, above 1e\+200: averages over a test set would "
+                                         r"overflow; rescale the matrix"):
+        load_cost_matrix(path, leaves)
+    one_line_error(capsys, main(["evaluate", str(target_run), "--cost-matrix", str(path)]), "above 1e+200")
+    write("1e200")
+    assert load_cost_matrix(path, leaves).max() == 1e200
+
+
+def test_thread_and_worker_counts_have_a_ceiling(monkeypatch, capsys):
+    """bench --approx --threads 100000 crashed the process (exit 139, 'cannot allocate memory');
+    train -j 100000 would start 100000 DataLoader processes, each importing torch (the CLI reaches
+    TrainConfig.validate before any data; not run here, where a regression would fork them)."""
+    import os
+
+    from otcpcc.bench import approx
+    from otcpcc.runs.config import MAX_WORKERS, ConfigError, TrainConfig
+
+    def no_work(*a, **k):
+        raise AssertionError("the flag was not refused")
+
+    monkeypatch.setattr(approx, "embedded_inputs", no_work)
+    monkeypatch.setattr(approx.torch, "set_num_threads", no_work)
+    most = 4 * (os.cpu_count() or 1)
+    one_line_error(capsys, main(["bench", "--approx", "--threads", str(most + 1)]),
+                   f"--threads: expected at most {most}")
+    with pytest.raises(ConfigError, match=f"workers 100000 is above {MAX_WORKERS} data-loading processes"):
+        TrainConfig(workers=100000).validate()
+    TrainConfig(workers=MAX_WORKERS).validate()

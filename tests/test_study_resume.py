@@ -201,3 +201,27 @@ def test_compare_resume_evaluates_again_a_run_evaluated_with_another_cost_matrix
     stamp = (run / "eval.json").stat().st_mtime_ns
     assert main(["compare", *one, "--resume"]) == 0
     assert (run / "eval.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("cut", ["evaluated", "trained"])
+def test_compare_resume_refuses_a_finished_run_trained_with_other_settings(tmp_path, monkeypatch, capsys,
+                                                                           no_figures, cut):
+    """A finished run whose config.json asks another lam (edited, or copied in from another
+    study) used to be reused silently: its numbers would sit in the summary under the study's
+    settings. Now one line names the run, the setting and the fix; nothing is rewritten."""
+    out = tmp_path / "c"
+    one = [*TINY, "--epochs", "1", "--methods", "l2", "--seeds", "1", "--out", str(out)]
+    assert main(["compare", *one]) == 0
+    run = out / "l2" / "seed0"
+    assert main(["compare", *one, "--resume"]) == 0  # unchanged (arch "auto" resolved): reused
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, "lam": 5.0}))
+    if cut == "trained":
+        (run / "eval.json").unlink()
+    summary = (out / "summary.json").read_bytes()
+    capsys.readouterr()
+    assert main(["compare", *one, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("otcpcc: error:"), err
+    assert "lam (5.0 -> 1.0)" in err and f"delete {run}" in err
+    assert (out / "summary.json").read_bytes() == summary

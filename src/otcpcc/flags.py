@@ -65,6 +65,8 @@ def unwritable(path: str, flag: str = "--json") -> str | None:
     (O(1) files), so a read-only or foreign folder is found before a long run, not after it."""
     p = Path(path)
     fix = "pass a file in a folder you can write to"
+    if not path.strip():  # e.g. --json "$UNSET_VARIABLE"; Path("") is the current folder
+        return f"{flag} was given an empty path; {fix}"
     if p.is_dir():
         return f"{flag} {path}: is a directory; {fix}"
     folder = p.resolve().parent

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -194,6 +195,14 @@ def verdict(rows: list[tuple[str, dict]]) -> str:
     return "sorted qualifies as default" if not fails else "keep batch: " + "; ".join(fails)
 
 
+def _threads(text: str) -> int:
+    """argparse type: 0 (leave as is) up to 4x the CPU cores (100000 threads crashed the process)."""
+    value, most = int_at_least(0)(text), 4 * (os.cpu_count() or 1)
+    if value > most:
+        raise argparse.ArgumentTypeError(f"expected at most {most} (4x this machine's CPU cores), got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="otcpcc bench --approx", description=__doc__.split("\n")[0])
     p.add_argument("--approx", action="store_true", help="(selects this benchmark)")
@@ -204,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch rows: B samples per batch (0: none; default 256)")
     p.add_argument("--batches", type=int_at_least(1), default=10, help="batches averaged (default 10)")
     p.add_argument("--repeats", type=int_at_least(1), default=3, help="timed calls (median)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int_at_least(0), default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--threads", type=_threads, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     return p
 
@@ -228,7 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     sets = [(f"input {n}", lambda n=n: embedded_inputs(n)) for n in ("synthetic", "digits")]
-    sets.append(("learned (synthetic CE run)", lambda: learned_features(args.run, say)))
+    # a --run given is loaded first: a wrong directory is refused before minutes of work
+    learned = learned_features(args.run, say) if args.run is not None else None
+    sets.append(("learned (synthetic CE run)", lambda: learned or learned_features(None, say)))
     sets += [(f"mixture d={d}", lambda d=d: gaussian_mixture(d, args.seed)) for d in dims]
     rows, batch_rows = [], []
     for setname, make in sets:

@@ -364,8 +364,13 @@ def load_breeds(
         )
     root = Path(data_dir)
     hier = BreedsHierarchy(_hierarchy_dir(root, hierarchy_dir))
-    level, ancestor, n_sub, _ = BREEDS_SETTINGS[setting]
+    level, ancestor, n_sub, expected = BREEDS_SETTINGS[setting]
     supers, source, target = breeds_split(hier, level, ancestor, n_sub)
+    if len(supers) != expected:  # e.g. a class_hierarchy.txt cut short: a smaller data set, silently
+        raise ValueError(
+            f"breeds-{setting}: the hierarchy files in {hier.dir} give {len(supers)} superclasses, "
+            f"BREEDS' {setting} has {expected}; class_hierarchy.txt may be truncated or edited: "
+            "download the BREEDS hierarchy files again")
 
     train_dir = root / "train"
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -76,7 +77,7 @@ def check_options(distance: str, options: dict[str, Any]) -> None:
         if key == "order" and value not in ORDERS:
             raise ValueError(f"unknown fastft order {value!r}; use one of {', '.join(ORDERS)}")
         positive_int = key in ("n_projections", "max_iter")
-        if positive_int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if positive_int and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
             raise ValueError(f"{name} option {key} must be an integer >= 1, got {value!r}")
         if key in ("reg", "tol", "p") and not (isinstance(value, (int, float))
                                                and math.isfinite(value) and value > 0):
@@ -94,6 +95,13 @@ def check_options(distance: str, options: dict[str, Any]) -> None:
                     if isinstance(value, Tensor) else f"a {type(value).__name__}")
             raise ValueError(f"swd option projections must be a floating-point torch tensor "
                              f"[d, L], got {what}; convert it with torch.as_tensor(..., dtype=torch.float32)")
+        if key == "projections" and value is not None and value.shape[1] == 0:
+            raise ValueError(f"swd option projections has shape {tuple(value.shape)}: no directions; "
+                             "give at least one column (or leave it out for n_projections random ones)")
+        if key == "seed" and value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                or not -2**63 <= value < 2**64):
+            raise ValueError(f"swd option seed must be an integer in [-2**63, 2**64) or None, got {value!r}")
 
 
 def check_batch(features: Tensor, labels: Tensor, finite: bool = True) -> None:
@@ -178,6 +186,10 @@ def grouped_distances(
         late = torch.stack([*overflows, finite]).tolist()  # one sync
         if not late[-1]:
             check_batch(features, labels)  # names the bad rows
+            proj = options.get("projections")
+            if proj is not None and not bool(torch.isfinite(proj.to(x.dtype)).all()):
+                raise ValueError(f"swd option projections has NaN or inf entries (in {x.dtype}); "
+                                 "give finite directions, e.g. unit columns")
             raise overflow_error(name)
         if any(late[:-1]):  # more near-zero distances than recomputed: again, exactly
             rho = DISTANCES[name](x, groups, **options)

@@ -16,6 +16,8 @@ import numpy as np
 from ..textfile import read_text
 from ._arrays import _as_labels, _as_probs, _as_scores, _as_square
 
+MAX_COST = 1e200  # largest cost a CSV may hold: K² · N · MAX_COST stays far below float64's 1.8e308
+
 
 def mistake_severity(preds: Any, labels: Any, D: Any) -> float:
     """Mean distance ``D[label_i, pred_i]`` over the mistakes ``pred_i != label_i``.
@@ -175,6 +177,10 @@ def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray
             f"start each row with the name of its true class (e.g. '{names[0]},0,...') and give "
             "the header an empty first cell above that column")
     lengths = [len(r) for r in body]
+    found = [what for sep, what in (("\t", "tabs"), (";", "semicolons")) if sep in header[0]]
+    if len(header) == 1 and found:  # e.g. saved with tabs or semicolons (a locale's "CSV")
+        raise ValueError(f"{path}: the header row is one cell: its cells are separated by "
+                         f"{found[0]}, not commas; re-save it as comma-separated CSV")
     width = max(set(lengths), key=lengths.count)  # the usual row length; report the odd ones
     for i, r in enumerate(body, start=2):
         if len(r) != width:
@@ -231,5 +237,10 @@ def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray
                     f"{path}: cost for true {rn!r}, predicted {cn!r} is {cell}; "
                     f"costs must be finite and >= 0"
                 )
+            if v > MAX_COST:  # sums over a test set (expected cost) would overflow to inf
+                raise ValueError(
+                    f"{path}: cost for true {rn!r}, predicted {cn!r} is {cell}, above {MAX_COST:g}: "
+                    "averages over a test set would overflow; rescale the matrix (e.g. divide it by "
+                    "its largest entry)")
             out[i, j] = v
     return out

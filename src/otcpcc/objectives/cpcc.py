@@ -75,10 +75,11 @@ class _Correlation(torch.autograd.Function):
             defined = torch.zeros_like(defined)
         # largest magnitudes, at least the smallest normal number: no division by 0 (an all-zero
         # vector stays 0); where undefined the results below are replaced, so no inf or NaN
-        # reaches the value or the gradient
-        tiny = torch.finfo(r.dtype).tiny
-        s_r = torch.linalg.vector_norm(r, ord=math.inf).clamp_min_(tiny)
-        t = t / torch.linalg.vector_norm(t, ord=math.inf).clamp_min_(tiny)
+        # reaches the value or the gradient. t is scaled in its own dtype (float64) before the
+        # cast: a target of 1e300 is not inf in float32.
+        s_r = torch.linalg.vector_norm(r, ord=math.inf).clamp_min_(torch.finfo(r.dtype).tiny)
+        t_max = torch.linalg.vector_norm(t, ord=math.inf).clamp_min_(torch.finfo(t.dtype).tiny)
+        t = (t / t_max).to(r.dtype)
         r = r / s_r
         tc = t - t.mean()
         rc = r - r.mean()
@@ -106,7 +107,8 @@ def correlation(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> tuple[Tens
     value is the same at every scale of the float range (no overflow or underflow of the
     squares); the gradient w.r.t. ``r`` is the closed form of :class:`_Correlation`. O(P).
     """
-    return _Correlation.apply(t.detach().to(r.dtype), r, noise)
+    t = t.detach()
+    return _Correlation.apply(t if t.is_floating_point() else t.double(), r, noise)
 
 
 def pearson(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> Tensor | None:

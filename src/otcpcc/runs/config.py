@@ -47,6 +47,7 @@ DISTANCE_ALIASES: dict[str, str] = {
 METHODS = ("ce", "hxe", "soft")
 OPTIMIZERS = ("sgd", "adamw")
 MAX_SEED = 2**32 - 1  # --seed / --data-seed: what numpy's generators accept
+MAX_WORKERS = 256  # DataLoader worker processes (a machine-independent bound: configs travel)
 SCHEDULES = ("cosine", "step", "none")
 SPLITS = ("train", "test")
 
@@ -337,6 +338,9 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 flag = "--" + name.replace("_", "-")
                 raise bad(f"{name} must be an integer >= 0, got {value!r}; pass {flag} 0 or more")
+        if self.workers > MAX_WORKERS:  # each is a process importing torch: -j 100000 forks until OOM
+            raise bad(f"workers {self.workers} is above {MAX_WORKERS} data-loading processes; pass "
+                      f"-j/--workers between 0 and {MAX_WORKERS} (about the number of CPU cores)")
         for name in ("seed", "data_seed"):  # numpy seeds take 32 bits; the data order seed*1000+epoch
             value = getattr(self, name)
             if value > MAX_SEED:

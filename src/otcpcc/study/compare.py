@@ -36,6 +36,7 @@ from .methods import resolve_methods
 from .notes import run_collapse
 from .report import render_report
 from .resume import (
+    check_run_config,
     evaluated_alike,
     open_study,
     run_state,
@@ -143,6 +144,8 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: 
     from ..training.control import NonFiniteLoss
 
     state = run_state(run_dir) if resume else "new"
+    if state in ("evaluated", "trained"):
+        check_run_config(run_dir, cfg)
     if state == "evaluated":
         saved = stored_metrics(run_dir)
         if evaluated_alike(saved, run_dir, cost_matrix):

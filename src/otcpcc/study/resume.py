@@ -125,6 +125,23 @@ def run_state(run_dir: Path) -> str:
     return "checkpoint" if (run_dir / CHECKPOINT).is_file() else "new"
 
 
+def check_run_config(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to reuse a finished run whose ``config.json`` asks other settings than this study
+    gives it (edited by hand, or copied from another study); one-line ValueError naming each."""
+    from ..runs.config import load_config_file
+
+    path = run_dir / "config.json"
+    saved = TrainConfig.from_dict(load_config_file(path), source=str(path))
+    if cfg.arch == "auto":  # training resolves it from the data (runs.build.resolve_arch)
+        cfg = cfg.replace(arch=saved.arch)
+    changes = [f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})"
+               for k in saved.differences(cfg, ignore=STUDY_FREE_KEYS)]
+    if changes:
+        raise ValueError(f"{path} was trained with other settings than this study gives it: "
+                         f"{', '.join(changes)}; delete {run_dir} and rerun with --resume to train "
+                         "it again, or restore its config.json")
+
+
 def read_saved(path: Path, key: str, fix: str) -> dict[str, Any]:
     """A JSON object an earlier, interrupted study wrote, holding ``key``; else a one-line
     ValueError naming the file and ending with ``fix``."""

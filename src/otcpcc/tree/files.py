@@ -97,6 +97,9 @@ def _from_edges_text(cls: type[LabelTree], text: str, path: Path, on_multiple_pa
         loc = f"{path}:{lineno}"
         if len(parts) not in (2, 3):
             raise TreeError(f"{loc}: expected 'parent child [weight]' (whitespace separated), got {raw.strip()!r}")
+        if parts[0].endswith(",") or (len(parts) == 3 and parts[1].endswith(",")):  # "parent, child"
+            raise TreeError(f"{loc}: expected 'parent child [weight]' separated by whitespace only, got "
+                            f"{raw.strip()!r}; remove the commas")
         if len(parts) == 3:
             try:
                 w = float(parts[2])
