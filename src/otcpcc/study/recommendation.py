@@ -46,7 +46,8 @@ def _interval(v: Mapping[str, Any]) -> str:
           if _finite(lo) and _finite(hi) else "")
     d = v.get("diff_mean")
     diff = _signed(float(d) * scale, digits, unit) if _finite(d) else "n/a"
-    return f"{v['method']} on {words} ({diff}{ci})"
+    article = "the " if words.startswith("cost") else ""
+    return f"{v['method']} on {article}{words} ({diff}{ci})"
 
 
 def _names(names: Sequence[str]) -> str:
@@ -158,6 +159,15 @@ _ANSWERS = {
                     "within seed noise of class means (within noise is not evidence of no effect).",
 }
 
+_DISAGREE = {  # the after-training answer when the input diagnosis pointed the other way
+    "yes": "The two disagree: the input features do not favour OT, yet after training OT makes "
+           "cheaper decisions",
+    "no": "The two disagree: the input features favour OT, but after training class means make "
+          "cheaper decisions",
+    "within noise": "The two differ: the input features favour OT, but after training OT does not "
+                    "measurably change the cost of the decisions",
+}
+
 
 def ot_paragraph(diagnosis: Mapping[str, Any], ot_verdicts: Sequence[Mapping[str, Any]],
                  features_hint: str = "compare/none/seed0") -> str:
@@ -186,8 +196,8 @@ def ot_paragraph(diagnosis: Mapping[str, Any], ot_verdicts: Sequence[Mapping[str
     lines.append(f"Before training (evidence from the input features): {_diagnosis_says(diagnosis)}"
                  f": {gloss}.")
     if ans["ot_agrees_with_diagnosis"] is False:
-        lines.append("The two disagree; the after-training comparison is the answer, since training "
-                     "reshapes the features (`otcpcc diagnose --features-of "
+        lines.append(_DISAGREE[matters] + "; the after-training comparison is the answer, since "
+                     "training reshapes the features (`otcpcc diagnose --features-of "
                      f"{features_hint}` diagnoses the learned ones).")
     elif ans["ot_agrees_with_diagnosis"]:
         lines.append("The two agree.")

@@ -198,9 +198,10 @@ def seeds_sentence(est: Mapping[str, Any] | None) -> str | None:
                 f"cannot be estimated from {k} paired seed{'s' if k != 1 else ''}: rerun with "
                 "--seeds 3 or more.")
     side = "lower" if float(mean) < 0 else "higher"
-    seen = (f"{who} has the lowest mean {words}, {abs(float(mean)) * scale:.{digits}f}{unit} "
-            f"{side} per seed than {base} (sd {float(sd) * scale:.{digits}f}{unit} over {k} "
-            "paired seeds)")
+    gap = (f"on average equal to {base}'s" if float(mean) == 0 else
+           f"{abs(float(mean)) * scale:.{digits}f}{unit} {side} per seed than {base}")
+    seen = (f"{who} has the lowest mean {words}, {gap} (sd {float(sd) * scale:.{digits}f}{unit} "
+            f"over {k} paired seeds)")
     if est.get("status") == ESTIMATE:
         n = int(est["n"])
         return (f"{seen}: at that effect size and noise, about {n} seeds would make the 95% "
