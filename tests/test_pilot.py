@@ -1,11 +1,19 @@
-"""otcpcc pilot: paired verdicts, the closing rule, and one tiny end-to-end pilot."""
+"""otcpcc pilot: paired verdicts, the closing rule (harms named, the seeds estimate against SciPy),
+the one answer to "does OT matter?", and one tiny end-to-end pilot."""
 
 import json
+import math
 
 import numpy as np
+from scipy import stats
 
 from otcpcc.cli import main
+from otcpcc.study import recommendation as rec
 from otcpcc.study.pilot import closing_recommendation
+from otcpcc.study.seeds_needed import seeds_needed
+from otcpcc.study.sentences import seeds_sentence
+from otcpcc.study.tables import aggregate_runs
+from otcpcc.study.verdict import ot_verdicts
 from otcpcc.study.verdict import verdicts as paired_verdicts
 
 
@@ -60,15 +68,6 @@ def test_pilot_end_to_end_tiny(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------ the recommendation on hand-made inputs
-import math  # noqa: E402
-
-import pytest  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from otcpcc.study import recommendation as rec  # noqa: E402
-from otcpcc.study.seeds_needed import seeds_needed  # noqa: E402
-from otcpcc.study.sentences import seeds_sentence  # noqa: E402
-
 DIAG = {"recommend": "ot", "cpcc_l2": 0.01, "cpcc_emd": 0.67, "rank_agreement_l2_emd": 0.29}
 
 
@@ -109,9 +108,6 @@ def _two_seed_runs(cost, acc=None):
 
 
 def _inputs(runs):
-    from otcpcc.study.tables import aggregate_runs
-    from otcpcc.study.verdict import ot_verdicts
-
     v = paired_verdicts(runs, metrics=["expected_cost_argmax", "fine_acc"])
     return aggregate_runs(runs), v, ot_verdicts(runs, metrics=["expected_cost_argmax", "fine_acc"])
 
