@@ -586,3 +586,26 @@ def test_method_chunks_keep_tables_narrow():
     md = report.markdown_tables(agg)
     assert [m for _, m, _ in _md_tables(md)] == [[f"m{i}" for i in range(8)],
                                                   ["m8", "m9", "m10"]]
+
+
+def test_verdict_section_estimates_seeds_for_the_cheapest_candidate(tmp_path, monkeypatch):
+    """Two seeds, l2 cheapest but within noise of none (differences −0.04, −0.02: mean 0.03,
+    sd 0.01414): 3 seeds give t(0.975, 2)·sd/√3 = 0.035 ≥ 0.03, 4 give 0.0225 < 0.03 → 4. Once
+    separated (a third seed, difference −0.03: better), the sentence is gone."""
+    from otcpcc.study.verdict import verdicts
+
+    monkeypatch.setattr(report, "render_figures", lambda *a, **k: [])  # figures: tested above
+    cost = {"none": [1.0, 1.1, 1.05], "l2": [0.96, 1.08, 1.02], "hxe": [1.05, 1.1, 1.06]}
+    runs = [{"method": m, "distance": m, "seed": s, "expected_cost_argmax": c[s], "fine_acc": 0.8}
+            for m, c in cost.items() for s in range(3)]
+    two = [r for r in runs if r["seed"] < 2]
+    report.render_report(tmp_path, {"runs": two, "verdicts": verdicts(two)}, {})
+    md = (tmp_path / "report.md").read_text()
+    assert ("- l2 has the lowest mean cost of the decisions (argmax), 0.030 lower per seed than "
+            "flat CE (none) (sd 0.014 over 2 paired seeds): at that effect size and noise, about 4 "
+            "seeds would make the 95% interval exclude 0 (`--seeds 4`)") in md
+    assert "- Against none, l2 lowers cost of the decisions (argmax) by 0.030 ± 0.127" in md
+    report.render_report(tmp_path, {"runs": runs, "verdicts": verdicts(runs)}, {})
+    md = (tmp_path / "report.md").read_text()
+    assert "lowers cost of the decisions (argmax) by 0.030 ± 0.025 (better)" in md
+    assert "would make the 95% interval exclude 0" not in md

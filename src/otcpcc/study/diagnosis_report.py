@@ -56,10 +56,13 @@ def _number(v: Any) -> str:
 
 
 def diagnosis_markdown(result: Mapping[str, Any], figure: str | None = "diagnose.png",
-                       level: int = 1) -> str:
-    """The diagnosis as Markdown: headline numbers, reasons, most disagreeing pairs, figure."""
+                       level: int = 1, heading: str = "Does optimal transport matter on these features?"
+                       ) -> str:
+    """The diagnosis as Markdown: ``heading`` followed by the recommendation in bold, headline
+    numbers, reasons, most disagreeing pairs, figure. The pilot titles it as the input features'
+    diagnosis (before training), since its own answer comes from the trained runs."""
     h = "#" * level
-    lines = [f"{h} Does optimal transport matter here? **{result['recommend']}**", "",
+    lines = [f"{h} {heading} **{result['recommend']}**", "",
              f"Data: `{result['dataset']}`, {result['source']}, {result['n']} samples, "
              f"{result.get('num_classes', len(result['per_class']))} classes.", "",
              "| number | value |", "|---|---|"]

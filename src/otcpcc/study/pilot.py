@@ -6,10 +6,15 @@
    ``out/diagnosis/`` (diagnose.json/.md/.html/.png);
 2. :func:`otcpcc.study.compare.run_compare` of ``PILOT_METHODS`` for ``seeds`` seeds →
    ``out/compare/`` (summary.json, its report, one run directory per method and seed);
-3. ``out/report.md`` / ``out/report.html`` / ``out/pilot.json``: the diagnosis, the comparison
-   table, the paired verdicts against flat CE (``summary.json``'s ``verdicts`` when compare writes
-   them, else recomputed by :func:`otcpcc.study.verdict.verdicts`), the cost of mistakes under the cost matrix, and the
-   closing recommendation (:func:`closing_recommendation`).
+3. ``out/report.md`` / ``out/report.html`` / ``out/pilot.json``: the closing recommendation and
+   the one answer to "does optimal transport matter here?" (``otcpcc.study.recommendation``:
+   after training, the OT method against the same method with class means; the diagnosis of the
+   input features as before-training evidence), the diagnosis, the comparison table, the paired
+   verdicts against flat CE (``summary.json``'s ``verdicts`` when compare writes them, else
+   recomputed by :func:`otcpcc.study.verdict.verdicts`) and the cost of mistakes under the cost
+   matrix. ``pilot.json`` holds the recommendation's fields too (``recommended_method``,
+   ``better``, ``worse``, ``worse_fine_acc``, ``seeds_needed``, ``seeds_estimate``,
+   ``ot_matters``, ``ot_evidence``, ``ot_input_diagnosis``, ``ot_agrees_with_diagnosis``).
 
 To add a method (e.g. the hierarchy-aware baseline ``hxe`` once compare knows it), add its name to
 ``PILOT_METHODS``.
@@ -18,7 +23,6 @@ To add a method (e.g. the hierarchy-aware baseline ``hxe`` once compare knows it
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,47 +32,14 @@ from ..runs.config import TrainConfig
 from .compare import _say, check_compare, removed_if_empty_on_failure, run_compare
 from .diagnosis_report import diagnosis_markdown, html_page, markdown_to_html_body, write_diagnosis
 from .pilot_budget import PILOT_METHODS, PILOT_SEEDS
+from .recommendation import COST_METRIC, closing_recommendation, ot_answer, ot_paragraph, recommendation
 from .report import markdown_tables
 from .resume import STUDY_FILE, open_study, read_saved, study_record, write_study
-from .sentences import ot_sentences
-from .tables import aggregate_runs, fmt
+from .tables import aggregate_runs, fmt, method_name
+from .verdict import ot_verdicts as ot_verdicts_of
 from .verdict import verdicts as verdicts_of
 
-COST_METRIC = "expected_cost_argmax"  # the cost of the model's decisions (argmax), per sample
-
-
-def _method(row: Mapping[str, Any]) -> str:
-    return str(row.get("method", row.get("distance")))
-
-
-def closing_recommendation(diagnosis: Mapping[str, Any], aggregate: Sequence[Mapping[str, Any]],
-                           verdicts: Sequence[Mapping[str, Any]]) -> str:
-    """One paragraph. A method is *supported* when its decision-cost verdict (``COST_METRIC``) against flat CE is
-    ``better`` and its fine-accuracy verdict is not ``worse``. Among supported methods, an OT one
-    (fastft, emd, …) is preferred only when the diagnosis says ``ot`` and its mean expected cost
-    is lower than l2-CPCC's; otherwise the cheapest supported one. None supported: flat CE."""
-    calls = {(v["method"], v["metric"]): v for v in verdicts}
-    cost = {str(r.get("method", r["distance"])): r.get(f"{COST_METRIC}_mean") for r in aggregate}
-    supported = [m for m in cost if m != "none"
-                 and calls.get((m, COST_METRIC), {}).get("call") == "better"
-                 and calls.get((m, "fine_acc"), {}).get("call") != "worse"]
-    diag = (f"the diagnosis says {diagnosis['recommend']} (CPCC l2 {fmt(diagnosis['cpcc_l2'], 2)}"
-            f" vs emd {fmt(diagnosis['cpcc_emd'], 2)}, Spearman "
-            f"{fmt(diagnosis['rank_agreement_l2_emd'], 2)})")
-    if not supported:
-        return (f"Use flat cross-entropy for now: no candidate lowered the expected cost of "
-                f"mistakes beyond seed noise on this budget; {diag}. A longer pilot (more "
-                f"epochs, more seeds) may still separate them.")
-    ot = [m for m in supported if m not in ("l2", "hxe", "soft")]
-    pick = next((m for m in supported if m == "l2"), supported[0])
-    if diagnosis["recommend"] == "ot" and ot:
-        best_ot = min(ot, key=lambda m: cost[m] if cost[m] is not None else math.inf)
-        if pick != "l2" or (cost[best_ot] or math.inf) < (cost["l2"] or math.inf):
-            pick = best_ot
-    v = calls[(pick, COST_METRIC)]
-    return (f"Use {pick}: expected cost {fmt(cost.get('none'), 3)} → {fmt(cost[pick], 3)} "
-            f"(paired difference {fmt(v['diff_mean'], 3)}, 95% CI [{fmt(v['ci_low'], 3)}, "
-            f"{fmt(v['ci_high'], 3)}]); {diag}.")
+__all__ = ["closing_recommendation", "run_pilot"]
 
 
 def _verdict_table(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -126,25 +97,29 @@ def _pilot(cfg: TrainConfig, out: Path, methods: Sequence[str], seeds: int, cost
     summary = json.loads((out / "compare" / "summary.json").read_text(encoding="utf-8"))
     aggregate = summary.get("aggregate") or aggregate_runs(summary["runs"])
     verdicts = summary.get("verdicts") or verdicts_of(summary["runs"])
-    closing = closing_recommendation(diag, aggregate, verdicts)
+    ot_rows = summary.get("ot_verdicts")
+    ot_rows = ot_verdicts_of(summary["runs"]) if ot_rows is None else ot_rows
+    rec = recommendation(diag, aggregate, verdicts, summary["runs"], ot_rows)
     costs = cost_matrix or "tree distance (no --cost-matrix given)"
-    cost_lines = [f"- {_method(r)}: cost of the decisions {fmt(r.get(COST_METRIC + '_mean'))} "
-                  f"(soft expected cost {fmt(r.get('expected_cost_mean'))}), mistake "
-                  f"severity {fmt(r.get('mistake_severity_mean'))}, fine accuracy "
+    cost_lines = [f"- {method_name(r)}: cost of the decisions (argmax) "
+                  f"{fmt(r.get(COST_METRIC + '_mean'))} (soft expected cost "
+                  f"{fmt(r.get('expected_cost_mean'))}), mistake severity "
+                  f"{fmt(r.get('mistake_severity_mean'))}, fine accuracy "
                   f"{fmt(r.get('fine_acc_mean'))}" for r in aggregate]
     md = "\n".join([
         "# otcpcc pilot", "",
         f"Data `{cfg.data}`; methods {', '.join(methods)}; {seeds} seeds; {cfg.epochs} epochs, "
         f"batch {cfg.batch_size}, λ {cfg.lam:g}.", "",
-        "## Recommendation", "", closing, "",
-        diagnosis_markdown(diag, figure="diagnosis/diagnose.png", level=2),
+        "## Recommendation", "", rec["recommendation"], "",
+        "## Does optimal transport matter here?", "", ot_paragraph(diag, ot_rows), "",
+        diagnosis_markdown(diag, figure="diagnosis/diagnose.png", level=2,
+                           heading="Input features, before training: the diagnosis says"),
         "## Comparison (compare/report.html has the figures)", "", markdown_tables(aggregate), "",
         "### Paired verdicts against flat CE", "", *_verdict_table(verdicts), "",
         f"## Cost of mistakes (cost matrix: {costs})", "",
-        "Cost of the decisions = mean over test samples of C[true, argmax prediction] (what the "
-        "verdicts use); soft expected cost = the same averaged over the predicted distribution.",
-        "", *cost_lines, "", *[f"- {line}" for line in ot_sentences(summary.get("ot_verdicts"))],
-        ""])
+        "Cost of the decisions (argmax) = mean over test samples of C[true, argmax prediction] "
+        "(what the verdicts use); soft expected cost = the same averaged over the predicted "
+        "distribution.", "", *cost_lines, ""])
     (out / "report.md").write_text(md, encoding="utf-8")
     body = markdown_to_html_body(md, {"diagnosis/diagnose.png": out / "diagnosis" / "diagnose.png"})
     (out / "report.html").write_text(html_page("otcpcc pilot", body), encoding="utf-8")
@@ -152,7 +127,7 @@ def _pilot(cfg: TrainConfig, out: Path, methods: Sequence[str], seeds: int, cost
                                                  "rank_agreement_l2_emd", "cpcc_l2", "cpcc_emd",
                                                  "recommend", "reasons")},
               "methods": list(methods), "seeds": seeds, "verdicts": verdicts,
-              "recommendation": closing}
+              **rec, **ot_answer(diag, ot_rows)}
     (out / "pilot.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     _say(progress, f"[pilot] wrote {out / 'report.html'}")
     return out

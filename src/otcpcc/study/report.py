@@ -42,11 +42,13 @@ from typing import Any
 from .context import context_lines, read_context
 from .figures import _run_list, render_figures
 from .notes import collapse_notes, notes_html, notes_markdown
-from .sentences import ot_sentences, verdict_sentences
+from .seeds_needed import NO_ESTIMATE, cheapest_estimate, separated
+from .sentences import ot_sentences, seeds_sentence, verdict_sentences
 from .tables import (
     aggregate_runs,
     best_rows,
     cell,
+    decision_cost_key,
     method_chunks,
     method_name,
     metric_direction,
@@ -205,6 +207,9 @@ def render_report(out: str | os.PathLike, summary: Mapping[str, Any],
     context = context_lines(ctx, runs)
     verdict = verdict_sentences(summary.get("verdicts"), aggregate,
                                 ctx.get("seeds") or seed_list(runs))
+    est = cheapest_estimate(runs, aggregate, decision_cost_key(aggregate))
+    if summary.get("verdicts") and est and est["status"] != NO_ESTIMATE and not separated(est):
+        verdict.append(seeds_sentence(est))  # how many seeds the cheapest candidate would need
     verdict += ot_sentences(summary.get("ot_verdicts", ot_verdicts(runs)))
     notes = collapse_notes(runs)  # + "figure skipped: ..." from render_figures
     figures = render_figures(out, aggregate, run_dirs, max_points, runs=runs,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .seeds_needed import BEYOND_CAP, CAP, ESTIMATE
 from .tables import _finite, best_rows, cell, decision_cost_key, method_name
 
 # the order in which a method's verdicts are told; other metrics follow in summary order
@@ -21,7 +22,7 @@ _ORDER = ("expected_cost_argmax", "expected_cost", "expected_cost_crm", "fine_ac
           "mistake_severity_crm", "test_cpcc_emd", "map_coarse")
 _LABELS = {"fine_acc": "fine accuracy", "fine_acc_crm": "fine accuracy under CRM",
            "expected_cost": "expected cost", "expected_cost_crm": "expected cost under CRM",
-           "expected_cost_argmax": "cost of the argmax decisions",
+           "expected_cost_argmax": "cost of the decisions (argmax)",
            "mistake_severity": "mistake severity",
            "mistake_severity_crm": "mistake severity under CRM",
            "test_cpcc_l2": "TestCPCC(l2)", "test_cpcc_emd": "TestCPCC(emd)"}
@@ -158,13 +159,57 @@ def ot_sentences(ot_verdicts: Sequence[Mapping[str, Any]] | None) -> list[str]:
         return []
     out = []
     for m in dict.fromkeys(str(v.get("method")) for v in ot_verdicts):
-        mine = _ordered([v for v in ot_verdicts if str(v.get("method")) == m])
-        base = str(mine[0].get("baseline"))
+        mine = [v for v in ot_verdicts if str(v.get("method")) == m]
         calls = {str(v.get("call")) for v in mine if v.get("metric") in
                  ("expected_cost_argmax", "expected_cost_crm")}
         gist = ("optimal transport changes the decision costs here"
                 if calls & {"better", "worse"} else
                 "on the decision costs, optimal transport ends within noise of class means here")
-        out.append(f"Does optimal transport matter? Against {base} (the same method with class "
-                   f"means), {m} " + _join([verdict_phrase(v) for v in mine]) + f": {gist}.")
+        out.append(f"Does optimal transport matter? {means_pair_phrase(mine)}: {gist}.")
     return out
+
+
+def means_pair_phrase(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One OT method's verdicts against its class-means counterpart (rows of
+    :func:`otcpcc.study.verdict.ot_verdicts` for one method): "Against l2 (the same method with
+    class means), fastft lowers … and raises … (within noise)"."""
+    mine = _ordered(rows)
+    return (f"Against {mine[0].get('baseline')} (the same method with class means), "
+            f"{mine[0].get('method')} " + _join([verdict_phrase(v) for v in mine]))
+
+
+def _baseline_words(baseline: str) -> str:
+    return "flat CE (none)" if baseline == "none" else baseline
+
+
+def seeds_sentence(est: Mapping[str, Any] | None) -> str | None:
+    """How many seeds would separate the cheapest candidate from the baseline, in one sentence,
+    from :func:`otcpcc.study.seeds_needed.cheapest_estimate` (None: no candidate). Says the
+    estimate ("about 13 seeds: `--seeds 13`") at the observed mean difference and spread; beyond
+    the cap, that the difference is too small against the seed noise to be worth chasing; with
+    fewer than 2 seeds or a zero difference, that it cannot be estimated."""
+    if not est:
+        return None
+    words, scale, unit, digits = metric_label(str(est["metric"]))
+    who, base = str(est["method"]), _baseline_words(str(est["baseline"]))
+    mean, sd, k = est.get("mean"), est.get("sd"), int(est.get("seeds") or 0)
+    if not _finite(mean) or not _finite(sd):
+        return (f"How many seeds would separate {who} (the lowest mean {words}) from {base} "
+                f"cannot be estimated from {k} paired seed{'s' if k != 1 else ''}: rerun with "
+                "--seeds 3 or more.")
+    side = "lower" if float(mean) < 0 else "higher"
+    gap = (f"on average equal to {base}'s" if float(mean) == 0 else
+           f"{abs(float(mean)) * scale:.{digits}f}{unit} {side} per seed than {base}")
+    seen = (f"{who} has the lowest mean {words}, {gap} (sd {float(sd) * scale:.{digits}f}{unit} "
+            f"over {k} paired seeds)")
+    if est.get("status") == ESTIMATE:
+        n = int(est["n"])
+        return (f"{seen}: at that effect size and noise, about {n} seeds would make the 95% "
+                f"interval exclude 0 (`--seeds {n}`); an estimate, the next seeds may show a "
+                "smaller or larger difference.")
+    if est.get("status") == BEYOND_CAP:
+        cap = int(est.get("cap") or CAP)
+        return (f"{seen}: at that effect size and noise even {cap} seeds would not separate "
+                "them; the difference is too small against the seed noise to be worth chasing.")
+    return (f"{seen}: with a zero mean difference no number of seeds can be estimated to "
+            "separate them.")

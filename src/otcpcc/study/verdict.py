@@ -75,6 +75,23 @@ def coarse_map_metric(runs: Sequence[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def _differences(rows: Mapping[Any, Mapping[str, Any]], base: Mapping[Any, Mapping[str, Any]],
+                 metric: str) -> list[float]:
+    """method − baseline of ``metric`` on every seed where both (rows keyed by seed) are finite."""
+    return [float(rows[s][metric]) - float(base[s][metric]) for s in rows
+            if s in base and _finite(rows[s].get(metric)) and _finite(base[s].get(metric))]
+
+
+def paired_differences(runs: Sequence[Mapping[str, Any]], method: str, metric: str,
+                       baseline: str = BASELINE) -> list[float]:
+    """The per-seed differences ``metric(method) − metric(baseline)`` that :func:`verdicts` tests
+    (seeds where both have a finite value, in the method's seed order); empty when either was not
+    run."""
+    rows = {r.get("seed"): r for r in runs if _name(r) == method}
+    base = {r.get("seed"): r for r in runs if _name(r) == baseline}
+    return _differences(rows, base, metric)
+
+
 def verdicts(runs: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
              metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Paired verdict of every method against ``baseline``, for every metric.
@@ -103,13 +120,11 @@ def verdicts(runs: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
         if name == baseline:
             continue
         for metric in metrics:
-            seeds = [s for s in rows if s in base and _finite(rows[s].get(metric))
-                     and _finite(base[s].get(metric))]
+            diffs = _differences(rows, base, metric)
             row: dict[str, Any] = {"method": name, "metric": metric, "baseline": baseline,
-                                   "n": len(seeds), "diff_mean": None, "ci_low": None,
+                                   "n": len(diffs), "diff_mean": None, "ci_low": None,
                                    "ci_high": None, "call": "no data"}
-            if seeds:
-                diffs = [float(rows[s][metric]) - float(base[s][metric]) for s in seeds]
+            if diffs:
                 mean, low, high = paired_interval(diffs)
                 row.update(diff_mean=mean, ci_low=low, ci_high=high, call=call(metric, low, high))
             out.append(row)

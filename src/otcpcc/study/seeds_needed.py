@@ -1,0 +1,87 @@
+r"""How many seeds would separate a method from flat CE? An estimate at the observed effect and noise.
+
+For k paired differences :math:`d_s = m_s(\text{method}) - m_s(\text{baseline})` over seeds, with
+mean :math:`\bar d` and sample standard deviation :math:`s` (ddof = 1), the verdict's 95%
+t-interval (:func:`otcpcc.study.verdict.paired_interval`) excludes 0 when
+
+.. math:: t_{0.975,\,n-1}\; s / \sqrt n < |\bar d| .
+
+Assuming further seeds show the same mean difference and the same spread, the estimate is the
+smallest such n ≥ 2, searched up to ``cap`` (default :data:`CAP` = 100 seeds: beyond it the
+difference is too small against the seed noise to be worth chasing). It is an estimate, not a
+guarantee: the next seeds may show a smaller or larger difference. Fewer than 2 differences (no
+spread) or :math:`\bar d = 0` give no estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .tables import _finite, method_name
+from .verdict import BASELINE, CONFIDENCE, paired_differences
+
+CAP = 100  # seeds; beyond this the difference is not worth chasing at the observed noise
+
+ESTIMATE, BEYOND_CAP, NO_ESTIMATE = "estimate", "beyond cap", "cannot estimate"
+
+
+def seeds_needed(diffs: Sequence[float], confidence: float = CONFIDENCE, cap: int = CAP
+                 ) -> dict[str, Any]:
+    """The estimate of the module docstring for paired differences ``diffs`` (k values).
+
+    Returns ``{"n", "status", "mean", "sd", "seeds", "cap"}``: ``n`` the smallest n in [2, ``cap``] with
+    ``t.ppf(0.5 + confidence/2, n − 1) · sd / √n < |mean|`` (None when there is none); ``status``
+    ``"estimate"`` (n found), ``"beyond cap"`` (no n up to ``cap``) or ``"cannot estimate"``
+    (k < 2, mean 0, or a non-finite value); ``mean``/``sd`` of ``diffs`` (sd None for k < 2);
+    ``seeds`` = k; ``cap``. O(k + cap).
+    """
+    from scipy.stats import t
+
+    d = np.asarray(diffs, dtype=np.float64)
+    k = int(d.size)
+    mean = float(d.mean()) if k else None
+    sd = float(d.std(ddof=1)) if k >= 2 else None
+    out: dict[str, Any] = {"n": None, "status": NO_ESTIMATE, "mean": mean, "sd": sd, "seeds": k,
+                           "cap": cap}
+    if mean is None or sd is None or not math.isfinite(mean) or not math.isfinite(sd) or mean == 0:
+        return out
+    ns = np.arange(2, max(cap, 2) + 1)
+    half = t.ppf(0.5 + confidence / 2, ns - 1) * sd / np.sqrt(ns)
+    hit = np.flatnonzero(half < abs(mean))
+    if hit.size:
+        out.update(n=int(ns[hit[0]]), status=ESTIMATE)
+    else:
+        out["status"] = BEYOND_CAP
+    return out
+
+
+def cheapest_candidate(aggregate: Sequence[Mapping[str, Any]], metric: str,
+                       baseline: str = BASELINE) -> str | None:
+    """The method other than ``baseline`` with the lowest finite ``<metric>_mean`` in the
+    aggregate rows (the first in row order on a tie); None when there is none."""
+    rows = [r for r in aggregate if method_name(r) != baseline and _finite(r.get(f"{metric}_mean"))]
+    if not rows:
+        return None
+    return method_name(min(rows, key=lambda r: float(r[f"{metric}_mean"])))
+
+
+def cheapest_estimate(runs: Sequence[Mapping[str, Any]], aggregate: Sequence[Mapping[str, Any]],
+                      metric: str, baseline: str = BASELINE, cap: int = CAP) -> dict[str, Any] | None:
+    """:func:`seeds_needed` for :func:`cheapest_candidate` against ``baseline`` on ``metric``,
+    from its paired differences over seeds, with ``method``, ``baseline`` and ``metric`` added;
+    None when there is no candidate."""
+    method = cheapest_candidate(aggregate, metric, baseline)
+    if method is None:
+        return None
+    est = seeds_needed(paired_differences(runs, method, metric, baseline), cap=cap)
+    return {"method": method, "baseline": baseline, "metric": metric, **est}
+
+
+def separated(est: Mapping[str, Any]) -> bool:
+    """Whether the seeds already run separate the method from the baseline (n ≤ seeds run): then
+    the verdict is ``better`` or ``worse`` and there is nothing to estimate."""
+    return est.get("status") == ESTIMATE and int(est["n"]) <= int(est.get("seeds") or 0)
