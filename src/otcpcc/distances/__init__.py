@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .cost import cost_dtype, deferred_recompute, overflow_error
+from .cost import cost_dtype, deferred_recompute, max_abs, overflow_error
 from .emd import emd
 from .fastft import ORDERS, fastft
 from .groups import ClassGroups, group_and_read, group_by_class
@@ -172,17 +172,16 @@ def grouped_distances(
         return groups, features.new_zeros(0), features.new_zeros(2, dtype=torch.float64)
     x = features.index_select(0, groups.order)
     x = x.to(cost_dtype(x))  # float32 for half/bf16 input (float64 stays float64)
-    raw = torch.linalg.vector_norm(x.detach(), ord=math.inf)
+    raw = max_abs(x.detach())
     # Every distance here is translation invariant, so remove the batch mean first (detached:
     # the gradient is unchanged): a large common offset would otherwise cost float32 its digits
     # in the differences and projections (e.g. features 1e5 + noise).
     x = x - x.detach().mean(0)
-    magnitude = torch.stack((raw, torch.linalg.vector_norm(x.detach(), ord=math.inf))).double()
+    magnitude = torch.stack((raw, max_abs(x.detach()))).double()
     with torch.autocast(device_type=x.device.type, enabled=False):  # costs never in bf16, even under AMP
         with deferred_recompute() as overflows:
             rho = DISTANCES[name](x, groups, **options)
-        # max|rho| < inf: false for any inf or NaN (the norm propagates NaN), in two operations
-        finite = torch.linalg.vector_norm(rho.detach(), ord=math.inf) < math.inf
+        finite = max_abs(rho.detach()) < math.inf  # false for any inf or NaN (NaN propagates)
         late = torch.stack([*overflows, finite]).tolist()  # one sync
         if not late[-1]:
             check_batch(features, labels)  # names the bad rows

@@ -88,9 +88,20 @@ def cost_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def max_abs(x: Tensor) -> Tensor:
+    """max|x| of a non-empty tensor as a 0-d tensor (NaN where x holds NaN), without a |x| copy.
+
+    One reduction on a GPU (the infinity norm); on CPU ``aminmax`` (torch's CPU infinity norm
+    takes ~10x as long: 1.9 ms against 0.16 ms for [1024, 512] float32 on one core)."""
+    if x.device.type == "cpu":
+        lo, hi = x.aminmax()
+        return torch.maximum(hi, -lo)
+    return torch.linalg.vector_norm(x, ord=math.inf)
+
+
 def feature_scale(x: Tensor) -> Tensor:
     """A detached positive scalar c with max|x/c| = 1, so squares neither overflow nor underflow."""
-    c = torch.linalg.vector_norm(x.detach(), ord=math.inf)  # max|x|: one pass, no |x| copy
+    c = max_abs(x.detach())
     return torch.where(c > 0, c, 1.0).nan_to_num_(nan=1.0, posinf=1.0)  # 1 where 0, inf or NaN
 
 

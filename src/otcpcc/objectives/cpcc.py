@@ -77,8 +77,8 @@ class _Correlation(torch.autograd.Function):
         # vector stays 0); where undefined the results below are replaced, so no inf or NaN
         # reaches the value or the gradient. t is scaled in its own dtype (float64) before the
         # cast: a target of 1e300 is not inf in float32.
-        s_r = torch.linalg.vector_norm(r, ord=math.inf).clamp_min_(torch.finfo(r.dtype).tiny)
-        t_max = torch.linalg.vector_norm(t, ord=math.inf).clamp_min_(torch.finfo(t.dtype).tiny)
+        s_r = torch.maximum(r_hi, -r_lo).clamp_min_(torch.finfo(r.dtype).tiny)
+        t_max = torch.maximum(t_hi, -t_lo).clamp_min_(torch.finfo(t.dtype).tiny)
         t = (t / t_max).to(r.dtype)
         r = r / s_r
         tc = t - t.mean()
