@@ -30,5 +30,7 @@ def test_verdict_needs_closer_and_at_most_1_5x_everywhere():
     good = {"fastft-sorted": {"rel_err": 0.1, "spearman": 0.9, "x_batch": 1.4},
             "fastft-batch": {"rel_err": 0.2, "spearman": 0.8, "x_batch": 1.0}}
     slow = {**good, "fastft-sorted": {**good["fastft-sorted"], "x_batch": 1.6}}
-    assert verdict([("a", good)]) == "sorted qualifies as default"
-    assert verdict([("a", good), ("b", slow)]) == "keep batch: b: 1.60x the time"
+    assert verdict([("a", good)]) == ("fastft order=sorted is closer to EMD at <= 1.5x the time on every "
+                                      "full set: it qualifies as the default")
+    assert verdict([("a", good), ("b", slow)]) == ("fastft keeps order=batch as the default (b: sorted "
+                                                   "takes 1.60x the batch order's time)")
