@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from otcpcc.cli import main
@@ -101,6 +102,26 @@ def test_seeds_needed_against_scipy_t():
         assert seeds_needed(none)["status"] == "cannot estimate" and seeds_needed(none)["n"] is None
 
 
+def test_seeds_needed_also_at_the_upper_bound_of_the_spread():
+    """The spread from k seeds is itself uncertain: its one-sided 95% upper bound (chi-square) and
+    the seeds needed there, against scipy (2 seeds: the bound is 16x the observed sd)."""
+    for diffs in ([-0.05, -0.04], [-0.020, -0.012, -0.031], [-0.01, -0.03, 0.004, -0.02, -0.015]):
+        est = seeds_needed(diffs)
+        k, s = len(diffs), np.std(diffs, ddof=1)
+        want = s * math.sqrt((k - 1) / stats.chi2.ppf(0.05, k - 1))
+        assert est["sd_upper"] == pytest.approx(want, rel=1e-12)
+        m = abs(np.mean(diffs))  # the first n whose t-interval at (m, want) excludes 0, if any
+        first = next((n for n in range(2, 101)
+                      if stats.t.ppf(0.975, n - 1) * want / math.sqrt(n) < m), None)
+        assert est["n_upper"] == first
+    assert seeds_needed([-0.05, -0.04])["sd_upper"] / np.std([-0.05, -0.04], ddof=1) == pytest.approx(15.95, abs=0.01)
+    # by hand: mean 0.045, sd 0.00707: t(0.975, 2) 4.303 · 0.00707 / √3 = 0.0176 < 0.045 (n = 2:
+    # 12.71 · 0.00707 / √2 = 0.064 does not): 3 seeds; at sd_upper 0.1128: t(0.975, 26) 2.056 ·
+    # 0.1128 / √27 = 0.0446 < 0.045, while t(0.975, 25) 2.060 · 0.1128 / √26 = 0.0455 does not: 27
+    est = seeds_needed([-0.05, -0.04])
+    assert (est["n"], est["n_upper"]) == (3, 27)
+
+
 def _two_seed_runs(cost, acc=None):
     acc = acc or {m: [0.8, 0.8] for m in cost}
     return [{"method": m, "distance": m, "seed": s, "expected_cost_argmax": cost[m][s],
@@ -126,6 +147,8 @@ def test_closing_gives_the_seeds_estimate_when_nothing_separates():
             f"flat CE (none) (sd 0.014 over 2 paired seeds): at that effect size and noise, about "
             f"{n} seeds would make the 95% interval exclude 0 (`--seeds {n}`)") in text
     assert "A longer pilot" not in text and "expected cost" not in text
+    assert ("The spread itself is uncertain from 2 seeds: at its 95% upper bound (sd 0.226) it "
+            "would take more than 100.") in text
     assert out["seeds_estimate"]["method"] == "l2" and out["better"] == out["worse"] == []
     # a tiny difference against large noise: not worth chasing; one seed: cannot be estimated
     far = _two_seed_runs({"none": [1.0, 1.1], "l2": [1.011, 1.09]})

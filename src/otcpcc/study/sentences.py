@@ -204,9 +204,16 @@ def seeds_sentence(est: Mapping[str, Any] | None) -> str | None:
             f"over {k} paired seeds)")
     if est.get("status") == ESTIMATE:
         n = int(est["n"])
+        spread = ""
+        if _finite(est.get("sd_upper")) and float(est["sd_upper"]) > float(sd):
+            upper = est.get("n_upper")
+            need = (f"about {int(upper)}" if upper is not None
+                    else f"more than {int(est.get('cap') or CAP)}")
+            spread = (f" The spread itself is uncertain from {k} seeds: at its 95% upper bound (sd "
+                      f"{float(est['sd_upper']) * scale:.{digits}f}{unit}) it would take {need}.")
         return (f"{seen}: at that effect size and noise, about {n} seeds would make the 95% "
                 f"interval exclude 0 (`--seeds {n}`); an estimate, the next seeds may show a "
-                "smaller or larger difference.")
+                f"smaller or larger difference.{spread}")
     if est.get("status") == BEYOND_CAP:
         cap = int(est.get("cap") or CAP)
         return (f"{seen}: at that effect size and noise even {cap} seeds would not separate "
