@@ -148,7 +148,7 @@ def test_closing_gives_the_seeds_estimate_when_nothing_separates():
             f"{n} seeds would make the 95% interval exclude 0 (`--seeds {n}`)") in text
     assert "A longer pilot" not in text and "expected cost" not in text
     assert ("The spread itself is uncertain from 2 seeds: at its 95% upper bound (sd 0.226) it "
-            "would take more than 100.") in text
+            "would take more than 100 seeds.") in text
     assert out["seeds_estimate"]["method"] == "l2" and out["better"] == out["worse"] == []
     # a tiny difference against large noise: not worth chasing; one seed: cannot be estimated
     far = _two_seed_runs({"none": [1.0, 1.1], "l2": [1.011, 1.09]})

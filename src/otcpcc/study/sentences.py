@@ -207,8 +207,8 @@ def seeds_sentence(est: Mapping[str, Any] | None) -> str | None:
         spread = ""
         if _finite(est.get("sd_upper")) and float(est["sd_upper"]) > float(sd):
             upper = est.get("n_upper")
-            need = (f"about {int(upper)}" if upper is not None
-                    else f"more than {int(est.get('cap') or CAP)}")
+            need = (f"about {int(upper)} seeds" if upper is not None
+                    else f"more than {int(est.get('cap') or CAP)} seeds")
             spread = (f" The spread itself is uncertain from {k} seeds: at its 95% upper bound (sd "
                       f"{float(est['sd_upper']) * scale:.{digits}f}{unit}) it would take {need}.")
         return (f"{seen}: at that effect size and noise, about {n} seeds would make the 95% "
