@@ -424,6 +424,11 @@ class TrainConfig:
         a, b = self.to_dict(), other.to_dict()
         return [k for k in a if k not in ignore and a[k] != b[k]]
 
+    def changes(self, other: TrainConfig, ignore: frozenset[str] = RESUME_FREE_KEYS) -> list[str]:
+        """:meth:`differences` as ``"key (mine -> other's)"``, for messages naming each change."""
+        return [f"{k} ({getattr(self, k)!r} -> {getattr(other, k)!r})"
+                for k in self.differences(other, ignore)]
+
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML or JSON mapping; bad files raise one-line errors naming the file."""

@@ -73,8 +73,7 @@ def check_resume_config(out: Path, cfg: TrainConfig, env: DistEnv) -> None:
     """Refuse to resume ``out`` with settings its config.json does not have (naming each change)."""
     raw = load_config_file(out / "config.json")
     saved = TrainConfig.from_dict(raw, source=str(out / "config.json"))
-    changes = [f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})"
-               for k in saved.differences(cfg)]
+    changes = saved.changes(cfg)
     ran_on = int((raw.get("meta") or {}).get("world_size", env.world_size))
     if ran_on != env.world_size:  # (last.pt is checked too) refuse before rewriting files
         changes.append(f"world_size ({ran_on} -> {env.world_size})")

@@ -134,8 +134,7 @@ def check_run_config(run_dir: Path, cfg: TrainConfig) -> None:
     saved = TrainConfig.from_dict(load_config_file(path), source=str(path))
     if cfg.arch == "auto":  # training resolves it from the data (runs.build.resolve_arch)
         cfg = cfg.replace(arch=saved.arch)
-    changes = [f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})"
-               for k in saved.differences(cfg, ignore=STUDY_FREE_KEYS)]
+    changes = saved.changes(cfg, ignore=STUDY_FREE_KEYS)
     if changes:
         raise ValueError(f"{path} was trained with other settings than this study gives it: "
                          f"{', '.join(changes)}; delete {run_dir} and rerun with --resume to train "
