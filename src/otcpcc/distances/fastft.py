@@ -64,9 +64,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import cost
 from .bands import band_count, nw_cost
-from .cost import transport_cost
+from .cost import transport_cost, use_gram
 from .groups import ClassGroups
 from .memory import chunk_budget
 from .nwcorner import nw_plans_uniform, nw_plans_weighted
@@ -88,7 +87,7 @@ def use_stored_plans(groups: ClassGroups, weighted: bool, device: torch.device |
         return PATH == "plans"
     n, k = int(sum(groups.counts_host)), groups.num_classes
     entries = n * (k - 1) - groups.num_pairs  # Σ_pairs (n_i + n_j − 1)
-    if weighted or not cost.use_gram(n, entries):
+    if weighted or not use_gram(n, entries):
         return False
     if entries * PLAN_BYTES_PER_ENTRY > chunk_budget(device):
         return False

@@ -210,7 +210,8 @@ def render_report(out: str | os.PathLike, summary: Mapping[str, Any],
     est = cheapest_estimate(runs, aggregate, decision_cost_key(aggregate))
     if summary.get("verdicts") and est and est["status"] != NO_ESTIMATE and not separated(est):
         verdict.append(seeds_sentence(est))  # how many seeds the cheapest candidate would need
-    verdict += ot_sentences(summary.get("ot_verdicts", ot_verdicts(runs)))
+    ot_rows = summary.get("ot_verdicts")  # (older summaries have none: derived from the runs)
+    verdict += ot_sentences(ot_verdicts(runs) if ot_rows is None else ot_rows)
     notes = collapse_notes(runs)  # + "figure skipped: ..." from render_figures
     figures = render_figures(out, aggregate, run_dirs, max_points, runs=runs,
                              cost_source=str(ctx.get("cost_matrix") or "tree distance"), notes=notes)

@@ -151,7 +151,6 @@ def verdict_sentences(verdicts: Sequence[Mapping[str, Any]] | None,
     return out
 
 
-
 def ot_sentences(ot_verdicts: Sequence[Mapping[str, Any]] | None) -> list[str]:
     """"Does optimal transport matter here?" in sentences: each OT-CPCC method against the same
     method with class means (ℓ2), paired over seeds; nothing when no such pair was run."""

@@ -131,8 +131,6 @@ def verdicts(runs: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
     return out
 
 
-
-
 OT_DISTANCES = ("fastft", "fft", "emd", "sinkhorn", "sk", "swd")
 OT_METRICS = ("expected_cost_argmax", "expected_cost_crm", "fine_acc", "test_cpcc_emd")
 
