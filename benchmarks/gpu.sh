@@ -28,3 +28,5 @@ echo "== scale cases on CUDA"
 timeout 150 python3 benchmarks/gpu_scale.py 2>&1 | tee "$OUT/scale.txt"
 echo "== syncs and launches per call"
 timeout 90 python3 benchmarks/gpu_profile.py --quick 2>&1 | grep -v "^ *$" | tee "$OUT/profile.txt" | grep -E "===|sync|launch" | head -40
+echo "== where exact EMD's time goes on CUDA (host LPs; operator table by CPU time)"
+timeout 60 python3 benchmarks/gpu_profile.py --only emd 2>&1 | grep -v "^ *$" | tee "$OUT/profile_emd.txt" | head -24

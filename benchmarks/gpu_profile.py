@@ -30,17 +30,21 @@ fastft_module = importlib.import_module("otcpcc.distances.fastft")  # (the packa
 # (distance, B, K, fastft path: None = as fastft.use_stored_plans picks, "plans" / "bands" forced)
 CASES = (("l2", 1024, 100, None), ("swd", 1024, 100, None), ("sinkhorn", 1024, 100, None),
          ("fastft", 1024, 100, "bands"), ("fastft", 1024, 100, "plans"), ("fastft", 256, 100, None),
-         ("fastft", 4096, 1000, "bands"), ("fastft", 4096, 1000, "plans"), ("fastft", 16384, 1000, None))
+         ("fastft", 4096, 1000, "bands"), ("fastft", 4096, 1000, "plans"), ("fastft", 16384, 1000, None),
+         ("emd", 1024, 100, None))
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="no operator tables")
+    ap.add_argument("--only", default=None, help="run only the cases of this distance (e.g. emd)")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
     for distance, n, k, path in CASES:
+        if args.only not in (None, distance):
+            continue
         fastft_module.PATH = path
         f, y, tree = make_problem(n, k, min(20, k - 1), 512, seed=0)
         x, y = f.detach().to(dev).requires_grad_(), y.to(dev)

@@ -13,7 +13,9 @@ evaluated in one gather. Three cases need no LP:
 * a class with two samples: a fractional knapsack (greedy by the difference of the two samples'
   distances), for all such pairs at once.
 
-The rest go to POT's network simplex (C++), pair by pair.
+The rest go to POT's network simplex (C++), pair by pair. All plans are found on the host from
+one copy of the features (on a GPU: one transfer, instead of a device read per class); only the
+final evaluation of their costs, with autograd, runs on the features' device.
 Reference: Bonneel et al., "Displacement interpolation using Lagrangian mass transport" (2011).
 """
 
@@ -217,6 +219,7 @@ def emd(x: Tensor, groups: ClassGroups, weights: str = "uniform") -> Tensor:
     pi, pj = groups.pair_i.cpu().numpy(), groups.pair_j.cpu().numpy()
     n, m, ea, eb = counts[pi], counts[pj], offs[pi], offs[pj]
     wn = np.repeat(1.0 / counts, counts) if w is None else w.cpu().numpy()
+    xh = x.detach().cpu()  # the plans are found on the host: one copy, not one read per unit
     parts: list[tuple[np.ndarray, ...]] = []
     single = (n == 1) | (m == 1)
     _outer_plans(np.flatnonzero(single), n, m, ea, eb, wn, parts)
@@ -225,12 +228,12 @@ def emd(x: Tensor, groups: ClassGroups, weights: str = "uniform") -> Tensor:
         for size in range(2, BRUTE_FORCE_MAX + 1):
             sel = np.flatnonzero(rest & (n == size) & (m == size))
             if sel.size:
-                _permutation_plans(sel, size, ea, eb, x.detach(), parts)
+                _permutation_plans(sel, size, ea, eb, xh, parts)
                 rest[sel] = False
     two = rest & ((n == 2) | (m == 2))
-    _two_source_plans(np.flatnonzero(two), n, m, ea, eb, wn, x.detach(), parts)
+    _two_source_plans(np.flatnonzero(two), n, m, ea, eb, wn, xh, parts)
     lp: list[tuple[np.ndarray, ...]] = []  # (t, ia, ib, mass, distance)
-    _lp_plans(np.flatnonzero(rest & ~two), n, m, ea, eb, wn, w is None, x, lp)
+    _lp_plans(np.flatnonzero(rest & ~two), n, m, ea, eb, wn, w is None, xh, lp)
 
     def as_tensor(a, dtype=torch.long):
         return torch.as_tensor(a, dtype=dtype, device=x.device)
