@@ -53,15 +53,6 @@ def _network_simplex():
         return ot.emd
 
 
-def _solve_lp(a: np.ndarray, b: np.ndarray, M: np.ndarray) -> np.ndarray:
-    """Optimal plan of one pair; M is rescaled to max 1 (the plan is scale-free, the solver's
-    tolerances are absolute)."""
-    top = M.max()
-    if top > 0:
-        M = M / top
-    return _network_simplex()(a, b, np.ascontiguousarray(M))
-
-
 def _outer_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, parts: list) -> None:
     """Pairs where one class has a single sample: P = a b^T (the only coupling), all at once."""
     if sel.size == 0:
@@ -155,12 +146,13 @@ def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, uniform: bool, x: Te
     sq = (xs * xs).sum(1)
     c = float(c)
     rows_of = np.split(sel, np.flatnonzero(np.diff(ea[sel])) + 1)  # pairs grouped by class A
+    budget = chunk_items(16, x.device)  # float64 cost and plan entries held at once
 
     def units(pairs: np.ndarray):
         """(pairs, first column, cost block) of this row class, from torch products on the
         calling (main) thread; pairs in a unit are side by side in its columns."""
         a0, na = int(ea[pairs[0]]), int(n[pairs[0]])
-        width = chunk_items(16 * na, x.device)  # columns per chunk of the row's distances
+        width = max(1, budget // na)  # columns per chunk of the row's distances
         cut = [0]
         for k in range(1, len(pairs)):  # start a new chunk where this pair would not fit
             if eb[pairs[k]] + m[pairs[k]] > eb[pairs[cut[-1]]] + max(width, m[pairs[cut[-1]]]):
@@ -176,13 +168,17 @@ def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, uniform: bool, x: Te
         wa = w[a0 : a0 + na]
         G = np.zeros_like(D)
         starts = eb[pairs] - d0
-        for o, nb in zip(starts.tolist(), m[pairs].tolist(), strict=True):
-            block = D[:, o : o + nb]
+        # each pair's largest cost, all at once: the LP gets its block scaled to max 1 (the plan is
+        # scale-free, the solver's tolerances are absolute)
+        bounds = np.stack([starts, starts + m[pairs]], 1).ravel()
+        tops = np.maximum.reduceat(np.append(D.max(0), 0.0), bounds)[::2]
+        tops[tops <= 0] = 1.0
+        for o, nb, top in zip(starts.tolist(), m[pairs].tolist(), tops.tolist(), strict=True):
             if uniform and na == nb:
-                r, col = linear_sum_assignment(block)
+                r, col = linear_sum_assignment(D[:, o : o + nb])
                 G[r, o + col] = 1.0 / na
-            else:
-                G[:, o : o + nb] = _solve_lp(wa, w[d0 + o : d0 + o + nb], block)
+            else:  # the division makes the contiguous copy the solver needs
+                G[:, o : o + nb] = _network_simplex()(wa, w[d0 + o : d0 + o + nb], D[:, o : o + nb] / top)
         r, col = np.nonzero(G)
         t = pairs[np.searchsorted(starts, col, side="right") - 1]
         return t, a0 + r, d0 + col, G[r, col], D[r, col]
@@ -191,7 +187,6 @@ def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, uniform: bool, x: Te
     # compete for the cores. Units are made and solved in batches bounded by the memory budget.
     workers = max(1, min(torch.get_num_threads(), len(sel)))
     parallel = workers > 1 and int((n[sel] * m[sel]).sum()) >= LP_PARALLEL_MIN_CELLS
-    budget = chunk_items(16, x.device)  # float64 cost and plan entries held at once
     results: list[tuple[np.ndarray, ...]] = []
     with ThreadPoolExecutor(workers) if parallel else nullcontext() as pool:
         batch, cells = [], 0
