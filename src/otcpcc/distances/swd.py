@@ -46,16 +46,19 @@ def _chunks(ranked: Tensor, groups: ClassGroups):
 class _SlicedCost(torch.autograd.Function):
     r"""wp[t] = Σ_s mass_s · mean_l |r[a_s, l] − r[b_s, l]|^p over the NW segments of pair t.
 
-    Forward and backward walk the segments in chunks of pairs (recomputed in backward), so memory
-    is O(chunk · L) for any number of classes, never O(Σ_pairs (n + m) · L)."""
+    Forward and backward walk the segments in chunks of pairs, so memory is O(chunk · L) for any
+    number of classes, never O(Σ_pairs (n + m) · L). When one chunk holds them all (it fits the
+    memory budget), backward reuses forward's segments; otherwise it makes them again."""
 
     @staticmethod
     def forward(ctx, ranked, groups, p):  # noqa: D102
         wp = torch.zeros(groups.num_pairs, dtype=ranked.dtype, device=ranked.device)
-        for seg in _chunks(ranked, groups):
+        kept = None  # the segments while they are the only chunk (never more than one held)
+        for k, seg in enumerate(_chunks(ranked, groups)):
             gap = (ranked.index_select(0, seg.ia) - ranked.index_select(0, seg.ib)).abs_().pow_(p)
             wp.index_add_(0, seg.pair, seg.mass * gap.mean(1))
-        ctx.groups, ctx.p = groups, p
+            kept = [seg] if k == 0 else None
+        ctx.groups, ctx.p, ctx.segments = groups, p, kept
         ctx.save_for_backward(ranked)
         return wp
 
@@ -64,7 +67,7 @@ class _SlicedCost(torch.autograd.Function):
         (ranked,) = ctx.saved_tensors
         p, width = ctx.p, ranked.shape[1]
         grad = torch.zeros_like(ranked)
-        for seg in _chunks(ranked, ctx.groups):
+        for seg in ctx.segments or _chunks(ranked, ctx.groups):
             delta = ranked.index_select(0, seg.ia) - ranked.index_select(0, seg.ib)  # [E, L]
             slope = delta.sign() if p == 1 else delta.abs().pow_(p - 1).mul_(delta.sign())
             g = slope.mul_((grad_wp.index_select(0, seg.pair) * seg.mass * (p / width))[:, None])
