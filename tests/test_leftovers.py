@@ -1,0 +1,59 @@
+"""Leftovers of the bad-input and new-user trials: a stale ``evaluate --partial`` result after the
+run finishes, half-written files after a refused resume, unbalanced Newick parentheses, lax
+numbers in user files, overflowing cost matrices, bools as numbers, the own-distance key."""
+
+from __future__ import annotations
+
+import json
+
+from otcpcc.cli import main
+
+TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
+        "test_per_class=6", "--data-opt", "branching=[2, 3]", "--model-opt", "hidden=[16]",
+        "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress"]
+
+
+def one_line_error(capsys, code: int) -> str:
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("otcpcc: error: ")
+    return err
+
+
+# ------------------------------------------- 1. a partial evaluation does not outlive training
+def test_finishing_a_run_removes_its_partial_evaluation(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    (out / "metrics.json").unlink()  # as if interrupted after its last checkpoint
+    assert main(["evaluate", str(out), "--partial"]) == 0
+    assert main(["evaluate", str(out), "--partial", "--split", "train"]) == 0
+    assert json.loads((out / "eval.json").read_text())["partial"] is True
+    mine = out / "eval_notes.json"  # not an evaluation otcpcc wrote: kept
+    mine.write_text('{"mine": 1}')
+    capsys.readouterr()
+
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert (out / "metrics.json").is_file()
+    assert not (out / "eval.json").exists() and not (out / "eval_train.json").exists()
+    assert mine.read_text() == '{"mine": 1}'
+    assert main(["evaluate", str(out)]) == 0  # no --partial needed, and the result is final
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["partial"] is False and saved["epoch"] == 2
+
+
+# ------------------------------------------------ 2. a refused resume leaves no temporary files
+def test_a_refused_resume_removes_half_written_files_but_keeps_last_pt(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    raw = (out / "last.pt").read_bytes()
+    (out / "last.pt").write_bytes(raw[: len(raw) // 2])
+    for name in ("ckpt.tmp", "log.csv.tmp", "metrics.json.tmp", "eval_train.json.tmp"):
+        (out / name).write_bytes(b"half")
+    (out / "notes.tmp").write_text("the user's")
+    capsys.readouterr()
+    err = one_line_error(capsys, main(["train", "--out", str(out), "--resume", "--epochs", "2"]))
+    assert "cannot read checkpoint" in err
+    assert sorted(p.name for p in out.glob("*.tmp")) == ["notes.tmp"]
+    assert (out / "last.pt").read_bytes() == raw[: len(raw) // 2]  # the user's to restore
+    assert (out / "metrics.json").is_file() and (out / "log.csv").is_file()
