@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from otcpcc import LabelTree
 from otcpcc.cli import main
+from otcpcc.tree.common import TreeError
 
 TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
         "test_per_class=6", "--data-opt", "branching=[2, 3]", "--model-opt", "hidden=[16]",
@@ -57,3 +61,25 @@ def test_a_refused_resume_removes_half_written_files_but_keeps_last_pt(tmp_path,
     assert sorted(p.name for p in out.glob("*.tmp")) == ["notes.tmp"]
     assert (out / "last.pt").read_bytes() == raw[: len(raw) // 2]  # the user's to restore
     assert (out / "metrics.json").is_file() and (out / "log.csv").is_file()
+
+
+# ------------------------------------------------- 3. a missing ')' in Newick is named as such
+@pytest.mark.parametrize(("text", "needle"), [
+    ("((a,b x,(c,d)y)root;", "3 '(' but 2 ')'; add the missing ')'"),  # was: "two names 'b' and 'x'"
+    ("((a,b)x,(c,d)y root;", "3 '(' but 2 ')'; add the missing ')'"),  # was: "two names 'y' and 'root'"
+    ("(a,b));", "1 '(' but 2 ')'; remove the extra ')'"),
+])
+def test_unbalanced_newick_names_the_file_and_the_counts(tmp_path, text, needle):
+    path = tmp_path / "t.nwk"
+    path.write_text(text + "\n")
+    with pytest.raises(TreeError) as info:
+        LabelTree.from_file(path)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: unbalanced parentheses") and needle in msg
+
+
+def test_newick_text_in_an_edge_list_file_is_refused(tmp_path):
+    path = tmp_path / "t.txt"  # read as an edge list: it used to read edge '((a,b' -> 'x,(c,d)y)root;'
+    path.write_text("((a,b x,(c,d)y)root;\n")
+    with pytest.raises(TreeError, match=r"t\.txt:1: this looks like a Newick tree.*\.nwk suffix"):
+        LabelTree.from_file(path)

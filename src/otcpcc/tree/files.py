@@ -95,6 +95,9 @@ def _from_edges_text(cls: type[LabelTree], text: str, path: Path, on_multiple_pa
             continue
         parts = line.split()
         loc = f"{path}:{lineno}"
+        if line.startswith("("):
+            raise TreeError(f"{loc}: this looks like a Newick tree, not an edge list ('parent "
+                            "child [weight]' lines); give the file a .nwk suffix")
         if len(parts) not in (2, 3):
             raise TreeError(f"{loc}: expected 'parent child [weight]' (whitespace separated), got {raw.strip()!r}")
         if parts[0].endswith(",") or (len(parts) == 3 and parts[1].endswith(",")):  # "parent, child"
@@ -198,6 +201,11 @@ def _from_flat(cls: type[LabelTree], parents: dict[str, Any], weights: dict[str,
 
 def _from_newick(cls: type[LabelTree], text: str, src: str) -> LabelTree:
     tokens = _newick_tokens(text, src)
+    opened, closed = (sum(kind == p for kind, _ in tokens) for p in "()")
+    if opened != closed:  # before any other message, which a missing ')' would only garble
+        fix = "add the missing ')'" if opened > closed else "remove the extra ')' (or add its '(')"
+        raise TreeError(f"{src}: unbalanced parentheses in Newick text: {opened} '(' but {closed} "
+                        f"')'; {fix}")
     # node = [name | None, length | None, children]
     root: list[Any] = [None, None, []]
     cur = root
@@ -237,7 +245,8 @@ def _from_newick(cls: type[LabelTree], text: str, src: str) -> LabelTree:
             done = True
         else:  # label
             if cur[0] is not None:
-                raise TreeError(f"{src}: two names {cur[0]!r} and {val!r} for one Newick node")
+                raise TreeError(f"{src}: two names {cur[0]!r} and {val!r} for one Newick node; "
+                                "separate siblings with ',' or close their group with ')'")
             cur[0] = val
         i += 1
     if stack:
