@@ -5,11 +5,16 @@ numbers in user files, overflowing cost matrices, bools as numbers, the own-dist
 from __future__ import annotations
 
 import json
+import math
+import re
 
+import numpy as np
 import pytest
 
 from otcpcc import LabelTree
 from otcpcc.cli import main
+from otcpcc.metrics import load_cost_matrix
+from otcpcc.textfile import parse_number
 from otcpcc.tree.common import TreeError
 
 TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
@@ -83,3 +88,44 @@ def test_newick_text_in_an_edge_list_file_is_refused(tmp_path):
     path.write_text("((a,b x,(c,d)y)root;\n")
     with pytest.raises(TreeError, match=r"t\.txt:1: this looks like a Newick tree.*\.nwk suffix"):
         LabelTree.from_file(path)
+
+
+# ----------------------------------------------- 4. numbers in user files: no Python leniencies
+def test_parse_number_is_float_without_its_leniencies():
+    for text, value in (("1", 1.0), ("-2.5e-3", -0.0025), (".5", 0.5), ("3.", 3.0), ("+1E2", 100.0)):
+        assert parse_number(text) == value == float(text)
+    assert parse_number("inf") == math.inf and math.isnan(parse_number("NaN"))  # named later
+    for text in ("1_000", " 1", "1 ", "1,5", "\u0661", "\uff11", "", ".", "e3", "0x1", "1e"):
+        with pytest.raises(ValueError):
+            parse_number(text)
+
+
+def test_an_underscored_cost_is_refused_naming_its_cell(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text(",a,b\na,0,1_000\nb,1,0\n")  # float('1_000') == 1000.0
+    with pytest.raises(ValueError) as info:
+        load_cost_matrix(path, ["a", "b"])
+    msg = str(info.value)
+    assert "\n" not in msg and "true 'a', predicted 'b' is '1_000', not a number" in msg
+    assert "no '_' digit separators" in msg
+    path.write_text(",a,b\na,0,1000\nb,1.5e0,0\n")
+    np.testing.assert_array_equal(load_cost_matrix(path, ["a", "b"]), [[0, 1000], [1.5, 0]])
+
+
+@pytest.mark.parametrize(("name", "text", "needle"), [
+    ("t.txt", "r a\nr b 1_0\n", "t.txt:2: expected 'parent child [weight]' with a numeric weight"),
+    ("t.nwk", "(a:1_0,b)r;\n", "branch length '1_0' is not a number"),
+    ("t.json", '{"parents": {"a": "r", "b": "r"}, "weights": {"a": "1_0"}}', "weight '1_0' of edge"),
+])
+def test_underscored_tree_weights_are_refused(tmp_path, name, text, needle):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(TreeError, match=re.escape(needle)):
+        LabelTree.from_file(path)
+    path.write_text(text.replace("1_0", "10"))
+    assert LabelTree.from_file(path).weight("b" if name == "t.txt" else "a") == 10.0
+
+
+def test_a_bool_tree_weight_is_refused():
+    with pytest.raises(TreeError, match="weight True of edge 'r' -> 'a' is not a number"):
+        LabelTree.from_parents({"a": "r", "b": "r"}, {"a": True})

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..textfile import read_text
+from ..textfile import parse_number, read_text
 from .common import TreeError, _check_name, _listed
 
 if TYPE_CHECKING:  # the class is passed in as ``cls``: no import cycle at run time
@@ -105,10 +105,11 @@ def _from_edges_text(cls: type[LabelTree], text: str, path: Path, on_multiple_pa
                             f"{raw.strip()!r}; remove the commas")
         if len(parts) == 3:
             try:
-                w = float(parts[2])
+                w = parse_number(parts[2])
             except ValueError:
                 raise TreeError(
-                    f"{loc}: expected 'parent child [weight]' with a numeric weight, got {raw.strip()!r}"
+                    f"{loc}: expected 'parent child [weight]' with a numeric weight, got "
+                    f"{raw.strip()!r}; write a plain number such as 1.5 (no '_' separators)"
                 ) from None
             edges.append((parts[0], parts[1], w))
         else:
@@ -235,9 +236,10 @@ def _from_newick(cls: type[LabelTree], text: str, src: str) -> LabelTree:
             if i + 1 >= len(tokens) or tokens[i + 1][0] != "label":
                 raise TreeError(f"{src}: ':' must be followed by a branch length in Newick")
             try:
-                cur[1] = float(tokens[i + 1][1])
+                cur[1] = parse_number(tokens[i + 1][1])
             except ValueError:
-                raise TreeError(f"{src}: branch length {tokens[i + 1][1]!r} is not a number") from None
+                raise TreeError(f"{src}: branch length {tokens[i + 1][1]!r} is not a number; write "
+                                "a plain number such as 1.5 (no '_' separators)") from None
             i += 1
         elif kind == ";":
             if stack:
