@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from otcpcc import LabelTree
+from otcpcc import metrics as M
 from otcpcc.cli import main
 from otcpcc.metrics import load_cost_matrix
 from otcpcc.textfile import parse_number
@@ -129,3 +130,27 @@ def test_underscored_tree_weights_are_refused(tmp_path, name, text, needle):
 def test_a_bool_tree_weight_is_refused():
     with pytest.raises(TreeError, match="weight True of edge 'r' -> 'a' is not a number"):
         LabelTree.from_parents({"a": "r", "b": "r"}, {"a": True})
+
+
+# ------------------------------------------------ 5. cost matrices that would overflow the metrics
+PROBS = np.array([[0.1, 0.9], [0.1, 0.9], [0.9, 0.1]])
+Y2 = np.array([0, 0, 1])
+
+
+@pytest.mark.parametrize("metric", [
+    lambda c: M.expected_cost(PROBS, Y2, c), lambda c: M.decision_cost(PROBS.argmax(1), Y2, c),
+    lambda c: M.mistake_severity(PROBS.argmax(1), Y2, c), lambda c: M.hier_dist_at_k(PROBS, Y2, c, 2),
+    lambda c: M.crm_predict(PROBS, c),
+])
+def test_metrics_refuse_costs_that_would_overflow(metric):
+    with pytest.raises(ValueError, match=r"holds 1\.7e\+308, above 1e\+200: .*rescale the matrix"):
+        metric(np.array([[0, 1.7e308], [1.7e308, 0]]))  # was inf (or a sum past float64's max)
+    with pytest.raises(ValueError, match="holds 1e\\+201"):
+        metric(np.array([[0, -1e201], [1.0, 0]]))
+
+
+def test_metrics_at_the_largest_cost_are_finite_and_exact():
+    c = np.array([[0, 1e200], [1e200, 0]])  # every prediction of PROBS is wrong, at 0.9 / 0.1
+    assert M.expected_cost(PROBS, Y2, c) == pytest.approx(0.9e200, rel=1e-15)  # (0.9 + 0.9 + 0.9) / 3
+    assert M.decision_cost(PROBS.argmax(1), Y2, c) == 1e200
+    assert M.hier_dist_at_k(PROBS, Y2, c, 2) == 0.5e200  # (0 + 1e200) / 2 per sample

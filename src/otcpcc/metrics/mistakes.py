@@ -14,9 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..textfile import parse_number, read_text
-from ._arrays import _as_labels, _as_probs, _as_scores, _as_square
-
-MAX_COST = 1e200  # largest cost a CSV may hold: K² · N · MAX_COST stays far below float64's 1.8e308
+from ._arrays import MAX_COST, _as_labels, _as_probs, _as_scores, _as_square
 
 
 def mistake_severity(preds: Any, labels: Any, D: Any) -> float:
