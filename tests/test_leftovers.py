@@ -10,8 +10,9 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
-from otcpcc import LabelTree
+from otcpcc import LabelTree, class_distances
 from otcpcc import metrics as M
 from otcpcc.cli import main
 from otcpcc.metrics import load_cost_matrix
@@ -154,3 +155,30 @@ def test_metrics_at_the_largest_cost_are_finite_and_exact():
     assert M.expected_cost(PROBS, Y2, c) == pytest.approx(0.9e200, rel=1e-15)  # (0.9 + 0.9 + 0.9) / 3
     assert M.decision_cost(PROBS.argmax(1), Y2, c) == 1e200
     assert M.hier_dist_at_k(PROBS, Y2, c, 2) == 0.5e200  # (0 + 1e200) / 2 per sample
+
+
+# ---------------------------------------------------- 6. a bool is not a number in distance options
+@pytest.mark.parametrize(("distance", "key"), [
+    ("sinkhorn", "reg"), ("sinkhorn", "tol"), ("sinkhorn", "max_iter"),
+    ("swd", "p"), ("swd", "n_projections"), ("swd", "seed"),
+])
+@pytest.mark.parametrize("value", [True, False])
+def test_bools_are_refused_where_distance_options_take_numbers(distance, key, value):
+    x, y = torch.randn(12, 3), torch.arange(12) % 3
+    with pytest.raises(ValueError, match=f"{distance} option {key} must be .*got {value}"):
+        class_distances(x, y, distance, **{key: value})  # reg=True was read as reg=1
+
+
+def test_numeric_distance_options_take_numpy_and_python_numbers():
+    x, y = torch.randn(12, 3, dtype=torch.float64), torch.arange(12) % 3
+    a = class_distances(x, y, "sinkhorn", reg=np.float32(0.5), tol=1e-9, max_iter=np.int64(500))
+    b = class_distances(x, y, "sinkhorn", reg=0.5, tol=1e-9, max_iter=500)
+    torch.testing.assert_close(a, b)
+
+
+def test_cli_refuses_a_bool_sinkhorn_reg(tmp_path, capsys):
+    out = tmp_path / "run"
+    err = one_line_error(capsys, main(["train", *TINY, "--distance", "sinkhorn", "--dist-opt",
+                                       "reg=true", "--out", str(out)]))
+    assert "sinkhorn option reg must be a finite number > 0, got True" in err
+    assert not out.exists()
