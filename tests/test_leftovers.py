@@ -16,6 +16,8 @@ from otcpcc import LabelTree, class_distances
 from otcpcc import metrics as M
 from otcpcc.cli import main
 from otcpcc.metrics import load_cost_matrix
+from otcpcc.study.compare import run_row
+from otcpcc.study.tables import metric_direction
 from otcpcc.textfile import parse_number
 from otcpcc.tree.common import TreeError
 
@@ -182,3 +184,29 @@ def test_cli_refuses_a_bool_sinkhorn_reg(tmp_path, capsys):
                                        "reg=true", "--out", str(out)]))
     assert "sinkhorn option reg must be a finite number > 0, got True" in err
     assert not out.exists()
+
+
+# ------------------------------------- 7. the own-distance TestCPCC has one name in every file
+def test_evaluate_names_the_own_distance_test_cpcc_as_summary_json_does(tmp_path, capsys):
+    names = [f"c{a}.f{b}" for a in range(2) for b in range(3)]  # synthetic, branching [2, 3]
+    cost = tmp_path / "cost.csv"  # 1 within a coarse class, 3 across
+    cost.write_text("\n".join([",".join(["", *names])] + [
+        ",".join([r, *("0" if r == c else "1" if r[:2] == c[:2] else "3" for c in names)])
+        for r in names]) + "\n")
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--distance", "fastft", "--cpcc-target", str(cost),
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "eval.json").read_text())
+    assert res["test_cpcc_own"] == res["test_cpcc"] == res["test_cpcc_fastft"]  # old keys stay
+    assert res["test_cpcc_target_own"] == res["test_cpcc_target_fastft"]
+    lines = {line.split()[0]: line.split()[1:] for line in printed.splitlines() if line.strip()}
+    assert lines["test_cpcc_own"] == [f"{res['test_cpcc_own']:.4f}", "(fastft,", "the", "run's",
+                                      "distance)"]
+    assert lines["test_cpcc_target_own"][0] == f"{res['test_cpcc_target_own']:.4f}"
+    assert "test_cpcc_fastft" not in lines and "test_cpcc_distance" not in lines
+    row = run_row(out, res, method="fastft", seed=0)  # the compare report's row of this run
+    assert row["test_cpcc_own"] == res["test_cpcc_own"]
+    assert metric_direction("test_cpcc_own") is metric_direction("test_cpcc_target_own") is None
