@@ -9,9 +9,15 @@ Imports nothing from the package: any module may use it.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-__all__ = ["read_text"]
+__all__ = ["parse_number", "read_text"]
+
+# a plain decimal number, as written in a CSV or tree file: sign, ASCII digits, point, exponent;
+# also inf / infinity / nan, so that callers can name them as not finite
+_NUMBER = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf(?:inity)?|nan)",
+                     re.IGNORECASE)
 
 # byte-order marks of the wide encodings, UTF-32 first (its little-endian mark starts like UTF-16's)
 _WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
@@ -52,3 +58,18 @@ def read_text(path: str | os.PathLike[str], expected: str) -> str:
         raise ValueError(f"{p} looks binary (it holds a NUL character); expected {expected}; "
                          "is it the right file?")
     return text
+
+
+def parse_number(text: str) -> float:
+    """``text`` read as a number, strictly: what :func:`float` reads, less its Python-only
+    leniencies, which in a data file are typos or a foreign format: digit-group underscores
+    (``1_000``), surrounding whitespace, non-ASCII digits (``'١'``, full-width ``'１'``).
+    E.g. ``"1.5e3"`` -> 1500.0, ``"-2"`` -> -2.0, ``"nan"`` -> nan; ``"1_000"``, ``" 1"``,
+    ``"1,5"`` raise.
+
+    Raises:
+        ValueError: ``text`` is not such a number (the caller names where it stood).
+    """
+    if not isinstance(text, str) or _NUMBER.fullmatch(text) is None:
+        raise ValueError(f"not a number: {text!r}")
+    return float(text)

@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluation.evaluate import evaluate_run
+    from ..evaluation.evaluate import YARDSTICKS, evaluate_run
 
     res = evaluate_run(args.run, cost_matrix=args.cost_matrix, split=args.split,
                        device=args.device, data_dir=args.data_dir, partial=args.partial)
@@ -92,8 +92,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     keys += [k for k in res if k.startswith("map_")]
     keys += ["mistake_severity", "hier_dist@1", "hier_dist@5", "expected_cost",
              "expected_cost_argmax", "fine_acc_crm", "mistake_severity_crm", "expected_cost_crm"]
-    keys += [k for k in res if k.startswith("test_cpcc_")]
-    rows = [(k, res[k]) for k in keys if k in res]
+    for prefix in ("test_cpcc_", "test_cpcc_target_"):  # the own distance once, as test_cpcc_own
+        keys += [f"{prefix}{d}" for d in (*YARDSTICKS, "own")]
+    own = res.get("test_cpcc_distance")
+    rows = [(k, f"{res[k]:.4f}  ({own}, the run's distance)" if k.endswith("_own")
+             and isinstance(res[k], float) else res[k]) for k in keys if k in res]
     target = res.get("target") or {}  # subpopulation-shift tasks (BREEDS-style target classes)
     rows += [(f"target.{k}", v) for k, v in target.items()
              if k.startswith(("zero_shot_", "one_shot_fine", "map_"))]

@@ -79,8 +79,9 @@ def check_options(distance: str, options: dict[str, Any]) -> None:
         positive_int = key in ("n_projections", "max_iter")
         if positive_int and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
             raise ValueError(f"{name} option {key} must be an integer >= 1, got {value!r}")
-        if key in ("reg", "tol", "p") and not (isinstance(value, (int, float))
-                                               and math.isfinite(value) and value > 0):
+        if key in ("reg", "tol", "p") and (  # a bool is an int to Python, not a number here
+                isinstance(value, bool) or not isinstance(value, numbers.Real)
+                or not (math.isfinite(value) and value > 0)):
             raise ValueError(f"{name} option {key} must be a finite number > 0, got {value!r}")
         if key == "p" and value < 1:
             raise ValueError(f"swd option p must be >= 1, got {value!r}")

@@ -81,8 +81,14 @@ def _as_labels(y: Any, n: int | None, num_classes: int, name: str = "labels") ->
     return a
 
 
+# largest cost (in magnitude) a cost or distance matrix may hold: sums over a test set and over
+# the classes (N · K · MAX_COST) stay far below float64's 1.8e308, so no metric overflows to inf
+MAX_COST = 1e200
+
+
 def _as_square(m: Any, name: str, k: int | None = None) -> np.ndarray:
-    """Return a finite float64 square matrix [K, K] (K checked when given)."""
+    """Return a finite float64 square matrix [K, K] (K checked when given) whose entries are at
+    most :data:`MAX_COST` in magnitude. O(K²)."""
     a = _to_numpy(m)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"{name} must be a square [K, K] matrix, got shape {a.shape}")
@@ -93,6 +99,10 @@ def _as_square(m: Any, name: str, k: int | None = None) -> np.ndarray:
     a = a.astype(np.float64, copy=False)
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} contains NaN or inf; every entry must be a finite number")
+    big = np.abs(a).max(initial=0.0)
+    if big > MAX_COST:
+        raise ValueError(f"{name} holds {big:g}, above {MAX_COST:g}: sums over a test set would "
+                         "overflow to inf; rescale the matrix (e.g. divide it by its largest entry)")
     return a
 
 

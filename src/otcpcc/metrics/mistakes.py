@@ -13,10 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..textfile import read_text
-from ._arrays import _as_labels, _as_probs, _as_scores, _as_square
-
-MAX_COST = 1e200  # largest cost a CSV may hold: K² · N · MAX_COST stays far below float64's 1.8e308
+from ..textfile import parse_number, read_text
+from ._arrays import MAX_COST, _as_labels, _as_probs, _as_scores, _as_square
 
 
 def mistake_severity(preds: Any, labels: Any, D: Any) -> float:
@@ -126,10 +124,19 @@ def _all_numbers(cells: Sequence[str]) -> bool:
     """Whether every non-empty cell reads as a number (and one at least does)."""
     filled = [c for c in cells if c]
     try:
-        [float(c) for c in filled]
+        [parse_number(c) for c in filled]
     except ValueError:
         return False
     return bool(filled)
+
+
+def _number_fix(cell: str) -> str:
+    """How to write ``cell`` as a number a data file may hold (see ``textfile.parse_number``)."""
+    if "_" in cell:
+        return "no '_' digit separators, e.g. 1000"
+    if "," in cell:
+        return "a '.' decimal point, e.g. 0.5; quote nothing"
+    return "ASCII digits, '.', an exponent such as 1e-3"
 
 
 def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray:
@@ -226,11 +233,11 @@ def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray
         for j, cn in enumerate(names):
             cell = r[1 + col_index[cn]]
             try:
-                v = float(cell)
+                v = parse_number(cell)
             except ValueError:
                 raise ValueError(
                     f"{path}: cost for true {rn!r}, predicted {cn!r} is {cell!r}, not a number; "
-                    f"write a non-negative number"
+                    f"write a plain non-negative number ({_number_fix(cell)})"
                 ) from None
             if not math.isfinite(v) or v < 0:
                 raise ValueError(

@@ -160,9 +160,15 @@ def _removed_on_sigterm(tmp: Path) -> Iterator[None]:
 
 def remove_stale_temporaries(run_dir: str | os.PathLike) -> None:
     """Remove the temporary files an earlier process killed while writing left in ``run_dir``
-    (``ckpt.tmp``, ``<run file>.tmp``: SIGKILL, power loss); called before a run is written again."""
+    (``ckpt.tmp``, ``<run file>.tmp``, ``eval_<split>.json.tmp``: SIGKILL, power loss); called by
+    ``train --resume`` as soon as it holds the run's lock, so that a refused resume (a corrupt
+    ``last.pt``, changed settings) leaves nothing half-written behind either. Finished files and
+    other ``*.tmp`` files (not otcpcc's) are never touched."""
+    run_dir = Path(run_dir)
     for name in (TMP_CHECKPOINT, *(f"{n}.tmp" for n in RUN_FILES if n not in (TMP_CHECKPOINT, "tb"))):
-        (Path(run_dir) / name).unlink(missing_ok=True)
+        (run_dir / name).unlink(missing_ok=True)
+    for tmp in run_dir.glob("eval_*.json.tmp"):  # evaluate --split SPLIT writes eval_SPLIT.json
+        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -6,11 +6,12 @@ A run directory holds ``config.json`` (resolved values, versions, git commit), `
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint import CHECKPOINT, RUN_FILES, atomic_write_text, remove_stale_temporaries
+from .checkpoint import CHECKPOINT, RUN_FILES, atomic_write_text
 from .config import TrainConfig, load_config_file
 
 if TYPE_CHECKING:
@@ -52,13 +53,33 @@ def discard_run_files(out: Path) -> None:
             p.unlink()
 
 
+def discard_stale_evaluations(out: Path, epochs: int) -> list[str]:
+    """Remove the evaluations in ``out`` (``eval.json``, ``eval_<split>.json``) of an earlier state
+    of the model: an ``evaluate --partial`` one (``partial: true``) or one of another epoch than
+    ``epochs``; called when training finishes, so that only an evaluation of the finished model
+    can sit beside its ``metrics.json``. Returns the names removed (e.g. ``["eval.json"]``)."""
+    removed = []
+    for path in sorted(out.glob("eval*.json")):
+        if path.name != "eval.json" and not path.name.startswith("eval_"):
+            continue
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not an evaluation otcpcc wrote: leave it alone
+        if not isinstance(saved, dict) or "split" not in saved or "epoch" not in saved:
+            continue
+        if saved.get("partial") or saved.get("epoch") != epochs:
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
 def prepare_run_dir(out: Path, cfg: TrainConfig, env: DistEnv, *, resume: bool, force: bool,
                     tree, meta: dict | None = None) -> None:
     """Create/clean ``out``; check a resumed configuration; write config.json and tree.json
     (``meta`` adds entries to config.json's ``meta``)."""
     if resume:
         check_resume_config(out, cfg, env)
-        remove_stale_temporaries(out)  # left by a process killed while writing (SIGKILL)
     elif force:
         discard_run_files(out)
     out.mkdir(parents=True, exist_ok=True)

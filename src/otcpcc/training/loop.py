@@ -55,6 +55,7 @@ from ..runs.checkpoint import (
     CHECKPOINT,
     get_rng_state,
     load_checkpoint,
+    remove_stale_temporaries,
     save_checkpoint,
     set_rng_state,
     write_csv,
@@ -68,6 +69,7 @@ from ..runs.rundir import (
     check_resume_config,
     check_run_dir,
     discard_run_files,
+    discard_stale_evaluations,
     prepare_run_dir,
 )
 from ..runs.target import load_run_target, save_run_target
@@ -124,6 +126,8 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
 
     # 1. Run directory: refuse to clobber before spending time on data.
     env.on_main(lambda: check_run_dir(out, resume=resume, force=force))
+    if resume:  # half-written files of a killed process go, whether this resume is refused or not
+        env.on_main(lambda: remove_stale_temporaries(out))
 
     # 2. Seed, data, model; everything is built and checked before a file is written.
     seed_everything(cfg.seed)
@@ -200,6 +204,9 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
     metrics.update(meta)
     metrics["collapsed"] = collapsed
     if env.is_main:
+        for name in discard_stale_evaluations(out, cfg.epochs):  # e.g. an evaluate --partial one
+            say(f"otcpcc: note: removed {out / name}, an evaluation of an earlier state of this "
+                f"run; evaluate the finished run with otcpcc evaluate {out}")
         write_json(out / "metrics.json", metrics)
         say(f"otcpcc: test accuracy {metrics['test_acc']:.4f}, "
             f"TestCPCC({metrics['test_cpcc_distance']}) {metrics['test_cpcc']:.4f}; wrote {out}")

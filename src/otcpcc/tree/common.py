@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..textfile import parse_number
+
 _MAX_LISTED = 5  # how many names an error message lists before "..."
 
 
@@ -44,7 +46,9 @@ def _check_name(name: Any, what: str = "node name") -> str:
 
 def _check_weight(w: Any, child: str, parent: str | None) -> float:
     try:
-        x = float(w)
+        if isinstance(w, bool):  # True is an int to Python, not a weight
+            raise TypeError
+        x = parse_number(w) if isinstance(w, str) else float(w)  # e.g. "1_000" in a JSON file
     except (TypeError, ValueError):
         raise TreeError(
             f"weight {w!r} of edge {parent!r} -> {child!r} is not a number; weights must be finite and >= 0"

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..textfile import read_text
+from ..textfile import parse_number, read_text
 from .common import TreeError, _check_name, _listed
 
 if TYPE_CHECKING:  # the class is passed in as ``cls``: no import cycle at run time
@@ -95,6 +95,9 @@ def _from_edges_text(cls: type[LabelTree], text: str, path: Path, on_multiple_pa
             continue
         parts = line.split()
         loc = f"{path}:{lineno}"
+        if line.startswith("("):
+            raise TreeError(f"{loc}: this looks like a Newick tree, not an edge list ('parent "
+                            "child [weight]' lines); give the file a .nwk suffix")
         if len(parts) not in (2, 3):
             raise TreeError(f"{loc}: expected 'parent child [weight]' (whitespace separated), got {raw.strip()!r}")
         if parts[0].endswith(",") or (len(parts) == 3 and parts[1].endswith(",")):  # "parent, child"
@@ -102,10 +105,11 @@ def _from_edges_text(cls: type[LabelTree], text: str, path: Path, on_multiple_pa
                             f"{raw.strip()!r}; remove the commas")
         if len(parts) == 3:
             try:
-                w = float(parts[2])
+                w = parse_number(parts[2])
             except ValueError:
                 raise TreeError(
-                    f"{loc}: expected 'parent child [weight]' with a numeric weight, got {raw.strip()!r}"
+                    f"{loc}: expected 'parent child [weight]' with a numeric weight, got "
+                    f"{raw.strip()!r}; write a plain number such as 1.5 (no '_' separators)"
                 ) from None
             edges.append((parts[0], parts[1], w))
         else:
@@ -198,6 +202,11 @@ def _from_flat(cls: type[LabelTree], parents: dict[str, Any], weights: dict[str,
 
 def _from_newick(cls: type[LabelTree], text: str, src: str) -> LabelTree:
     tokens = _newick_tokens(text, src)
+    opened, closed = (sum(kind == p for kind, _ in tokens) for p in "()")
+    if opened != closed:  # before any other message, which a missing ')' would only garble
+        fix = "add the missing ')'" if opened > closed else "remove the extra ')' (or add its '(')"
+        raise TreeError(f"{src}: unbalanced parentheses in Newick text: {opened} '(' but {closed} "
+                        f"')'; {fix}")
     # node = [name | None, length | None, children]
     root: list[Any] = [None, None, []]
     cur = root
@@ -227,9 +236,10 @@ def _from_newick(cls: type[LabelTree], text: str, src: str) -> LabelTree:
             if i + 1 >= len(tokens) or tokens[i + 1][0] != "label":
                 raise TreeError(f"{src}: ':' must be followed by a branch length in Newick")
             try:
-                cur[1] = float(tokens[i + 1][1])
+                cur[1] = parse_number(tokens[i + 1][1])
             except ValueError:
-                raise TreeError(f"{src}: branch length {tokens[i + 1][1]!r} is not a number") from None
+                raise TreeError(f"{src}: branch length {tokens[i + 1][1]!r} is not a number; write "
+                                "a plain number such as 1.5 (no '_' separators)") from None
             i += 1
         elif kind == ";":
             if stack:
@@ -237,7 +247,8 @@ def _from_newick(cls: type[LabelTree], text: str, src: str) -> LabelTree:
             done = True
         else:  # label
             if cur[0] is not None:
-                raise TreeError(f"{src}: two names {cur[0]!r} and {val!r} for one Newick node")
+                raise TreeError(f"{src}: two names {cur[0]!r} and {val!r} for one Newick node; "
+                                "separate siblings with ',' or close their group with ')'")
             cur[0] = val
         i += 1
     if stack:
