@@ -72,6 +72,23 @@ def test_a_refused_resume_removes_half_written_files_but_keeps_last_pt(tmp_path,
     assert (out / "metrics.json").is_file() and (out / "log.csv").is_file()
 
 
+def test_force_discards_every_file_of_the_old_run_but_no_user_file(tmp_path):
+    """--force starts over: the old run's evaluations of other splits and half-written
+    temporaries go too (they would describe or resume the old model); the user's files stay."""
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    assert main(["evaluate", str(out), "--split", "train"]) == 0
+    for name in ("ckpt.tmp", "log.csv.tmp", "eval_test.json.tmp"):
+        (out / name).write_bytes(b"half")
+    (out / "notes.tmp").write_text("the user's")
+    (out / "eval_notes.json").write_text('{"mine": 1}')
+    assert main(["train", *TINY, "--out", str(out), "--force", "--epochs", "1"]) == 0
+    assert not (out / "eval_train.json").exists()
+    assert sorted(p.name for p in out.glob("*.tmp")) == ["notes.tmp"]
+    assert (out / "eval_notes.json").read_text() == '{"mine": 1}'
+    assert (out / "metrics.json").is_file()
+
+
 # ------------------------------------------------- 3. a missing ')' in Newick is named as such
 @pytest.mark.parametrize(("text", "needle"), [
     ("((a,b x,(c,d)y)root;", "3 '(' but 2 ')'; add the missing ')'"),  # was: "two names 'b' and 'x'"

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint import CHECKPOINT, RUN_FILES, atomic_write_text
+from .checkpoint import CHECKPOINT, RUN_FILES, atomic_write_text, remove_stale_temporaries
 from .config import TrainConfig, load_config_file
 
 if TYPE_CHECKING:
@@ -44,13 +44,33 @@ def check_run_dir(out: Path, *, resume: bool, force: bool) -> None:
 
 
 def discard_run_files(out: Path) -> None:
-    """Remove the files a run writes (:data:`RUN_FILES`) from ``out``, nothing else."""
+    """Remove the files a run writes from ``out`` (:data:`RUN_FILES`, the evaluations of other
+    splits, the temporaries of an interrupted write), nothing else (``--force``)."""
     for name in RUN_FILES:
         p = out / name
         if p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
+    remove_stale_temporaries(out)
+    for path, _ in _evaluations(out):
+        path.unlink()
+
+
+def _evaluations(out: Path) -> list[tuple[Path, dict]]:
+    """The evaluations otcpcc wrote in ``out`` (``eval.json``, ``eval_<split>.json``: JSON objects
+    with a ``split`` and an ``epoch``) and their contents; other files are not listed."""
+    found = []
+    for path in sorted(out.glob("eval*.json")):
+        if path.name != "eval.json" and not path.name.startswith("eval_"):
+            continue
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not an evaluation otcpcc wrote: leave it alone
+        if isinstance(saved, dict) and "split" in saved and "epoch" in saved:
+            found.append((path, saved))
+    return found
 
 
 def discard_stale_evaluations(out: Path, epochs: int) -> list[str]:
@@ -59,15 +79,7 @@ def discard_stale_evaluations(out: Path, epochs: int) -> list[str]:
     ``epochs``; called when training finishes, so that only an evaluation of the finished model
     can sit beside its ``metrics.json``. Returns the names removed (e.g. ``["eval.json"]``)."""
     removed = []
-    for path in sorted(out.glob("eval*.json")):
-        if path.name != "eval.json" and not path.name.startswith("eval_"):
-            continue
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # not an evaluation otcpcc wrote: leave it alone
-        if not isinstance(saved, dict) or "split" not in saved or "epoch" not in saved:
-            continue
+    for path, saved in _evaluations(out):
         if saved.get("partial") or saved.get("epoch") != epochs:
             path.unlink()
             removed.append(path.name)
