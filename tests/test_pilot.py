@@ -25,16 +25,33 @@ def _runs():
             for m in cost for s in range(3)]
 
 
-def test_closing_rule_prefers_ot_only_when_the_diagnosis_says_so():
-    runs = _runs()
-    verdicts = paired_verdicts(runs)
-    agg = [{"distance": m, "expected_cost_argmax_mean": np.mean([r["expected_cost_argmax"] for r in runs
-                                                         if r["distance"] == m])}
-           for m in ("none", "l2", "fastft")]
-    diag = {"recommend": "ot", "cpcc_l2": 0.1, "cpcc_emd": 0.9, "rank_agreement_l2_emd": 0.3}
-    assert closing_recommendation(diag, agg, verdicts).startswith("Use l2:")  # fastft not better
+def test_closing_rule_prefers_ot_only_when_its_ot_verdict_says_better():
+    """Both CPCC variants better than flat CE: l2 (the cheaper) unless fastft's paired verdict
+    against l2 is 'better' too; the input diagnosis is quoted, never decides; the point means
+    alone (fastft's lower) do not decide either."""
+    agg = [{"distance": m, "expected_cost_argmax_mean": c}
+           for m, c in (("none", 0.50), ("l2", 0.48), ("fastft", 0.47))]
+    verdicts = [_v("l2", "expected_cost_argmax", -0.02, -0.03, -0.01, "better"),
+                _v("fastft", "expected_cost_argmax", -0.03, -0.04, -0.02, "better"),
+                _v("l2", "fine_acc", 0.0, -0.01, 0.01, "within noise"),
+                _v("fastft", "fine_acc", 0.0, -0.01, 0.01, "within noise")]
+    for diag in (DIAG, dict(DIAG, recommend="l2")):
+        out = rec.recommendation(diag, agg, verdicts, ot_verdicts=[_ot("within noise", -0.01)])
+        assert out["recommended_method"] == "l2", out["recommendation"]
+        assert ("fastft also lowered it beyond seed noise but is within seed noise of l2 (class "
+                "means) on it: the means suffice here, at less cost.") in out["recommendation"]
+        out = rec.recommendation(diag, agg, verdicts, ot_verdicts=[_ot("better", -0.01, -0.015, -0.005)])
+        assert out["recommended_method"] == "fastft", out["recommendation"]
+        assert ("Against l2 (class means) fastft lowers that cost beyond seed noise too (\u22120.010, "
+                "95% CI [\u22120.015, \u22120.005]).") in out["recommendation"]
+    out = rec.recommendation(DIAG, agg, verdicts)  # no OT verdicts (e.g. no l2 run): l2
+    assert out["recommended_method"] == "l2"
+    only_ot = [dict(v, call="within noise") if v["method"] == "l2" else v for v in verdicts]
+    assert rec.recommendation(DIAG, agg, only_ot)["recommended_method"] == "fastft"
     worse = [dict(v, call="within noise") for v in verdicts]
-    assert closing_recommendation(diag, agg, worse).startswith("Use flat cross-entropy")
+    assert rec.closing_recommendation(DIAG, agg, worse).startswith("Use flat cross-entropy")
+    runs = _runs()  # verdicts computed from per-seed runs: l2 better, fastft not
+    assert closing_recommendation(DIAG, aggregate_runs(runs), paired_verdicts(runs)).startswith("Use l2:")
 
 
 def test_pilot_end_to_end_tiny(tmp_path, monkeypatch):

@@ -8,8 +8,12 @@ against the same method with class means; ``otcpcc.study.verdict``), and the per
 - :func:`recommendation`: the closing paragraph and its machine-readable fields. A method is
   *supported* when its decision-cost verdict (``COST_METRIC``, the mean C[true, argmax]) is
   ``better`` and its fine-accuracy verdict is not ``worse``; among supported ones an OT method is
-  preferred only when the diagnosis says ``ot`` and its mean decision cost is below l2-CPCC's,
-  else ℓ2 if supported, else the first; none supported: flat CE. The paragraph also names every
+  preferred only when its OT verdict (against the same method with class means, paired by seed)
+  on the decision cost is ``better`` (the lowest mean cost among such), else ℓ2 if supported (the
+  cheaper, and as good within seed noise), else the supported method with the lowest mean
+  decision cost; none supported: flat CE. The input diagnosis is quoted as before-training
+  evidence; it does not pick (a point-mean difference within seed noise is no reason to pay for
+  OT). The paragraph also names every
   method ``worse`` than flat CE on the decision cost or on fine accuracy, with its interval, and,
   when the candidate with the lowest mean decision cost is not yet separated from flat CE, how
   many seeds would separate it (``otcpcc.study.seeds_needed``).
@@ -76,21 +80,33 @@ def recommendation(diagnosis: Mapping[str, Any], aggregate: Sequence[Mapping[str
     supported = [m for m in cost if m != "none" and m in better and m not in worse_acc]
     diag = "on the input features, before training, " + _diagnosis_says(diagnosis)
     if supported:
-        pick = next((m for m in supported if m == "l2"), supported[0])
+        def mean_cost(m: str) -> float:
+            return float(cost[m]) if _finite(cost[m]) else float("inf")
+
+        ot_call = {o["method"]: o for o in ot_verdicts if o.get("metric") == COST_METRIC}
         ot = [m for m in supported if m not in NON_OT]
-        if diagnosis["recommend"] == "ot" and ot:
-            best_ot = min(ot, key=lambda m: float(cost[m]) if _finite(cost[m]) else float("inf"))
-            if pick != "l2" or (_finite(cost[best_ot]) and _finite(cost["l2"])
-                                and float(cost[best_ot]) < float(cost["l2"])):
-                pick = best_ot
+        ot_better = [m for m in ot if ot_call.get(m, {}).get("call") == "better"]
+        if ot_better:
+            pick = min(ot_better, key=mean_cost)
+        else:
+            pick = "l2" if "l2" in supported else min(supported, key=mean_cost)
         v = calls[(pick, COST_METRIC)]
         text = [f"Use {pick}: {COST_WORDS} {fmt(cost.get('none'), 3)} → {fmt(cost[pick], 3)} "
                 f"(paired difference {fmt(v['diff_mean'], 3)}, 95% CI [{fmt(v['ci_low'], 3)}, "
                 f"{fmt(v['ci_high'], 3)}]); {diag}."]
-        pair = [o for o in ot_verdicts if o.get("method") == pick and o.get("metric") == COST_METRIC]
-        if pair and pair[0].get("call") == "within noise":
-            text.append(f"Against {pair[0]['baseline']} (class means) {pick} is within seed "
+        if pick in ot_better:
+            o = ot_call[pick]
+            text.append(f"Against {o['baseline']} (class means) {pick} lowers that cost beyond seed "
+                        f"noise too ({fmt(o['diff_mean'], 3)}, 95% CI [{fmt(o['ci_low'], 3)}, "
+                        f"{fmt(o['ci_high'], 3)}]).")
+        elif pick not in NON_OT and ot_call.get(pick, {}).get("call") == "within noise":
+            text.append(f"Against {ot_call[pick]['baseline']} (class means) {pick} is within seed "
                         "noise on that cost (below).")
+        tied = [m for m in ot if ot_call.get(m, {}).get("call") == "within noise"]
+        if pick == "l2" and tied:
+            verb = "is" if len(tied) == 1 else "are"
+            text.append(f"{_names(tied)} also lowered it beyond seed noise but {verb} within seed "
+                        "noise of l2 (class means) on it: the means suffice here, at less cost.")
     else:
         pick = "none"
         traded = [m for m in better if m in worse_acc]
