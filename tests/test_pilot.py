@@ -112,7 +112,10 @@ def test_seeds_needed_against_scipy_t():
     # hand check, mean 0.02, sd 0.01414: n = 4: 3.182 · 0.01414 / 2 = 0.0225 ≥ 0.02; n = 5:
     # 2.776 · 0.01414 / √5 = 0.0176 < 0.02
     assert seeds_needed([-0.03, -0.01])["n"] == 5
-    assert seeds_needed([-0.02, -0.02])["n"] == 2  # no spread: 2 seeds suffice
+    flat = seeds_needed([-0.02, -0.02])  # the same in both seeds: the noise is unknown, not 0
+    assert (flat["status"], flat["n"], flat["n_upper"]) == ("no spread", None, None)
+    assert "the seed noise is not measured" in seeds_sentence(
+        dict(flat, method="fastft", baseline="none", metric="expected_cost_crm"))
     big = seeds_needed([0.011, -0.01])  # mean 0.0005 against sd 0.015: needs ~3600 seeds
     assert (big["status"], big["n"]) == ("beyond cap", None) and _oracle_seeds([0.011, -0.01]) is None
     for none in ([0.01, -0.01], [0.02], []):  # mean 0; one seed; nothing: no estimate
@@ -259,6 +262,9 @@ def test_one_answer_to_does_ot_matter():
                                                    [_ot("better", -0.02, -0.03, -0.01)])
     assert "The two agree." in rec.ot_paragraph(DIAG, [_ot("better", -0.02, -0.03, -0.01)])
     assert rec.ot_paragraph(DIAG, []).startswith("**Not measured** after training: no OT method")
+    assert rec.ot_paragraph(DIAG, [_ot("no spread", -0.02, None, None)]).startswith(
+        "**Not measured** after training: the cost of the decisions (argmax) differed by the same "
+        "amount in every seed, so the seed noise is unknown")
     assert "The two" not in rec.ot_paragraph(DIAG, [])
     # a recommended OT method within noise of its class-means twin says so
     agg = [{"method": "none", "expected_cost_argmax_mean": 0.5},

@@ -42,6 +42,30 @@ def _rows(values: dict[str, list[float]], metric: str = "expected_cost_argmax"):
             for m, vs in values.items() for s, v in enumerate(vs)]
 
 
+def test_identical_differences_from_few_seeds_are_no_spread_not_a_verdict():
+    """Differences equal in every seed (a discrete metric: 6/288 twice) give s_d = 0 and an
+    interval of width 0; with fewer than 6 seeds that is not evidence (two-sided sign test p =
+    2 · 0.5^n > 0.05), from 6 on it is. The values below are the new user's: CRM costs per seed."""
+    def runs(a, b):
+        return ([{"distance": "none", "seed": s, "expected_cost_crm": v} for s, v in enumerate(a)]
+                + [{"distance": "fastft", "seed": s, "expected_cost_crm": v} for s, v in enumerate(b)])
+    two = verdict.verdicts(runs([0.3264, 0.3056], [0.3056, 0.2847]), metrics=["expected_cost_crm"])
+    v = verdict.verdicts(runs([6 / 288, 12 / 288], [0.0, 6 / 288]), metrics=["expected_cost_crm"])[0]
+    assert (v["call"], v["ci_low"], v["ci_high"], v["n"]) == ("no spread", None, None, 2)
+    assert v["diff_mean"] == pytest.approx(-6 / 288)
+    assert two[0]["call"] == "better"  # a real (if tiny) spread keeps its t-interval
+    five = verdict.verdicts(runs([0.1] * 5, [0.05] * 5), metrics=["expected_cost_crm"])[0]
+    six = verdict.verdicts(runs([0.1] * 6, [0.05] * 6), metrics=["expected_cost_crm"])[0]
+    assert five["call"] == "no spread"
+    assert 2 * 0.5 ** 6 < 0.05 < 2 * 0.5 ** 5 and six["call"] == "better"
+    assert six["ci_low"] == pytest.approx(-0.05) and six["ci_high"] == pytest.approx(-0.05)
+    same = verdict.verdicts(runs([0.1, 0.2], [0.1, 0.2]), metrics=["expected_cost_crm"])[0]
+    assert same["call"] == "within noise"  # no difference at all is no difference
+    phrase = sentences.verdict_phrase(v)
+    assert phrase == ("lowers expected cost under CRM by 0.021 (the same in every seed: noise not "
+                      "measured)"), phrase
+
+
 def test_verdicts_pair_by_seed_and_skip_missing_values():
     runs = _rows({"none": [1.0, 1.2, 1.1, 0.9], "hxe": [0.9, 1.08, 1.0, None]})
     runs.append({"method": "hxe", "distance": "none", "seed": 7, "expected_cost_argmax": 5.0})

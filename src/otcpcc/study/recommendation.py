@@ -198,6 +198,9 @@ def ot_paragraph(diagnosis: Mapping[str, Any], ot_verdicts: Sequence[Mapping[str
     elif any(v.get("call") == "one seed" for v in ot_verdicts):
         head = ("**Not measured** after training: with one seed there is no interval; rerun with "
                 "--seeds 3 or more.")
+    elif any(v.get("call") == "no spread" and v.get("metric") == COST_METRIC for v in ot_verdicts):
+        head = (f"**Not measured** after training: the {COST_WORDS} differed by the same amount in "
+                "every seed, so the seed noise is unknown; rerun with more seeds.")
     elif ot_verdicts:
         head = f"**Not measured** after training: the runs have no {COST_WORDS}."
     else:

@@ -9,8 +9,9 @@ t-interval (:func:`otcpcc.study.verdict.paired_interval`) excludes 0 when
 Assuming further seeds show the same mean difference and the same spread, the estimate is the
 smallest such n ≥ 2, searched up to ``cap`` (default :data:`CAP` = 100 seeds: beyond it the
 difference is too small against the seed noise to be worth chasing). It is an estimate, not a
-guarantee: the next seeds may show a smaller or larger difference. Fewer than 2 differences (no
-spread) or :math:`\bar d = 0` give no estimate.
+guarantee: the next seeds may show a smaller or larger difference. Fewer than 2 differences,
+:math:`\bar d = 0`, or the same difference in every one of a few seeds (s = 0: the noise is not
+measured, not absent) give no estimate.
 
 The spread itself is poorly known from a few seeds, so the same search also runs at its one-sided
 95% upper confidence bound :math:`s_+ = s\,\sqrt{(k-1)/\chi^2_{0.05,\,k-1}}` (k paired seeds; ×16
@@ -26,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from .tables import _finite, method_name
-from .verdict import BASELINE, CONFIDENCE, paired_differences
+from .verdict import BASELINE, CONFIDENCE, no_spread, paired_differences
 
 CAP = 100  # seeds; beyond this the difference is not worth chasing at the observed noise
 
-ESTIMATE, BEYOND_CAP, NO_ESTIMATE = "estimate", "beyond cap", "cannot estimate"
+ESTIMATE, BEYOND_CAP, NO_ESTIMATE, NO_SPREAD = "estimate", "beyond cap", "cannot estimate", "no spread"
 
 
 def seeds_needed(diffs: Sequence[float], confidence: float = CONFIDENCE, cap: int = CAP
@@ -40,8 +41,10 @@ def seeds_needed(diffs: Sequence[float], confidence: float = CONFIDENCE, cap: in
     Returns ``{"n", "status", "mean", "sd", "seeds", "cap", "sd_upper", "n_upper"}``: ``n`` the
     smallest n in [2, ``cap``] with
     ``t.ppf(0.5 + confidence/2, n − 1) · sd / √n < |mean|`` (None when there is none); ``status``
-    ``"estimate"`` (n found), ``"beyond cap"`` (no n up to ``cap``) or ``"cannot estimate"``
-    (k < 2, mean 0, or a non-finite value); ``mean``/``sd`` of ``diffs`` (sd None for k < 2);
+    ``"estimate"`` (n found), ``"beyond cap"`` (no n up to ``cap``), ``"cannot estimate"``
+    (k < 2, mean 0, or a non-finite value) or ``"no spread"`` (the same difference in every one
+    of too few seeds: the noise is unknown, :func:`otcpcc.study.verdict.no_spread`);
+    ``mean``/``sd`` of ``diffs`` (sd None for k < 2);
     ``seeds`` = k; ``cap``; ``sd_upper`` the 95% upper bound on the spread and ``n_upper`` the
     same search at it (None beyond ``cap``; both None without an estimate). O(k + cap).
     """
@@ -54,6 +57,9 @@ def seeds_needed(diffs: Sequence[float], confidence: float = CONFIDENCE, cap: in
     out: dict[str, Any] = {"n": None, "status": NO_ESTIMATE, "mean": mean, "sd": sd, "seeds": k,
                            "cap": cap, "sd_upper": None, "n_upper": None}
     if mean is None or sd is None or not math.isfinite(mean) or not math.isfinite(sd) or mean == 0:
+        return out
+    if no_spread(diffs):  # the noise was not measured: no basis for an estimate
+        out["status"] = NO_SPREAD
         return out
     n = _smallest_n(mean, sd, confidence, cap)
     out.update(n=n, status=ESTIMATE if n is not None else BEYOND_CAP)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .seeds_needed import BEYOND_CAP, CAP, ESTIMATE
+from .seeds_needed import BEYOND_CAP, CAP, ESTIMATE, NO_SPREAD
 from .tables import _finite, best_rows, cell, decision_cost_key, method_name
 
 # the order in which a method's verdicts are told; other metrics follow in summary order
@@ -26,7 +26,8 @@ _LABELS = {"fine_acc": "fine accuracy", "fine_acc_crm": "fine accuracy under CRM
            "mistake_severity": "mistake severity",
            "mistake_severity_crm": "mistake severity under CRM",
            "test_cpcc_l2": "TestCPCC(l2)", "test_cpcc_emd": "TestCPCC(emd)"}
-_CALLS = ("better", "worse", "within noise")
+_CALLS = ("better", "worse", "within noise", "no spread")
+_CALL_WORDS = {"no spread": "the same in every seed: noise not measured"}
 
 
 def metric_label(metric: str) -> tuple[str, float, str, int]:
@@ -56,6 +57,7 @@ def verdict_phrase(v: Mapping[str, Any]) -> str:
     """One verdict as a phrase: "lowers expected cost by 0.030 ± 0.010 (better)"."""
     words, scale, unit, digits = metric_label(str(v.get("metric")))
     call = str(v.get("call") or "no call")
+    call = _CALL_WORDS.get(call, call)
     d = v.get("diff_mean")
     if not _finite(d):
         return f"leaves {words} undetermined (no value)"
@@ -108,7 +110,8 @@ def _tally(verdicts: Sequence[Mapping[str, Any]], metric: str, baseline: str) ->
     parts = []
     for call in _CALLS:
         names = [str(v.get("method")) for v in sel if v.get("call") == call]
-        parts.append(f"{call} — {', '.join(names) if names else 'no method'}")
+        if names or call != "no spread":  # the rare call only when it happened
+            parts.append(f"{call} — {', '.join(names) if names else 'no method'}")
     return f"{words[:1].upper()}{words[1:]} against {baseline}: " + "; ".join(parts) + "."
 
 
@@ -217,5 +220,9 @@ def seeds_sentence(est: Mapping[str, Any] | None) -> str | None:
         cap = int(est.get("cap") or CAP)
         return (f"{seen}: at that effect size and noise even {cap} seeds would not separate "
                 "them; the difference is too small against the seed noise to be worth chasing.")
+    if est.get("status") == NO_SPREAD:
+        return (f"{seen}: the difference was the same in every seed, so the seed noise is not "
+                f"measured and no number of seeds can be estimated; rerun with --seeds "
+                f"{max(k + 2, 4)} or more.")
     return (f"{seen}: with a zero mean difference no number of seeds can be estimated to "
             "separate them.")

@@ -13,6 +13,13 @@ The call is direction-aware (:func:`otcpcc.study.tables.metric_direction`): ``be
 whole interval lies on the good side of 0, ``worse`` on the bad side, ``within noise`` when it
 contains 0. One seed gives no interval: ``ci_low``/``ci_high`` are ``None`` and the call is
 ``one seed``.
+
+Differences that are the same in every seed (a discrete metric on a small test split: e.g.
+6/288 twice) have :math:`s_d = 0` and a t-interval of width 0, which would call any such
+difference significant. With fewer than ``NO_SPREAD_MIN_SEEDS`` seeds the noise is then simply
+not measured: the call is ``no spread`` and there is no interval. From 6 seeds on, n equal signs
+are significant by themselves (exact sign test, two-sided p = 2 · 0.5ⁿ ≤ 0.031), so the
+degenerate interval's call stands.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from .tables import _finite, metric_direction
 
 BASELINE = "none"
 CONFIDENCE = 0.95
+NO_SPREAD_MIN_SEEDS = 6  # fewer seeds with identical differences: the call is "no spread"
+NO_SPREAD_RTOL = 1e-9  # a spread below this fraction of the largest |difference| is rounding
 # compared for every method; plus the coarsest level's retrieval mAP (map_<coarse_level>)
 METRICS = ("fine_acc", "expected_cost_argmax", "expected_cost_crm", "expected_cost",
            "mistake_severity", "test_cpcc_emd")
@@ -92,6 +101,14 @@ def paired_differences(runs: Sequence[Mapping[str, Any]], method: str, metric: s
     return _differences(rows, base, metric)
 
 
+def no_spread(diffs: Sequence[float]) -> bool:
+    """Whether ``diffs`` (two or more) are equal up to rounding with too few of them for n equal
+    signs to be evidence (module docstring)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    return (2 <= d.size < NO_SPREAD_MIN_SEEDS
+            and float(d.std(ddof=1)) <= NO_SPREAD_RTOL * float(np.abs(d).max()))
+
+
 def verdicts(runs: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
              metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Paired verdict of every method against ``baseline``, for every metric.
@@ -104,7 +121,8 @@ def verdicts(runs: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
     Returns:
         ``[{method, metric, baseline, n, diff_mean, ci_low, ci_high, call}]``, methods in
         first-appearance order; empty when ``baseline`` was not run. A metric with no finite
-        pair has ``diff_mean`` None and call ``no data``.
+        pair has ``diff_mean`` None and call ``no data``; identical differences from fewer than
+        ``NO_SPREAD_MIN_SEEDS`` seeds: call ``no spread``, no interval.
     """
     if metrics is None:
         coarse = coarse_map_metric(runs)
@@ -126,7 +144,11 @@ def verdicts(runs: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
                                    "ci_high": None, "call": "no data"}
             if diffs:
                 mean, low, high = paired_interval(diffs)
-                row.update(diff_mean=mean, ci_low=low, ci_high=high, call=call(metric, low, high))
+                verdict = call(metric, low, high)
+                if verdict in ("better", "worse") and no_spread(diffs):
+                    low = high = None
+                    verdict = "no spread"
+                row.update(diff_mean=mean, ci_low=low, ci_high=high, call=verdict)
             out.append(row)
     return out
 
