@@ -17,6 +17,7 @@ Imports nothing from the package (and not torch): any module may use it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import tempfile
@@ -24,14 +25,46 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["OneLineParser", "given_flags", "int_at_least", "positive_float", "refuse_unused",
-           "unwritable"]
+           "suggest_flags", "unwritable"]
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse with one-line errors (``<prog>: error: ...; see <prog> --help``) and exit status 2."""
+    """argparse with one-line errors (``<prog>: error: ...; see <prog> --help``) and exit status 2;
+    an unrecognized flag gets "did you mean --x?" (:func:`suggest_flags`)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        """``argparse.ArgumentParser.parse_args``, with a suggestion for each mistyped flag."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{suggest_flags(self, parsed, extras)}")
+        return parsed
+
+
+def suggest_flags(parser: argparse.ArgumentParser, parsed: argparse.Namespace,
+                  extras: Sequence[str]) -> str:
+    """``"; did you mean --distance?"`` for the unrecognized ``extras`` that look like flags and
+    are close (:mod:`difflib`) to a flag of the (sub)command that was run; ``""`` when none is.
+    The subcommand is followed through ``parsed`` (e.g. ``train``: its flags, not the top
+    level's); flags hidden from --help are not suggested. Python 3.11's argparse has no
+    ``suggest_on_error``."""
+    while True:  # descend into the chosen subcommand
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = getattr(parsed, sub.dest, None) if sub is not None and sub.dest else None
+        if chosen not in getattr(sub, "choices", {}):
+            break
+        parser = sub.choices[chosen]  # type: ignore[union-attr]
+    flags = [f for a in parser._actions if a.help != argparse.SUPPRESS for f in a.option_strings]
+    guesses = []
+    for word in extras:
+        if word.startswith("-") and len(word) > 2:
+            close = difflib.get_close_matches(word.split("=", 1)[0], flags, n=1, cutoff=0.7)
+            if close and close[0] not in guesses:
+                guesses.append(close[0])
+    return f"; did you mean {' or '.join(guesses)}?" if guesses else ""
 
 
 def int_at_least(low: int) -> Callable[[str], int]:

@@ -15,7 +15,8 @@ T = TypeVar("T")
 
 # --------------------------------------------------------------------------- value parsers
 def _key_value(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as YAML (``3`` -> int, ``[4, 5]`` -> list, ``x`` -> str)."""
+    """``KEY=VALUE`` with VALUE read as YAML (``3`` -> int, ``1e-3`` -> float, ``[4, 5]`` -> list,
+    ``x`` -> str; see :func:`otcpcc.yaml_values.load_yaml`)."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, _, raw = text.partition("=")
@@ -23,8 +24,10 @@ def _key_value(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a name before '=', got {text!r}")
     import yaml
 
+    from ..yaml_values import load_yaml
+
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().replace("-", "_"), value

@@ -45,6 +45,13 @@ from .tensors import check_bool, check_fraction, check_seed, stratified_split, t
 __all__ = ["load_features", "standardization", "standardize_features"]
 
 _KNOWN = ["standardize", "test_fraction", "tree"]
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # about 3.4e38
+# what --data features takes, for the message on a file that is not an .npz
+_NPZ_FORMAT = ("--data features takes an .npz file holding the arrays 'features' [N, d] and "
+               "'labels' [N] (integer class ids; optional 'class_names' [K], 'split' [N], "
+               "'tree_parents' or 'levels'), or 'train_features', 'train_labels', "
+               "'test_features', 'test_labels'; make one with numpy.savez('emb.npz', "
+               "features=X, labels=y, class_names=names)")
 # a dimension whose train std is at most this fraction of max(1, |mean|) is constant: std 1
 _CONSTANT_REL = 1e-6
 
@@ -86,8 +93,17 @@ def _find_file(data_dir: str | Path | None) -> Path:
 
 
 def _check_sizes(path: Path) -> None:
-    """Refuse a member whose .npy header claims more bytes than the member holds (numpy would
-    allocate the claimed array before reading it): allocations stay bounded by the file."""
+    """Refuse a file that is not a zip archive (an .npz is one), naming the format; and a member
+    whose .npy header claims more bytes than the member holds (numpy would allocate the claimed
+    array before reading it): allocations stay bounded by the file."""
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as exc:
+        raise ValueError(f"{path}: not readable ({exc.strerror or exc})") from None
+    if not is_zip:
+        what = ("not an .npz file (its content is not a zip archive)" if path.suffix.lower() == ".npz"
+                else f"not an .npz file (a {path.suffix or 'suffix-less'} file)")
+        raise ValueError(f"{path}: {what}; {_NPZ_FORMAT}")
     try:
         with zipfile.ZipFile(path) as zf:
             sizes = []
@@ -129,15 +145,23 @@ def _features(arr: np.ndarray, key: str, path: Path) -> np.ndarray:
                          f"columns), got {arr.shape}")
     if arr.dtype.kind not in "fiub":
         raise ValueError(f"{path}: {key!r} must be numeric, got dtype {arr.dtype}")
-    arr = arr.astype(np.float32, copy=False)
-    bad = int((~np.isfinite(arr)).sum())
+    finite = np.isfinite(arr)
+    bad = int((~finite).sum())
     if bad:
-        rows = int((~np.isfinite(arr)).any(axis=1).sum())
+        rows = int((~finite).any(axis=1).sum())
         raise ValueError(
             f"{path}: {key!r} has {bad} non-finite values (NaN/inf) in {rows} rows; "
             "clean or drop those rows"
         )
-    return arr
+    # float64 (or int64) values beyond float32's range would become inf in the cast below
+    big = np.abs(arr) > _FLOAT32_MAX if arr.dtype.itemsize > 4 else None
+    if big is not None and big.any():
+        raise ValueError(
+            f"{path}: {key!r} has {int(big.sum())} values in {int(big.any(axis=1).sum())} rows "
+            f"beyond float32's range (|x| <= 3.4e38; largest |x| here {float(np.abs(arr).max()):.3g}), "
+            "and features are used as float32; rescale them (e.g. divide by their largest "
+            "absolute value)")
+    return arr.astype(np.float32, copy=False)
 
 
 def _labels(arr: np.ndarray, n: int, key: str, path: Path) -> np.ndarray:

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..tree import LabelTree
+from ..tree.matching import unmatched_classes
 from .bundle import DataBundle
 
 __all__ = [
@@ -165,13 +166,15 @@ def flat_tree(classes: Sequence[str]) -> LabelTree:
 
 
 def resolve_tree(
-    tree: LabelTree | str | Path | None, classes: Sequence[str] | None, where: str
+    tree: LabelTree | str | Path | None, classes: Sequence[str] | None, where: str,
+    fix: str = "add them to the tree file",
 ) -> tuple[LabelTree, str]:
     """The tree for ``classes`` with leaf id == position in ``classes``; and where it came from.
 
     ``tree`` may be a ``LabelTree``, a path, or ``None`` (flat tree over ``classes``). Classes
-    absent from the tree raise ``ValueError`` listing them; extra leaves are dropped
-    (``restrict``). ``classes=None`` keeps the tree's own leaves and order.
+    absent from the tree raise ``ValueError`` listing them, the unmatched leaves and ``fix``
+    (:func:`otcpcc.tree.matching.unmatched_classes`); extra leaves are dropped (``restrict``).
+    ``classes=None`` keeps the tree's own leaves and order.
     """
     if tree is None:
         if classes is None:
@@ -189,14 +192,9 @@ def resolve_tree(
         raise ValueError(f"tree must be a LabelTree or a path, got {type(tree).__name__}")
     if classes is None:
         return tree, source
-    leaves = set(tree.leaves)
-    missing = [c for c in classes if c not in leaves]
-    if missing:
-        shown = ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
-        raise ValueError(
-            f"{len(missing)} class(es) of {where} are not leaves of the tree ({source}): {shown}; "
-            "add them to the tree file or remove their folders"
-        )
+    problem = unmatched_classes(classes, tree.leaves, where, source, fix)
+    if problem:
+        raise ValueError(problem)
     if list(tree.leaves) != list(classes):
         tree = tree.restrict(list(classes))
     return tree, source
@@ -281,7 +279,8 @@ def load_folder(
     if tree is None:
         found = next((root / n for n in TREE_FILE_NAMES if (root / n).is_file()), None)
         tree = found
-    label_tree, source = resolve_tree(tree, classes, str(root))
+    label_tree, source = resolve_tree(tree, classes, str(root),
+                                      "add them to the tree file or remove their folders")
     idx = {c: i for i, c in enumerate(classes)}
     train_samples = [(p, idx[c]) for c in classes for p in train_files[c]]
     test_samples = [(p, idx[c]) for c in sorted(test_files) for p in test_files[c]]

@@ -138,6 +138,7 @@ def _split(bundle: Any, split: str) -> Any:
 
 def resolve_cost_matrix(cost_matrix: Any, tree: Any) -> tuple[np.ndarray | None, str]:
     from ..metrics import load_cost_matrix
+    from ..metrics.mistakes import check_mistake_costs
 
     if cost_matrix is None:
         return None, "tree distance"
@@ -145,12 +146,15 @@ def resolve_cost_matrix(cost_matrix: Any, tree: Any) -> tuple[np.ndarray | None,
         path = Path(cost_matrix)
         if not path.exists():
             raise FileNotFoundError(f"cost matrix {str(path)!r} not found; check --cost-matrix")
-        return load_cost_matrix(path, list(tree.leaves)), str(path)
+        c = load_cost_matrix(path, list(tree.leaves))
+        check_mistake_costs(c, str(path))
+        return c, str(path)
     c = np.asarray(cost_matrix, dtype=np.float64)
     k = tree.num_classes
     if c.shape != (k, k):
         raise ValueError(f"cost matrix has shape {c.shape}, expected ({k}, {k}) for the "
                          f"{k} classes; give one row and one column per class")
+    check_mistake_costs(c, "cost matrix")
     return c, "array"
 
 

@@ -120,6 +120,19 @@ def cost_matrix_sha256(cost: Any) -> str | None:
     return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
 
 
+def check_mistake_costs(C: np.ndarray, where: str) -> None:
+    """ValueError (one line, naming ``where``) when the [K, K] cost matrix ``C`` (K >= 2) has no
+    positive off-diagonal entry: every mistake would cost 0, so expected costs are 0 and a
+    cost-aware decision (:func:`~otcpcc.metrics.decision.crm_predict`) is an arbitrary tie
+    (it always picks class 0). O(K²)."""
+    c = np.asarray(C, dtype=np.float64)
+    off = ~np.eye(c.shape[0], dtype=bool)
+    if c.shape[0] >= 2 and not (c[off] > 0).any():
+        raise ValueError(f"{where}: every mistake costs 0 (no positive off-diagonal entry), so "
+                         "costs and CRM decisions would be meaningless; give positive costs for "
+                         "mistakes (C[true, predicted] > 0 where predicted != true)")
+
+
 def _all_numbers(cells: Sequence[str]) -> bool:
     """Whether every non-empty cell reads as a number (and one at least does)."""
     filled = [c for c in cells if c]
@@ -128,6 +141,15 @@ def _all_numbers(cells: Sequence[str]) -> bool:
     except ValueError:
         return False
     return bool(filled)
+
+
+def _only_names(cells: Sequence[str], names: Sequence[str]) -> bool:
+    """Whether numeric ``cells`` are class names that read as numbers (digits: '0'..'9') rather
+    than costs: every non-empty cell is a class name and at most one repeats (a typo), whereas a
+    row of costs repeats its values (0, 1, 1, ...). Names with a class missing or one listed
+    twice then get the message naming that class, not "the header row is missing"."""
+    filled = [c for c in cells if c]
+    return set(filled) <= set(names) and len(filled) - len(set(filled)) <= 1
 
 
 def _number_fix(cell: str) -> str:
@@ -171,14 +193,14 @@ def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray
         raise ValueError(f"{path}: needs a header row of class names and one row per class")
     header, body = rows[0], rows[1:]
     # no header: a bare matrix, or rows "name,costs" only (the corner cell may hold anything)
-    if _all_numbers(header[1:]) and not set(names) <= set(header):
+    if _all_numbers(header[1:]) and not _only_names(header[1:], names):
         raise ValueError(
             f"{path}: the first row ({','.join(header[:4])}{',...' if len(header) > 4 else ''}) "
             "holds numbers, not class names: the header row is missing; add a first row naming "
             f"the class of each column (e.g. ',{','.join(names[:3])}{',...' if len(names) > 3 else ''}') "
             "and start each row with its class name")
     firsts = [r[0] for r in body]
-    if _all_numbers(firsts) and not set(names) <= set(firsts):
+    if _all_numbers(firsts) and not _only_names(firsts, names):
         raise ValueError(
             f"{path}: the rows start with numbers ({','.join(body[0][:3])},...), not class names: "
             f"start each row with the name of its true class (e.g. '{names[0]},0,...') and give "

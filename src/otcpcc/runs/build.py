@@ -55,15 +55,15 @@ def _load_data(cfg: TrainConfig):
     if not cfg.tree or loader_reads_tree:
         return bundle
     from ..tree import LabelTree
+    from ..tree.matching import unmatched_classes
 
     if not Path(cfg.tree).is_file():
         raise FileNotFoundError(f"tree file {cfg.tree!r} not found; check the --tree path")
     user_tree = LabelTree.from_file(cfg.tree)
-    missing = [c for c in bundle.tree.leaves if c not in set(user_tree.leaves)]
-    if missing:
-        shown = ", ".join(repr(c) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise ValueError(f"--tree {cfg.tree}: {len(missing)} class(es) of {cfg.data} are not leaves "
-                         f"of this tree: {shown}; add them under their parents")
+    problem = unmatched_classes(bundle.tree.leaves, user_tree.leaves, cfg.data, f"--tree {cfg.tree}",
+                                "add them under their parents")
+    if problem:
+        raise ValueError(problem)
     bundle.tree = user_tree.restrict(list(bundle.tree.leaves))
     return bundle
 

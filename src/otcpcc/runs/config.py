@@ -441,9 +441,9 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(str(e)) from None
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+            from ..yaml_values import load_yaml
 
-            values = yaml.safe_load(text)
+            values = load_yaml(text)
         else:
             values = json.loads(text)
     except Exception as e:  # yaml.YAMLError / json.JSONDecodeError
