@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .signals import sigterm_kills
+
 CHECKPOINT = "last.pt"
 TMP_CHECKPOINT = "ckpt.tmp"
 FORMAT_VERSION = 1
@@ -140,8 +142,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _removed_on_sigterm(tmp: Path) -> Iterator[None]:
     """While writing ``tmp``: a SIGTERM (``kill``, a scheduler's stop) first removes ``tmp``, then
     takes its usual course (the previous handler, by default the end of the process), so that no
-    half-written temporary file is left behind. Only in the main thread (where handlers live)."""
-    if threading.current_thread() is not threading.main_thread():
+    half-written temporary file is left behind. Only in the main thread (where handlers live), and
+    only where SIGTERM would end the process on the spot: under a handler of otcpcc's
+    (:func:`.signals.sigterm_raises`, training's StopRequest) the write either finishes or is
+    unwound by an exception, which :func:`save_checkpoint` cleans up after."""
+    if threading.current_thread() is not threading.main_thread() or not sigterm_kills():
         yield
         return
 

@@ -1,0 +1,96 @@
+"""Bad-input trial, second round: SIGTERM like Ctrl-C, studies without flat CE, OS errors on --out
+and eval.json, diagnose --features-of with --data, classes with no training samples."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from otcpcc.cli import main
+from otcpcc.runs.checkpoint import load_checkpoint
+
+TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
+        "test_per_class=6", "--data-opt", "branching=[2, 3]", "--model-opt", "hidden=[16]",
+        "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--no-progress"]
+
+
+def one_line_error(capsys, code, *needles):
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("otcpcc: error: ") and all(n in err for n in needles), err
+    return err
+
+
+# ------------------------------------------------------------ 1. SIGTERM is handled as Ctrl-C is
+# The child runs the real entry point; a real SIGTERM reaches it from outside Python's control
+# flow, at step 3 of epoch 1 (5 steps an epoch) or once config.json is written (no checkpoint).
+_CHILD = """
+import os, signal, sys
+from otcpcc.training import loop
+where, argv = sys.argv[1], sys.argv[2:]
+if where == "step3":
+    real, n = loop.train_step, [0]
+    def step(*a, **k):
+        out = real(*a, **k)
+        n[0] += 1
+        if n[0] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+    loop.train_step = step
+else:  # right after config.json and tree.json are written, before the epochs
+    real_prepare = loop.prepare_run_dir
+    def prepare(*a, **k):
+        real_prepare(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+    loop.prepare_run_dir = prepare
+from otcpcc.cli import main
+sys.exit(main(argv))
+"""
+
+
+def _child(where, argv):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-c", _CHILD, where, *argv], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_sigterm_mid_epoch_saves_a_checkpoint_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    done = _child("step3", ["train", *TINY, "--out", str(out)])
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (f"otcpcc: stopped by SIGTERM; checkpoint saved in {out}/last.pt; continue "
+                    f"with otcpcc train --out {out} --resume"), done.stderr
+    ckpt = load_checkpoint(out / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 3)  # the step that saw SIGTERM finished, then saved
+    assert not (out / ".lock").exists() and not (out / "ckpt.tmp").exists()
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_sigterm_before_the_first_checkpoint_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    done = _child("start", ["train", *TINY, "--out", str(out)])
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "otcpcc: stopped by SIGTERM", done.stderr
+    assert not out.exists()  # config.json, tree.json and the lock went: a plain rerun is allowed
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+
+
+def test_sigterm_in_a_compare_is_resumable(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", *TINY, "--epochs", "1", "--methods", "none,l2", "--seeds", "1",
+            "--out", str(out)]
+    done = _child("step3", argv)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("otcpcc: stopped by SIGTERM; the finished runs and a checkpoint in ")
+    assert last.endswith(f"--out {out} --resume"), last
+    assert main([*argv[:-2], "--out", str(out), "--resume"]) == 0
+    assert len(json.loads((out / "summary.json").read_text())["runs"]) == 2
