@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from otcpcc.cli import main
 from otcpcc.runs.checkpoint import load_checkpoint
 
@@ -94,3 +96,35 @@ def test_sigterm_in_a_compare_is_resumable(tmp_path, capsys):
     assert last.endswith(f"--out {out} --resume"), last
     assert main([*argv[:-2], "--out", str(out), "--resume"]) == 0
     assert len(json.loads((out / "summary.json").read_text())["runs"]) == 2
+
+
+# ------------------------------------------------------- 2. studies without flat CE, repeated methods
+STUDY = [a if a != "2" else "1" for a in TINY]  # one epoch
+
+
+@pytest.mark.parametrize("command", ["compare", "pilot"])
+def test_a_method_listed_twice_is_refused_naming_it(tmp_path, capsys, command):
+    out = tmp_path / "s"
+    err = one_line_error(capsys, main([command, *STUDY, "--methods", "none,l2,ce,fastft,fft",
+                                       "--out", str(out)]), "none 2 times (none, ce)",
+                         "fastft 2 times (fastft, fft)", "--methods none,l2,fastft")
+    assert "fastft" in err and not out.exists()
+
+
+def test_pilot_without_flat_ce_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "p"
+    one_line_error(capsys, main(["pilot", *STUDY, "--seeds", "2", "--methods", "l2,fastft",
+                                 "--out", str(out)]),
+                   "pilot needs none (flat CE)", "--methods none,l2,fastft")
+    assert not out.exists()
+
+
+def test_compare_without_flat_ce_says_there_is_no_baseline(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["compare", *STUDY, "--seeds", "2", "--methods", "l2,swd", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdicts"] == [] and "No baseline `none` (flat CE)" in summary["verdicts_note"]
+    assert {v["baseline"] for v in summary["ot_verdicts"]} == {"l2"}  # swd vs l2 still judged
+    report = (out / "report.md").read_text()
+    assert "No baseline `none` (flat CE) among the methods" in report
+    assert "written without them" not in report and "--seeds 3 or more" not in report
