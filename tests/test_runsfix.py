@@ -128,3 +128,49 @@ def test_compare_without_flat_ce_says_there_is_no_baseline(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "No baseline `none` (flat CE) among the methods" in report
     assert "written without them" not in report and "--seeds 3 or more" not in report
+
+
+# ------------------------------------------------------------------ 3. OS errors as one line
+@pytest.mark.parametrize("command", ["train", "compare", "pilot"])
+def test_out_under_a_file_is_one_line_and_writes_nothing(tmp_path, capsys, command):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    one_line_error(capsys, main([command, *STUDY, "--out", str(afile / "sub")]),
+                   f"--out {afile / 'sub'} is inside {afile}, which is a file", "pass --out a folder")
+    assert afile.read_text() == "mine" and sorted(tmp_path.iterdir()) == [afile]
+
+
+def test_out_the_system_refuses_is_one_line(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    def refused(self, *a, **k):
+        raise FileNotFoundError(2, "No such file or directory")  # as mkdir /proc/otc says
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    one_line_error(capsys, main(["train", *STUDY, "--out", str(tmp_path / "x")]),
+                   f"--out {tmp_path / 'x'}: cannot create this folder (No such file or directory)",
+                   "a folder you can write to")
+
+
+def test_a_folder_named_like_a_run_file_is_one_line_and_leaves_no_temporary(tmp_path, capsys):
+    from otcpcc.runs.checkpoint import write_json
+
+    (tmp_path / "metrics.json").mkdir()
+    with pytest.raises(OSError) as e:
+        write_json(tmp_path / "metrics.json", {"a": 1})
+    assert str(e.value).startswith(f"cannot write {tmp_path / 'metrics.json'} (")
+    assert f"{tmp_path / 'metrics.json'} is a folder, not otcpcc's file" in str(e.value)
+    assert "Errno" not in str(e.value) and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_evaluate_refuses_an_eval_json_folder_before_evaluating(tmp_path, capsys, monkeypatch):
+    from otcpcc.evaluation import evaluate as evaluate_mod
+
+    run = tmp_path / "run"
+    assert main(["train", *STUDY, "--out", str(run)]) == 0
+    (run / "eval.json").mkdir()
+    monkeypatch.setattr(evaluate_mod, "predict", lambda *a, **k: pytest.fail("evaluated"))
+    one_line_error(capsys, main(["evaluate", str(run)]),
+                   f"{run / 'eval.json'} is a folder, not otcpcc's evaluation file",
+                   "move or remove it")
+    assert not (run / "eval.json.tmp").exists() and (run / "eval.json").is_dir()

@@ -48,9 +48,20 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        if not tmp.is_dir():  # (a folder of that name is the user's: never removed)
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # one line naming the file and the fix, not "[Errno 21] ..."
+            raise OSError(f"cannot write {path} ({e.strerror or e}); {_write_fix(path, tmp)}") from None
         raise
+
+
+def _write_fix(path: Path, tmp: Path) -> str:
+    """What to do when ``path`` could not be written through ``tmp``."""
+    for p in (path, tmp):
+        if p.is_dir():
+            return f"{p} is a folder, not otcpcc's file: move or remove it, then run again"
+    return "free space or fix the folder's permissions, then run again"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..flags import make_dir
 from ..runs.config import TrainConfig
 from .context import read_context
 from .methods import resolve_methods
@@ -370,7 +371,7 @@ def run_sweep(base_cfg: TrainConfig | Mapping[str, Any], lams: Sequence[float],
     grid = [cfg.replace(lam=lam, batch_size=bs) for lam in lams for bs in batch_sizes]  # validate
     out = Path(out)
     _check_out(out, force)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "--out")
     rows = []
     for i, c in enumerate(grid, 1):
         _say(progress, f"[sweep {i}/{len(grid)}] lam={c.lam:g} batch_size={c.batch_size}")
