@@ -174,3 +174,18 @@ def test_evaluate_refuses_an_eval_json_folder_before_evaluating(tmp_path, capsys
                    f"{run / 'eval.json'} is a folder, not otcpcc's evaluation file",
                    "move or remove it")
     assert not (run / "eval.json.tmp").exists() and (run / "eval.json").is_dir()
+
+
+# --------------------------------------------------------- 4. diagnose --features-of RUN --data ...
+@pytest.mark.parametrize("flags, named", [
+    (["--data", "synthetic"], "--data cannot"),  # the run's own dataset: still not used, refused
+    (["--data-opt", "train_per_class=99"], "--data-opt cannot"),
+    (["--data", "digits", "--data-opt", "a=1"], "--data and --data-opt cannot"),
+])
+def test_diagnose_refuses_data_flags_with_a_run(tmp_path, capsys, monkeypatch, flags, named):
+    from otcpcc.evaluation import diagnose as diagnose_mod
+
+    monkeypatch.setattr(diagnose_mod, "load_run", lambda *a, **k: pytest.fail("loaded the run"))
+    run = tmp_path / "run"
+    one_line_error(capsys, main(["diagnose", "--features-of", str(run), *flags]), named,
+                   f"--features-of {run}", "diagnose input features with --data alone")
