@@ -189,3 +189,23 @@ def test_diagnose_refuses_data_flags_with_a_run(tmp_path, capsys, monkeypatch, f
     run = tmp_path / "run"
     one_line_error(capsys, main(["diagnose", "--features-of", str(run), *flags]), named,
                    f"--features-of {run}", "diagnose input features with --data alone")
+
+
+# ------------------------------------------------------ 5. a class with no training samples
+def test_a_class_only_in_the_test_split_is_noted_and_recorded(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "f.npz"
+    np.savez(npz, train_features=rng.normal(size=(40, 4)).astype("f4"),
+             train_labels=np.repeat([0, 1], 20), test_features=rng.normal(size=(15, 4)).astype("f4"),
+             test_labels=np.repeat([0, 1, 2], 5), class_names=np.array(["a", "b", "c"]))
+    out = tmp_path / "run"
+    assert main(["train", "--data", "features", "--data-dir", str(npz), "--distance", "none",
+                 "--epochs", "1", "--batch-size", "16", "--out", str(out)]) == 0
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "no training samples" in ln]
+    assert notes == ["otcpcc: note: 1 class(es) have no training samples: 'c'; the model cannot "
+                     "learn them (their test accuracy will be 0); put some of their samples in "
+                     "the train split"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classes_without_train_samples"] == ["c"]

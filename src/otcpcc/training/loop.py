@@ -147,7 +147,9 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
     if cfg.amp and not amp:
         say("otcpcc: note: --amp only acts on CUDA; training in float32 on the CPU")
     meta = _data_meta(bundle)
-    if meta:
+    if meta.get("classes_without_train_samples"):
+        say(untrained_note(meta["classes_without_train_samples"]))
+    if meta.get("skipped_images"):
         skipped = meta["skipped_images"]
         say(f"otcpcc: --skip-bad-images: skipped {sum(skipped.values())} undecodable image(s) "
             f"({', '.join(f'{k} {v}' for k, v in skipped.items())})")
@@ -235,9 +237,22 @@ def divergence_fix(cfg: TrainConfig) -> str:
 
 
 def _data_meta(bundle: Any) -> dict[str, Any]:
-    """What the data loader dropped (``--skip-bad-images``), for config.json and metrics.json."""
+    """What the data loader dropped (``--skip-bad-images``) and the classes it found no training
+    sample of (a features .npz), for config.json and metrics.json."""
     skipped = bundle.meta.get("skipped_images")
-    return {"skipped_images": dict(skipped)} if skipped else {}
+    meta: dict[str, Any] = {"skipped_images": dict(skipped)} if skipped else {}
+    if bundle.meta.get("classes_without_train_samples"):
+        meta["classes_without_train_samples"] = list(bundle.meta["classes_without_train_samples"])
+    return meta
+
+
+def untrained_note(names: list[str]) -> str:
+    """One line naming the classes with no training sample (the first 10, then how many more)."""
+    shown = ", ".join(repr(n) for n in names[:10]) + (f" and {len(names) - 10} more"
+                                                      if len(names) > 10 else "")
+    return (f"otcpcc: note: {len(names)} class(es) have no training samples: {shown}; the model "
+            "cannot learn them (their test accuracy will be 0); put some of their samples in the "
+            "train split")
 
 
 @dataclass(frozen=True)
