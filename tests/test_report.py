@@ -365,10 +365,12 @@ def test_run_compare_summary(tmp_path, monkeypatch, fake_features):
     calls = []
     monkeypatch.setattr(compare, "_train_and_evaluate", _fake_train_eval(calls))
     cfg = {"data": "synthetic", "seed": 3, "lam": 2.0, "epochs": 1, "batch_size": 256}
-    out = compare.run_compare(cfg, ["none", "fft", "fastft"], seeds=2, out=tmp_path / "cmp",
+    with pytest.raises(ValueError, match=r"fastft 2 times \(fft, fastft\)"):  # one method twice
+        compare.run_compare(cfg, ["none", "fft", "fastft"], seeds=2, out=tmp_path / "cmp")
+    out = compare.run_compare(cfg, ["none", "fft"], seeds=2, out=tmp_path / "cmp",
                               progress=False)
     assert [(c[0], c[1]) for c in calls] == [("none", 3), ("none", 4), ("fastft", 3),
-                                             ("fastft", 4)]  # alias deduplicated, same seeds
+                                             ("fastft", 4)]  # alias resolved, same seeds
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"context", "runs", "aggregate", "verdicts", "ot_verdicts"}
     ctx = summary["context"]  # from the first run's files (the fake has tree.json only) + compare

@@ -116,6 +116,28 @@ def unwritable(path: str, flag: str = "--json") -> str | None:
     return None
 
 
+def make_dir(path: str | os.PathLike, flag: str = "--out") -> bool:
+    """Create the folder ``path`` given with ``flag`` (and its parents); return whether it was
+    created. A path under a file, or one the system refuses (``/proc/x``, a read-only disk, no
+    permission), is a one-line ``OSError`` naming ``flag``, the path, why and the fix; nothing is
+    created then (the file in the way is found before any ``mkdir``)."""
+    p = Path(path)
+    above = p
+    while not above.exists() and above != above.parent:  # the nearest part that exists
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        where = "is a file" if above == p else f"is inside {above}, which is a file"
+        raise NotADirectoryError(f"{flag} {path} {where}, not a folder; pass {flag} a folder "
+                                 "path (an existing folder or a new one)")
+    made = not p.exists()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"{flag} {path}: cannot create this folder ({e.strerror or e}); pass "
+                      f"{flag} a folder you can write to") from None
+    return made
+
+
 def flag_of(dest: str) -> str:
     """The flag of an argparse ``dest`` (``batch_size`` -> ``--batch-size``)."""
     return "--" + dest.replace("_", "-")

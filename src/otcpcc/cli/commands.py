@@ -5,7 +5,8 @@ Flags follow torchvision's reference training scripts (--epochs --batch-size --l
 --preset paper (published per-dataset values) < --config FILE (YAML or JSON) < flags.
 Expected errors (bad names or values, missing files, a run directory that exists or does not fit)
 print one line "otcpcc: error: ..." on stderr and exit with status 2; Ctrl-C during training
-saves a checkpoint and exits with status 130. Set OTCPCC_DEBUG=1 to get the full traceback
+saves a checkpoint and exits with status 130, SIGTERM (kill, timeout, a scheduler) does the
+same and exits with status 143. Set OTCPCC_DEBUG=1 to get the full traceback
 instead.
 
 Examples:
@@ -348,28 +349,41 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``otcpcc`` and ``python -m otcpcc``; returns the exit status."""
+    from ..runs.signals import exit_status, sigterm_raises
+
     try:
-        return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C while importing or starting up: one line, no traceback
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        with sigterm_raises():  # SIGTERM unwinds as Ctrl-C does, whatever the command
+            return _main(argv)
+    except KeyboardInterrupt as e:  # Ctrl-C while importing or starting up: one line, no traceback
+        print(f"{PROG}: {_stopped(e)}", file=sys.stderr)
+        return exit_status(e)
+
+
+def _stopped(e: KeyboardInterrupt) -> str:
+    """What stopped the command, for its last line: interrupted (Ctrl-C), stopped by SIGTERM."""
+    from ..runs.signals import signal_name
+
+    signum = getattr(e, "signum", None)
+    return "interrupted" if signum in (None, 2) else f"stopped by {signal_name(signum)}"
 
 
 def _interrupted_study(argv: Sequence[str], e: KeyboardInterrupt) -> int:
     """Ctrl-C in compare / pilot: say what is kept and the command that continues."""
     import shlex
 
+    from ..runs.signals import exit_status
     from ..training import TrainingInterrupted
 
     kept = f" and a checkpoint in {e.run_dir}/last.pt" if isinstance(e, TrainingInterrupted) else ""
     words = [a for a in argv if a not in ("--force", "--resume")] + ["--resume"]
     again = " ".join(shlex.quote(a) for a in (PROG, *words))
-    print(f"{PROG}: interrupted; the finished runs{kept} are kept; continue with {again}",
+    print(f"{PROG}: {_stopped(e)}; the finished runs{kept} are kept; continue with {again}",
           file=sys.stderr)
-    return 130
+    return exit_status(e)
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    from ..runs.signals import exit_status
     from ..training import TrainingInterrupted
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -386,16 +400,20 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt as e:
         if args.command in ("compare", "pilot"):  # a study continues as a whole, not run by run
             return _interrupted_study(argv, e)
+        if args.command == "sweep":  # no --resume: say what is kept and what continues
+            print(f"{PROG}: {_stopped(e)}; the finished runs in {args.out} are kept, but sweep "
+                  "cannot resume: rerun it with --force", file=sys.stderr)
+            return exit_status(e)
         if not isinstance(e, TrainingInterrupted):
-            print(f"{PROG}: interrupted", file=sys.stderr)
-            return 130
+            print(f"{PROG}: {_stopped(e)}", file=sys.stderr)
+            return exit_status(e)
         if os.environ.get("RANK", "0") == "0":
             again = f"{PROG} train --out {e.run_dir} --resume"
             if "WORLD_SIZE" in os.environ:  # under torchrun: the same launcher again
                 again = f"torchrun --nproc_per_node {os.environ['WORLD_SIZE']} -m {again}"
-            print(f"{PROG}: interrupted; checkpoint saved in {e.run_dir}/last.pt; continue with "
-                  f"{again}", file=sys.stderr)
-        return 130
+            print(f"{PROG}: {_stopped(e)}; checkpoint saved in {e.run_dir}/last.pt; continue "
+                  f"with {again}", file=sys.stderr)
+        return exit_status(e)
     except (ValueError, OSError, ImportError) as e:
         if debug:
             raise

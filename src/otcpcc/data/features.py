@@ -342,6 +342,9 @@ def load_features(data_dir: str | Path | None = None, seed: int = 0, **options: 
         "seed": seed,
         "standardize": stats,
     }
+    untrained = sorted(set(range(k)) - set(np.unique(y_tr).tolist()))
+    if untrained:  # said by train (a note, and in metrics.json): their test accuracy will be 0
+        meta["classes_without_train_samples"] = [tree.leaves[c] for c in untrained]
     return DataBundle(
         name="features",
         train=tensor_dataset(x_tr, y_tr),

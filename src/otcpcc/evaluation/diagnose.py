@@ -39,15 +39,19 @@ def diagnose(data: str | None = None, *, run: str | os.PathLike | None = None,
     given instead of loading it again.
     """
     if run is not None:
+        # the run's features come from its own data, settings and tree: refused, not ignored
+        # (--data-dir, where that data now is, and --data-seed, the subsample, still apply)
+        given = [f for f, v in (("--data", data), ("--data-opt", data_options), ("--tree", tree))
+                 if v]
+        if given:
+            raise ValueError(f"{' and '.join(given)} cannot be combined with --features-of "
+                             f"{run}: its learned features come from the data, settings and "
+                             f"tree it was trained on; drop {' and '.join(given)}, or diagnose "
+                             "input features with --data alone")
         loaded = load_run(run, device=device, data_dir=data_dir)
-        if data is not None and data != loaded.cfg.data:
-            raise ValueError(f"--data {data!r} differs from the run's dataset "
-                             f"{loaded.cfg.data!r}; drop --data or pick the matching run")
         out = predict(loaded.model, loaded.bundle.test, loaded.env, loaded.cfg)
         x, y = out["features"].numpy(), out["labels"].numpy()
         names, dataset, label_tree = list(loaded.tree.leaves), loaded.cfg.data, loaded.tree
-        if tree is not None:
-            raise ValueError("--tree applies to --data, not to a run (its tree.json is used)")
         keep = subsample_per_class(y, max_per_class, seed=data_seed)
         x, y = x[keep], y[keep]
         source = f"learned test features of {run}"

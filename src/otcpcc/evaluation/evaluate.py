@@ -211,6 +211,10 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
             f"{str(run.run_dir)!r} has not finished training ({why}: still training, or "
             f"interrupted); finish it with otcpcc train --out {run.run_dir} --resume, or pass "
             f"--partial to evaluate its epoch-{run.epoch} checkpoint anyway")
+    written = run.run_dir / ("eval.json" if split == "test" else f"eval_{split}.json")
+    if written.is_dir():  # refused before the work, not when writing its result
+        raise RunDirError(f"{written} is a folder, not otcpcc's evaluation file; "
+                          "move or remove it, then evaluate again")
     cfg, tree, bundle = run.cfg, run.tree, run.bundle
     dataset = _split(bundle, split)
     c, cost_source = resolve_cost_matrix(cost_matrix, tree)
@@ -260,8 +264,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
     if split == "test" and {"target_train", "target_test"} <= set(bundle.extra):
         result["target"] = subpopulation_shift(run, train, seed=cfg.data_seed)
 
-    name = "eval.json" if split == "test" else f"eval_{split}.json"
-    write_json(run.run_dir / name, result)
+    write_json(written, result)
     return result
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .signals import sigterm_kills
+
 CHECKPOINT = "last.pt"
 TMP_CHECKPOINT = "ckpt.tmp"
 FORMAT_VERSION = 1
@@ -46,9 +48,20 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        if not tmp.is_dir():  # (a folder of that name is the user's: never removed)
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # one line naming the file and the fix, not "[Errno 21] ..."
+            raise OSError(f"cannot write {path} ({e.strerror or e}); {_write_fix(path, tmp)}") from None
         raise
+
+
+def _write_fix(path: Path, tmp: Path) -> str:
+    """What to do when ``path`` could not be written through ``tmp``."""
+    for p in (path, tmp):
+        if p.is_dir():
+            return f"{p} is a folder, not otcpcc's file: move or remove it, then run again"
+    return "free space or fix the folder's permissions, then run again"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -140,8 +153,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _removed_on_sigterm(tmp: Path) -> Iterator[None]:
     """While writing ``tmp``: a SIGTERM (``kill``, a scheduler's stop) first removes ``tmp``, then
     takes its usual course (the previous handler, by default the end of the process), so that no
-    half-written temporary file is left behind. Only in the main thread (where handlers live)."""
-    if threading.current_thread() is not threading.main_thread():
+    half-written temporary file is left behind. Only in the main thread (where handlers live), and
+    only where SIGTERM would end the process on the spot: under a handler of otcpcc's
+    (:func:`.signals.sigterm_raises`, training's StopRequest) the write either finishes or is
+    unwound by an exception, which :func:`save_checkpoint` cleans up after."""
+    if threading.current_thread() is not threading.main_thread() or not sigterm_kills():
         yield
         return
 

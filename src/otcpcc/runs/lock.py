@@ -15,6 +15,8 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
+from ..flags import make_dir
+
 LOCK_FILE = ".lock"
 
 
@@ -57,8 +59,7 @@ class RunLock:
     def acquire(self) -> RunLock:
         if self.out.exists() and not self.out.is_dir():
             raise RunLockedError(f"--out {self.out} is a file, not a directory; choose another --out")
-        self._made_dir = not self.out.exists()
-        self.out.mkdir(parents=True, exist_ok=True)
+        self._made_dir = make_dir(self.out, "--out")  # a path under a file: one line, no mkdir
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             if not _try_lock(fd):

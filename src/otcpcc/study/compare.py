@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..flags import make_dir
 from ..runs.config import TrainConfig
 from .context import read_context
 from .methods import resolve_methods
@@ -44,8 +45,9 @@ from .resume import (
     study_record,
     write_study,
 )
+from .sentences import NO_BASELINE
 from .tables import _is_number, aggregate_runs
-from .verdict import ot_verdicts, verdicts
+from .verdict import BASELINE, ot_verdicts, verdicts
 
 # the summary's leading keys, in this order; every other evaluation metric follows
 _FIRST_KEYS = ("fine_acc", "test_cpcc_l2", "test_cpcc_emd", "test_cpcc_own", "mistake_severity",
@@ -281,6 +283,8 @@ def _compare(cfg: TrainConfig, specs: list[Any], configs: dict[str, TrainConfig]
                "seeds": list(range(cfg.seed, cfg.seed + seeds))}
     summary = {"context": context, "runs": runs, "aggregate": aggregate_runs(runs),
                "verdicts": verdicts(runs), "ot_verdicts": ot_verdicts(runs)}
+    if BASELINE not in context["methods"]:  # said, not left to an empty list
+        summary["verdicts_note"] = NO_BASELINE
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     render_report(out, summary, run_dirs)
     _say(progress, f"[compare] wrote {out / 'summary.json'} and {out / 'report.html'}")
@@ -367,7 +371,7 @@ def run_sweep(base_cfg: TrainConfig | Mapping[str, Any], lams: Sequence[float],
     grid = [cfg.replace(lam=lam, batch_size=bs) for lam in lams for bs in batch_sizes]  # validate
     out = Path(out)
     _check_out(out, force)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "--out")
     rows = []
     for i, c in enumerate(grid, 1):
         _say(progress, f"[sweep {i}/{len(grid)}] lam={c.lam:g} batch_size={c.batch_size}")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..flags import make_dir
 from .figures import _pyplot, _save
 from .tables import fmt
 
@@ -143,7 +144,7 @@ def write_diagnosis(out: str | os.PathLike, result: Mapping[str, Any]) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a directory; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "--out")
     figure = plot_diagnosis(result, out / "diagnose.png")
     md = diagnosis_markdown(result)
     page = html_page("otcpcc diagnosis", markdown_to_html_body(md, {"diagnose.png": figure}))

@@ -64,11 +64,20 @@ def resolve_method(entry: str) -> MethodSpec:
 
 
 def resolve_methods(entries: Sequence[str]) -> list[MethodSpec]:
-    """Parse every entry, dropping repeats (``fft`` after ``fastft``) in first-appearance order."""
+    """Parse every entry, in order; a method listed twice (``none,none``, or ``fastft,fft``: two
+    names of one method) is refused, naming the entries."""
     out: dict[str, MethodSpec] = {}
+    seen: dict[str, list[str]] = {}
     for entry in entries:
         spec = resolve_method(entry)
         out.setdefault(spec.name, spec)
+        seen.setdefault(spec.name, []).append(str(entry))
+    twice = {name: given for name, given in seen.items() if len(given) > 1}
+    if twice:
+        what = "; ".join(f"{name} {len(given)} times ({', '.join(given)})"
+                         for name, given in twice.items())
+        raise ConfigError(f"--methods lists {what}; name each method once, e.g. --methods "
+                          f"{','.join(out)}")
     if not out:
         raise ConfigError("no methods to compare; pass e.g. --methods none,hxe,soft,l2,fastft")
     return list(out.values())

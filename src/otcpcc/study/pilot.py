@@ -28,14 +28,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runs.config import TrainConfig
+from ..runs.config import ConfigError, TrainConfig
 from .compare import _say, check_compare, removed_if_empty_on_failure, run_compare
 from .diagnosis_report import diagnosis_markdown, html_page, markdown_to_html_body, write_diagnosis
+from .methods import resolve_methods
 from .pilot_budget import PILOT_METHODS, PILOT_SEEDS
 from .recommendation import COST_METRIC, closing_recommendation, ot_answer, ot_paragraph, recommendation
 from .report import markdown_tables
 from .resume import STUDY_FILE, open_study, read_saved, study_record, write_study
 from .tables import aggregate_runs, fmt, method_name
+from .verdict import BASELINE
 from .verdict import ot_verdicts as ot_verdicts_of
 from .verdict import verdicts as verdicts_of
 
@@ -61,6 +63,11 @@ def run_pilot(cfg: TrainConfig, out: str | os.PathLike, *, methods: Sequence[str
     from ..runs.build import load_data
 
     out = Path(out)
+    names = [s.name for s in resolve_methods(methods)]  # each bad or repeated entry named
+    if BASELINE not in names:  # the pilot's verdicts and recommendation are against flat CE
+        raise ConfigError(f"pilot needs {BASELINE} (flat CE) in --methods: its verdicts and its "
+                          f"recommendation are paired against flat CE; pass --methods "
+                          f"{','.join([BASELINE, *names])}")
     if cost_matrix is not None and not Path(cost_matrix).is_file():
         raise FileNotFoundError(f"cost matrix {cost_matrix!r} not found; check --cost-matrix")
     record = study_record("pilot", cfg, list(methods), seeds, cost_matrix)

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..flags import make_dir
 from ..metrics.mistakes import cost_matrix_sha256
 from ..runs.checkpoint import CHECKPOINT, atomic_write_text
 from ..runs.config import TrainConfig
@@ -114,7 +115,7 @@ def open_study(out: Path, record: Mapping[str, Any], *, resume: bool, force: boo
 
 def write_study(out: Path, record: Mapping[str, Any]) -> None:
     """Write ``out/study.json`` (atomically; ``out`` created)."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "--out")  # a path under a file, /proc/x ...: one line naming --out
     atomic_write_text(out / STUDY_FILE, json.dumps(record, indent=2, default=str) + "\n")
 
 

@@ -115,6 +115,11 @@ def _tally(verdicts: Sequence[Mapping[str, Any]], metric: str, baseline: str) ->
     return f"{words[:1].upper()}{words[1:]} against {baseline}: " + "; ".join(parts) + "."
 
 
+# compare --methods without none: said in report.md/html and in summary.json's "verdicts_note"
+NO_BASELINE = ("No baseline `none` (flat CE) among the methods: no verdicts against flat CE (add "
+               "none to --methods for them)")
+
+
 def verdict_sentences(verdicts: Sequence[Mapping[str, Any]] | None,
                       aggregate: Sequence[Mapping[str, Any]] = (),
                       seeds: Sequence[int] = ()) -> list[str]:
@@ -126,6 +131,9 @@ def verdict_sentences(verdicts: Sequence[Mapping[str, Any]] | None,
     without them) gives one sentence saying so.
     """
     head = _headline(aggregate)
+    names = {method_name(r) for r in aggregate}
+    if not verdicts and aggregate and "none" not in names:  # compare --methods without none
+        return [NO_BASELINE + ".", *head]
     if not verdicts:
         advice = "" if len(seeds) >= 2 else "; rerun `otcpcc compare` with --seeds 3 or more"
         return ["This summary has no paired verdicts (summary.json was written without them): "

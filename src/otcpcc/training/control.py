@@ -1,6 +1,6 @@
 """Exact resume and Ctrl-C: the training DataLoader (a sampler that skips what a mid-epoch checkpoint
-already saw, per-sample seeds for augmentation), a SIGINT handler that turns the first Ctrl-C into
-a flag checked between steps, and the errors that stop a run."""
+already saw, per-sample seeds for augmentation), a SIGINT/SIGTERM handler that turns the first
+Ctrl-C or SIGTERM into a flag checked between steps, and the errors that stop a run."""
 
 from __future__ import annotations
 
@@ -20,14 +20,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, T
 
 from ..distributed.env import DistEnv
 from ..runs.config import TrainConfig
+from ..runs.signals import STOP_SIGNALS, Terminated, signal_name
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; ``run_dir/last.pt`` holds the state to ``--resume`` from."""
+    """Ctrl-C or SIGTERM (``signum``) during training; ``run_dir/last.pt`` holds the state to
+    ``--resume`` from."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, signum: int = signal.SIGINT) -> None:
         super().__init__(str(run_dir))
         self.run_dir = Path(run_dir)
+        self.signum = int(signum)
 
 
 class NonFiniteLoss(ValueError):
@@ -145,7 +148,9 @@ class SeededSamples(Dataset):
 
 
 class StopRequest:
-    """Turn the first Ctrl-C into a flag checked between steps; a second one aborts at once."""
+    """Turn the first Ctrl-C or SIGTERM (``kill``, ``timeout``, a scheduler's stop, torchrun's
+    agent) into a flag checked between steps (``signum`` says which came); a second one aborts at
+    once (``KeyboardInterrupt``, or :class:`~otcpcc.runs.signals.Terminated` for SIGTERM)."""
 
     # torchrun's agent relays the terminal's SIGINT to its workers, which already got it from
     # the terminal: a second signal this soon after the first is the same Ctrl-C
@@ -153,26 +158,31 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int = signal.SIGINT
         self._at = 0.0
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
             if time.monotonic() - self._at < self.RELAY_WINDOW_S:
                 return
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self.requested = True
+        self.signum = signum
         self._at = time.monotonic()
-        print("\notcpcc: interrupted: finishing this step and saving a checkpoint "
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
+        print(f"\notcpcc: {what}: finishing this step and saving a checkpoint "
               "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            for signum in STOP_SIGNALS:
+                if signum == signal.SIGTERM and signal.getsignal(signum) == signal.SIG_IGN:
+                    continue  # the caller chose to ignore it
+                self._old[signum] = signal.signal(signum, self._handler)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
+        self._old.clear()

@@ -21,9 +21,11 @@ Steps 1-5 build one frozen :class:`Run` (model, losses, optimiser, loader, where
 Exact resume. The data order of epoch ``e`` depends only on ``(seed, e)``, the DataLoader draws
 from its own generator (never the global one), and the checkpoint holds the torch / numpy /
 Python RNG states, so on the CPU ``--resume`` reproduces the uninterrupted run bit for bit. Ctrl-C
-(SIGINT) sets a flag; the current optimisation step finishes, a checkpoint with the position
-inside the epoch is written and :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) is raised.
-A second Ctrl-C aborts at once (the previous checkpoint stays valid).
+(SIGINT) or SIGTERM sets a flag; the current optimisation step finishes, a checkpoint with the
+position inside the epoch is written and :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) is
+raised. A second one aborts at once (the previous checkpoint stays valid). Outside the epochs a
+SIGTERM raises like Ctrl-C (``runs.signals``): the lock is released and a run stopped before its
+first checkpoint leaves no files.
 
 Distributed (``torchrun --nproc_per_node N -m otcpcc train ...``). With ``WORLD_SIZE > 1`` in the
 environment the process group is initialised (nccl on CUDA, gloo on CPU), the model is wrapped in
@@ -72,6 +74,7 @@ from ..runs.rundir import (
     discard_stale_evaluations,
     prepare_run_dir,
 )
+from ..runs.signals import sigterm_raises
 from ..runs.target import load_run_target, save_run_target
 from .control import NonFiniteLoss, StopRequest, TrainingInterrupted, start_epoch, train_loader
 from .health import collapse_reason
@@ -91,7 +94,9 @@ def train(cfg: TrainConfig | dict[str, Any], out: str | os.PathLike, *, resume: 
         ConfigError / RunDirError (ValueError): bad settings; ``out`` already holds a run and
             neither ``force`` nor ``resume`` is given; ``resume`` without a run or onto a
             different configuration.
-        TrainingInterrupted: on Ctrl-C, after saving a checkpoint.
+        TrainingInterrupted: on Ctrl-C or SIGTERM, after saving a checkpoint.
+        KeyboardInterrupt / runs.signals.Terminated: Ctrl-C / SIGTERM outside the epochs (no
+            checkpoint yet: the run's files are removed).
     """
     cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
     cfg.validate()
@@ -111,12 +116,13 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bo
            progress: bool) -> Path:
     # One writer per run directory: a second `otcpcc train --out` on it is refused.
     lock = RunLock(out)
-    env.on_main(lock.acquire)
-    try:
-        return _train_locked(cfg, out, env, resume=resume, force=force, progress=progress)
-    finally:
-        if env.is_main:
-            lock.release()
+    with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: the lock goes, unfinished files too
+        env.on_main(lock.acquire)
+        try:
+            return _train_locked(cfg, out, env, resume=resume, force=force, progress=progress)
+        finally:
+            if env.is_main:
+                lock.release()
 
 
 def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, force: bool,
@@ -141,7 +147,9 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
     if cfg.amp and not amp:
         say("otcpcc: note: --amp only acts on CUDA; training in float32 on the CPU")
     meta = _data_meta(bundle)
-    if meta:
+    if meta.get("classes_without_train_samples"):
+        say(untrained_note(meta["classes_without_train_samples"]))
+    if meta.get("skipped_images"):
         skipped = meta["skipped_images"]
         say(f"otcpcc: --skip-bad-images: skipped {sum(skipped.values())} undecodable image(s) "
             f"({', '.join(f'{k} {v}' for k, v in skipped.items())})")
@@ -178,19 +186,19 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
             say(f"otcpcc: note: {note}")
 
     # Only now, with every setting checked, the run directory is written.
-    env.on_main(lambda: prepare_run_dir(out, cfg, env, resume=resume, force=force,
-                                        tree=bundle.tree, meta=meta))
-    if target is not None:
-        env.on_main(lambda: save_run_target(out, target, names))
-
-    run = Run(cfg=cfg, env=env, out=out, bundle=bundle, model=model, task_loss=task_loss,
-              criterion=criterion, optimizer=optimizer, loader=loader, steps_per_epoch=len(loader),
-              amp=amp, start=start, last_pt=LastCheckpoint(out, env, holds_run=resume),
-              say=say, progress=progress)
-    try:
+    last_pt = LastCheckpoint(out, env, holds_run=resume)
+    try:  # from the first file written: a Ctrl-C / SIGTERM / error before last.pt leaves none
+        env.on_main(lambda: prepare_run_dir(out, cfg, env, resume=resume, force=force,
+                                            tree=bundle.tree, meta=meta))
+        if target is not None:
+            env.on_main(lambda: save_run_target(out, target, names))
+        run = Run(cfg=cfg, env=env, out=out, bundle=bundle, model=model, task_loss=task_loss,
+                  criterion=criterion, optimizer=optimizer, loader=loader,
+                  steps_per_epoch=len(loader), amp=amp, start=start, last_pt=last_pt, say=say,
+                  progress=progress)
         history, collapsed = _epochs(run)
     except BaseException as e:
-        saved = run.last_pt.holds_run  # else a failure leaves no run behind
+        saved = last_pt.holds_run  # else a failure leaves no run behind
         if not saved and env.is_main:
             discard_run_files(out)  # nothing was trained: the retry needs no --force
         if isinstance(e, NonFiniteLoss):
@@ -229,9 +237,22 @@ def divergence_fix(cfg: TrainConfig) -> str:
 
 
 def _data_meta(bundle: Any) -> dict[str, Any]:
-    """What the data loader dropped (``--skip-bad-images``), for config.json and metrics.json."""
+    """What the data loader dropped (``--skip-bad-images``) and the classes it found no training
+    sample of (a features .npz), for config.json and metrics.json."""
     skipped = bundle.meta.get("skipped_images")
-    return {"skipped_images": dict(skipped)} if skipped else {}
+    meta: dict[str, Any] = {"skipped_images": dict(skipped)} if skipped else {}
+    if bundle.meta.get("classes_without_train_samples"):
+        meta["classes_without_train_samples"] = list(bundle.meta["classes_without_train_samples"])
+    return meta
+
+
+def untrained_note(names: list[str]) -> str:
+    """One line naming the classes with no training sample (the first 10, then how many more)."""
+    shown = ", ".join(repr(n) for n in names[:10]) + (f" and {len(names) - 10} more"
+                                                      if len(names) > 10 else "")
+    return (f"otcpcc: note: {len(names)} class(es) have no training samples: {shown}; the model "
+            "cannot learn them (their test accuracy will be 0); put some of their samples in the "
+            "train split")
 
 
 @dataclass(frozen=True)
@@ -320,7 +341,7 @@ def _epochs(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
                 stopped_at = train_one_epoch(run, epoch, totals, first_step=first_step, stop=stop)
                 if stopped_at is not None:  # Ctrl-C: save the position inside the epoch, stop
                     run.checkpoint(epoch, stopped_at, totals, history)
-                    raise TrainingInterrupted(run.out)
+                    raise TrainingInterrupted(run.out, stop.signum)
 
                 row = totals.finish(env, epoch=epoch + 1, lr=lr)
                 test = None
@@ -343,7 +364,7 @@ def _epochs(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
                     collapsed = {"epoch": epoch + 1, "reason": why}
                     run.say(f"otcpcc: run collapsed at epoch {epoch + 1}: {why}; lower --lr")
                 if env.any(stop.requested) and epoch + 1 < cfg.epochs:
-                    raise TrainingInterrupted(run.out)
+                    raise TrainingInterrupted(run.out, stop.signum)
     finally:
         if tb is not None:
             tb.close()
