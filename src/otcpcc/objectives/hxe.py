@@ -22,6 +22,10 @@ softmax normaliser cancels in every ratio), :math:`\log p(C_l)/p(C_{l+1}) = \ell
 \ell(C_{l+1})`. :math:`\ell` is built bottom-up, each internal node's value the logsumexp of its
 children's, one vectorised step per height of the tree: finite for any finite logits (no
 ``log(sum(softmax))`` underflow). Time O(N · nodes · max children), memory O(N · nodes).
+
+Bad input as in :class:`~otcpcc.CPCCLoss`: NaN/inf logits raise a one-line ValueError naming the
+rows (the scalar loss is checked, one host sync; the logits are scanned only when it is not
+finite); an empty batch gives 0.0 with a zero gradient (the sum over no samples), not NaN.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .cpcc import check_logits_labels
+from .cpcc import check_logits_labels, empty_task_loss, finished_task_loss
 
 
 def _heights(tree: Any) -> dict[str, int]:
@@ -119,8 +123,10 @@ class HXELoss(nn.Module):
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
         labels = check_logits_labels(logits, labels, self.num_classes)
+        if logits.shape[0] == 0:
+            return empty_task_loss(logits)
         ell = self.log_mass(logits)
         lo = ell.gather(1, self._lower[labels])  # [N, H]: l(C_l)
         up = ell.gather(1, self._upper[labels])  # l(C_{l+1})
         w = self._weight[labels].to(logits.dtype)
-        return -(w * (lo - up)).sum(dim=1).mean()
+        return finished_task_loss(-(w * (lo - up)).sum(dim=1).mean(), logits, labels, "the HXE loss")
