@@ -467,22 +467,28 @@ class LabelTree:
         leaf depth), named ``"depth{d}"``: each leaf maps to its ancestor at depth d, or to
         itself when it is no deeper than d. Ids number that level's nodes in order of first
         appearance over the leaves.
+
+        One pass up the tree for all leaves at once: level d's ancestors are level d+1's, each
+        moved to its parent where it is deeper than d (an O(K) array step), so the whole is
+        O(D · K log K) for D levels of K leaves: the size of the output (times the sort that
+        numbers each level), not the O(D · Σ depths) of walking up from every leaf at every depth.
         """
         if self._levels is None:  # named levels were set up by __init__; these are by depth
             out: list[Level] = []
-            dmax = max(self._depth[n] for n in self._leaves)
+            node_id = {n: i for i, n in enumerate(self._nodes)}
+            parent = np.array([node_id[p] if p is not None else i
+                               for i, p in enumerate(self._parent.values())], dtype=np.int64)
+            depth = np.array([self._depth[n] for n in self._nodes], dtype=np.int64)
+            cur = np.array([node_id[leaf] for leaf in self._leaves], dtype=np.int64)
+            dmax = int(depth[cur].max())
             for d in range(dmax - 1, 0, -1):
-                targets = []
-                for leaf in self._leaves:
-                    n = leaf
-                    while self._depth[n] > d:
-                        n = self._parent[n]  # type: ignore[assignment]
-                    targets.append(n)
-                pos: dict[str, int] = {}
-                for t in targets:
-                    pos.setdefault(t, len(pos))
-                ids = np.array([pos[t] for t in targets], dtype=np.int64)
-                out.append(Level(f"depth{d}", ids, list(pos)))
+                cur = np.where(depth[cur] > d, parent[cur], cur)  # each leaf's node at level d
+                uniq, first, inverse = np.unique(cur, return_index=True, return_inverse=True)
+                order = np.argsort(first)  # number the nodes in order of first appearance
+                rank = np.empty_like(order)
+                rank[order] = np.arange(order.size)
+                names = [self._nodes[j] for j in uniq[order].tolist()]
+                out.append(Level(f"depth{d}", rank[inverse.reshape(-1)], names))
             self._levels = out
         return self._levels
 
