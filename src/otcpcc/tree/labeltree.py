@@ -35,7 +35,7 @@ import numpy as np
 
 from .common import Level, TreeError, _check_name, _check_weight, _listed, _second_parent
 from .files import read_tree, write_tree
-from .levels import named_levels, parents_from_levels
+from .levels import depth_levels, named_levels, parents_from_levels
 
 
 class LabelTree:
@@ -466,30 +466,11 @@ class LabelTree:
         are renumbered in the same relative order). Otherwise one level per depth d = D-1, ..., 1 (D = the largest
         leaf depth), named ``"depth{d}"``: each leaf maps to its ancestor at depth d, or to
         itself when it is no deeper than d. Ids number that level's nodes in order of first
-        appearance over the leaves.
-
-        One pass up the tree for all leaves at once: level d's ancestors are level d+1's, each
-        moved to its parent where it is deeper than d (an O(K) array step), so the whole is
-        O(D · K log K) for D levels of K leaves: the size of the output (times the sort that
-        numbers each level), not the O(D · Σ depths) of walking up from every leaf at every depth.
+        appearance over the leaves. O(D · K log K) for D levels of K leaves
+        (:func:`~otcpcc.tree.levels.depth_levels`).
         """
         if self._levels is None:  # named levels were set up by __init__; these are by depth
-            out: list[Level] = []
-            node_id = {n: i for i, n in enumerate(self._nodes)}
-            parent = np.array([node_id[p] if p is not None else i
-                               for i, p in enumerate(self._parent.values())], dtype=np.int64)
-            depth = np.array([self._depth[n] for n in self._nodes], dtype=np.int64)
-            cur = np.array([node_id[leaf] for leaf in self._leaves], dtype=np.int64)
-            dmax = int(depth[cur].max())
-            for d in range(dmax - 1, 0, -1):
-                cur = np.where(depth[cur] > d, parent[cur], cur)  # each leaf's node at level d
-                uniq, first, inverse = np.unique(cur, return_index=True, return_inverse=True)
-                order = np.argsort(first)  # number the nodes in order of first appearance
-                rank = np.empty_like(order)
-                rank[order] = np.arange(order.size)
-                names = [self._nodes[j] for j in uniq[order].tolist()]
-                out.append(Level(f"depth{d}", rank[inverse.reshape(-1)], names))
-            self._levels = out
+            self._levels = depth_levels(self)
         return self._levels
 
     # ------------------------------------------------------------------ derived trees
