@@ -107,7 +107,7 @@ class HXELoss(nn.Module):
             lower[y, :h], upper[y, :h] = path[:-1], path[1:]
             depth[y, :h] = np.arange(h, 0, -1)
             on[y, :h] = True
-        weight = torch.where(torch.from_numpy(on), torch.exp(torch.from_numpy(-alpha * depth)), 0.0)
+        weight = torch.where(torch.from_numpy(on), torch.exp(torch.from_numpy(depth) * -alpha), 0.0)
         lower, upper = torch.from_numpy(lower), torch.from_numpy(upper)
         deepest = int(depth.max())
         if alpha * deepest > 80:  # exp(-80) ~ 2e-35: below float32's smallest normal number
