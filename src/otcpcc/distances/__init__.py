@@ -35,7 +35,7 @@ from .fastft import ORDERS, fastft
 from .groups import ClassGroups, group_and_read, group_by_class
 from .l2 import l2
 from .sinkhorn import sinkhorn
-from .swd import random_projections, swd
+from .swd import random_projections, swd, zero_directions
 from .weights import WEIGHTINGS
 
 DISTANCES: dict[str, Callable[..., Tensor]] = {
@@ -99,16 +99,21 @@ def check_options(distance: str, options: dict[str, Any]) -> None:
         if key == "projections" and value is not None and value.shape[1] == 0:
             raise ValueError(f"swd option projections has shape {tuple(value.shape)}: no directions; "
                              "give at least one column (or leave it out for n_projections random ones)")
+        if key == "projections" and value is not None and value.device.type == "cpu":  # no sync
+            error = zero_directions(value)
+            if error is not None:
+                raise error
         if key == "seed" and value is not None and (
                 isinstance(value, bool) or not isinstance(value, numbers.Integral)
                 or not -2**63 <= value < 2**64):
             raise ValueError(f"swd option seed must be an integer in [-2**63, 2**64) or None, got {value!r}")
 
 
-def check_batch(features: Tensor, labels: Tensor, finite: bool = True) -> None:
+def check_batch(features: Tensor, labels: Tensor, finite: bool = True, what: str = "features") -> None:
     """Validate a (features [N, d] float, labels [N] integer) batch; one-line ValueErrors.
 
     ``finite=False`` skips the O(N d) scan for NaN/inf (callers then check their output).
+    ``what``: the name of the [N, d] tensor in the messages (``"logits"`` for task losses).
     """
     if not isinstance(features, Tensor) or not isinstance(labels, Tensor):
         raise ValueError(f"features and labels must be torch tensors, got {type(features).__name__} and "
@@ -132,7 +137,7 @@ def check_batch(features: Tensor, labels: Tensor, finite: bool = True) -> None:
                          "move both to one device")
     if finite and not bool(torch.isfinite(features.detach()).all()):
         bad = int((~torch.isfinite(features.detach())).any(1).sum())
-        raise ValueError(f"features contain NaN or inf in {bad} of {features.shape[0]} rows; "
+        raise ValueError(f"{what} contain NaN or inf in {bad} of {features.shape[0]} rows; "
                          "check the model (e.g. lower the learning rate or disable AMP)")
 
 
@@ -190,6 +195,9 @@ def grouped_distances(
             if proj is not None and not bool(torch.isfinite(proj.to(x.dtype)).all()):
                 raise ValueError(f"swd option projections has NaN or inf entries (in {x.dtype}); "
                                  "give finite directions, e.g. unit columns")
+            error = None if proj is None else zero_directions(proj, x.dtype)
+            if error is not None:
+                raise error
             raise overflow_error(name)
         if any(late[:-1]):  # more near-zero distances than recomputed: again, exactly
             rho = DISTANCES[name](x, groups, **options)

@@ -77,6 +77,18 @@ def safe_sqrt(x: Tensor) -> Tensor:
     return torch.where(pos, torch.where(pos, x, torch.ones_like(x)).sqrt(), x * 0)
 
 
+def saturate(g: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``g`` (in place) with entries beyond ``dtype``'s range (default: g's) clamped to ±its
+    largest finite number; NaN stays NaN.
+
+    For gradients whose true value lies beyond the float range (float32 features of order 1e-40
+    have CPCC gradients of order 1e40): such entries keep their sign and stay finite, so an
+    optimiser step or a gradient-norm clip sees a number, not inf (nor a later inf − inf = NaN);
+    every entry within range is unchanged. O(numel), no host sync."""
+    big = torch.finfo(dtype or g.dtype).max
+    return g.clamp_(-big, big)
+
+
 def overflow_error(name: str) -> ValueError:
     """The one-line error for distances that overflow although the features are finite."""
     return ValueError(f"{name} distances are not finite although the features are; the feature "

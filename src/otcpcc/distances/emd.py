@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cost import cost_dtype, feature_scale, gather_distances, transport_cost
+from .cost import cost_dtype, feature_scale, gather_distances, overflow_error, transport_cost
 from .groups import ClassGroups
 from .memory import chunk_items
 from .weights import sample_weights
@@ -164,6 +164,8 @@ def _lp_plans(sel: np.ndarray, n, m, ea, eb, w: np.ndarray, uniform: bool, x: Te
     def solve(unit: tuple[np.ndarray, int, np.ndarray]) -> tuple[np.ndarray, ...]:
         """One unit's plans (numpy/scipy/POT only: safe in a worker thread)."""
         pairs, d0, D = unit
+        if not np.isfinite(D).all():  # the solvers' own errors would not say why (O(cells), host)
+            raise overflow_error("emd")  # (the features are finite: grouped_distances checked)
         a0, na = int(ea[pairs[0]]), int(n[pairs[0]])
         wa = w[a0 : a0 + na]
         G = np.zeros_like(D)

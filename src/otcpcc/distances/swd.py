@@ -36,6 +36,20 @@ def random_projections(
     return theta.to(device=device, dtype=dtype)
 
 
+def zero_directions(projections: Tensor, dtype: torch.dtype | None = None) -> ValueError | None:
+    """The one-line error for ``projections`` [d, L] with a column that is all zero (in ``dtype``,
+    default its own), else None. A zero direction projects every sample to 0: its W_p is 0 for
+    every pair, which only shrinks all distances (all of them zero: CPCC silently undefined).
+    Reads the columns on the host (call it where a sync is due)."""
+    dead = (projections.detach().to(dtype or projections.dtype) == 0).all(0)
+    z = int(dead.sum())
+    if not z:
+        return None
+    return ValueError(f"swd option projections has {z} zero column(s) of {dead.numel()} (e.g. column "
+                      f"{int(dead.nonzero()[0])}); every direction needs a non-zero norm: give "
+                      "unit columns, or leave projections out for n_projections random ones")
+
+
 def _chunks(ranked: Tensor, groups: ClassGroups):
     """NW segments of every pair, in chunks of pairs sized to the memory budget."""
     per_entry = 48 + 3 * ranked.element_size() * ranked.shape[1]  # indices, mass, [E, L] gaps
@@ -87,6 +101,7 @@ def swd(
     :func:`otcpcc.distances.check_options`)."""
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(cost_dtype(x))
+        given = projections is not None
         if projections is None:
             projections = random_projections(x.shape[1], n_projections, seed, x.device, x.dtype)
         if projections.ndim != 2 or projections.shape[0] != x.shape[1]:
@@ -94,7 +109,11 @@ def swd(
                 f"projections must be [d, L] with d = {x.shape[1]}, got {tuple(projections.shape)}"
             )
         c = feature_scale(x)  # work on x / c so that |gap|^p neither overflows nor underflows
-        proj = (x / c) @ projections.to(device=x.device, dtype=x.dtype)  # [N, L]
+        theta = projections.to(device=x.device, dtype=x.dtype)
+        if given:  # a zero column (refused on the host for CPU input by check_options) makes
+            # every distance NaN here, without a sync: the caller's finiteness read then names it
+            c = torch.where((theta == 0).all(0).any(), torch.nan, c)
+        proj = (x / c) @ theta  # [N, L]
         # Sort every column within each class: by value, then (stably) by class.
         cls = groups.class_index()
         by_val = torch.argsort(proj.detach(), dim=0, stable=True)

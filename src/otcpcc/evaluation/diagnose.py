@@ -15,11 +15,39 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..metrics.multimodality import MIN_TEST_SAMPLES
 from ..runs.build import load_data
 from ..runs.config import TrainConfig
 from .evaluate import load_run, multimodality_summary
 from .inference import predict, subsample_per_class
 from .ot_effect import EMD_PER_CLASS, ot_effect
+
+# Samples per class the diagnosis needs: the mode test splits no group smaller than this (so every
+# class would count as one mode), and with a handful of samples the EMD between two classes is
+# little more than the distance of their means (with one sample each it is exactly that: Spearman
+# 1, gain 0, a foregone "l2").
+MIN_PER_CLASS = MIN_TEST_SAMPLES
+
+
+def _per_class_option(flag: str, value: int) -> None:
+    if value < MIN_PER_CLASS:
+        raise ValueError(f"{flag} {value} is below {MIN_PER_CLASS}, the samples per class the "
+                         f"diagnosis needs (the mode test splits no class smaller than "
+                         f"{MIN_PER_CLASS}; with fewer, EMD is about the class means); pass "
+                         f"{flag} {MIN_PER_CLASS} or more (default 200)")
+
+
+def _too_few(y: np.ndarray, names: list[str]) -> str | None:
+    """The sentence that marks a diagnosis undetermined: classes below ``MIN_PER_CLASS``."""
+    classes, counts = np.unique(y, return_counts=True)
+    low = counts < MIN_PER_CLASS
+    if not low.any():
+        return None
+    worst = int(np.argmin(counts))
+    return (f"Undetermined: {int(low.sum())} of {classes.size} classes have fewer than "
+            f"{MIN_PER_CLASS} samples (class {names[int(classes[worst])]!r}: {int(counts[worst])}), "
+            f"below what the mode test and the EMD comparison need ({MIN_PER_CLASS} per class); "
+            "the numbers are shown but decide nothing: use more data per class.")
 
 
 def diagnose(data: str | None = None, *, run: str | os.PathLike | None = None,
@@ -37,7 +65,13 @@ def diagnose(data: str | None = None, *, run: str | os.PathLike | None = None,
     class are used (a fixed-seed draw). ``tree``: a label-tree file replacing the data's tree.
     ``bundle``: the data already loaded with these settings (``runs.build.load_data``), used as
     given instead of loading it again.
+
+    Needs ``MIN_PER_CLASS`` (20) samples per class: ``max_per_class`` or ``emd_per_class`` below
+    it is refused (ValueError); data with a smaller class gives ``recommend = "undetermined"``
+    (``undetermined``: the sentence why, also first in ``reasons``) instead of a verdict.
     """
+    _per_class_option("--max-per-class", max_per_class)
+    _per_class_option("emd_per_class", emd_per_class)
     if run is not None:
         # the run's features come from its own data, settings and tree: refused, not ignored
         # (--data-dir, where that data now is, and --data-seed, the subsample, still apply)
@@ -72,12 +106,16 @@ def diagnose(data: str | None = None, *, run: str | os.PathLike | None = None,
     summary = multimodality_summary(x, y, names, seed=data_seed, max_components=max_components)
     effect = ot_effect(x, y, label_tree, names=names, max_per_class=emd_per_class,
                        seed=data_seed)
+    undetermined = _too_few(y, names)
+    why = reasons(summary, effect)
     return {"dataset": dataset, "source": source, "n": int(len(y)),
             "num_classes": int(len(np.unique(y))), **summary,
             "rank_agreement_l2_emd": effect["rank_agreement_l2_emd"],
             "cpcc_l2": effect["cpcc_l2"], "cpcc_emd": effect["cpcc_emd"],
-            "cpcc_gain": effect["cpcc_gain"], "recommend": effect["recommend"],
-            "reasons": reasons(summary, effect), "ot_effect": effect}
+            "cpcc_gain": effect["cpcc_gain"],
+            "recommend": effect["recommend"] if undetermined is None else "undetermined",
+            "undetermined": undetermined,
+            "reasons": why if undetermined is None else [undetermined, *why], "ot_effect": effect}
 
 
 def reasons(summary: dict[str, Any], effect: dict[str, Any]) -> list[str]:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distances import check_batch, check_options, grouped_distances, resolve
+from ..distances.cost import saturate
 from ..distributed.gather import all_gather_labels, all_gather_with_grad
 from .target import constant_distance, target_matrix
 
@@ -64,10 +65,16 @@ class _Correlation(torch.autograd.Function):
 
     (the centring drops out of the gradient: both centred vectors sum to 0; :math:`s_r` is a
     detached scale, c does not depend on it). Where undefined, c = 0 with a zero gradient.
+
+    The bracket is O(1) at every scale; the factor :math:`1/s_r` comes last. Given a
+    :class:`_GradUnit` ``unit`` (as CPCC passes), backward returns the gradient times
+    :math:`s_r` and leaves the division to ``unit`` at the features, after the distances'
+    backward: tiny features (float32 ``x·1e-38``) then get their gradient of order 1e37 exactly,
+    where :math:`1/s_r` alone, or a distance backward fed with it, would overflow to inf/NaN.
     """
 
     @staticmethod
-    def forward(ctx, t, r, noise):  # noqa: D102
+    def forward(ctx, t, r, noise, unit=None):  # noqa: D102
         r_lo, r_hi = r.aminmax()
         t_lo, t_hi = t.aminmax()
         defined = torch.gt(r_hi - r_lo, noise) & (t_hi > t_lo)  # (compared in float64)
@@ -86,29 +93,56 @@ class _Correlation(torch.autograd.Function):
         s_rr = torch.dot(rc, rc)
         norm = torch.sqrt(torch.dot(tc, tc) * s_rr)
         corr = torch.where(defined, torch.dot(tc, rc) / norm, 0)
-        # dc/dr = a t̃ − b r̃ (a = b = 0 where undefined)
-        a = torch.where(defined, 1 / (s_r * norm), 0)
-        b = torch.where(defined, corr / (s_r * s_rr), 0)
-        ctx.save_for_backward(tc, rc, a, b)
+        # s_r · dc/dr = a t̃ − b r̃ (a = b = 0 where undefined)
+        a = torch.where(defined, 1 / norm, 0)
+        b = torch.where(defined, corr / s_rr, 0)
+        ctx.save_for_backward(tc, rc, a, b, s_r)
+        ctx.unit = unit
+        if unit is not None:
+            unit.scale = s_r
         ctx.mark_non_differentiable(defined)
         return corr, defined
 
     @staticmethod
     def backward(ctx, grad, _):  # noqa: D102
-        tc, rc, a, b = ctx.saved_tensors
-        return None, tc * (a * grad) - rc * (b * grad), None
+        tc, rc, a, b, s_r = ctx.saved_tensors
+        g = tc * (a * grad) - rc * (b * grad)  # s_r · dc/dr · grad
+        return None, g if ctx.unit is not None else saturate(g.div_(s_r)), None, None
 
 
-def correlation(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
+class _GradUnit(torch.autograd.Function):
+    """Identity on the features; backward divides the gradient by ``scale`` (set by
+    :class:`_Correlation`'s forward: the CPCC gradient arrives in units of :math:`1/s_r`),
+    saturating at float's largest number where the true gradient is beyond the float range
+    (:func:`otcpcc.distances.cost.saturate`)."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: D102
+        ctx.scale = None  # the output's grad_fn is this ctx: _Correlation writes the scale here
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        if ctx.scale is None:
+            return grad
+        g = grad.to(torch.promote_types(grad.dtype, ctx.scale.dtype)) / ctx.scale
+        return saturate(g, grad.dtype).to(grad.dtype)
+
+
+def correlation(t: Tensor, r: Tensor, noise: Tensor | float = 0.0,
+                unit: Any = None) -> tuple[Tensor, Tensor]:
     """Pearson correlation of two [P] vectors (P >= 1) without a host sync: ``(corr, defined)``,
     scalar tensors; where undefined (see :func:`pearson`) ``corr`` is 0 with a zero gradient.
 
     Both vectors are divided by their largest magnitude before centring and squaring, so the
     value is the same at every scale of the float range (no overflow or underflow of the
-    squares); the gradient w.r.t. ``r`` is the closed form of :class:`_Correlation`. O(P).
+    squares); the gradient w.r.t. ``r`` is the closed form of :class:`_Correlation`, finite at
+    every scale (saturating at float's largest number where the true one is beyond it). ``unit``:
+    the grad_fn of :class:`_GradUnit` on the features r was computed from (CPCC's internal use:
+    the division by r's scale then happens at the features). O(P).
     """
     t = t.detach()
-    return _Correlation.apply(t if t.is_floating_point() else t.double(), r, noise)
+    return _Correlation.apply(t if t.is_floating_point() else t.double(), r, noise, unit)
 
 
 def pearson(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> Tensor | None:
@@ -150,12 +184,35 @@ def check_logits_labels(logits: Tensor, labels: Tensor, num_classes: int) -> Ten
     return labels
 
 
+def finished_task_loss(loss: Tensor, logits: Tensor, labels: Tensor, name: str) -> Tensor:
+    """``loss`` (a task loss's batch mean), checked: a one-line ValueError where it is not finite.
+
+    As CPCCLoss, the cheap output is checked and the [N, K] input is scanned only when it is bad
+    (to name the rows with NaN/inf, :func:`otcpcc.distances.check_batch`): one host sync for
+    a scalar, no O(N K) scan per step."""
+    if bool(torch.isfinite(loss.detach())):
+        return loss
+    check_batch(logits, labels, what="logits")
+    big = float(logits.detach().abs().max())
+    raise ValueError(f"{name} is not finite although the logits are (largest |logit| {big:.3g} "
+                     f"overflows {logits.dtype}); scale the logits down (e.g. a lower learning rate)")
+
+
+def empty_task_loss(logits: Tensor) -> Tensor:
+    """A task loss on an empty batch: 0.0 with a zero gradient (the sum over no samples), not
+    the NaN of a mean over none (``F.cross_entropy``'s mean reduction gives NaN), so a summed
+    objective (task loss + λ·CPCC, whose empty value is 1.0) stays finite."""
+    return logits.sum() * 0.0
+
+
 def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str,
           options: dict) -> tuple[Tensor, Tensor] | None:
     """(corr, defined) as :func:`correlation`, or None with fewer than two classes. Two host
     syncs on CUDA for the closed-form distances (:func:`otcpcc.distances.grouped_distances`):
     the label range is read with the class sizes."""
     check_batch(features, labels, finite=False)  # types and shapes first (the NaN scan comes later)
+    if features.requires_grad:  # the gradient's 1/scale is applied here, last (see _Correlation)
+        features = _GradUnit.apply(features)
     k = tree_dist.shape[0]
     on_labels = None
     if labels.ndim == 1 and not labels.dtype.is_floating_point and labels.dtype != torch.bool:
@@ -171,7 +228,8 @@ def _cpcc(features: Tensor, labels: Tensor, tree_dist: Tensor, distance: str,
         tree_dist = tree_dist.to(rho.device)
     t = tree_dist[groups.classes.index_select(0, groups.pair_i),
                   groups.classes.index_select(0, groups.pair_j)]
-    return correlation(t, rho, rounding_spread(magnitude, features.shape[1], rho.dtype))
+    return correlation(t, rho, rounding_spread(magnitude, features.shape[1], rho.dtype), features.grad_fn
+                       if isinstance(features.grad_fn, _GradUnit._backward_cls) else None)
 
 
 class CPCCLoss(nn.Module):

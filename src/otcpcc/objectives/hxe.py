@@ -22,16 +22,21 @@ softmax normaliser cancels in every ratio), :math:`\log p(C_l)/p(C_{l+1}) = \ell
 \ell(C_{l+1})`. :math:`\ell` is built bottom-up, each internal node's value the logsumexp of its
 children's, one vectorised step per height of the tree: finite for any finite logits (no
 ``log(sum(softmax))`` underflow). Time O(N · nodes · max children), memory O(N · nodes).
+
+Bad input as in :class:`~otcpcc.CPCCLoss`: NaN/inf logits raise a one-line ValueError naming the
+rows (the scalar loss is checked, one host sync; the logits are scanned only when it is not
+finite); an empty batch gives 0.0 with a zero gradient (the sum over no samples), not NaN.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .cpcc import check_logits_labels
+from .cpcc import check_logits_labels, empty_task_loss, finished_task_loss
 
 
 def _heights(tree: Any) -> dict[str, int]:
@@ -75,8 +80,11 @@ class HXELoss(nn.Module):
         # height, so that each height step appends a contiguous block whose children exist
         col = {leaf: 1 + i for i, leaf in enumerate(leaves)}
         self._n_steps = 0
+        by_height: list[list[str]] = [[] for _ in range(height[tree.root] + 1)]
+        for n in tree.nodes:
+            by_height[height[n]].append(n)
         for h in range(1, height[tree.root] + 1):
-            nodes = [n for n in tree.nodes if height[n] == h]
+            nodes = by_height[h]
             kids = [[col[c] for c in tree.children(n)] for n in nodes]
             idx = torch.zeros(len(nodes), max(len(k) for k in kids), dtype=torch.long)
             for r, k in enumerate(kids):
@@ -86,17 +94,22 @@ class HXELoss(nn.Module):
             for n in nodes:
                 col[n] = len(col) + 1
         # per leaf, its H edges (C_l -> C_{l+1}) as column pairs and weights, padded with weight 0
-        paths = [[leaf, *tree.ancestors(leaf)] for leaf in leaves]
+        # (filled as numpy arrays, one row slice per leaf: O(Σ depths), also for trees 1000s deep)
+        paths = [[col[leaf], *(col[a] for a in tree.ancestors(leaf))] for leaf in leaves]
         width = max(len(p) - 1 for p in paths)
-        lower = torch.zeros(self.num_classes, width, dtype=torch.long)
-        upper = torch.zeros(self.num_classes, width, dtype=torch.long)
-        weight = torch.zeros(self.num_classes, width, dtype=torch.float64)
+        lower = np.zeros((self.num_classes, width), dtype=np.int64)
+        upper = np.zeros((self.num_classes, width), dtype=np.int64)
+        depth = np.zeros((self.num_classes, width), dtype=np.float64)
+        on = np.zeros((self.num_classes, width), dtype=bool)
         for y, path in enumerate(paths):
-            lower[y, :] = upper[y, :] = col[path[0]]  # pads: a finite column, weight 0
-            for l_, (node, parent) in enumerate(zip(path[:-1], path[1:], strict=True)):
-                lower[y, l_], upper[y, l_] = col[node], col[parent]
-                weight[y, l_] = torch.exp(torch.tensor(-alpha * tree.depth(node), dtype=torch.float64))
-        deepest = max(tree.depth(node) for path in paths for node in path[:-1])
+            h = len(path) - 1  # the leaf's depth; edge l joins path[l] (depth h - l) to path[l + 1]
+            lower[y, :] = upper[y, :] = path[0]  # pads: a finite column, weight 0
+            lower[y, :h], upper[y, :h] = path[:-1], path[1:]
+            depth[y, :h] = np.arange(h, 0, -1)
+            on[y, :h] = True
+        weight = torch.where(torch.from_numpy(on), torch.exp(torch.from_numpy(depth) * -alpha), 0.0)
+        lower, upper = torch.from_numpy(lower), torch.from_numpy(upper)
+        deepest = int(depth.max())
         if alpha * deepest > 80:  # exp(-80) ~ 2e-35: below float32's smallest normal number
             raise ValueError(f"alpha={alpha} makes the weight exp(-alpha * {deepest}) of the deepest "
                              "edge underflow float32, switching its term off; use alpha <= "
@@ -119,8 +132,10 @@ class HXELoss(nn.Module):
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
         labels = check_logits_labels(logits, labels, self.num_classes)
+        if logits.shape[0] == 0:
+            return empty_task_loss(logits)
         ell = self.log_mass(logits)
         lo = ell.gather(1, self._lower[labels])  # [N, H]: l(C_l)
         up = ell.gather(1, self._upper[labels])  # l(C_{l+1})
         w = self._weight[labels].to(logits.dtype)
-        return -(w * (lo - up)).sum(dim=1).mean()
+        return finished_task_loss(-(w * (lo - up)).sum(dim=1).mean(), logits, labels, "the HXE loss")

@@ -9,7 +9,8 @@ D = ``tree.distance_matrix()`` (weighted path length between leaves; the paper u
 half of it on a balanced unit-weight tree, which only rescales β), and the loss is
 :math:`-\sum_j q_y(j) \log \mathrm{softmax}(z)_j`, averaged over the batch. Large β approaches
 cross-entropy; β → 0 approaches the uniform target. O(N K) per call; the [K, K] target table is
-built once.
+built once. NaN/inf logits raise a one-line ValueError (one host sync, for the scalar loss); an
+empty batch gives 0.0 with a zero gradient, as :class:`~otcpcc.objectives.hxe.HXELoss`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cpcc import check_logits_labels
+from .cpcc import check_logits_labels, empty_task_loss, finished_task_loss
 
 
 def soft_targets(distance: Any, beta: float) -> Tensor:
@@ -54,5 +55,7 @@ class SoftLabelLoss(nn.Module):
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
         labels = check_logits_labels(logits, labels, self.num_classes)
+        if logits.shape[0] == 0:
+            return empty_task_loss(logits)
         q = self.targets[labels].to(logits.dtype)
-        return F.cross_entropy(logits, q)
+        return finished_task_loss(F.cross_entropy(logits, q), logits, labels, "the soft-label loss")

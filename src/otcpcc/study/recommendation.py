@@ -149,7 +149,7 @@ def ot_answer(diagnosis: Mapping[str, Any], ot_verdicts: Sequence[Mapping[str, A
     ``"mixed"`` when both happen (two OT methods), ``"within noise"`` when every interval contains
     0, None when no OT method was run with its class-means counterpart or with one seed only.
     ``ot_evidence``: those verdict rows (method, baseline, n, diff_mean, ci_low, ci_high, call).
-    ``ot_input_diagnosis``: the diagnosis of the input features (``ot``/``l2``), before training.
+    ``ot_input_diagnosis``: the diagnosis of the input features (``ot``/``l2``/``undetermined``), before training.
     ``ot_agrees_with_diagnosis``: whether the two point the same way (``ot`` with ``yes``; ``l2``
     with ``no`` or ``within noise``); None when there is no after-training answer or it is mixed.
     """
@@ -159,7 +159,8 @@ def ot_answer(diagnosis: Mapping[str, Any], ot_verdicts: Sequence[Mapping[str, A
     matters = ("mixed" if {"better", "worse"} <= found else "yes" if "better" in found else
                "no" if "worse" in found else "within noise" if "within noise" in found else None)
     before = diagnosis.get("recommend")
-    agrees = None if matters in (None, "mixed") else (before == "ot") == (matters == "yes")
+    agrees = (None if matters in (None, "mixed") or before not in ("ot", "l2")  # "undetermined"
+              else (before == "ot") == (matters == "yes"))
     return {"ot_matters": matters, "ot_evidence": [{k: v.get(k) for k in keys} for v in rows],
             "ot_input_diagnosis": before, "ot_agrees_with_diagnosis": agrees}
 
@@ -211,7 +212,8 @@ def ot_paragraph(diagnosis: Mapping[str, Any], ot_verdicts: Sequence[Mapping[str
         lines.append(means_pair_phrase([v for v in ot_verdicts if str(v.get("method")) == m]) + ".")
     rec = diagnosis.get("recommend")
     gloss = ("the class distributions carry hierarchy the class means miss" if rec == "ot" else
-             "optimal transport adds no hierarchy over the class means there")
+             "optimal transport adds no hierarchy over the class means there" if rec == "l2" else
+             "too few samples per class to tell")
     lines.append(f"Before training (evidence from the input features): {_diagnosis_says(diagnosis)}"
                  f": {gloss}.")
     if ans["ot_agrees_with_diagnosis"] is False:

@@ -35,7 +35,13 @@ def train_step(model: nn.Module, criterion: nn.Module | None, optimizer: torch.o
     y = y.to(device, non_blocking=True).long()
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
         features, logits = model(x)
-    ce = F.cross_entropy(logits.float(), y) if task_loss is None else task_loss(logits.float(), y)
+    try:
+        ce = F.cross_entropy(logits.float(), y) if task_loss is None else task_loss(logits.float(), y)
+    except ValueError:  # HXE / soft labels refuse NaN logits: a diverged model, as below
+        if bool(torch.isfinite(logits.detach()).all()):
+            raise
+        nan = float("nan")
+        return StepStats(nan, nan, nan, 0, int(y.numel()))
     loss, cpcc_value = ce, float("nan")
     if criterion is not None:
         try:

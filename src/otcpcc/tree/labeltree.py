@@ -35,7 +35,7 @@ import numpy as np
 
 from .common import Level, TreeError, _check_name, _check_weight, _listed, _second_parent
 from .files import read_tree, write_tree
-from .levels import named_levels, parents_from_levels
+from .levels import depth_levels, named_levels, parents_from_levels
 
 
 class LabelTree:
@@ -466,24 +466,11 @@ class LabelTree:
         are renumbered in the same relative order). Otherwise one level per depth d = D-1, ..., 1 (D = the largest
         leaf depth), named ``"depth{d}"``: each leaf maps to its ancestor at depth d, or to
         itself when it is no deeper than d. Ids number that level's nodes in order of first
-        appearance over the leaves.
+        appearance over the leaves. O(D · K log K) for D levels of K leaves
+        (:func:`~otcpcc.tree.levels.depth_levels`).
         """
         if self._levels is None:  # named levels were set up by __init__; these are by depth
-            out: list[Level] = []
-            dmax = max(self._depth[n] for n in self._leaves)
-            for d in range(dmax - 1, 0, -1):
-                targets = []
-                for leaf in self._leaves:
-                    n = leaf
-                    while self._depth[n] > d:
-                        n = self._parent[n]  # type: ignore[assignment]
-                    targets.append(n)
-                pos: dict[str, int] = {}
-                for t in targets:
-                    pos.setdefault(t, len(pos))
-                ids = np.array([pos[t] for t in targets], dtype=np.int64)
-                out.append(Level(f"depth{d}", ids, list(pos)))
-            self._levels = out
+            self._levels = depth_levels(self)
         return self._levels
 
     # ------------------------------------------------------------------ derived trees
