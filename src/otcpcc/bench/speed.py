@@ -184,7 +184,7 @@ def bench_distances(
         f"{repeats} timed) ...")
     times = time_interleaved(
         [fwd_bwd(c[3], c[4], c[5]) for c in cells], repeats=repeats, warmup=warmup, device=device,
-        on_warm=lambda s, n: log(f"  one round takes {s:.2f} s: about {s * n:.0f} s"))
+        on_warm=lambda s, n: log(f"  one round takes {s:.2f} s: about {s * n:.1f} s"))
     log(_HEADER)
 
     rows = []
