@@ -23,7 +23,7 @@ timeout 120 python3 -m pytest -p no:cacheprovider -p no:warnings -m gpu tests/ 2
 timeout 120 python3 -m pytest -p no:cacheprovider -p no:warnings tests/test_distances.py tests/test_scale.py tests/test_syncs.py 2>&1 | tail -3
 echo "== distances, B = 256 and 1024, against the per-pair reference (values + timings)"
 timeout 200 python3 -m otcpcc.bench --device cuda --batch-sizes 256,1024 --repeats 20 --warmup 3 \
-  --reference-repeats 1 --reference-budget 4 --train-step --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+  --reference-repeats 1 --reference-budget 4 --train-step --train-budget 10 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
 echo "== scale cases on CUDA"
 timeout 150 python3 benchmarks/gpu_scale.py 2>&1 | tee "$OUT/scale.txt"
 echo "== syncs and launches per call"

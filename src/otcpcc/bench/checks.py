@@ -1,6 +1,7 @@
 """What ``otcpcc bench`` refuses before it runs anything (a bench takes minutes; a bad flag found
 after it would waste them): flags that ``--scale`` or ``--big`` would silently ignore,
-``--reference`` with ``--no-reference``, and a ``--json`` file that cannot be written."""
+``--reference`` with ``--no-reference``, a ``--train-arch`` that is no image model, and a
+``--json`` file that cannot be written."""
 
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ def refusal(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Seq
     if args.reference is not None and args.no_reference:
         return ("--reference and --no-reference contradict each other; pass --reference PATH to "
                 "time that baseline, or --no-reference to time otcpcc only")
+    if args.train_arch is not None:
+        from ..models.backbones import ARCHS
+
+        image_archs = [a for a in ARCHS if a != "mlp"]
+        if not args.train_step:
+            return "--train-arch is only used by --train-step; add --train-step or drop --train-arch"
+        if args.train_arch not in image_archs:
+            return (f"--train-arch {args.train_arch!r} is not a model for 3x32x32 images; choose "
+                    f"from {', '.join(image_archs)}")
     if args.json not in (None, "-"):
         return unwritable(args.json)
     return None

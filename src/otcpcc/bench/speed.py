@@ -3,7 +3,8 @@
 For each distance and batch size B: random features [B, d] (seeded, requires grad), labels over
 K classes with every class present, and a two-level tree (K fine classes under ``coarse``
 groups, ``LabelTree.from_levels``). The timed unit is one forward + backward of the loss
-(``torch.cuda.synchronize`` around it on CUDA); the figure is the median over repeats.
+(``torch.cuda.synchronize`` around it on CUDA); every cell is timed in interleaved rounds after
+warm-up rounds (:mod:`otcpcc.bench.timing`), and the figure is its median over the rounds.
 
 The baseline is :mod:`otcpcc.bench.reference`, installed with the package (the straightforward
 Python loop over class pairs with POT per pair; ``--reference FILE`` times another one). It is
@@ -14,9 +15,10 @@ number of pairs.
 Columns: distance, B, ours ms, reference ms, speed-up (reference / ours), |value difference|
 between the two losses, and the largest absolute difference between their feature gradients.
 
-``--train-step`` also times a ResNet-18 (CIFAR input 3x32x32) training step at each batch size
-(bf16 autocast on CUDA) with and without the FastFT-CPCC term and reports the FastFT call as a
-fraction of the step. ``--big`` is the large case: K = 1000 classes, B = 16384, FastFT only.
+``--train-step`` also times a training step (CE; ResNet-18 bf16 on CUDA, a small CNN on a CPU,
+input 3x32x32) at each batch size with and without each distance's CPCC term and prints what the
+term adds to the step in percent (:mod:`otcpcc.bench.train_step`).
+``--big`` is the large case: K = 1000 classes, B = 16384, FastFT only.
 ``--approx`` runs the accuracy study instead (:mod:`otcpcc.bench.approx`).
 """
 
@@ -26,7 +28,6 @@ import argparse
 import functools
 import importlib.util
 import json
-import math
 import os
 import statistics
 import sys
@@ -37,11 +38,12 @@ from types import ModuleType
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..flags import OneLineParser, int_at_least, positive_float
 from .checks import refusal
 from .problem import make_problem
+from .timing import sync as _sync
+from .timing import time_fwd_bwd, time_interleaved
 
 DISTANCES = ("l2", "emd", "sinkhorn", "swd", "fastft")
 _REFERENCE_MODULE = "otcpcc_benchmarks_reference"
@@ -79,40 +81,7 @@ def load_reference(path: str | os.PathLike | None = None) -> ModuleType:
     return module
 
 
-# --------------------------------------------------------------------------- problem setup
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fwd_bwd(
-    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    repeats: int,
-    warmup: int = 0,
-    budget_s: float = math.inf,
-) -> tuple[float, float, torch.Tensor]:
-    """Median wall time (ms) of ``fn(features, labels).backward()`` over ``repeats`` calls after
-    ``warmup`` untimed ones; also the last loss value and the last feature gradient. Timed calls
-    stop early (at least one is made) once together they took more than ``budget_s`` seconds."""
-    times: list[float] = []
-    loss = None
-    for r in range(warmup + repeats):
-        if times and sum(times) > budget_s:
-            break
-        features.grad = None
-        _sync(features.device)
-        t0 = time.perf_counter()
-        loss = fn(features, labels)
-        loss.backward()
-        _sync(features.device)
-        if r >= warmup:
-            times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times), float(loss.detach()), features.grad.detach().clone()
-
-
+# --------------------------------------------------------------------------- reference estimate
 def estimate_reference_seconds(
     reference: ModuleType,
     features: torch.Tensor,
@@ -179,10 +148,16 @@ def bench_distances(
     missing_note: str = "no baseline",
     log: Callable[[str], None] = lambda s: None,
 ) -> list[dict]:
-    """One row per (distance, batch size); see the module docstring for the columns."""
+    """One row per (batch size, distance); see the module docstring for the columns.
+
+    Ours is timed first for every cell together, in interleaved rounds
+    (:func:`~otcpcc.bench.timing.time_interleaved`: ``warmup`` untimed rounds, at least one, then
+    ``repeats`` timed ones), so that no cell, the first one least of all, is timed before every
+    cell has been warmed up with the very loss object that is then timed. The baseline is then
+    timed cell by cell (its calls take up to seconds), after one untimed call at full size."""
     from otcpcc import CPCCLoss
 
-    rows = []
+    cells = []  # (batch, distance, options, crit, features, labels, tree_dist)
     for batch in batch_sizes:
         features, labels, tree = make_problem(batch, classes, coarse, dim, seed=seed,
                                               device=device, dtype=dtype)
@@ -196,101 +171,59 @@ def bench_distances(
                 options["projections"] = theta
             if weights != "uniform" and distance in ("emd", "fastft", "fft"):
                 options["weights"] = weights
-            crit = CPCCLoss(tree, distance, **options)
-            ours_ms, ours_value, ours_grad = time_fwd_bwd(
-                crit, features, labels, repeats=repeats, warmup=warmup)
-            row = {
-                "distance": distance, "batch": batch, "classes": classes, "dim": dim,
-                "ours_ms": ours_ms, "ours_value": ours_value,
-                "reference_ms": None, "reference_value": None, "speedup": None,
-                "value_abs_diff": None, "grad_max_abs_diff": None, "reference_note": "",
-            }
-            if reference is None:
-                row["reference_note"] = missing_note
-            else:
-                estimate = estimate_reference_seconds(
-                    reference, features, labels, tree_dist, distance, options)
-                if estimate * reference_repeats > reference_budget:
-                    row["reference_note"] = (
-                        f"skipped: est. {estimate:.0f} s/call > budget {reference_budget:.0f} s")
-                else:
-                    ref_fn = functools.partial(_reference_loss, reference, tree_dist, distance,
-                                               options)
-                    ref_ms, ref_value, ref_grad = time_fwd_bwd(
-                        ref_fn, features, labels, repeats=reference_repeats,
-                        budget_s=reference_budget)
-                    row.update(
-                        reference_ms=ref_ms, reference_value=ref_value,
-                        speedup=ref_ms / ours_ms if ours_ms > 0 else float("inf"),
-                        value_abs_diff=abs(ours_value - ref_value),
-                        grad_max_abs_diff=float((ours_grad.double() - ref_grad.double())
-                                                .abs().max()),
-                    )
-            log(format_row(row))
-            rows.append(row)
-    return rows
+            cells.append((batch, distance, options, CPCCLoss(tree, distance, **options),
+                          features, labels, tree_dist))
 
+    def fwd_bwd(crit, features, labels):
+        def call():
+            features.grad = None
+            crit(features, labels).backward()
+        return call
 
-def bench_train_step(
-    *,
-    batch_sizes: Sequence[int],
-    classes: int,
-    coarse: int,
-    repeats: int,
-    warmup: int,
-    device: torch.device,
-    seed: int,
-    lam: float = 1.0,
-) -> list[dict]:
-    """ResNet-18 (3x32x32 input) SGD step with cross-entropy, with and without
-    ``lam * CPCCLoss(tree, "fastft")``; bf16 autocast on CUDA, fp32 on CPU."""
-    return [_train_step_one(batch, classes, coarse, repeats, warmup, device, seed, lam)
-            for batch in batch_sizes]
+    log(f"timing otcpcc: {len(cells)} cells in interleaved rounds ({max(warmup, 1)} warm-up, "
+        f"{repeats} timed) ...")
+    times = time_interleaved(
+        [fwd_bwd(c[3], c[4], c[5]) for c in cells], repeats=repeats, warmup=warmup, device=device,
+        on_warm=lambda s, n: log(f"  one round takes {s:.2f} s: about {s * n:.1f} s"))
+    log(_HEADER)
 
-
-def _train_step_one(batch, classes, coarse, repeats, warmup, device, seed, lam) -> dict:
-    from otcpcc import CPCCLoss
-    from otcpcc.models import build_model
-
-    torch.manual_seed(seed)
-    model = build_model("resnet18", (3, 32, 32), classes).to(device)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    _, labels, tree = make_problem(batch, classes, coarse, 1, seed=seed, device=device)
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    crit = CPCCLoss(tree, "fastft")
-    use_amp = device.type == "cuda"
-
-    def step(with_cpcc: bool) -> None:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            feats, logits = model(x)
-            loss = F.cross_entropy(logits, labels)
-        if with_cpcc:
-            loss = loss + lam * crit(feats.float(), labels)
+    rows = []
+    for (batch, distance, options, crit, features, labels, tree_dist), ms in zip(cells, times, strict=True):
+        features.grad = None  # value and gradient of ours, untimed
+        loss = crit(features, labels)
         loss.backward()
-        opt.step()
-
-    timings = {}
-    for with_cpcc in (False, True):
-        times = []
-        for r in range(warmup + repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            step(with_cpcc)
-            _sync(device)
-            if r >= warmup:
-                times.append(time.perf_counter() - t0)
-        timings[with_cpcc] = 1e3 * statistics.median(times)
-    feats = torch.randn(batch, model.feature_dim, device=device, requires_grad=True)
-    fastft_ms, _, _ = time_fwd_bwd(crit, feats, labels, repeats=repeats, warmup=warmup)
-    return {
-        "batch": batch, "classes": classes, "feature_dim": int(model.feature_dim),
-        "amp": "bf16" if use_amp else "fp32",
-        "step_ms": timings[False], "step_with_fastft_ms": timings[True],
-        "fastft_ms": fastft_ms, "fastft_fraction_of_step": fastft_ms / timings[False],
-        "step_overhead": (timings[True] - timings[False]) / timings[False],
-    }
+        ours_ms, ours_value, ours_grad = statistics.median(ms), float(loss.detach()), features.grad
+        row = {
+            "distance": distance, "batch": batch, "classes": classes, "dim": dim,
+            "ours_ms": ours_ms, "ours_value": ours_value,
+            "reference_ms": None, "reference_value": None, "speedup": None,
+            "value_abs_diff": None, "grad_max_abs_diff": None, "reference_note": "",
+        }
+        if reference is None:
+            row["reference_note"] = missing_note
+        else:
+            estimate = estimate_reference_seconds(
+                reference, features, labels, tree_dist, distance, options)
+            if estimate * reference_repeats > reference_budget:
+                row["reference_note"] = (
+                    f"skipped: est. {estimate:.0f} s/call > budget {reference_budget:.0f} s")
+            else:
+                ref_fn = functools.partial(_reference_loss, reference, tree_dist, distance,
+                                           options)
+                ours_grad = ours_grad.detach().clone()
+                ref_ms, ref_value, ref_grad = time_fwd_bwd(
+                    ref_fn, features, labels, repeats=reference_repeats, warmup=1,
+                    budget_s=reference_budget)
+                row.update(
+                    reference_ms=ref_ms, reference_value=ref_value,
+                    speedup=ref_ms / ours_ms if ours_ms > 0 else float("inf"),
+                    value_abs_diff=abs(ours_value - ref_value),
+                    grad_max_abs_diff=float((ours_grad.double() - ref_grad.double())
+                                            .abs().max()),
+                )
+        log(format_row(row))
+        rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------- output
@@ -313,17 +246,6 @@ def format_row(row: dict) -> str:
 def format_table(rows: Sequence[dict]) -> str:
     """The whole distance table (header + one line per row)."""
     return "\n".join([_HEADER, *(format_row(r) for r in rows)])
-
-
-def format_train_table(results: Sequence[dict]) -> str:
-    """The ResNet-18 train-step table."""
-    lines = [f"{'B':>6} {'amp':>5} {'step ms':>10} {'step+fastft ms':>15} {'fastft ms':>10} "
-             f"{'fastft/step':>12}"]
-    for r in results:
-        lines.append(f"{r['batch']:>6} {r['amp']:>5} {r['step_ms']:10.2f} "
-                     f"{r['step_with_fastft_ms']:15.2f} {r['fastft_ms']:10.2f} "
-                     f"{100 * r['fastft_fraction_of_step']:11.2f}%")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -366,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int_at_least(1), default=31,
                    help="timed calls of ours, the median is reported (default 31)")
     p.add_argument("--warmup", type=int_at_least(0), default=3,
-                   help="untimed calls of ours first (default 3)")
+                   help="untimed rounds of ours (every cell once per round) before the timed "
+                        "ones, at least 1 (default 3)")
     p.add_argument("--reference-repeats", type=int_at_least(1), default=3,
                    help="timed calls of the baseline (default 3)")
     p.add_argument("--reference-budget", type=positive_float, default=60.0,
@@ -382,7 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-step", action="store_true",
-                   help="also time a ResNet-18 train step and FastFT's share of it")
+                   help="also time one training step (CE) with and without each distance's "
+                        "CPCC term and print what CPCC adds, in percent")
+    p.add_argument("--train-arch", default=None, metavar="ARCH",
+                   help="model of --train-step (default resnet18 on cuda, the small cnn on a CPU, "
+                        "where a ResNet-18 step takes tens of seconds)")
+    p.add_argument("--train-budget", type=positive_float, default=40.0, metavar="SECONDS",
+                   help="seconds of timed steps per batch size for --train-step, after one "
+                        "warm-up round (default 40); at most --repeats rounds")
     p.add_argument("--big", action="store_true",
                    help="large case: K=1000, B=16384, fastft only (refuses --classes, "
                         "--batch-sizes, --distances)")
@@ -451,7 +381,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"device={device} dtype={args.dtype} K={args.classes} coarse={args.coarse} "
         f"d={args.dim} repeats={args.repeats} torch={torch.__version__} "
         f"threads={torch.get_num_threads()}")
-    say(_HEADER)
     try:
         rows = bench_distances(
             distances=args.distances, batch_sizes=args.batch_sizes, classes=args.classes,
@@ -467,15 +396,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     train = None
     if args.train_step:
+        from .train_step import bench_train_step
+
+        say("")
         try:
             train = bench_train_step(
-                batch_sizes=args.batch_sizes, classes=args.classes, coarse=args.coarse,
-                repeats=args.repeats, warmup=args.warmup, device=device, seed=args.seed)
-            say("")
-            say("ResNet-18 train step (CE only vs CE + FastFT-CPCC):")
-            say(format_train_table(train))
+                batch_sizes=args.batch_sizes, distances=args.distances, classes=args.classes,
+                coarse=args.coarse, repeats=args.repeats,
+                warmup=args.warmup if device.type == "cuda" else 1, device=device,
+                seed=args.seed, arch=args.train_arch, budget_s=args.train_budget, log=say)
         except (ImportError, AttributeError, NotImplementedError) as err:
             say(f"otcpcc bench: --train-step unavailable ({type(err).__name__}: {err})")
+        except ValueError as err:
+            print(f"otcpcc: error: {err}", file=sys.stderr)
+            return 2
 
     if args.json is not None:
         payload = {
@@ -497,8 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
-    "DISTANCES", "bench_distances", "bench_train_step", "build_parser", "format_table",
-    "load_reference", "main", "make_problem", "time_fwd_bwd",
+    "DISTANCES", "bench_distances", "build_parser", "format_table", "load_reference", "main",
+    "make_problem", "time_fwd_bwd",
 ]
 
 if __name__ == "__main__":  # pragma: no cover
