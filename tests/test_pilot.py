@@ -163,7 +163,7 @@ def test_closing_gives_the_seeds_estimate_when_nothing_separates():
     text = out["recommendation"]
     assert text.startswith("Use flat cross-entropy for now: no candidate lowered the cost of the "
                            "decisions (argmax) beyond seed noise")
-    assert (f"l2 has the lowest mean cost of the decisions (argmax), 0.030 lower per seed than "
+    assert (f"l2, the candidate with the lowest mean cost of the decisions (argmax), is 0.030 lower per seed than "
             f"flat CE (none) (sd 0.014 over 2 paired seeds): at that effect size and noise, about "
             f"{n} seeds would make the 95% interval exclude 0 (`--seeds {n}`)") in text
     assert "A longer pilot" not in text and "expected cost" not in text
@@ -171,16 +171,25 @@ def test_closing_gives_the_seeds_estimate_when_nothing_separates():
             "would take more than 100 seeds.") in text
     assert out["seeds_estimate"]["method"] == "l2" and out["better"] == out["worse"] == []
     # a tiny difference against large noise: not worth chasing; one seed: cannot be estimated
-    far = _two_seed_runs({"none": [1.0, 1.1], "l2": [1.011, 1.09]})
+    far = _two_seed_runs({"none": [1.0, 1.1], "l2": [0.989, 1.11]})
     out = rec.recommendation(DIAG, *_inputs(far)[:2], far)
     assert out["seeds_needed"] is None
     assert "even 100 seeds would not separate them; the difference is too small against the seed " \
            "noise to be worth chasing" in out["recommendation"]
+    # every candidate worse than flat CE on average (a new user's pilot was told "about 24
+    # seeds" for one): no estimate, and the sentence says why
+    worse = _two_seed_runs({"none": [1.0, 1.1], "l2": [1.05, 1.13], "fastft": [1.06, 1.2]})
+    out = rec.recommendation(DIAG, *_inputs(worse)[:2], worse)
+    assert out["seeds_needed"] is None and out["seeds_estimate"]["status"] == "no better candidate"
+    assert ("l2, the candidate with the lowest mean cost of the decisions (argmax), is 0.040 higher "
+            "per seed than flat CE (none) (sd 0.014 over 2 paired seeds): no candidate beats flat CE "
+            "(none) on average, so more seeds would not separate one in its favour.") in out["recommendation"]
+    assert "--seeds" not in out["recommendation"]
     one = [r for r in far if r["seed"] == 0]
     out = rec.recommendation(DIAG, *_inputs(one)[:2], one)
     assert out["seeds_needed"] is None and "cannot be estimated from 1 paired seed" in out["recommendation"]
     zero = _two_seed_runs({"none": [1.0, 1.1], "l2": [1.01, 1.09]})
-    assert "l2 has the lowest mean cost of the decisions (argmax), on average equal to flat CE " \
+    assert "l2, the candidate with the lowest mean cost of the decisions (argmax), is on average equal to flat CE " \
            "(none)'s (sd 0.014 over 2 paired seeds): with a zero mean difference no number of " \
            "seeds" in seeds_sentence(rec.recommendation(DIAG, *_inputs(zero)[:2], zero)["seeds_estimate"])
 

@@ -603,7 +603,7 @@ def test_verdict_section_estimates_seeds_for_the_cheapest_candidate(tmp_path, mo
     two = [r for r in runs if r["seed"] < 2]
     report.render_report(tmp_path, {"runs": two, "verdicts": verdicts(two)}, {})
     md = (tmp_path / "report.md").read_text()
-    assert ("- l2 has the lowest mean cost of the decisions (argmax), 0.030 lower per seed than "
+    assert ("- l2, the candidate with the lowest mean cost of the decisions (argmax), is 0.030 lower per seed than "
             "flat CE (none) (sd 0.014 over 2 paired seeds): at that effect size and noise, about 4 "
             "seeds would make the 95% interval exclude 0 (`--seeds 4`)") in md
     assert "- Against none, l2 lowers cost of the decisions (argmax) by 0.030 ± 0.127" in md

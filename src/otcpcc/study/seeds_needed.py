@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from .tables import _finite, method_name
+from .tables import _finite, method_name, metric_direction
 from .verdict import BASELINE, CONFIDENCE, no_spread, paired_differences
 
 CAP = 100  # seeds; beyond this the difference is not worth chasing at the observed noise
 
 ESTIMATE, BEYOND_CAP, NO_ESTIMATE, NO_SPREAD = "estimate", "beyond cap", "cannot estimate", "no spread"
+NO_BETTER = "no better candidate"  # the cheapest candidate is worse than the baseline on average
 
 
 def seeds_needed(diffs: Sequence[float], confidence: float = CONFIDENCE, cap: int = CAP
@@ -91,11 +92,17 @@ def cheapest_estimate(runs: Sequence[Mapping[str, Any]], aggregate: Sequence[Map
                       metric: str, baseline: str = BASELINE, cap: int = CAP) -> dict[str, Any] | None:
     """:func:`seeds_needed` for :func:`cheapest_candidate` against ``baseline`` on ``metric``,
     from its paired differences over seeds, with ``method``, ``baseline`` and ``metric`` added;
-    None when there is no candidate."""
+    None when there is no candidate. When even that candidate is worse than the baseline on
+    average, status ``"no better candidate"`` and no estimate (seeds would only confirm it)."""
     method = cheapest_candidate(aggregate, metric, baseline)
     if method is None:
         return None
     est = seeds_needed(paired_differences(runs, method, metric, baseline), cap=cap)
+    mean = est.get("mean")
+    if _finite(mean) and mean != 0 and (float(mean) > 0) == (metric_direction(metric) != "max"):
+        # even the best candidate is on the baseline's bad side on average: more seeds would only
+        # sharpen that, so there is nothing to separate in its favour
+        est.update(n=None, n_upper=None, sd_upper=None, status=NO_BETTER)
     return {"method": method, "baseline": baseline, "metric": metric, **est}
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .seeds_needed import BEYOND_CAP, CAP, ESTIMATE, NO_SPREAD
+from .seeds_needed import BEYOND_CAP, CAP, ESTIMATE, NO_BETTER, NO_SPREAD
 from .tables import _finite, best_rows, cell, decision_cost_key, method_name
 
 # the order in which a method's verdicts are told; other metrics follow in summary order
@@ -210,8 +210,8 @@ def seeds_sentence(est: Mapping[str, Any] | None) -> str | None:
     side = "lower" if float(mean) < 0 else "higher"
     gap = (f"on average equal to {base}'s" if float(mean) == 0 else
            f"{abs(float(mean)) * scale:.{digits}f}{unit} {side} per seed than {base}")
-    seen = (f"{who} has the lowest mean {words}, {gap} (sd {float(sd) * scale:.{digits}f}{unit} "
-            f"over {k} paired seeds)")
+    seen = (f"{who}, the candidate with the lowest mean {words}, is {gap} (sd "
+            f"{float(sd) * scale:.{digits}f}{unit} over {k} paired seeds)")
     if est.get("status") == ESTIMATE:
         n = int(est["n"])
         spread = ""
@@ -228,6 +228,9 @@ def seeds_sentence(est: Mapping[str, Any] | None) -> str | None:
         cap = int(est.get("cap") or CAP)
         return (f"{seen}: at that effect size and noise even {cap} seeds would not separate "
                 "them; the difference is too small against the seed noise to be worth chasing.")
+    if est.get("status") == NO_BETTER:
+        return (f"{seen}: no candidate beats {base} on average, so more seeds would not separate "
+                f"one in its favour.")
     if est.get("status") == NO_SPREAD:
         return (f"{seen}: the difference was the same in every seed, so the seed noise is not "
                 f"measured and no number of seeds can be estimated; rerun with --seeds "
