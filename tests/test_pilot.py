@@ -3,6 +3,8 @@ the one answer to "does OT matter?", and one tiny end-to-end pilot."""
 
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,6 +75,8 @@ def test_pilot_end_to_end_tiny(tmp_path, monkeypatch):
     assert res["ot_matters"] in ("yes", "no", "within noise")  # fastft against l2, 2 seeds
     assert [(e["method"], e["baseline"]) for e in res["ot_evidence"]] == [("fastft", "l2")]
     assert res["ot_input_diagnosis"] == res["diagnosis"]["recommend"]
+    for hint in re.findall(r"--features-of ([^`]+)`", (out / "report.md").read_text()):
+        assert (Path(hint) / "config.json").is_file(), hint  # a path that works where pilot ran
     md = (out / "report.md").read_text()
     assert "## Recommendation" in md and "Cost of mistakes" in md and "Paired verdicts" in md
     # one answer to "does OT matter?": after training; the input diagnosis titled as such
@@ -244,8 +248,8 @@ def test_one_answer_to_does_ot_matter():
     cases = [([_ot("better", -0.02, -0.03, -0.01)], DIAG, "yes", True),
              ([_ot("better", -0.02, -0.03, -0.01)], L2, "yes", False),
              ([_ot("worse", 0.02, 0.01, 0.03)], DIAG, "no", False),
-             ([_ot("within noise")], DIAG, "within noise", False),
-             ([_ot("within noise")], L2, "within noise", True),
+             ([_ot("within noise")], DIAG, "within noise", None),  # not evidence either way
+             ([_ot("within noise")], L2, "within noise", None),
              ([_ot("better", -0.02, -0.03, -0.01), _ot("worse", 0.02, 0.01, 0.03, "hxe+emd",
                                                       "hxe+l2")], DIAG, "mixed", None),
              ([_ot("one seed", 0.01, None, None)], DIAG, None, None),
@@ -270,6 +274,10 @@ def test_one_answer_to_does_ot_matter():
            "cheaper decisions" in rec.ot_paragraph(dict(DIAG, recommend="l2"),
                                                    [_ot("better", -0.02, -0.03, -0.01)])
     assert "The two agree." in rec.ot_paragraph(DIAG, [_ot("better", -0.02, -0.03, -0.01)])
+    l2_noise = rec.ot_paragraph(L2, [_ot("within noise")])  # was "The two agree."
+    assert "agree" not in l2_noise and l2_noise.endswith(
+        "The after-training comparison neither confirms nor contradicts it: within noise is not "
+        "evidence of no effect.")
     assert rec.ot_paragraph(DIAG, []).startswith("**Not measured** after training: no OT method")
     assert rec.ot_paragraph(DIAG, [_ot("no spread", -0.02, None, None)]).startswith(
         "**Not measured** after training: the cost of the decisions (argmax) differed by the same "

@@ -108,6 +108,7 @@ def _pilot(cfg: TrainConfig, out: Path, methods: Sequence[str], seeds: int, cost
     ot_rows = ot_verdicts_of(summary["runs"]) if ot_rows is None else ot_rows
     rec = recommendation(diag, aggregate, verdicts, summary["runs"], ot_rows)
     costs = cost_matrix or "tree distance (no --cost-matrix given)"
+    flat_ce_run = out / "compare" / BASELINE / f"seed{cfg.seed}"  # named as it works from here
     cost_lines = [f"- {method_name(r)}: cost of the decisions (argmax) "
                   f"{fmt(r.get(COST_METRIC + '_mean'))} (soft expected cost "
                   f"{fmt(r.get('expected_cost_mean'))}), mistake severity "
@@ -118,7 +119,7 @@ def _pilot(cfg: TrainConfig, out: Path, methods: Sequence[str], seeds: int, cost
         f"Data `{cfg.data}`; methods {', '.join(methods)}; {seeds} seeds; {cfg.epochs} epochs, "
         f"batch {cfg.batch_size}, λ {cfg.lam:g}.", "",
         "## Recommendation", "", rec["recommendation"], "",
-        "## Does optimal transport matter here?", "", ot_paragraph(diag, ot_rows), "",
+        "## Does optimal transport matter here?", "", ot_paragraph(diag, ot_rows, features_hint=str(flat_ce_run)), "",
         diagnosis_markdown(diag, figure="diagnosis/diagnose.png", level=2,
                            heading="Input features, before training: the diagnosis says"),
         "## Comparison (compare/report.html has the figures)", "", markdown_tables(aggregate), "",

@@ -151,7 +151,8 @@ def ot_answer(diagnosis: Mapping[str, Any], ot_verdicts: Sequence[Mapping[str, A
     ``ot_evidence``: those verdict rows (method, baseline, n, diff_mean, ci_low, ci_high, call).
     ``ot_input_diagnosis``: the diagnosis of the input features (``ot``/``l2``/``undetermined``), before training.
     ``ot_agrees_with_diagnosis``: whether the two point the same way (``ot`` with ``yes``; ``l2``
-    with ``no`` or ``within noise``); None when there is no after-training answer or it is mixed.
+    with ``no``); None when there is no after-training answer, it is mixed, or it is within noise
+    (which neither confirms nor contradicts the diagnosis: it is not evidence of no effect).
     """
     rows = [v for v in ot_verdicts if v.get("metric") == COST_METRIC]
     keys = ("method", "baseline", "metric", "n", "diff_mean", "ci_low", "ci_high", "call")
@@ -159,7 +160,7 @@ def ot_answer(diagnosis: Mapping[str, Any], ot_verdicts: Sequence[Mapping[str, A
     matters = ("mixed" if {"better", "worse"} <= found else "yes" if "better" in found else
                "no" if "worse" in found else "within noise" if "within noise" in found else None)
     before = diagnosis.get("recommend")
-    agrees = (None if matters in (None, "mixed") or before not in ("ot", "l2")  # "undetermined"
+    agrees = (None if matters in (None, "mixed", "within noise") or before not in ("ot", "l2")
               else (before == "ot") == (matters == "yes"))
     return {"ot_matters": matters, "ot_evidence": [{k: v.get(k) for k in keys} for v in rows],
             "ot_input_diagnosis": before, "ot_agrees_with_diagnosis": agrees}
@@ -208,6 +209,8 @@ def ot_paragraph(diagnosis: Mapping[str, Any], ot_verdicts: Sequence[Mapping[str
         head = ("**Not measured** after training: no OT method was trained together with the same "
                 "method with class means (e.g. `--methods none,l2,fastft`).")
     lines = [head]
+    if any(_finite(v.get("ci_low")) for v in ot_verdicts):
+        lines.append("(Paired by seed: mean difference ± half-width of its 95% t-interval.)")
     for m in dict.fromkeys(str(v.get("method")) for v in ot_verdicts):
         lines.append(means_pair_phrase([v for v in ot_verdicts if str(v.get("method")) == m]) + ".")
     rec = diagnosis.get("recommend")
@@ -216,12 +219,16 @@ def ot_paragraph(diagnosis: Mapping[str, Any], ot_verdicts: Sequence[Mapping[str
              "too few samples per class to tell")
     lines.append(f"Before training (evidence from the input features): {_diagnosis_says(diagnosis)}"
                  f": {gloss}.")
-    if ans["ot_agrees_with_diagnosis"] is False:
+    differs = matters == "within noise" and rec == "ot"  # favoured before, not shown after
+    if ans["ot_agrees_with_diagnosis"] is False or differs:
         lines.append(_DISAGREE[matters] + "; the after-training comparison is the answer, since "
                      "training reshapes the features (`otcpcc diagnose --features-of "
                      f"{features_hint}` diagnoses the learned ones).")
     elif ans["ot_agrees_with_diagnosis"]:
         lines.append("The two agree.")
+    elif matters == "within noise" and rec == "l2":
+        lines.append("The after-training comparison neither confirms nor contradicts it: within "
+                     "noise is not evidence of no effect.")
     elif matters is None:
         lines.append("That is evidence about the inputs only, not about the cost of mistakes after "
                      "training.")
