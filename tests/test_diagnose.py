@@ -95,6 +95,11 @@ def test_recommend_rule_thresholds():
     assert recommend(0.5, 0.5 + GAIN_THRESHOLD - 1e-6)[0] == "l2"
     assert recommend(-0.2, 0.25)[0] == "l2"  # a gain, but the distributions barely follow the tree
     assert recommend(None, 0.9)[0] == "l2"
+    # neither follows the tree: said so, not "the means carry as much hierarchy" (a new user's 0.04/-0.03)
+    assert recommend(0.04, -0.03) == ("l2", "neither the means nor the distributions follow the tree "
+                                      "here (CPCC l2 0.04, emd -0.03, both < 0.30), so OT shows no "
+                                      "gain: l2, the cheaper")
+    assert recommend(0.8, 0.82)[1].startswith("the means carry as much hierarchy")
 
 
 def test_split_statistic_on_known_shapes():

@@ -138,6 +138,10 @@ def recommend(cpcc_l2: float | None, cpcc_emd: float | None) -> tuple[str, str]:
     if gain >= GAIN_THRESHOLD:
         return "l2", (f"EMD follows the tree better than the means (gain {gain:+.2f}) but weakly "
                       f"(CPCC emd {cpcc_emd:.2f} < {MIN_CPCC_OT:.2f}): l2")
+    if max(float(cpcc_l2), float(cpcc_emd)) < MIN_CPCC_OT:  # type: ignore[arg-type]
+        return "l2", (f"neither the means nor the distributions follow the tree here (CPCC l2 "
+                      f"{cpcc_l2:.2f}, emd {cpcc_emd:.2f}, both < {MIN_CPCC_OT:.2f}), so OT "
+                      f"shows no gain: l2, the cheaper")
     return "l2", (f"the means carry as much hierarchy as the distributions: CPCC l2 "
                   f"{cpcc_l2:.2f} vs emd {cpcc_emd:.2f} (gain {gain:+.2f} < "
                   f"{GAIN_THRESHOLD:.2f}): l2, as good and cheaper")
