@@ -47,5 +47,5 @@ def test_bad_cpcc_target_is_one_line_and_writes_nothing(tmp_path, capsys):
                  "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("otcpcc: error:")
-    assert "bad.csv" in err and "has no" in err
+    assert "bad.csv" in err and "have no column" in err  # classes c0.f0 ... have no column
     assert not (tmp_path / "r" / "config.json").exists()

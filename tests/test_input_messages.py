@@ -93,6 +93,34 @@ def test_cost_matrix_with_digit_class_names_names_the_missing_row_and_duplicate_
     assert np.array_equal(good, 1 - np.eye(10))
 
 
+NUMBERS = ["seven", "eight", "nine"]
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("row", "row 'eigth' is not one of the dataset's classes and class 'eight' has no row; did "
+            "you mean 'eight' for 'eigth'?; fix the spelling (the file needs one row per class)"),
+    ("column", "column 'nein' is not one of the dataset's classes and class 'nine' has no "
+               "column; did you mean 'nine' for 'nein'?; fix the spelling (the file needs one "
+               "column per class)"),
+])
+def test_a_misspelt_cost_matrix_name_is_named_beside_its_class(tmp_path, where, expected):
+    header, rows = ["", *NUMBERS], _unit_rows(NUMBERS)
+    if where == "row":
+        rows[1][0] = "eigth"
+    else:
+        header[3] = "nein"
+    path = _csv(tmp_path / "c.csv", header, rows)
+    with pytest.raises(ValueError) as info:
+        load_cost_matrix(path, NUMBERS)
+    assert str(info.value) == f"{path}: {expected}"
+    # a name with no close class gets no guess; several at once are all listed
+    rows = _unit_rows(NUMBERS) + [["ten", "1", "1", "1"], ["zero", "1", "1", "1"]]
+    with pytest.raises(ValueError) as info:
+        load_cost_matrix(_csv(tmp_path / "x.csv", ["", *NUMBERS], rows), NUMBERS)
+    assert str(info.value).endswith("rows 'ten', 'zero' are not among the dataset's classes; "
+                                    "fix the spelling or remove the row")
+
+
 # ----------------------------------------------------------------------------- 3: all-zero costs
 def test_a_cost_matrix_where_every_mistake_costs_0_is_refused(tmp_path):
     tree = LabelTree.from_levels([[0, 0, 1, 1]], leaf_names=["a", "b", "c", "d"])

@@ -79,13 +79,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluation.evaluate import YARDSTICKS, evaluate_run
+    from ..evaluation.evaluate import YARDSTICKS, checkpoint_label, evaluate_run
 
     res = evaluate_run(args.run, cost_matrix=args.cost_matrix, split=args.split,
                        device=args.device, data_dir=args.data_dir, partial=args.partial)
     if res.get("partial"):  # --partial on an unfinished run: say which epoch these numbers are
         print(f"{PROG}: note: {args.run} has not finished training; these are the figures of its "
-              f"epoch-{res['epoch']} checkpoint (eval.json records partial: true)", file=sys.stderr)
+              f"{checkpoint_label(res['epoch'], res['step'])} (eval.json records partial: true)",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(res, indent=2, default=str))
         return 0

@@ -56,8 +56,9 @@ class LoadedRun:
     tree: Any
     bundle: Any
     model: torch.nn.Module
-    epoch: int
+    epoch: int  # completed epochs in its last.pt
     env: DistEnv
+    step: int = 0  # steps of epoch ``epoch + 1`` also in the weights (a mid-epoch checkpoint)
 
 
 def load_run(run_dir: str | os.PathLike, *, device: str = "cpu",
@@ -103,7 +104,8 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu",
         raise RunDirError(f"incompatible run directory {str(run)!r}: {CHECKPOINT} does not fit "
                           f"the model of config.json ({first}); retrain the run") from None
     model.to(env.device).eval()
-    return LoadedRun(run, cfg, tree, bundle, model, int(state["epoch"]), env)
+    return LoadedRun(run, cfg, tree, bundle, model, int(state["epoch"]), env,
+                     int(state.get("step", 0)))
 
 
 def _check_input_transform(run: Path, bundle: Any) -> None:
@@ -175,11 +177,25 @@ def multimodality_summary(features: np.ndarray, labels: np.ndarray, names: list[
     }
 
 
+def steps_into(epoch: int, step: int) -> str:
+    """`` plus 81 steps of epoch 1`` for a checkpoint saved ``step`` steps into the epoch after
+    ``epoch`` completed ones; empty at an epoch boundary (``step`` 0)."""
+    return f" plus {step} step{'s' if step != 1 else ''} of epoch {epoch + 1}" if step else ""
+
+
+def checkpoint_label(epoch: int, step: int) -> str:
+    """What a checkpoint's weights are: ``epoch-3 checkpoint``, or ``checkpoint of epoch 0 plus 81
+    steps of epoch 1`` for one saved mid-epoch (Ctrl-C, SIGTERM)."""
+    return f"checkpoint of epoch {epoch}{steps_into(epoch, step)}" if step else \
+        f"epoch-{epoch} checkpoint"
+
+
 def unfinished(run: LoadedRun) -> str | None:
     """Why ``run`` is not a finished training run (its ``last.pt`` holds fewer epochs than its
     config asks, or it has no ``metrics.json``: still training, or interrupted), or ``None``."""
     if run.epoch < run.cfg.epochs:
-        return f"its {CHECKPOINT} holds epoch {run.epoch} of {run.cfg.epochs}"
+        return (f"its {CHECKPOINT} holds epoch {run.epoch} of {run.cfg.epochs}"
+                f"{steps_into(run.epoch, run.step)}")
     if not (run.run_dir / "metrics.json").is_file():
         return "it has no metrics.json yet"
     return None
@@ -199,7 +215,8 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
         device: where to run the model.
         data_dir: the data's location when it moved since training.
         partial: evaluate a run that has not finished training (:func:`unfinished`: still
-            training or interrupted) at the epoch its ``last.pt`` holds; the result then has
+            training or interrupted) at the state its ``last.pt`` holds (``epoch`` completed
+            epochs plus ``step`` steps of the next, both in the result); it then has
             ``partial: True``. Without it such a run raises :class:`RunDirError`.
     """
     from ..metrics import cost_matrix_sha256, evaluate_all
@@ -210,7 +227,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
         raise RunDirError(
             f"{str(run.run_dir)!r} has not finished training ({why}: still training, or "
             f"interrupted); finish it with otcpcc train --out {run.run_dir} --resume, or pass "
-            f"--partial to evaluate its epoch-{run.epoch} checkpoint anyway")
+            f"--partial to evaluate its {checkpoint_label(run.epoch, run.step)} anyway")
     written = run.run_dir / ("eval.json" if split == "test" else f"eval_{split}.json")
     if written.is_dir():  # refused before the work, not when writing its result
         raise RunDirError(f"{written} is a folder, not otcpcc's evaluation file; "
@@ -227,7 +244,8 @@ def evaluate_run(run_dir: str | os.PathLike, *, cost_matrix: Any = None, split: 
 
     result: dict[str, Any] = {
         "split": split, "n": int(labels.numel()), "num_classes": tree.num_classes,
-        "epoch": run.epoch, "partial": bool(why), "method": cfg.method, "distance": cfg.distance, "lam": cfg.lam,
+        "epoch": run.epoch, "step": run.step, "partial": bool(why), "method": cfg.method,
+        "distance": cfg.distance, "lam": cfg.lam,
         "seed": cfg.seed,
         "cost_matrix": cost_source, "cost_matrix_sha256": cost_matrix_sha256(c),
     }

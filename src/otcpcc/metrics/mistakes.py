@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..textfile import parse_number, read_text
+from ..tree.matching import did_you_mean, listed
 from ._arrays import MAX_COST, _as_labels, _as_probs, _as_scores, _as_square
 
 
@@ -161,6 +162,27 @@ def _number_fix(cell: str) -> str:
     return "ASCII digits, '.', an exponent such as 1e-3"
 
 
+def _unmatched_keys(what: str, unknown: list[str], missing: list[str]) -> str | None:
+    """One line on a cost file's ``what`` ("row"/"column") names: those that are no class
+    (``unknown``), the classes without one (``missing``), "did you mean" for a misspelling, the
+    fix; ``None`` when both lists are empty."""
+    parts = []
+    if unknown:
+        parts.append(f"{what} {listed(unknown)} is not one of the dataset's classes"
+                     if len(unknown) == 1 else
+                     f"{what}s {listed(unknown)} are not among the dataset's classes")
+    if missing:
+        parts.append(f"class {listed(missing)} has no {what}" if len(missing) == 1 else
+                     f"classes {listed(missing)} have no {what}")
+    if not parts:
+        return None
+    fix = (f"fix the spelling (the file needs one {what} per class)" if unknown and missing else
+           f"fix the spelling or remove the {what}" if unknown else
+           f"add a {what} for {'it' if len(missing) == 1 else 'each'} (the file must cover every "
+           "class)")
+    return f"{' and '.join(parts)}{did_you_mean(unknown, missing)}; {fix}"
+
+
 def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray:
     """Read a misclassification cost matrix from a CSV keyed by class name.
 
@@ -233,19 +255,10 @@ def load_cost_matrix(path: str | Path, class_names: Sequence[str]) -> np.ndarray
             if key in seen:
                 raise ValueError(f"{path}: class {key!r} appears in two {what}s; keep one")
             seen.add(key)
-        for name in names:
-            if name not in seen:
-                raise ValueError(
-                    f"{path}: class {name!r} has no {what}; add a {what} for it "
-                    f"(the file must cover every class)"
-                )
-        wanted = set(names)
-        for key in keys:
-            if key not in wanted:
-                raise ValueError(
-                    f"{path}: {what} class {key!r} is not one of the dataset's classes; "
-                    f"remove it or fix the spelling"
-                )
+        problem = _unmatched_keys(what, [k for k in keys if k not in set(names)],
+                                  [n for n in names if n not in seen])
+        if problem:
+            raise ValueError(f"{path}: {problem}")
     col_index = {n: j for j, n in enumerate(cols)}
     row_index = {n: i for i, n in enumerate(row_names)}
     k = len(names)

@@ -147,6 +147,16 @@ class SeededSamples(Dataset):
                 np.random.set_state(np_state)  # noqa: NPY002
 
 
+def stop_notice(signum: int) -> str:
+    """What training says when the first stop signal ``signum`` arrives, naming the signal that
+    came and the one that aborts (the same again: a second Ctrl-C, or a second SIGTERM)."""
+    if signum == signal.SIGINT:
+        return "interrupted: finishing this step and saving a checkpoint (Ctrl-C again to abort)"
+    name = signal_name(signum)
+    return (f"stopped by {name}: finishing this step and saving a checkpoint ({name} again, or "
+            "Ctrl-C, to abort)")
+
+
 class StopRequest:
     """Turn the first Ctrl-C or SIGTERM (``kill``, ``timeout``, a scheduler's stop, torchrun's
     agent) into a flag checked between steps (``signum`` says which came); a second one aborts at
@@ -170,9 +180,7 @@ class StopRequest:
         self.requested = True
         self.signum = signum
         self._at = time.monotonic()
-        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal_name(signum)}"
-        print(f"\notcpcc: {what}: finishing this step and saving a checkpoint "
-              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        print(f"\notcpcc: {stop_notice(signum)}", file=sys.stderr, flush=True)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():

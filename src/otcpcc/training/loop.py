@@ -87,8 +87,8 @@ def train(cfg: TrainConfig | dict[str, Any], out: str | os.PathLike, *, resume: 
     """Train one model as configured; return the run directory ``out``.
 
     Files in ``out``: ``config.json`` (resolved values, versions, git commit), ``tree.json``,
-    ``log.csv`` (one row per epoch: ``LOG_COLUMNS``), ``last.pt`` (checkpoint), ``metrics.json``
-    and, when tensorboard is installed, ``tb/``.
+    ``log.csv`` (``LOG_COLUMNS``: its header from the start, then one row per completed epoch),
+    ``last.pt`` (checkpoint), ``metrics.json`` and, when tensorboard is installed, ``tb/``.
 
     Raises:
         ConfigError / RunDirError (ValueError): bad settings; ``out`` already holds a run and
@@ -190,6 +190,8 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
     try:  # from the first file written: a Ctrl-C / SIGTERM / error before last.pt leaves none
         env.on_main(lambda: prepare_run_dir(out, cfg, env, resume=resume, force=force,
                                             tree=bundle.tree, meta=meta))
+        # log.csv from the start (its header; resumed: the rows of the epochs last.pt holds)
+        env.on_main(lambda: write_csv(out / "log.csv", list(start.history), LOG_COLUMNS))
         if target is not None:
             env.on_main(lambda: save_run_target(out, target, names))
         run = Run(cfg=cfg, env=env, out=out, bundle=bundle, model=model, task_loss=task_loss,

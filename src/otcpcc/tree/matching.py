@@ -10,15 +10,25 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
-__all__ = ["unmatched_classes"]
+__all__ = ["did_you_mean", "listed", "unmatched_classes"]
 
 _SHOWN = 5  # names listed per list before "... (+N more)"
 _CLOSE = 0.7  # difflib ratio for a "did you mean" (owl / owll: 0.86; cat / dog: 0)
 
 
-def _listed(names: Sequence[str]) -> str:
+def listed(names: Sequence[str]) -> str:
+    """The first 5 of ``names`` quoted and comma-separated, then ``... (+N more)``."""
     more = f" ... (+{len(names) - _SHOWN} more)" if len(names) > _SHOWN else ""
     return ", ".join(repr(n) for n in names[:_SHOWN]) + more
+
+
+def did_you_mean(unknown: Sequence[str], known: Sequence[str]) -> str:
+    """``"; did you mean 'owl' for 'owll'?"``: the closest of ``known`` (difflib ratio >= 0.7) for
+    each of the first 5 ``unknown`` names that has one; ``""`` when none has. O(5 * len(known))
+    difflib comparisons."""
+    guesses = [f"{close[0]!r} for {u!r}" for u in unknown[:_SHOWN]
+               if (close := difflib.get_close_matches(u, known, n=1, cutoff=_CLOSE))]
+    return f"; did you mean {', '.join(guesses)}?" if guesses else ""
 
 
 def unmatched_classes(classes: Sequence[str], leaves: Sequence[str], where: str, source: str,
@@ -37,11 +47,7 @@ def unmatched_classes(classes: Sequence[str], leaves: Sequence[str], where: str,
         return None
     spare = [leaf for leaf in leaves if leaf not in class_set]
     text = (f"{len(missing)} class(es) of {where} are not leaves of the tree ({source}): "
-            f"{_listed(missing)}")
+            f"{listed(missing)}")
     if spare:
-        text += f"; the tree's leaves without a class: {_listed(spare)}"
-        guesses = [f"{close[0]!r} for {c!r}" for c in missing[:_SHOWN]
-                   if (close := difflib.get_close_matches(c, spare, n=1, cutoff=_CLOSE))]
-        if guesses:
-            text += f"; did you mean {', '.join(guesses)}?"
+        text += f"; the tree's leaves without a class: {listed(spare)}{did_you_mean(missing, spare)}"
     return f"{text}; fix the spelling or {fix}"
