@@ -212,3 +212,22 @@ def test_a_class_only_in_the_test_split_is_noted_and_recorded(tmp_path, capsys):
                      "the train split"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["classes_without_train_samples"] == ["c"]
+
+
+def test_an_interrupted_study_rewrite_leaves_the_finished_summary_whole(tmp_path, monkeypatch):
+    """summary.json (and the reports, pilot.json) are written through a temporary file: a stop
+    while compare --resume rewrites them leaves the finished study's files as they were (a
+    breaker's SIGTERM left summary.json at 0 bytes beside the old report)."""
+    monkeypatch.setattr("otcpcc.study.compare.render_report", lambda *a, **k: None)
+    out = tmp_path / "c"
+    args = ["compare", *TINY, "--methods", "none", "--seeds", "1", "--out", str(out)]
+    assert main(args) == 0
+    before = (out / "summary.json").read_bytes()
+
+    def stop(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("otcpcc.runs.checkpoint.os.fsync", stop)
+    assert main([*args, "--resume"]) == 130  # stopped as by Ctrl-C, while writing summary.json
+    assert (out / "summary.json").read_bytes() == before
+    assert not list(out.glob("*.tmp"))

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..flags import make_dir
+from ..runs.checkpoint import atomic_write_text
 from ..runs.config import TrainConfig
 from .context import read_context
 from .methods import resolve_methods
@@ -285,7 +286,7 @@ def _compare(cfg: TrainConfig, specs: list[Any], configs: dict[str, TrainConfig]
                "verdicts": verdicts(runs), "ot_verdicts": ot_verdicts(runs)}
     if BASELINE not in context["methods"]:  # said, not left to an empty list
         summary["verdicts_note"] = NO_BASELINE
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     render_report(out, summary, run_dirs)
     _say(progress, f"[compare] wrote {out / 'summary.json'} and {out / 'report.html'}")
     return out

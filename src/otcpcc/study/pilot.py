@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..runs.checkpoint import atomic_write_text
 from ..runs.config import ConfigError, TrainConfig
 from .compare import _say, check_compare, removed_if_empty_on_failure, run_compare
 from .diagnosis_report import diagnosis_markdown, html_page, markdown_to_html_body, write_diagnosis
@@ -128,14 +129,14 @@ def _pilot(cfg: TrainConfig, out: Path, methods: Sequence[str], seeds: int, cost
         "Cost of the decisions (argmax) = mean over test samples of C[true, argmax prediction] "
         "(what the verdicts use); soft expected cost = the same averaged over the predicted "
         "distribution.", "", *cost_lines, ""])
-    (out / "report.md").write_text(md, encoding="utf-8")
+    atomic_write_text(out / "report.md", md)
     body = markdown_to_html_body(md, {"diagnosis/diagnose.png": out / "diagnosis" / "diagnose.png"})
-    (out / "report.html").write_text(html_page("otcpcc pilot", body), encoding="utf-8")
+    atomic_write_text(out / "report.html", html_page("otcpcc pilot", body))
     result = {"diagnosis": {k: diag[k] for k in ("mean_components", "frac_multimodal",
                                                  "rank_agreement_l2_emd", "cpcc_l2", "cpcc_emd",
                                                  "recommend", "reasons")},
               "methods": list(methods), "seeds": seeds, "verdicts": verdicts,
               **rec, **ot_answer(diag, ot_rows)}
-    (out / "pilot.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "pilot.json", json.dumps(result, indent=2) + "\n")
     _say(progress, f"[pilot] wrote {out / 'report.html'}")
     return out

@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..runs.checkpoint import atomic_write_text
 from .context import context_lines, read_context
 from .figures import _run_list, render_figures
 from .notes import collapse_notes, notes_html, notes_markdown
@@ -215,7 +216,5 @@ def render_report(out: str | os.PathLike, summary: Mapping[str, Any],
     notes = collapse_notes(runs)  # + "figure skipped: ..." from render_figures
     figures = render_figures(out, aggregate, run_dirs, max_points, runs=runs,
                              cost_source=str(ctx.get("cost_matrix") or "tree distance"), notes=notes)
-    (out / "report.md").write_text(render_markdown(aggregate, figures, context, verdict, notes),
-                                   encoding="utf-8")
-    (out / "report.html").write_text(render_html(aggregate, out, figures, context, verdict, notes),
-                                     encoding="utf-8")
+    atomic_write_text(out / "report.md", render_markdown(aggregate, figures, context, verdict, notes))
+    atomic_write_text(out / "report.html", render_html(aggregate, out, figures, context, verdict, notes))
