@@ -289,3 +289,17 @@ def test_one_answer_to_does_ot_matter():
     v = [_v("fastft", "expected_cost_argmax", -0.05, -0.07, -0.03, "better")]
     assert "Against l2 (class means) fastft is within seed noise" in rec.closing_recommendation(
         DIAG, agg, v, ot_verdicts=[_ot("within noise")])
+
+
+def test_recommendation_refuses_inputs_it_cannot_judge():
+    """Without flat CE there is nothing to pair against (it used to say "rerun with --seeds 3");
+    without a diagnosis, a KeyError; and an overflowed interval is no verdict, not 'better'."""
+    agg = [{"distance": m, "expected_cost_argmax_mean": 0.5} for m in ("l2", "fastft")]
+    with pytest.raises(ValueError, match="needs flat CE"):
+        rec.recommendation(DIAG, agg, [])
+    with pytest.raises(ValueError, match="needs the diagnosis"):
+        rec.recommendation({}, agg, [])
+    runs = [{"distance": m, "seed": s, "expected_cost_argmax": v}
+            for s in range(2) for m, v in (("none", -1e308), ("fastft", 1e308))]
+    v = paired_verdicts(runs, metrics=["expected_cost_argmax"])[0]
+    assert v["call"] == "no data", v

@@ -69,8 +69,14 @@ def recommendation(diagnosis: Mapping[str, Any], aggregate: Sequence[Mapping[str
     :func:`otcpcc.study.seeds_needed.cheapest_estimate` or None}``. ``runs`` (the per-seed
     summary rows) are needed for the seeds estimate only.
     """
-    calls = {(v["method"], v["metric"]): v for v in verdicts}
+    if not isinstance(diagnosis, Mapping) or "recommend" not in diagnosis:
+        raise ValueError("recommendation needs the diagnosis of otcpcc.evaluation.diagnose (a "
+                         "mapping with its 'recommend' field)")
     cost = {method_name(r): r.get(f"{COST_METRIC}_mean") for r in aggregate}
+    if "none" not in cost:
+        raise ValueError("recommendation needs flat CE ('none') among the compared methods: its "
+                         "verdicts are paired against it; compare with --methods none,...")
+    calls = {(v["method"], v["metric"]): v for v in verdicts}
 
     def named(metric: str, call: str) -> list[str]:
         return [str(v["method"]) for v in verdicts if v["metric"] == metric and v["call"] == call]

@@ -62,6 +62,8 @@ def call(metric: str, low: float | None, high: float | None) -> str:
     ``metric``; ``one seed`` when there is no interval."""
     if low is None or high is None:
         return "one seed"
+    if not (math.isfinite(low) and math.isfinite(high)):  # differences beyond the float range
+        return "no data"
     if low <= 0.0 <= high:
         return "within noise"
     up = low > 0.0
