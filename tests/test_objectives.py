@@ -172,3 +172,20 @@ def test_hxe_refuses_an_alpha_that_switches_edges_off():
     with pytest.raises(ValueError, match="underflow float32"):
         HXELoss(tree, alpha=1e308)
     HXELoss(tree, alpha=40)
+
+
+def test_near_constant_target_keeps_its_float64_correlation():
+    """A target whose distances differ only beyond float32 precision: float32 features give the
+    float64 loss and gradient (not NaN: the target is centred before any cast to float32)."""
+    from otcpcc.objectives import CPCCLoss
+
+    t = np.array([[0 if i == j else 1 + 1e-12 * (i + j) for j in range(4)] for i in range(4)])
+    labels = torch.tensor([0, 1, 2, 3] * 2)
+    x32 = torch.randn(8, 3, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    x64 = x32.detach().double().requires_grad_()
+    for x in (x32, x64):
+        CPCCLoss(t, "fastft")(x, labels).backward()
+    with torch.no_grad():
+        l32, l64 = CPCCLoss(t, "fastft")(x32, labels), CPCCLoss(t, "fastft")(x64, labels)
+    assert torch.isfinite(l32) and abs(float(l32) - float(l64)) < 1e-5
+    torch.testing.assert_close(x32.grad.double(), x64.grad, atol=1e-5, rtol=1e-4)

@@ -82,18 +82,23 @@ class _Correlation(torch.autograd.Function):
             defined = torch.zeros_like(defined)
         # largest magnitudes, at least the smallest normal number: no division by 0 (an all-zero
         # vector stays 0); where undefined the results below are replaced, so no inf or NaN
-        # reaches the value or the gradient. t is scaled in its own dtype (float64) before the
-        # cast: a target of 1e300 is not inf in float32.
+        # reaches the value or the gradient. t is scaled, centred and normalised to a unit
+        # vector in its own dtype (float64) before the cast: a target of 1e300 is not inf in
+        # float32, and one whose distances differ only beyond float32's precision (1 + 1e-12·k)
+        # keeps its variance (centring after the cast would leave 0/0 = NaN).
         s_r = torch.maximum(r_hi, -r_lo).clamp_min_(torch.finfo(r.dtype).tiny)
         t_max = torch.maximum(t_hi, -t_lo).clamp_min_(torch.finfo(t.dtype).tiny)
-        t = (t / t_max).to(r.dtype)
-        r = r / s_r
+        t = t / t_max
         tc = t - t.mean()
+        s_tt = torch.dot(tc, tc)
+        defined = defined & (s_tt > 0)
+        tc = (tc / torch.sqrt(s_tt).clamp_min_(torch.finfo(t.dtype).tiny)).to(r.dtype)  # t̃/√S_tt
+        r = r / s_r
         rc = r - r.mean()
         s_rr = torch.dot(rc, rc)
-        norm = torch.sqrt(torch.dot(tc, tc) * s_rr)
+        norm = torch.sqrt(s_rr)
         corr = torch.where(defined, torch.dot(tc, rc) / norm, 0)
-        # s_r · dc/dr = a t̃ − b r̃ (a = b = 0 where undefined)
+        # s_r · dc/dr = a t̃/√S_tt − b r̃ (a = b = 0 where undefined)
         a = torch.where(defined, 1 / norm, 0)
         b = torch.where(defined, corr / s_rr, 0)
         ctx.save_for_backward(tc, rc, a, b, s_r)
