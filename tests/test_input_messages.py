@@ -247,3 +247,14 @@ def test_a_repeated_json_config_key_is_refused(tmp_path, capsys):
     cfg.write_text('{"data": "synthetic", "lr": 0.1, "lr": 0.2}')
     one_line_error(capsys, main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]),
                    "key 'lr' is given twice; keep one")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--läm", "2"], "unrecognized arguments: --läm 2; did you mean --lam?; see otcpcc train --help"),
+    (["train", "--=x"], "unrecognized arguments: --=x; see otcpcc train --help"),
+    (["train", "-=x"], "unrecognized arguments: -=x; see otcpcc train --help"),
+    (["evaluate", "run", "--zzzz"], "unrecognized arguments: --zzzz; see otcpcc evaluate --help"),
+])
+def test_an_unknown_flag_points_to_its_subcommands_help(capsys, argv, needle):
+    """Not "see otcpcc --help", and "--=x" is not "ambiguous: could match --help, --version"."""
+    one_line_error(capsys, main(argv), needle)
