@@ -14,6 +14,7 @@ then 1.0 (zero correlation) with a zero gradient, never NaN.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -162,17 +163,22 @@ def pearson(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> Tensor | None:
     return corr if bool(defined) else None
 
 
-def _check_labels(labels: Tensor, num_leaves: int) -> None:
+def _check_labels(labels: Tensor, num_leaves: int, of: str = "the CPCC target",
+                  fix: str = "restrict the tree (or matrix) to the dataset") -> None:
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_leaves):
         bad = labels[(labels < 0) | (labels >= num_leaves)][0]
-        raise ValueError(f"label {int(bad)} is not a leaf id of the CPCC target (ids are "
-                         f"0..{num_leaves - 1}); map labels with tree.index(name) or restrict "
-                         "the tree (or matrix) to the dataset")
+        raise ValueError(f"label {int(bad)} is not a leaf id of {of} (ids are "
+                         f"0..{num_leaves - 1}); map labels with tree.index(name) or {fix}")
 
 
-def check_logits_labels(logits: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """Validate a task-loss batch: logits [N, K] floating point, labels [N] integer leaf ids.
-    Returns the labels as int64; one-line ValueError otherwise."""
+def check_logits_labels(logits: Tensor, labels: Tensor, num_classes: int,
+                        loss: str = "the task loss") -> Tensor:
+    """Validate a task-loss batch: logits [N, K] floating point, labels [N] integer leaf ids on
+    the logits' device. Returns the labels as int64; one-line ValueError otherwise, naming
+    ``loss`` (e.g. ``"HXELoss"``) where a label is out of range."""
+    if not isinstance(logits, Tensor) or not isinstance(labels, Tensor):
+        raise ValueError(f"logits and labels must be torch tensors, got {type(logits).__name__} and "
+                         f"{type(labels).__name__}")
     if logits.ndim != 2 or logits.shape[1] != num_classes:
         raise ValueError(f"logits must be [N, {num_classes}] (one column per leaf), "
                          f"got shape {tuple(logits.shape)}")
@@ -184,9 +190,22 @@ def check_logits_labels(logits: Tensor, labels: Tensor, num_classes: int) -> Ten
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integer class ids, got {labels.dtype}; "
                          "convert them with labels.long()")
+    if labels.device != logits.device:
+        raise ValueError(f"logits on {logits.device} but labels on {labels.device}; "
+                         "move both to one device")
     labels = labels.long()
-    _check_labels(labels, num_classes)
+    _check_labels(labels, num_classes, f"the tree of {loss}", f"build {loss} on the dataset's tree")
     return labels
+
+
+def real_option(value: Any, name: str, example: str) -> float:
+    """``value`` as a float where it is a real number (an int, a float, a numpy scalar) and not a
+    bool: a one-line TypeError otherwise (``float("0.1")`` would accept a string, ``True`` read
+    as 1, ``None`` fail with float()'s own message). The range is the caller's to check."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}); "
+                        f"pass e.g. {name}={example}")
+    return float(value)
 
 
 def finished_task_loss(loss: Tensor, logits: Tensor, labels: Tensor, name: str) -> Tensor:
