@@ -49,3 +49,17 @@ def test_bad_cpcc_target_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("otcpcc: error:")
     assert "bad.csv" in err and "have no column" in err  # classes c0.f0 ... have no column
     assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_near_constant_cpcc_target_trains_finite(tmp_path, capsys):
+    """Distances 1 + 1e-12·(i + j): distinct in float64, equal in float32. The correlation is
+    taken in float64, so the loss is finite (it was NaN and the CLI blamed the learning rate)."""
+    names = list(get_dataset("synthetic", **OPTS).tree.leaves)
+    k = len(names)
+    c = np.array([[0.0 if i == j else 1 + 1e-12 * (i + j) for j in range(k)] for i in range(k)])
+    write_csv(tmp_path / "near.csv", names, c)
+    out = tmp_path / "run"
+    code = main(["train", *TINY, "--distance", "l2", "--cpcc-target", str(tmp_path / "near.csv"),
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert "learning rate" not in capsys.readouterr().err

@@ -21,7 +21,7 @@ from otcpcc.metrics import load_cost_matrix
 from otcpcc.objectives.target import load_cpcc_target
 from otcpcc.runs.config import TrainConfig
 from otcpcc.tree.matching import unmatched_classes
-from otcpcc.yaml_values import load_yaml
+from otcpcc.yaml_values import load_value, load_yaml
 
 DIGITS = [str(i) for i in range(10)]
 
@@ -205,3 +205,56 @@ def test_a_mistyped_flag_gets_a_did_you_mean(capsys, argv, needle):
 def test_an_unlike_flag_gets_no_guess(capsys):
     err = one_line_error(capsys, main(["train", "--zzzz"]), "unrecognized arguments: --zzzz")
     assert "did you mean" not in err
+
+
+# ----------------------------------------------------------------------------- YAML 1.1 leftovers
+@pytest.mark.parametrize("text", ["1:00", "1:30", "-1:30.5", "12:00:00", "010"])
+def test_sexagesimal_and_octal_yaml_numbers_stay_text(text):
+    assert yaml.safe_load(text) != text  # YAML 1.1 reads these as numbers (60, 90, ..., 8)
+    assert load_yaml(text) == text and load_value(text) == text
+    assert load_yaml("[0, 10, 0x1f, 1_000]") == [0, 10, 31, 1000]
+
+
+@pytest.mark.parametrize("text, lines", [("lr: 0.1\nlr: 0.2\n", "lines 1 and 2"),
+                                         ("a: {b: 1, b: 2}\n", "line 1")])
+def test_a_repeated_yaml_key_is_refused(text, lines):
+    key = "lr" if "lr" in text else "b"
+    with pytest.raises(yaml.YAMLError, match=f"key '{key}' is given twice \\({lines}\\); keep one"):
+        load_yaml(text)
+
+
+def test_key_value_block_yaml_stays_the_typed_text():
+    assert [load_value(t) for t in ("-", "- 3", "a: 1", "[4, 5]", "{a: 1}", "x: [")] == \
+        ["-", "- 3", "a: 1", [4, 5], {"a": 1}, "x: ["]
+
+
+@pytest.mark.parametrize("config, flags, needle", [
+    ("batch_size: 1:00\n", [], "batch_size must be a positive integer, got '1:00'"),
+    ("lr: 0.1\nlr: 0.2\n", [], "key 'lr' is given twice (lines 4 and 5); keep one"),
+    ("", ["--data-opt", "train_per_class=1:30"], "train_per_class must be an integer >= 1, got '1:30'"),
+    ("", ["--data-opt", "noise=-"], "noise must be a finite number >= 0, got '-'"),
+])
+def test_yaml_leftovers_are_refused_by_the_cli(tmp_path, capsys, config, flags, needle):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: synthetic\nepochs: 1\ndevice: cpu\n" + config)
+    one_line_error(capsys, main(["train", "--config", str(cfg), *flags, "--no-progress",
+                                 "--out", str(tmp_path / "r")]), needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_repeated_json_config_key_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"data": "synthetic", "lr": 0.1, "lr": 0.2}')
+    one_line_error(capsys, main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]),
+                   "key 'lr' is given twice; keep one")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--läm", "2"], "unrecognized arguments: --läm 2; did you mean --lam?; see otcpcc train --help"),
+    (["train", "--=x"], "unrecognized arguments: --=x; see otcpcc train --help"),
+    (["train", "-=x"], "unrecognized arguments: -=x; see otcpcc train --help"),
+    (["evaluate", "run", "--zzzz"], "unrecognized arguments: --zzzz; see otcpcc evaluate --help"),
+])
+def test_an_unknown_flag_points_to_its_subcommands_help(capsys, argv, needle):
+    """Not "see otcpcc --help", and "--=x" is not "ambiguous: could match --help, --version"."""
+    one_line_error(capsys, main(argv), needle)

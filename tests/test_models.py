@@ -419,3 +419,31 @@ def test_frozen_batchnorm_train_option_and_linear_probe():
                                          if isinstance(m, nn.BatchNorm2d)]
     with pytest.raises(ValueError, match="frozen_bn must be 'eval'"):
         build_model("mlp", (4,), 2, frozen_bn="fixed")
+
+
+@pytest.mark.parametrize("hidden", [[math.inf], [2.7], [True], [0], [-3], "16", [16, None]])
+def test_mlp_hidden_widths_must_be_positive_integers(hidden):
+    """int() would truncate 2.7 to width 2, read True as 1 and overflow on inf (1e999 in YAML)."""
+    with pytest.raises(ValueError, match=r"^mlp option hidden must be a list of positive integer "
+                                         r"layer widths, got .*; pass e\.g\. --model-opt hidden="):
+        build_model("mlp", (5,), 3, hidden=hidden)
+
+
+@pytest.mark.parametrize("channels", [[], [8.5], [False, 8]])
+def test_cnn_channels_must_be_positive_integers(channels):
+    with pytest.raises(ValueError, match=r"^cnn option channels must be a (non-empty )?list of "
+                                         r"(positive integer )?channel counts, got"):
+        build_model("cnn", (3, 8, 8), 3, channels=channels)
+
+
+def test_cli_mlp_hidden_1e999_is_one_line(tmp_path, capsys):
+    from otcpcc.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: synthetic\ndata_options: {train_per_class: 4, test_per_class: 2}\n"
+                   "model_options: {hidden: [1e999]}\nepochs: 1\ndevice: cpu\n")
+    for args in (["--config", str(cfg)], ["--data", "synthetic", "--model-opt", "hidden=[1e999]"]):
+        code = main(["train", *args, "--no-progress", "--out", str(tmp_path / "r")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("otcpcc: error: mlp option hidden must be") and "\n" not in err
+        assert not (tmp_path / "r" / "config.json").exists()

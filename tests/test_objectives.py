@@ -4,6 +4,7 @@ crm_predict against a brute-force loop."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -172,3 +173,38 @@ def test_hxe_refuses_an_alpha_that_switches_edges_off():
     with pytest.raises(ValueError, match="underflow float32"):
         HXELoss(tree, alpha=1e308)
     HXELoss(tree, alpha=40)
+
+
+def test_near_constant_target_keeps_its_float64_correlation():
+    """A target whose distances differ only beyond float32 precision: float32 features give the
+    float64 loss and gradient (not NaN: the target is centred before any cast to float32)."""
+    from otcpcc.objectives import CPCCLoss
+
+    t = np.array([[0 if i == j else 1 + 1e-12 * (i + j) for j in range(4)] for i in range(4)])
+    labels = torch.tensor([0, 1, 2, 3] * 2)
+    x32 = torch.randn(8, 3, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    x64 = x32.detach().double().requires_grad_()
+    for x in (x32, x64):
+        CPCCLoss(t, "fastft")(x, labels).backward()
+    with torch.no_grad():
+        l32, l64 = CPCCLoss(t, "fastft")(x32, labels), CPCCLoss(t, "fastft")(x64, labels)
+    assert torch.isfinite(l32) and abs(float(l32) - float(l64)) < 1e-5
+    torch.testing.assert_close(x32.grad.double(), x64.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("make, name", [(HXELoss, "HXELoss"), (SoftLabelLoss, "SoftLabelLoss")])
+def test_hxe_and_soft_messages_name_their_loss_and_devices(make, name):
+    crit = make(SMALL)
+    with pytest.raises(ValueError, match=rf"^label 3 is not a leaf id of the tree of {name} "
+                                         rf"\(ids are 0\.\.2\); .* build {name} on the dataset's tree$"):
+        crit(torch.zeros(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="^logits on meta but labels on cpu; move both to one device$"):
+        crit(torch.zeros(2, 3, device="meta"), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("value", [None, "0.1", True, False, [0.1]])
+def test_hxe_alpha_and_soft_beta_must_be_real_numbers(value):
+    for make, name in ((HXELoss, "alpha"), (SoftLabelLoss, "beta")):
+        with pytest.raises(TypeError, match=f"^{name} must be a real number, got {re.escape(repr(value))} "):
+            make(SMALL, value)
+    assert HXELoss(SMALL, np.float32(0.25)).alpha == 0.25 and SoftLabelLoss(SMALL, 5).beta == 5.0

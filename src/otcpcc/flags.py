@@ -37,26 +37,40 @@ class OneLineParser(argparse.ArgumentParser):
 
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                    namespace: argparse.Namespace | None = None) -> argparse.Namespace:
-        """``argparse.ArgumentParser.parse_args``, with a suggestion for each mistyped flag."""
+        """``argparse.ArgumentParser.parse_args``, with a suggestion for each mistyped flag and
+        the help of the subcommand they were given to (``; see otcpcc train --help``)."""
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}{suggest_flags(self, parsed, extras)}")
+            self.exit(2, f"{self.prog}: error: unrecognized arguments: {' '.join(extras)}"
+                         f"{suggest_flags(self, parsed, extras)}; see {chosen_parser(self, parsed).prog} --help\n")
         return parsed
+
+    def _get_option_tuples(self, option_string: str) -> list:
+        # "--=x" / "-=x" name no flag: argparse matched the empty name as a prefix of every long
+        # flag ("ambiguous option: --=x could match --help, --version"); it is unrecognized
+        if option_string.split("=", 1)[0] in ("-", "--"):
+            return []
+        return super()._get_option_tuples(option_string)
+
+
+def chosen_parser(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that ``parsed`` chose (``train``'s, not the top level's)."""
+    while True:  # descend into the chosen subcommand
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = getattr(parsed, sub.dest, None) if sub is not None and sub.dest else None
+        if chosen not in getattr(sub, "choices", {}):
+            return parser
+        parser = sub.choices[chosen]  # type: ignore[union-attr]
 
 
 def suggest_flags(parser: argparse.ArgumentParser, parsed: argparse.Namespace,
                   extras: Sequence[str]) -> str:
     """``"; did you mean --distance?"`` for the unrecognized ``extras`` that look like flags and
     are close (:mod:`difflib`) to a flag of the (sub)command that was run; ``""`` when none is.
-    The subcommand is followed through ``parsed`` (e.g. ``train``: its flags, not the top
-    level's); flags hidden from --help are not suggested. Python 3.11's argparse has no
-    ``suggest_on_error``."""
-    while True:  # descend into the chosen subcommand
-        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-        chosen = getattr(parsed, sub.dest, None) if sub is not None and sub.dest else None
-        if chosen not in getattr(sub, "choices", {}):
-            break
-        parser = sub.choices[chosen]  # type: ignore[union-attr]
+    The subcommand is followed through ``parsed`` (:func:`chosen_parser`: e.g. ``train``'s
+    flags, not the top level's); flags hidden from --help are not suggested. Python 3.11's
+    argparse has no ``suggest_on_error``."""
+    parser = chosen_parser(parser, parsed)
     flags = [f for a in parser._actions if a.help != argparse.SUPPRESS for f in a.option_strings]
     guesses = []
     for word in extras:

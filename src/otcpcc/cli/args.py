@@ -16,20 +16,15 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------- value parsers
 def _key_value(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` with VALUE read as YAML (``3`` -> int, ``1e-3`` -> float, ``[4, 5]`` -> list,
-    ``x`` -> str; see :func:`otcpcc.yaml_values.load_yaml`)."""
+    ``x`` -> str, ``-`` -> '-'; see :func:`otcpcc.yaml_values.load_value`)."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, _, raw = text.partition("=")
     if not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a name before '=', got {text!r}")
-    import yaml
+    from ..yaml_values import load_value
 
-    from ..yaml_values import load_yaml
-
-    try:
-        value = load_yaml(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    value = load_value(raw) if raw.strip() else ""
     return key.strip().replace("-", "_"), value
 
 

@@ -41,6 +41,7 @@ updating, as in the OT-CPCC reference code). See :func:`build_model` and :func:`
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -175,18 +176,29 @@ def _image_shape(arch: str, input_shape: tuple[int, ...]) -> tuple[int, int, int
 MAX_MLP_WEIGHTS = 2**30  # 4 GiB of float32 weights
 
 
+def _widths(value: Any, what: str, unit: str, example: str) -> tuple[int, ...]:
+    """``value`` as a tuple of positive ints; a one-line ValueError for anything else (a bool, a
+    non-integral or infinite number, a string, a non-list), where ``int()`` would truncate 2.7 to
+    2, read True as 1 or overflow on 1e999."""
+    items = [value] if isinstance(value, (str, bytes)) else value
+    try:
+        items = list(items)
+    except TypeError:
+        items = [None]
+    ok = all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1
+             for h in items)
+    if not ok:
+        raise ValueError(f"{what} must be a list of positive integer {unit}, got {value!r}; "
+                         f"pass e.g. --model-opt {example}")
+    return tuple(int(h) for h in items)
+
+
 def _build_mlp(input_shape, num_classes, kw):
     if len(input_shape) != 1:
         raise ValueError(f"arch 'mlp' needs vector inputs (d,), got input_shape="
                          f"{tuple(input_shape)}; use arch='cnn' or 'resnet18' for images")
     opts = _take(kw, {"hidden": (256, 128), "batch_norm": False, "dropout": 0.0}, "mlp")
-    try:
-        hidden = tuple(int(h) for h in opts["hidden"])
-    except (TypeError, ValueError):
-        raise ValueError(f"mlp option hidden must be a list of layer widths, got "
-                         f"{opts['hidden']!r}; pass e.g. --model-opt hidden=[256,128]") from None
-    if any(h < 1 for h in hidden):
-        raise ValueError(f"mlp hidden sizes must be positive, got {hidden}")
+    hidden = _widths(opts["hidden"], "mlp option hidden", "layer widths", "hidden=[256,128]")
     widths = (int(input_shape[0]), *hidden, num_classes)
     weights = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
     if weights > MAX_MLP_WEIGHTS:  # refused before torch tries to allocate them
@@ -207,9 +219,10 @@ def _build_mlp(input_shape, num_classes, kw):
 def _build_cnn(input_shape, num_classes, kw):
     c, h, w = _image_shape("cnn", input_shape)
     opts = _take(kw, {"channels": (32, 64, 128), "batch_norm": True}, "cnn")
-    channels = tuple(int(ch) for ch in opts["channels"])
-    if not channels or any(ch < 1 for ch in channels):
-        raise ValueError(f"cnn channels must be a non-empty list of positive ints, got {channels}")
+    channels = _widths(opts["channels"], "cnn option channels", "channel counts", "channels=[32,64,128]")
+    if not channels:
+        raise ValueError("cnn option channels must be a non-empty list of channel counts, got []; "
+                         "pass e.g. --model-opt channels=[32,64,128]")
     n_pool = min(2, len(channels) - 1)
     if min(h, w) < 2**n_pool:
         raise ValueError(f"arch 'cnn' needs images of at least {2**n_pool}x{2**n_pool} px, got "

@@ -14,6 +14,7 @@ then 1.0 (zero correlation) with a zero gradient, never NaN.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -82,18 +83,23 @@ class _Correlation(torch.autograd.Function):
             defined = torch.zeros_like(defined)
         # largest magnitudes, at least the smallest normal number: no division by 0 (an all-zero
         # vector stays 0); where undefined the results below are replaced, so no inf or NaN
-        # reaches the value or the gradient. t is scaled in its own dtype (float64) before the
-        # cast: a target of 1e300 is not inf in float32.
+        # reaches the value or the gradient. t is scaled, centred and normalised to a unit
+        # vector in its own dtype (float64) before the cast: a target of 1e300 is not inf in
+        # float32, and one whose distances differ only beyond float32's precision (1 + 1e-12·k)
+        # keeps its variance (centring after the cast would leave 0/0 = NaN).
         s_r = torch.maximum(r_hi, -r_lo).clamp_min_(torch.finfo(r.dtype).tiny)
         t_max = torch.maximum(t_hi, -t_lo).clamp_min_(torch.finfo(t.dtype).tiny)
-        t = (t / t_max).to(r.dtype)
-        r = r / s_r
+        t = t / t_max
         tc = t - t.mean()
+        s_tt = torch.dot(tc, tc)
+        defined = defined & (s_tt > 0)
+        tc = (tc / torch.sqrt(s_tt).clamp_min_(torch.finfo(t.dtype).tiny)).to(r.dtype)  # t̃/√S_tt
+        r = r / s_r
         rc = r - r.mean()
         s_rr = torch.dot(rc, rc)
-        norm = torch.sqrt(torch.dot(tc, tc) * s_rr)
+        norm = torch.sqrt(s_rr)
         corr = torch.where(defined, torch.dot(tc, rc) / norm, 0)
-        # s_r · dc/dr = a t̃ − b r̃ (a = b = 0 where undefined)
+        # s_r · dc/dr = a t̃/√S_tt − b r̃ (a = b = 0 where undefined)
         a = torch.where(defined, 1 / norm, 0)
         b = torch.where(defined, corr / s_rr, 0)
         ctx.save_for_backward(tc, rc, a, b, s_r)
@@ -157,17 +163,22 @@ def pearson(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> Tensor | None:
     return corr if bool(defined) else None
 
 
-def _check_labels(labels: Tensor, num_leaves: int) -> None:
+def _check_labels(labels: Tensor, num_leaves: int, of: str = "the CPCC target",
+                  fix: str = "restrict the tree (or matrix) to the dataset") -> None:
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_leaves):
         bad = labels[(labels < 0) | (labels >= num_leaves)][0]
-        raise ValueError(f"label {int(bad)} is not a leaf id of the CPCC target (ids are "
-                         f"0..{num_leaves - 1}); map labels with tree.index(name) or restrict "
-                         "the tree (or matrix) to the dataset")
+        raise ValueError(f"label {int(bad)} is not a leaf id of {of} (ids are "
+                         f"0..{num_leaves - 1}); map labels with tree.index(name) or {fix}")
 
 
-def check_logits_labels(logits: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """Validate a task-loss batch: logits [N, K] floating point, labels [N] integer leaf ids.
-    Returns the labels as int64; one-line ValueError otherwise."""
+def check_logits_labels(logits: Tensor, labels: Tensor, num_classes: int,
+                        loss: str = "the task loss") -> Tensor:
+    """Validate a task-loss batch: logits [N, K] floating point, labels [N] integer leaf ids on
+    the logits' device. Returns the labels as int64; one-line ValueError otherwise, naming
+    ``loss`` (e.g. ``"HXELoss"``) where a label is out of range."""
+    if not isinstance(logits, Tensor) or not isinstance(labels, Tensor):
+        raise ValueError(f"logits and labels must be torch tensors, got {type(logits).__name__} and "
+                         f"{type(labels).__name__}")
     if logits.ndim != 2 or logits.shape[1] != num_classes:
         raise ValueError(f"logits must be [N, {num_classes}] (one column per leaf), "
                          f"got shape {tuple(logits.shape)}")
@@ -179,9 +190,22 @@ def check_logits_labels(logits: Tensor, labels: Tensor, num_classes: int) -> Ten
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integer class ids, got {labels.dtype}; "
                          "convert them with labels.long()")
+    if labels.device != logits.device:
+        raise ValueError(f"logits on {logits.device} but labels on {labels.device}; "
+                         "move both to one device")
     labels = labels.long()
-    _check_labels(labels, num_classes)
+    _check_labels(labels, num_classes, f"the tree of {loss}", f"build {loss} on the dataset's tree")
     return labels
+
+
+def real_option(value: Any, name: str, example: str) -> float:
+    """``value`` as a float where it is a real number (an int, a float, a numpy scalar) and not a
+    bool: a one-line TypeError otherwise (``float("0.1")`` would accept a string, ``True`` read
+    as 1, ``None`` fail with float()'s own message). The range is the caller's to check."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}); "
+                        f"pass e.g. {name}={example}")
+    return float(value)
 
 
 def finished_task_loss(loss: Tensor, logits: Tensor, labels: Tensor, name: str) -> Tensor:

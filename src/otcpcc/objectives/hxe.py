@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .cpcc import check_logits_labels, empty_task_loss, finished_task_loss
+from .cpcc import check_logits_labels, empty_task_loss, finished_task_loss, real_option
 
 
 def _heights(tree: Any) -> dict[str, int]:
@@ -69,7 +69,7 @@ class HXELoss(nn.Module):
 
     def __init__(self, tree: Any, alpha: float = 0.1):
         super().__init__()
-        alpha = float(alpha)
+        alpha = real_option(alpha, "alpha", "0.1")
         if not 0 <= alpha < float("inf"):
             raise ValueError(f"alpha must be a finite number >= 0, got {alpha}; pass e.g. 0.1")
         self.alpha = alpha
@@ -131,9 +131,11 @@ class HXELoss(nn.Module):
         return out
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
-        labels = check_logits_labels(logits, labels, self.num_classes)
+        labels = check_logits_labels(logits, labels, self.num_classes, "HXELoss")
         if logits.shape[0] == 0:
             return empty_task_loss(logits)
+        if self._lower.device != logits.device:  # moved once, as CPCCLoss's target
+            self.to(logits.device)
         ell = self.log_mass(logits)
         lo = ell.gather(1, self._lower[labels])  # [N, H]: l(C_l)
         up = ell.gather(1, self._upper[labels])  # l(C_{l+1})

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cpcc import check_logits_labels, empty_task_loss, finished_task_loss
+from .cpcc import check_logits_labels, empty_task_loss, finished_task_loss, real_option
 
 
 def soft_targets(distance: Any, beta: float) -> Tensor:
@@ -43,7 +43,7 @@ class SoftLabelLoss(nn.Module):
 
     def __init__(self, tree: Any, beta: float = 10.0):
         super().__init__()
-        beta = float(beta)
+        beta = real_option(beta, "beta", "10")
         if not 0 < beta < float("inf"):
             raise ValueError(f"beta must be a finite number > 0, got {beta}; pass e.g. 10")
         self.beta = beta
@@ -54,8 +54,10 @@ class SoftLabelLoss(nn.Module):
         return f"beta={self.beta}, num_classes={self.num_classes}"
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
-        labels = check_logits_labels(logits, labels, self.num_classes)
+        labels = check_logits_labels(logits, labels, self.num_classes, "SoftLabelLoss")
         if logits.shape[0] == 0:
             return empty_task_loss(logits)
+        if self.targets.device != logits.device:  # moved once, as CPCCLoss's target
+            self.targets = self.targets.to(logits.device)
         q = self.targets[labels].to(logits.dtype)
         return finished_task_loss(F.cross_entropy(logits, q), logits, labels, "the soft-label loss")

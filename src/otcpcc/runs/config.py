@@ -430,6 +430,16 @@ class TrainConfig:
                 for k in self.differences(other, ignore)]
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` hook: a JSON object as a dict, refusing a repeated key (the last one won)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} is given twice; keep one")
+        out[key] = value
+    return out
+
+
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML or JSON mapping; bad files raise one-line errors naming the file."""
     p = Path(path)
@@ -445,7 +455,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
             values = load_yaml(text)
         else:
-            values = json.loads(text)
+            values = json.loads(text, object_pairs_hook=_unique_keys)
     except Exception as e:  # yaml.YAMLError / json.JSONDecodeError
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"cannot parse config file {str(p)!r}: {first}; fix its syntax") from e
