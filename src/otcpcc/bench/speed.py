@@ -235,10 +235,16 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _speedup(value: float | None) -> str:
+    """``12.3x``, or ``-`` (as the other empty cells) where no baseline was timed
+    (``--no-reference``, skipped by the budget)."""
+    return "-" if value is None else f"{value:.1f}x"
+
+
 def format_row(row: dict) -> str:
     """One table line for a :func:`bench_distances` row."""
     return (f"{row['distance']:<9} {row['batch']:>6} {_fmt(row['ours_ms'], '10.2f')} "
-            f"{_fmt(row['reference_ms'], '13.1f'):>13} {_fmt(row['speedup'], '8.1f'):>8}x "
+            f"{_fmt(row['reference_ms'], '13.1f'):>13} {_speedup(row['speedup']):>9} "
             f"{_fmt(row['value_abs_diff'], '12.2e'):>12} "
             f"{_fmt(row['grad_max_abs_diff'], '13.2e'):>13}  {row['reference_note']}")
 
