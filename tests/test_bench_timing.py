@@ -121,18 +121,22 @@ def test_train_step_cpu_reports_one_line_per_distance_naming_the_step():
     assert "timing 2 round(s)" in said[1]  # announced before the timed rounds
 
 
-def test_train_step_budget_cuts_the_rounds(monkeypatch):
+@pytest.mark.parametrize("budget, repeats, rounds", [(10.0, 50, 10), (3.0, 50, 6), (3.0, 4, 4)])
+def test_train_step_budget_cuts_the_rounds_but_keeps_six(monkeypatch, budget, repeats, rounds):
     clock = {"t": 0.0}
 
     def tick():
-        clock["t"] += 1.0  # every clock read: 1 s, so one round of 2 steps reads as >= 2 s
+        clock["t"] += 1.0  # every clock read is 1 s later: the warm-up round reads as 1 s
         return clock["t"]
 
     monkeypatch.setattr(timing.time, "perf_counter", tick)
-    results = bench_train_step(batch_sizes=[8], distances=["l2"], classes=4, coarse=2, repeats=50,
-                               warmup=1, device=torch.device("cpu"), seed=0, input_shape=(3, 8, 8),
-                               budget_s=10.0)
-    assert 1 <= results[0]["rounds"] < 50
+    results = bench_train_step(batch_sizes=[8], distances=["l2"], classes=4, coarse=2,
+                               repeats=repeats, warmup=1, device=torch.device("cpu"), seed=0,
+                               input_shape=(3, 8, 8), budget_s=budget)
+    # 10 s buys 10 rounds; 3 s buys 3, but 6 are timed (the fewest with a 95% interval) unless
+    # --repeats asks for fewer
+    assert results[0]["rounds"] == rounds
+    assert (results[0]["call"] == "too few rounds") == (rounds < 6)
 
 
 def test_cli_train_step_prints_the_answer(capsys):

@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "where a ResNet-18 step takes tens of seconds)")
     p.add_argument("--train-budget", type=positive_float, default=40.0, metavar="SECONDS",
                    help="seconds of timed steps per batch size for --train-step, after one "
-                        "warm-up round (default 40); at most --repeats rounds")
+                        "warm-up round (default 40); at most --repeats rounds, at least 6 (the "
+                        "fewest with a 95%% interval) if --repeats allows")
     p.add_argument("--big", action="store_true",
                    help="large case: K=1000, B=16384, fastft only (refuses --classes, "
                         "--batch-sizes, --distances)")

@@ -8,7 +8,8 @@ cross-entropy, or on cross-entropy + ``lam * CPCCLoss(tree, distance)(features, 
 grad, forward, backward, optimiser step; bf16 autocast on CUDA (the CPCC term in fp32), fp32 on a
 CPU. The variants (CE only, then CE + CPCC for each distance) are timed in interleaved rounds
 (:func:`otcpcc.bench.timing.time_interleaved`), as many as fit ``budget_s`` after the warm-up,
-at most ``repeats``. Each round also times the CPCC term by itself: ``CPCCLoss(features,
+at most ``repeats`` and at least 6 (the fewest with a 95% interval) unless ``repeats`` is lower.
+Each round also times the CPCC term by itself: ``CPCCLoss(features,
 labels).backward()`` on fixed fp32 features of the step's shape [B, feature_dim] (the model's own
 features of ``x``, detached).
 
@@ -69,8 +70,9 @@ def bench_train_step(
     (``step_ms``, ``step_with_cpcc_ms``), ``overhead`` = median paired difference / ``step_ms``,
     its 95% interval ``ci_low_pct, ci_high_pct`` (percent; ``None`` under 6 rounds), ``call``
     ("within noise", "measurable", "too few rounds"), and the CPCC term alone: ``cpcc_ms`` and
-    ``cpcc_share_pct`` (see the module docstring). ``budget_s`` bounds the timed rounds
-    of one batch size (warm-up not counted); every round runs ``1 + len(distances)`` steps."""
+    ``cpcc_share_pct`` (see the module docstring). ``budget_s`` bounds the timed rounds of one
+    batch size (warm-up not counted; at least 6 rounds if ``repeats`` allows); every round runs
+    ``1 + len(distances)`` steps and ``len(distances)`` CPCC calls alone."""
     arch = arch or default_arch(device)
     return [r for batch in batch_sizes
             for r in _one_batch(batch, distances, classes, coarse, repeats, warmup, device, seed,
@@ -120,11 +122,10 @@ def _one_batch(batch, distances, classes, coarse, repeats, warmup, device, seed,
     }
     log(f"train step: {_step_words(what)}: warming up ({max(warmup, 1)} round(s) of "
         f"{1 + len(distances)} steps: CE only, " + ", ".join(f"CE + CPCC ({d})" for d in distances)
-        + ", then each CPCC term alone) ...")
+        + f"; then {len(distances)} CPCC call(s) alone) ...")
     times = time_interleaved(
         [step(None), *(step(d) for d in distances), *(alone(d) for d in distances)],
-        repeats=repeats, warmup=warmup,
-        device=device, budget_s=budget_s,
+        repeats=repeats, warmup=warmup, device=device, budget_s=budget_s, min_rounds=min_rounds(),
         on_warm=lambda s, n: log(f"  one round takes {s:.1f} s: timing {n} round(s), "
                                  f"about {s * n:.0f} s"))
     plain = statistics.median(times[0])
