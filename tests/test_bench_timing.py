@@ -207,12 +207,12 @@ def test_train_step_answer_comes_from_paired_rounds_and_times_cpcc_alone(monkeyp
         seen["n_calls"] = len(calls)
         for c in calls:  # run each once: the CPCC-alone call must work on its own
             c()
-        return [ce, with_l2, alone]
+        return [ce, with_l2, alone, [9.0] * 8, [1.0] * 8]  # 3 calls alone: median of the 24
 
     monkeypatch.setattr(train_step, "time_interleaved", fake)
     (r,) = bench_train_step(batch_sizes=[8], distances=["l2"], classes=4, coarse=2, repeats=8,
                             warmup=1, device=torch.device("cpu"), seed=0, input_shape=(3, 8, 8))
-    assert seen["n_calls"] == 3  # CE step, CE + CPCC step, CPCC alone: in the same rounds
+    assert seen["n_calls"] == 5  # CE step, CE + CPCC step, CPCC alone x 3: in the same rounds
     # oracle by hand: diffs sorted 2 2 2.5 3 3 3.5 4 4, median 3; n = 8 -> ranks (1, 8); CE median 900
     assert (100 * r["overhead"], r["ci_low_pct"], r["ci_high_pct"]) == pytest.approx(
         (100 * 3 / 900, 100 * 2 / 900, 100 * 4 / 900))
@@ -238,8 +238,8 @@ def test_cpcc_alone_is_called_on_leaf_features_of_the_steps_shape(monkeypatch):
     (r,) = bench_train_step(batch_sizes=[8], distances=["l2"], classes=4, coarse=2, repeats=2,
                             warmup=1, device=torch.device("cpu"), seed=0, input_shape=(3, 8, 8))
     shape = (8, r["feature_dim"])
-    # per round (1 warm-up + 2 timed): the step's call (through the model) then the call alone
-    assert seen == [(shape, False), (shape, True)] * 3
+    # per round (1 warm-up + 2 timed): the step's call (through the model) then 3 calls alone
+    assert seen == [(shape, False), (shape, True), (shape, True), (shape, True)] * 3
 
 
 def test_no_reference_speedup_cell_is_a_dash_not_dash_x():

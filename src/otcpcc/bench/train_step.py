@@ -9,17 +9,19 @@ grad, forward, backward, optimiser step; bf16 autocast on CUDA (the CPCC term in
 CPU. The variants (CE only, then CE + CPCC for each distance) are timed in interleaved rounds
 (:func:`otcpcc.bench.timing.time_interleaved`), as many as fit ``budget_s`` after the warm-up,
 at most ``repeats`` and at least 6 (the fewest with a 95% interval) unless ``repeats`` is lower.
-Each round also times the CPCC term by itself: ``CPCCLoss(features,
-labels).backward()`` on fixed fp32 features of the step's shape [B, feature_dim] (the model's own
-features of ``x``, detached).
+Each round also times the CPCC term by itself, ``ALONE_CALLS`` times back to back (each call
+timed): ``CPCCLoss(features, labels).backward()`` on fixed fp32 features of the step's shape
+[B, feature_dim] (the model's own features of ``x``, detached).
 
 The answer per distance (:func:`otcpcc.bench.paired.paired_overhead`): with ``d_r`` = round r's
 (CE + CPCC step) - (CE step), ``overhead = median(d) / median(CE step)`` and a distribution-free
 95% interval for it from the order statistics of ``d`` (binomial ranks, see
 :mod:`otcpcc.bench.paired`); the call is "within noise" when the interval contains 0. The CPCC
-term alone, ``cpcc_ms`` (its median) and ``cpcc_share_pct = 100 * cpcc_ms / median(CE step)``, is
-the robust answer to "is it nearly free": on a busy machine the step difference is noisy at the
-level of a few percent, the isolated call is not.
+term alone, ``cpcc_ms`` (the median of its ``ALONE_CALLS * rounds`` times) and
+``cpcc_share_pct = 100 * cpcc_ms / median(CE step)``, is the robust answer to "is it nearly
+free": on a busy machine the step difference is noisy at the level of several percent; the
+isolated call is far less so (it still absorbs the machine's load: a process just off a long
+step is preempted more, so under load it reads high, not low).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .timing import time_interleaved
 
 DEFAULT_ARCH = {"cuda": "resnet18", "cpu": "cnn"}
 INPUT_SHAPE = (3, 32, 32)
+ALONE_CALLS = 3  # CPCC calls alone per distance and round, each timed: more samples, cheap
 
 
 def default_arch(device: torch.device) -> str:
@@ -72,7 +75,7 @@ def bench_train_step(
     ("within noise", "measurable", "too few rounds"), and the CPCC term alone: ``cpcc_ms`` and
     ``cpcc_share_pct`` (see the module docstring). ``budget_s`` bounds the timed rounds of one
     batch size (warm-up not counted; at least 6 rounds if ``repeats`` allows); every round runs
-    ``1 + len(distances)`` steps and ``len(distances)`` CPCC calls alone."""
+    ``1 + len(distances)`` steps and ``ALONE_CALLS * len(distances)`` CPCC calls alone."""
     arch = arch or default_arch(device)
     return [r for batch in batch_sizes
             for r in _one_batch(batch, distances, classes, coarse, repeats, warmup, device, seed,
@@ -122,18 +125,20 @@ def _one_batch(batch, distances, classes, coarse, repeats, warmup, device, seed,
     }
     log(f"train step: {_step_words(what)}: warming up ({max(warmup, 1)} round(s) of "
         f"{1 + len(distances)} steps: CE only, " + ", ".join(f"CE + CPCC ({d})" for d in distances)
-        + f"; then {len(distances)} CPCC call(s) alone) ...")
+        + f"; then {ALONE_CALLS} CPCC call(s) alone per distance) ...")
     times = time_interleaved(
-        [step(None), *(step(d) for d in distances), *(alone(d) for d in distances)],
+        [step(None), *(step(d) for d in distances),
+         *(alone(d) for d in distances for _ in range(ALONE_CALLS))],
         repeats=repeats, warmup=warmup, device=device, budget_s=budget_s, min_rounds=min_rounds(),
         on_warm=lambda s, n: log(f"  one round takes {s:.1f} s: timing {n} round(s), "
                                  f"about {s * n:.0f} s"))
     plain = statistics.median(times[0])
     n_d = len(distances)
     results = []
-    for distance, ms, alone_ms in zip(distances, times[1:1 + n_d], times[1 + n_d:], strict=True):
+    for i, (distance, ms) in enumerate(zip(distances, times[1:1 + n_d], strict=True)):
         paired = paired_overhead(times[0], ms)
-        cpcc_ms = statistics.median(alone_ms)
+        first = 1 + n_d + i * ALONE_CALLS
+        cpcc_ms = statistics.median(t for ts in times[first:first + ALONE_CALLS] for t in ts)
         results.append({**what, "distance": distance, "rounds": len(ms), "step_ms": plain,
                         "step_with_cpcc_ms": statistics.median(ms),
                         "overhead": paired["overhead_pct"] / 100.0,
