@@ -235,10 +235,16 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _speedup(value: float | None) -> str:
+    """``12.3x``, or ``-`` (as the other empty cells) where no baseline was timed
+    (``--no-reference``, skipped by the budget)."""
+    return "-" if value is None else f"{value:.1f}x"
+
+
 def format_row(row: dict) -> str:
     """One table line for a :func:`bench_distances` row."""
     return (f"{row['distance']:<9} {row['batch']:>6} {_fmt(row['ours_ms'], '10.2f')} "
-            f"{_fmt(row['reference_ms'], '13.1f'):>13} {_fmt(row['speedup'], '8.1f'):>8}x "
+            f"{_fmt(row['reference_ms'], '13.1f'):>13} {_speedup(row['speedup']):>9} "
             f"{_fmt(row['value_abs_diff'], '12.2e'):>12} "
             f"{_fmt(row['grad_max_abs_diff'], '13.2e'):>13}  {row['reference_note']}")
 
@@ -312,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "where a ResNet-18 step takes tens of seconds)")
     p.add_argument("--train-budget", type=positive_float, default=40.0, metavar="SECONDS",
                    help="seconds of timed steps per batch size for --train-step, after one "
-                        "warm-up round (default 40); at most --repeats rounds")
+                        "warm-up round (default 40); at most --repeats rounds, at least 6 (the "
+                        "fewest with a 95%% interval) if --repeats allows")
     p.add_argument("--big", action="store_true",
                    help="large case: K=1000, B=16384, fastft only (refuses --classes, "
                         "--batch-sizes, --distances)")

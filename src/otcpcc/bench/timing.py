@@ -60,13 +60,15 @@ def time_interleaved(
     warmup: int,
     device: torch.device,
     budget_s: float = math.inf,
+    min_rounds: int = 1,
     on_warm: Callable[[float, int], None] = lambda seconds, rounds: None,
 ) -> list[list[float]]:
     """Wall times (ms) of each of ``calls``, measured in rounds.
 
     First ``max(warmup, 1)`` untimed rounds (each call once per round, in order), then ``n`` timed
-    rounds, ``n = min(repeats, max(1, floor(budget_s / t)))`` with ``t`` the last warm-up round's
-    seconds; ``on_warm(t, n)`` is told both before the timed rounds start (to announce their
+    rounds, ``n = min(repeats, max(min_rounds, floor(budget_s / t)))`` with ``t`` the last
+    warm-up round's seconds (``min_rounds``, the fewest rounds worth having, may overrun the
+    budget); ``on_warm(t, n)`` is told both before the timed rounds start (to announce their
     length). Returns one list of ``n`` times per call; take the median.
     Cost: ``(max(warmup, 1) + n) * sum(call times)``."""
     rounds_s = 0.0
@@ -78,7 +80,7 @@ def time_interleaved(
         rounds_s = time.perf_counter() - t_round
     n = repeats
     if budget_s < rounds_s * repeats:  # (an infinite budget never cuts)
-        n = max(1, math.floor(budget_s / rounds_s))
+        n = min(repeats, max(min_rounds, 1, math.floor(budget_s / rounds_s)))
     on_warm(rounds_s, n)
     times: list[list[float]] = [[] for _ in calls]
     for _ in range(n):

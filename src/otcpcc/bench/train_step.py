@@ -8,7 +8,20 @@ cross-entropy, or on cross-entropy + ``lam * CPCCLoss(tree, distance)(features, 
 grad, forward, backward, optimiser step; bf16 autocast on CUDA (the CPCC term in fp32), fp32 on a
 CPU. The variants (CE only, then CE + CPCC for each distance) are timed in interleaved rounds
 (:func:`otcpcc.bench.timing.time_interleaved`), as many as fit ``budget_s`` after the warm-up,
-at most ``repeats``; the answer per distance is ``median(step with CPCC) / median(CE step) - 1``.
+at most ``repeats`` and at least 6 (the fewest with a 95% interval) unless ``repeats`` is lower.
+Each round also times the CPCC term by itself, ``ALONE_CALLS`` times back to back (each call
+timed): ``CPCCLoss(features, labels).backward()`` on fixed fp32 features of the step's shape
+[B, feature_dim] (the model's own features of ``x``, detached).
+
+The answer per distance (:func:`otcpcc.bench.paired.paired_overhead`): with ``d_r`` = round r's
+(CE + CPCC step) - (CE step), ``overhead = median(d) / median(CE step)`` and a distribution-free
+95% interval for it from the order statistics of ``d`` (binomial ranks, see
+:mod:`otcpcc.bench.paired`); the call is "within noise" when the interval contains 0. The CPCC
+term alone, ``cpcc_ms`` (the median of its ``ALONE_CALLS * rounds`` times) and
+``cpcc_share_pct = 100 * cpcc_ms / median(CE step)``, is the robust answer to "is it nearly
+free": on a busy machine the step difference is noisy at the level of several percent; the
+isolated call is far less so (it still absorbs the machine's load: a process just off a long
+step is preempted more, so under load it reads high, not low).
 """
 
 from __future__ import annotations
@@ -19,11 +32,13 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .paired import TOO_FEW, min_rounds, paired_overhead
 from .problem import make_problem
 from .timing import time_interleaved
 
 DEFAULT_ARCH = {"cuda": "resnet18", "cpu": "cnn"}
 INPUT_SHAPE = (3, 32, 32)
+ALONE_CALLS = 3  # CPCC calls alone per distance and round, each timed: more samples, cheap
 
 
 def default_arch(device: torch.device) -> str:
@@ -54,9 +69,13 @@ def bench_train_step(
     lam: float = 1.0,
     log: Callable[[str], None] = lambda s: None,
 ) -> list[dict]:
-    """One result per (batch size, distance): the CE step's and the CE + CPCC step's median ms and
-    ``overhead`` = their ratio - 1 (see the module docstring). ``budget_s`` bounds the timed rounds
-    of one batch size (warm-up not counted); every round runs ``1 + len(distances)`` steps."""
+    """One result per (batch size, distance): the CE step's and the CE + CPCC step's median ms
+    (``step_ms``, ``step_with_cpcc_ms``), ``overhead`` = median paired difference / ``step_ms``,
+    its 95% interval ``ci_low_pct, ci_high_pct`` (percent; ``None`` under 6 rounds), ``call``
+    ("within noise", "measurable", "too few rounds"), and the CPCC term alone: ``cpcc_ms`` and
+    ``cpcc_share_pct`` (see the module docstring). ``budget_s`` bounds the timed rounds of one
+    batch size (warm-up not counted; at least 6 rounds if ``repeats`` allows); every round runs
+    ``1 + len(distances)`` steps and ``ALONE_CALLS * len(distances)`` CPCC calls alone."""
     arch = arch or default_arch(device)
     return [r for batch in batch_sizes
             for r in _one_batch(batch, distances, classes, coarse, repeats, warmup, device, seed,
@@ -89,6 +108,16 @@ def _one_batch(batch, distances, classes, coarse, repeats, warmup, device, seed,
             opt.step()
         return call
 
+    with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                                         enabled=use_amp):
+        alone_feats = model(x)[0].float().detach().clone().requires_grad_(True)
+
+    def alone(distance: str) -> Callable[[], None]:
+        def call() -> None:
+            alone_feats.grad = None
+            crits[distance](alone_feats, labels).backward()
+        return call
+
     what = {
         "model": arch, "input_shape": list(input_shape), "feature_dim": int(model.feature_dim),
         "batch": batch, "classes": classes, "dtype": "bf16 autocast" if use_amp else "fp32",
@@ -96,18 +125,26 @@ def _one_batch(batch, distances, classes, coarse, repeats, warmup, device, seed,
     }
     log(f"train step: {_step_words(what)}: warming up ({max(warmup, 1)} round(s) of "
         f"{1 + len(distances)} steps: CE only, " + ", ".join(f"CE + CPCC ({d})" for d in distances)
-        + ") ...")
+        + f"; then {ALONE_CALLS} CPCC call(s) alone per distance) ...")
     times = time_interleaved(
-        [step(None), *(step(d) for d in distances)], repeats=repeats, warmup=warmup,
-        device=device, budget_s=budget_s,
+        [step(None), *(step(d) for d in distances),
+         *(alone(d) for d in distances for _ in range(ALONE_CALLS))],
+        repeats=repeats, warmup=warmup, device=device, budget_s=budget_s, min_rounds=min_rounds(),
         on_warm=lambda s, n: log(f"  one round takes {s:.1f} s: timing {n} round(s), "
                                  f"about {s * n:.0f} s"))
     plain = statistics.median(times[0])
+    n_d = len(distances)
     results = []
-    for distance, ms in zip(distances, times[1:], strict=True):
-        with_ms = statistics.median(ms)
+    for i, (distance, ms) in enumerate(zip(distances, times[1:1 + n_d], strict=True)):
+        paired = paired_overhead(times[0], ms)
+        first = 1 + n_d + i * ALONE_CALLS
+        cpcc_ms = statistics.median(t for ts in times[first:first + ALONE_CALLS] for t in ts)
         results.append({**what, "distance": distance, "rounds": len(ms), "step_ms": plain,
-                        "step_with_cpcc_ms": with_ms, "overhead": with_ms / plain - 1.0})
+                        "step_with_cpcc_ms": statistics.median(ms),
+                        "overhead": paired["overhead_pct"] / 100.0,
+                        "ci_low_pct": paired["ci_low_pct"], "ci_high_pct": paired["ci_high_pct"],
+                        "call": paired["call"], "cpcc_ms": cpcc_ms,
+                        "cpcc_share_pct": 100.0 * cpcc_ms / plain})
         log(format_train_line(results[-1]))
     return results
 
@@ -118,11 +155,23 @@ def _step_words(r: dict) -> str:
             f"batch {r['batch']}, {r['dtype']}, {r['optimizer']}, on {r['device']}")
 
 
+def _pct(value: float) -> str:
+    return f"{value:+.1f}%"
+
+
 def format_train_line(r: dict) -> str:
-    """The answer for one (batch size, distance), e.g. ``CPCC (fastft) adds 12.3% to one training
-    step of cnn at batch 256 on cpu (2 threads): 812.0 -> 912.0 ms (...)``."""
-    return (f"CPCC ({r['distance']}) adds {100 * r['overhead']:.1f}% to one training step of "
-            f"{r['model']} at batch {r['batch']} on {r['device']}: {r['step_ms']:.1f} -> "
-            f"{r['step_with_cpcc_ms']:.1f} ms (input {'x'.join(str(s) for s in r['input_shape'])}, "
+    """The answer for one (batch size, distance), e.g. ``CPCC (fastft) on one training step of cnn
+    at batch 256 on cpu (2 threads): within noise: +1.2% (95% CI -2.0% to +4.1%); the CPCC term
+    alone: 10.2 ms = 1.3% of the step (CE step 790.1 ms, with CPCC 801.3 ms; ...)``."""
+    pct = _pct(100 * r["overhead"])
+    if r["call"] == TOO_FEW:
+        verdict = f"{TOO_FEW} for a 95% interval ({r['rounds']} < {min_rounds()}): {pct}"
+    else:
+        verdict = (f"{r['call']}: {pct} (95% CI {_pct(r['ci_low_pct'])} to "
+                   f"{_pct(r['ci_high_pct'])})")
+    return (f"CPCC ({r['distance']}) on one training step of {r['model']} at batch {r['batch']} "
+            f"on {r['device']}: {verdict}; the CPCC term alone: {r['cpcc_ms']:.1f} ms = "
+            f"{r['cpcc_share_pct']:.1f}% of the step (CE step {r['step_ms']:.1f} ms, with CPCC "
+            f"{r['step_with_cpcc_ms']:.1f} ms; input {'x'.join(str(s) for s in r['input_shape'])}, "
             f"{r['feature_dim']}-d features, {r['classes']} classes, {r['dtype']}, "
             f"{r['optimizer']}, lambda {r['lam']:g}; medians of {r['rounds']} interleaved rounds)")
