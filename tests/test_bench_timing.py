@@ -149,6 +149,8 @@ def test_cli_train_step_prints_the_answer(capsys):
 @pytest.mark.parametrize("flags, needle", [
     (["--train-arch", "cnn"], "--train-arch is only used by --train-step"),
     (["--train-step", "--train-arch", "mlp"], "--train-arch 'mlp' is not a model for 3x32x32"),
+    (["--train-budget", "5"], "--train-budget is only used by --train-step"),  # was ignored
+    (["--train-budget=5"], "--train-budget is only used by --train-step"),
 ])
 def test_train_arch_is_checked_before_running(monkeypatch, capsys, flags, needle):
     monkeypatch.setattr(speed, "bench_distances", lambda **k: pytest.fail("ran the bench"))

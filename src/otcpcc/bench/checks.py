@@ -35,6 +35,9 @@ def refusal(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Seq
     if args.reference is not None and args.no_reference:
         return ("--reference and --no-reference contradict each other; pass --reference PATH to "
                 "time that baseline, or --no-reference to time otcpcc only")
+    if not args.train_step and any(a == "--train-budget" or a.startswith("--train-budget=")
+                                   for a in argv):
+        return "--train-budget is only used by --train-step; add --train-step or drop --train-budget"
     if args.train_arch is not None:
         from ..models.backbones import ARCHS
 
