@@ -53,7 +53,9 @@ def paired_interval(diffs: Sequence[float], confidence: float = CONFIDENCE
     mean = float(d.mean())
     if d.size < 2:
         return mean, None, None
-    half = float(t.ppf(0.5 + confidence / 2, d.size - 1)) * float(d.std(ddof=1)) / math.sqrt(d.size)
+    with np.errstate(invalid="ignore", over="ignore"):  # overflowed differences: NaN, "no data"
+        sd = float(d.std(ddof=1))
+    half = float(t.ppf(0.5 + confidence / 2, d.size - 1)) * sd / math.sqrt(d.size)
     return mean, mean - half, mean + half
 
 
