@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_errors import one_line_error
 from otcpcc import CPCCLoss, LabelTree, cpcc
 from otcpcc.bench import scale, speed
 from otcpcc.cli import main
@@ -21,14 +22,6 @@ TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
         "test_per_class=6", "--data-opt", "branching=[2, 3]", "--model-opt", "hidden=[16]",
         "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress"]
 BINARY = b"\x83\x01\xff binary, not text"
-
-
-def one_line_error(capsys, code, *needles):
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith("otcpcc") and all(n in err for n in needles), err
-    return err
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from cli_errors import one_line_error
 from otcpcc.cli import commands as cli
 from otcpcc.cli import main
 from otcpcc.runs.config import TrainConfig
@@ -15,15 +16,6 @@ from otcpcc.runs.config import TrainConfig
 TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
         "test_per_class=6", "--data-opt", "branching=[2, 3]", "--model-opt", "hidden=[16]",
         "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress"]
-
-
-def one_line_error(capsys, code, rc=2):
-    assert code == rc
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("otcpcc")
-    return err
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from cli_errors import own_error as one_line_error
 from otcpcc import LabelTree
 from otcpcc.cli import main
 from otcpcc.cli.args import config_from_args
@@ -24,16 +25,6 @@ from otcpcc.tree.matching import unmatched_classes
 from otcpcc.yaml_values import load_value, load_yaml
 
 DIGITS = [str(i) for i in range(10)]
-
-
-def one_line_error(capsys, code: int, *needles: str) -> str:
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("otcpcc: error: "), err
-    assert "Warning" not in err and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 # ----------------------------------------------------------------------------- 1: 1e-3 is a number

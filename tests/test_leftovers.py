@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_errors import own_error as one_line_error
 from otcpcc import LabelTree, class_distances
 from otcpcc import metrics as M
 from otcpcc.cli import main
@@ -24,14 +25,6 @@ from otcpcc.tree.common import TreeError
 TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
         "test_per_class=6", "--data-opt", "branching=[2, 3]", "--model-opt", "hidden=[16]",
         "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress"]
-
-
-def one_line_error(capsys, code: int) -> str:
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith("otcpcc: error: ")
-    return err
 
 
 # ------------------------------------------- 1. a partial evaluation does not outlive training

@@ -22,6 +22,7 @@ import torch
 import torchvision
 import yaml
 
+from cli_errors import one_line_error
 from fakes import C100_F2C, write_breeds_hierarchy, write_cifar100, write_image_folder
 from otcpcc.cli import main
 from otcpcc.data import DATASETS
@@ -35,14 +36,6 @@ RUN = ["--device", "cpu", "--no-progress"]
 TINY_VIT = {"num_layers": 1, "hidden_dim": 32, "mlp_dim": 64, "num_heads": 2}
 FOLDER_CLASSES = ["cat", "dog", "trout"]
 TREE_EDGES = "animal mammal\nanimal fish\nmammal dog\nmammal cat\nmammal cow\nfish trout\n"
-
-
-def one_line_error(capsys, code: int) -> str:
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith("otcpcc")
-    return err
 
 
 def expected_eval(run: Path) -> dict:

@@ -11,20 +11,13 @@ import sys
 
 import pytest
 
+from cli_errors import own_error as one_line_error
 from otcpcc.cli import main
 from otcpcc.runs.checkpoint import load_checkpoint
 
 TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
         "test_per_class=6", "--data-opt", "branching=[2, 3]", "--model-opt", "hidden=[16]",
         "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--no-progress"]
-
-
-def one_line_error(capsys, code, *needles):
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith("otcpcc: error: ") and all(n in err for n in needles), err
-    return err
 
 
 # ------------------------------------------------------------ 1. SIGTERM is handled as Ctrl-C is

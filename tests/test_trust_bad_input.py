@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_errors import one_line_error
 from fakes import dump_pickle, inat_category, write_cifar10, write_image_folder, write_inat2021
 from otcpcc import CPCCLoss, LabelTree, class_distances
 from otcpcc.cli import commands as cli
@@ -27,14 +28,6 @@ TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
         "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress"]
 TREE = LabelTree.from_levels([[0, 0, 1, 1, 2, 2]])
 Y = torch.arange(30) % 6
-
-
-def one_line_error(capsys, code, needle):
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith("otcpcc") and needle in err, err
-    return err
 
 
 def max_rss_gb() -> float:

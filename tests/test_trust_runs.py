@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_errors import one_line_error
 from fakes import write_cifar10, write_image_folder
 from otcpcc.bench import speed
 from otcpcc.cli import main
@@ -33,15 +34,6 @@ TINY = ["--data", "synthetic", "--data-opt", "train_per_class=12", "--data-opt",
         "test_per_class=6", "--data-opt", "branching=[2, 3]", "--model-opt", "hidden=[16]",
         "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress"]
 TREE_EDGES = "animal mammal\nanimal fish\nmammal dog\nmammal cat\nfish trout\n"
-
-
-def one_line_error(capsys, code, rc=2) -> str:
-    assert code == rc
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("otcpcc")
-    return err
 
 
 def folder_data(root: Path) -> tuple[Path, Path]:
