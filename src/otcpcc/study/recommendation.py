@@ -54,6 +54,11 @@ def _interval(v: Mapping[str, Any]) -> str:
     return f"{v['method']} on {article}{words} ({diff}{ci})"
 
 
+def _cost_ci(v: Mapping[str, Any]) -> str:
+    """"−0.020, 95% CI [−0.030, −0.010]": a decision-cost verdict's mean difference and interval."""
+    return f"{fmt(v['diff_mean'], 3)}, 95% CI [{fmt(v['ci_low'], 3)}, {fmt(v['ci_high'], 3)}]"
+
+
 def _names(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -98,13 +103,11 @@ def recommendation(diagnosis: Mapping[str, Any], aggregate: Sequence[Mapping[str
             pick = "l2" if "l2" in supported else min(supported, key=mean_cost)
         v = calls[(pick, COST_METRIC)]
         text = [f"Use {pick}: {COST_WORDS} {fmt(cost.get('none'), 3)} → {fmt(cost[pick], 3)} "
-                f"(paired difference {fmt(v['diff_mean'], 3)}, 95% CI [{fmt(v['ci_low'], 3)}, "
-                f"{fmt(v['ci_high'], 3)}]); {diag}."]
+                f"(paired difference {_cost_ci(v)}); {diag}."]
         if pick in ot_better:
             o = ot_call[pick]
             text.append(f"Against {o['baseline']} (class means) {pick} lowers that cost beyond seed "
-                        f"noise too ({fmt(o['diff_mean'], 3)}, 95% CI [{fmt(o['ci_low'], 3)}, "
-                        f"{fmt(o['ci_high'], 3)}]).")
+                        f"noise too ({_cost_ci(o)}).")
         elif pick not in NON_OT and ot_call.get(pick, {}).get("call") == "within noise":
             text.append(f"Against {ot_call[pick]['baseline']} (class means) {pick} is within seed "
                         "noise on that cost (below).")
