@@ -5,8 +5,9 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 -d .whl pot
 # then run this with the device tool, carrying .whl:  bash benchmarks/gpu.sh
 # It checks CUDA against the CPU (the gpu-marked tests with their CPU twins, and every bench row's
-# values against the per-pair reference), then times every distance at B = 256 and 1024, a
-# ResNet-18 training step, and the scale cases (K = 1000 at B = 16384; TestCPCC on 100k points).
+# values against the per-pair reference), then times every distance at B = 256 and 1024 (l2 and
+# fastft also with cuda_graph=True: the '+graph' rows), a ResNet-18 training step, and the scale
+# cases (K = 1000 at B = 16384; TestCPCC on 100k points).
 set -uo pipefail
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -20,10 +21,12 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, ot; print('torch', torch.__version__, 'pot', ot.__version__)"
 echo "== gpu-marked tests and their CPU twins"
 timeout 120 python3 -m pytest -p no:cacheprovider -p no:warnings -m gpu tests/ 2>&1 | tail -3
-timeout 120 python3 -m pytest -p no:cacheprovider -p no:warnings tests/test_distances.py tests/test_scale.py tests/test_syncs.py 2>&1 | tail -3
+timeout 120 python3 -m pytest -p no:cacheprovider -p no:warnings tests/test_distances.py tests/test_scale.py tests/test_syncs.py tests/test_graphed.py 2>&1 | tail -3
 echo "== distances, B = 256 and 1024, against the per-pair reference (values + timings)"
-timeout 200 python3 -m otcpcc.bench --device cuda --batch-sizes 256,1024 --repeats 20 --warmup 3 \
+timeout 240 python3 -m otcpcc.bench --device cuda --batch-sizes 256,1024 --repeats 20 --warmup 3 --cuda-graph \
   --reference-repeats 1 --reference-budget 4 --train-step --train-budget 10 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+echo "== K = 1000, B = 16384: fastft, default and cuda_graph (goal <= 20 ms)"
+timeout 90 python3 -m otcpcc.bench --device cuda --big --cuda-graph --repeats 10 --no-reference 2>&1 | tee "$OUT/big.txt"
 echo "== scale cases on CUDA"
 timeout 150 python3 benchmarks/gpu_scale.py 2>&1 | tee "$OUT/scale.txt"
 echo "== syncs and launches per call"

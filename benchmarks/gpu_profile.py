@@ -27,8 +27,10 @@ from otcpcc.bench.syncs import count_syncs
 
 fastft_module = importlib.import_module("otcpcc.distances.fastft")  # (the package exports the function)
 
-# (distance, B, K, fastft path: None = as fastft.use_stored_plans picks, "plans" / "bands" forced)
-CASES = (("l2", 1024, 100, None), ("swd", 1024, 100, None), ("sinkhorn", 1024, 100, None),
+# (distance, B, K, path: None = as fastft.use_stored_plans picks, "plans" / "bands" forced,
+#  "graph" = CPCCLoss(cuda_graph=True))
+CASES = (("l2", 1024, 100, None), ("l2", 1024, 100, "graph"), ("fastft", 1024, 100, "graph"),
+         ("fastft", 16384, 1000, "graph"), ("swd", 1024, 100, None), ("sinkhorn", 1024, 100, None),
          ("fastft", 1024, 100, "bands"), ("fastft", 1024, 100, "plans"), ("fastft", 256, 100, None),
          ("fastft", 4096, 1000, "bands"), ("fastft", 4096, 1000, "plans"), ("fastft", 16384, 1000, None),
          ("emd", 1024, 100, None))
@@ -45,10 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     for distance, n, k, path in CASES:
         if args.only not in (None, distance):
             continue
-        fastft_module.PATH = path
+        fastft_module.PATH = None if path == "graph" else path
         f, y, tree = make_problem(n, k, min(20, k - 1), 512, seed=0)
         x, y = f.detach().to(dev).requires_grad_(), y.to(dev)
-        crit = CPCCLoss(tree, distance)
+        crit = CPCCLoss(tree, distance, cuda_graph=path == "graph")
 
         def step(x=x, y=y, crit=crit):
             x.grad = None

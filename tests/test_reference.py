@@ -262,3 +262,21 @@ def test_bench_bad_inputs_are_one_line_errors(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(["--approx", *flags])
         assert e.value.code == 2
+
+
+def test_bench_cuda_graph_rows_match_the_baseline(tmp_path, capsys):
+    """--cuda-graph adds an 'l2+graph', 'swd+graph' and 'fastft+graph' row (CPCCLoss(cuda_graph=True)),
+    each checked against the same per-pair baseline; refused where no distance supports it."""
+    out = tmp_path / "b.json"
+    status = main(["--batch-sizes", "32", "--classes", "6", "--coarse", "2", "--dim", "8",
+                   "--repeats", "1", "--distances", "l2,swd,fft", "--cuda-graph", "--json", str(out)])
+    assert status == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["distance"] for r in rows] == ["l2", "l2+graph", "swd", "swd+graph", "fft", "fft+graph"]
+    for r in rows:
+        assert r["reference_ms"] > 0 and r["value_abs_diff"] < 1e-4 and r["grad_max_abs_diff"] < 1e-4, r
+    capsys.readouterr()
+    assert main(["--distances", "sinkhorn,emd", "--cuda-graph", "--batch-sizes", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--cuda-graph times l2, swd, and fastft with uniform weights" in err
+    assert main(["--distances", "fastft", "--weights", "near", "--cuda-graph", "--batch-sizes", "8"]) == 2

@@ -77,7 +77,7 @@ def compare(x: np.ndarray, y: np.ndarray, tree, repeats: int = 3, timing: bool =
     from scipy.stats import spearmanr
 
     from ..distances import class_distances, group_by_class
-    from ..objectives.cpcc import pearson
+    from ..objectives.correlation import pearson
     from ..objectives.target import target_matrix
 
     xt = torch.as_tensor(x, dtype=torch.float64)

@@ -9,6 +9,7 @@ import argparse
 from collections.abc import Sequence
 
 from ..flags import given_flags, refuse_unused, unwritable
+from .rows import with_graph_rows
 
 
 def refuse_overridden(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str]) -> None:
@@ -47,6 +48,9 @@ def refusal(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Seq
         if args.train_arch not in image_archs:
             return (f"--train-arch {args.train_arch!r} is not a model for 3x32x32 images; choose "
                     f"from {', '.join(image_archs)}")
+    if args.cuda_graph and not set(with_graph_rows(args.distances, args.weights)) - set(args.distances):
+        return (f"--cuda-graph times l2, swd, and fastft with uniform weights, but --distances "
+                f"{','.join(args.distances)} with --weights {args.weights} has neither; add one or drop --cuda-graph")
     if args.json not in (None, "-"):
         return unwritable(args.json)
     return None

@@ -42,6 +42,7 @@ import torch
 from ..flags import OneLineParser, int_at_least, positive_float
 from .checks import refusal
 from .problem import make_problem
+from .rows import GRAPH, make_loss, with_graph_rows
 from .timing import sync as _sync
 from .timing import time_fwd_bwd, time_interleaved
 
@@ -155,9 +156,7 @@ def bench_distances(
     ``repeats`` timed ones), so that no cell, the first one least of all, is timed before every
     cell has been warmed up with the very loss object that is then timed. The baseline is then
     timed cell by cell (its calls take up to seconds), after one untimed call at full size."""
-    from otcpcc import CPCCLoss
-
-    cells = []  # (batch, distance, options, crit, features, labels, tree_dist)
+    cells = []  # (batch, row name, options, crit, features, labels, tree_dist)
     for batch in batch_sizes:
         features, labels, tree = make_problem(batch, classes, coarse, dim, seed=seed,
                                               device=device, dtype=dtype)
@@ -167,11 +166,12 @@ def bench_distances(
         theta = (theta / theta.norm(dim=0, keepdim=True)).to(device=device, dtype=dtype)
         for distance in distances:
             options = {}
-            if distance == "swd":
+            base = distance.removesuffix(GRAPH)
+            if base == "swd":
                 options["projections"] = theta
-            if weights != "uniform" and distance in ("emd", "fastft", "fft"):
+            if weights != "uniform" and base in ("emd", "fastft", "fft"):
                 options["weights"] = weights
-            cells.append((batch, distance, options, CPCCLoss(tree, distance, **options),
+            cells.append((batch, distance, options, make_loss(tree, distance, **options),
                           features, labels, tree_dist))
 
     def fwd_bwd(crit, features, labels):
@@ -202,14 +202,14 @@ def bench_distances(
         if reference is None:
             row["reference_note"] = missing_note
         else:
+            base = distance.removesuffix(GRAPH)
             estimate = estimate_reference_seconds(
-                reference, features, labels, tree_dist, distance, options)
+                reference, features, labels, tree_dist, base, options)
             if estimate * reference_repeats > reference_budget:
                 row["reference_note"] = (
                     f"skipped: est. {estimate:.0f} s/call > budget {reference_budget:.0f} s")
             else:
-                ref_fn = functools.partial(_reference_loss, reference, tree_dist, distance,
-                                           options)
+                ref_fn = functools.partial(_reference_loss, reference, tree_dist, base, options)
                 ours_grad = ours_grad.detach().clone()
                 ref_ms, ref_value, ref_grad = time_fwd_bwd(
                     ref_fn, features, labels, repeats=reference_repeats, warmup=1,
@@ -227,7 +227,7 @@ def bench_distances(
 
 
 # --------------------------------------------------------------------------- output
-_HEADER = (f"{'distance':<9} {'B':>6} {'ours ms':>10} {'reference ms':>13} {'speed-up':>9} "
+_HEADER = (f"{'distance':<12} {'B':>6} {'ours ms':>10} {'reference ms':>13} {'speed-up':>9} "
            f"{'|value diff|':>12} {'grad max diff':>13}  note")
 
 
@@ -243,7 +243,7 @@ def _speedup(value: float | None) -> str:
 
 def format_row(row: dict) -> str:
     """One table line for a :func:`bench_distances` row."""
-    return (f"{row['distance']:<9} {row['batch']:>6} {_fmt(row['ours_ms'], '10.2f')} "
+    return (f"{row['distance']:<12} {row['batch']:>6} {_fmt(row['ours_ms'], '10.2f')} "
             f"{_fmt(row['reference_ms'], '13.1f'):>13} {_speedup(row['speedup']):>9} "
             f"{_fmt(row['value_abs_diff'], '12.2e'):>12} "
             f"{_fmt(row['grad_max_abs_diff'], '13.2e'):>13}  {row['reference_note']}")
@@ -305,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="time otcpcc only")
     p.add_argument("--reference", default=None, metavar="PATH",
                    help="another reference.py (or its folder) to time; default: otcpcc.bench.reference")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="also time l2, swd and fastft (uniform weights) with CPCCLoss(cuda_graph=True), "
+                        "as rows 'l2+graph', 'swd+graph', 'fastft+graph' (fixed shapes, no host "
+                        "sync; one CUDA graph replay per call on cuda)")
     p.add_argument("--n-projections", type=int_at_least(1), default=10, help="swd directions L")
     p.add_argument("--weights", default="uniform", choices=["uniform", "near", "far"],
                    help="sample weights of emd and fastft (default uniform)")
@@ -360,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.big:
         args.classes, args.batch_sizes, args.distances = 1000, [16384], ["fastft"]
         args.coarse = min(args.coarse, args.classes - 1)
+    if args.cuda_graph:
+        args.distances = with_graph_rows(args.distances, args.weights)
     if args.coarse >= args.classes:  # before the table starts
         print(f"otcpcc: error: --coarse {args.coarse} must be below --classes {args.classes} (each coarse "
               "group holds at least one class); lower --coarse", file=sys.stderr)

@@ -84,8 +84,9 @@ def bench_train_step(
 
 def _one_batch(batch, distances, classes, coarse, repeats, warmup, device, seed, arch,
                input_shape, budget_s, lam, log) -> list[dict]:
-    from otcpcc import CPCCLoss
     from otcpcc.models import build_model
+
+    from .rows import make_loss
 
     torch.manual_seed(seed)
     model = build_model(arch, input_shape, classes).to(device)
@@ -94,7 +95,7 @@ def _one_batch(batch, distances, classes, coarse, repeats, warmup, device, seed,
     _, labels, tree = make_problem(batch, classes, coarse, 1, seed=seed, device=device)
     x = torch.randn(batch, *input_shape, device=device)
     use_amp = device.type == "cuda"
-    crits = {d: CPCCLoss(tree, d) for d in distances}
+    crits = {d: make_loss(tree, d) for d in distances}
 
     def step(distance: str | None) -> Callable[[], None]:
         def call() -> None:

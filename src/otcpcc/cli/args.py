@@ -181,6 +181,9 @@ def add_train_args(p: argparse.ArgumentParser, command: str = "train") -> None:
     g.add_argument("--cpcc-target", default=S, metavar="CSV",
                    help="correlate with this class-distance / cost matrix (the --cost-matrix "
                         "CSV format; symmetrised as (C + C^T)/2) instead of the tree")
+    g.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=S,
+                   help="CPCC with fixed shapes and no host sync, one CUDA graph per batch shape "
+                        "(l2, swd; fastft with uniform weights); bad input then gives a NaN loss")
 
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:N")

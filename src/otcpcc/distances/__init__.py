@@ -152,7 +152,7 @@ def grouped_distances(
     """Validated batch -> (groups, rho [pairs], magnitude); the shared core of class_distances
     and CPCC. ``magnitude``: a detached [2] tensor (max|x|, max|x − x̄|) of the features as the
     distances see them (cost dtype; the second after removing the batch mean), zeros with fewer
-    than two classes: the scale of their rounding (:func:`otcpcc.objectives.cpcc.rounding_spread`).
+    than two classes: the scale of their rounding (:func:`otcpcc.objectives.correlation.rounding_spread`).
 
     ``on_labels(lo, hi)``: the caller's check of the smallest and largest label (may raise),
     called with the class sizes' transfer, before any distance. On CUDA the whole call syncs twice

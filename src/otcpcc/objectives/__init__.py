@@ -1,7 +1,8 @@
 """Training objectives on features or logits, one file each: the CPCC regulariser (``cpcc.py``),
 hierarchical cross-entropy (``hxe.py``) and soft-label cross-entropy (``soft_labels.py``)."""
 
-from .cpcc import CPCCLoss, cpcc, pearson
+from .correlation import pearson
+from .cpcc import CPCCLoss, cpcc
 from .hxe import HXELoss
 from .soft_labels import SoftLabelLoss, soft_targets
 

@@ -13,154 +13,18 @@ then 1.0 (zero correlation) with a zero gradient, never NaN.
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..distances import check_batch, check_options, grouped_distances, resolve
-from ..distances.cost import saturate
+from ..distances import check_batch, check_options, grouped_distances, random_projections, resolve
+from ..distances.fixed import chunk_entries, pair_index
 from ..distributed.gather import all_gather_labels, all_gather_with_grad
+from .correlation import _GradUnit, correlation, rounding_spread
+from .graphed import GraphCache, attach, check_fixed, fixed_loss, value_and_grad
 from .target import constant_distance, target_matrix
-
-ZERO_SPREAD = 8.0  # rho spread within ZERO_SPREAD · eps · (d·max|x - mean| + √d·max|x|): zero variance
-
-
-def rounding_spread(magnitude: Tensor, d: int, dtype: torch.dtype) -> Tensor:
-    r"""The spread of class distances that rounding alone can produce from features of ``d``
-    dimensions whose ``magnitude`` is :math:`(\max|x|, \max|x - \bar x|)` (a [2] tensor, from
-    :func:`otcpcc.distances.grouped_distances`): a float64 scalar tensor (no host sync).
-
-    Two sources, both bounded here:
-
-    * the computation: every distance is computed from the centred batch, from d-term sums over
-      entries bounded by :math:`c = \max|x - \bar x|`; its rounding error is about
-      :math:`d\,\varepsilon\,c` (a random walk of d rounding errors on distances up to
-      :math:`2\sqrt d\,c`);
-    * the input itself: each entry carries a rounding of :math:`\varepsilon \max|x|`, so rows
-      that differ only by it (the same feature up to an ulp) are :math:`\sqrt d\,\varepsilon
-      \max|x|` apart, however large a common offset is.
-
-    Class distances that all agree to within ``ZERO_SPREAD``·ε·(d·c + √d·max|x|) are equal up to
-    rounding: the variance is zero. Both terms scale with the features, so it is the same decision
-    at every feature scale; a common offset enters only through the input term (float32 features
-    1e6 + structure of size 3 keep their CPCC). O(1).
-    """
-    eps = ZERO_SPREAD * torch.finfo(dtype).eps
-    return magnitude[1].mul(d * eps).add_(magnitude[0], alpha=math.sqrt(d) * eps)
-
-
-class _Correlation(torch.autograd.Function):
-    r"""Pearson correlation of t and r ([P] each) and whether it is defined, with the closed-form
-    gradient w.r.t. r (one fused step instead of autograd through every elementwise operation).
-
-    With :math:`\tilde t = t/s_t - \overline{t/s_t}` and :math:`\tilde r = r/s_r - \overline{r/s_r}`
-    (:math:`s` the largest magnitude, so the squares neither overflow nor underflow),
-    :math:`S_{tt} = \lVert\tilde t\rVert^2`, :math:`S_{rr} = \lVert\tilde r\rVert^2`:
-
-    .. math:: c = \frac{\langle\tilde t, \tilde r\rangle}{\sqrt{S_{tt} S_{rr}}}, \qquad
-              \frac{\partial c}{\partial r} = \frac{1}{s_r}\Big(\frac{\tilde t}{\sqrt{S_{tt}
-              S_{rr}}} - c\,\frac{\tilde r}{S_{rr}}\Big)
-
-    (the centring drops out of the gradient: both centred vectors sum to 0; :math:`s_r` is a
-    detached scale, c does not depend on it). Where undefined, c = 0 with a zero gradient.
-
-    The bracket is O(1) at every scale; the factor :math:`1/s_r` comes last. Given a
-    :class:`_GradUnit` ``unit`` (as CPCC passes), backward returns the gradient times
-    :math:`s_r` and leaves the division to ``unit`` at the features, after the distances'
-    backward: tiny features (float32 ``x·1e-38``) then get their gradient of order 1e37 exactly,
-    where :math:`1/s_r` alone, or a distance backward fed with it, would overflow to inf/NaN.
-    """
-
-    @staticmethod
-    def forward(ctx, t, r, noise, unit=None):  # noqa: D102
-        r_lo, r_hi = r.aminmax()
-        t_lo, t_hi = t.aminmax()
-        defined = torch.gt(r_hi - r_lo, noise) & (t_hi > t_lo)  # (compared in float64)
-        if r.numel() < 2:
-            defined = torch.zeros_like(defined)
-        # largest magnitudes, at least the smallest normal number: no division by 0 (an all-zero
-        # vector stays 0); where undefined the results below are replaced, so no inf or NaN
-        # reaches the value or the gradient. t is scaled, centred and normalised to a unit
-        # vector in its own dtype (float64) before the cast: a target of 1e300 is not inf in
-        # float32, and one whose distances differ only beyond float32's precision (1 + 1e-12·k)
-        # keeps its variance (centring after the cast would leave 0/0 = NaN).
-        s_r = torch.maximum(r_hi, -r_lo).clamp_min_(torch.finfo(r.dtype).tiny)
-        t_max = torch.maximum(t_hi, -t_lo).clamp_min_(torch.finfo(t.dtype).tiny)
-        t = t / t_max
-        tc = t - t.mean()
-        s_tt = torch.dot(tc, tc)
-        defined = defined & (s_tt > 0)
-        tc = (tc / torch.sqrt(s_tt).clamp_min_(torch.finfo(t.dtype).tiny)).to(r.dtype)  # t̃/√S_tt
-        r = r / s_r
-        rc = r - r.mean()
-        s_rr = torch.dot(rc, rc)
-        norm = torch.sqrt(s_rr)
-        corr = torch.where(defined, torch.dot(tc, rc) / norm, 0)
-        # s_r · dc/dr = a t̃/√S_tt − b r̃ (a = b = 0 where undefined)
-        a = torch.where(defined, 1 / norm, 0)
-        b = torch.where(defined, corr / s_rr, 0)
-        ctx.save_for_backward(tc, rc, a, b, s_r)
-        ctx.unit = unit
-        if unit is not None:
-            unit.scale = s_r
-        ctx.mark_non_differentiable(defined)
-        return corr, defined
-
-    @staticmethod
-    def backward(ctx, grad, _):  # noqa: D102
-        tc, rc, a, b, s_r = ctx.saved_tensors
-        g = tc * (a * grad) - rc * (b * grad)  # s_r · dc/dr · grad
-        return None, g if ctx.unit is not None else saturate(g.div_(s_r)), None, None
-
-
-class _GradUnit(torch.autograd.Function):
-    """Identity on the features; backward divides the gradient by ``scale`` (set by
-    :class:`_Correlation`'s forward: the CPCC gradient arrives in units of :math:`1/s_r`),
-    saturating at float's largest number where the true gradient is beyond the float range
-    (:func:`otcpcc.distances.cost.saturate`)."""
-
-    @staticmethod
-    def forward(ctx, x):  # noqa: D102
-        ctx.scale = None  # the output's grad_fn is this ctx: _Correlation writes the scale here
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        if ctx.scale is None:
-            return grad
-        g = grad.to(torch.promote_types(grad.dtype, ctx.scale.dtype)) / ctx.scale
-        return saturate(g, grad.dtype).to(grad.dtype)
-
-
-def correlation(t: Tensor, r: Tensor, noise: Tensor | float = 0.0,
-                unit: Any = None) -> tuple[Tensor, Tensor]:
-    """Pearson correlation of two [P] vectors (P >= 1) without a host sync: ``(corr, defined)``,
-    scalar tensors; where undefined (see :func:`pearson`) ``corr`` is 0 with a zero gradient.
-
-    Both vectors are divided by their largest magnitude before centring and squaring, so the
-    value is the same at every scale of the float range (no overflow or underflow of the
-    squares); the gradient w.r.t. ``r`` is the closed form of :class:`_Correlation`, finite at
-    every scale (saturating at float's largest number where the true one is beyond it). ``unit``:
-    the grad_fn of :class:`_GradUnit` on the features r was computed from (CPCC's internal use:
-    the division by r's scale then happens at the features). O(P).
-    """
-    t = t.detach()
-    return _Correlation.apply(t if t.is_floating_point() else t.double(), r, noise, unit)
-
-
-def pearson(t: Tensor, r: Tensor, noise: Tensor | float = 0.0) -> Tensor | None:
-    """Pearson correlation of two [P] vectors; None where undefined.
-
-    Undefined: P < 2, t constant, or ``r`` spread (max − min) at most ``noise`` (the rounding
-    level of the inputs, :func:`rounding_spread`). One host sync (the decision); O(P).
-    """
-    if r.numel() < 2:
-        return None
-    corr, defined = correlation(t, r, noise)
-    return corr if bool(defined) else None
 
 
 def _check_labels(labels: Tensor, num_leaves: int, of: str = "the CPCC target",
@@ -266,6 +130,9 @@ class CPCCLoss(nn.Module):
         distance: ``"l2"``, ``"emd"``, ``"sinkhorn"``/``"sk"``, ``"swd"``, ``"fastft"``/``"fft"``.
         gather: compute CPCC on the batch gathered from all DDP ranks (with gradient, see
             :mod:`otcpcc.gather`); a no-op outside ``torch.distributed``.
+        cuda_graph: compute with fixed shapes over all K classes and no host sync, and on CUDA
+            replay one captured CUDA graph per input shape (:mod:`otcpcc.objectives.graphed`:
+            ``l2``, ``swd``, ``fastft``; bad input gives a NaN loss instead of an error).
         **options: options of the distance (e.g. ``reg``, ``n_projections``, ``weights``).
 
     Example::
@@ -275,11 +142,20 @@ class CPCCLoss(nn.Module):
         loss = F.cross_entropy(logits, y) + lam * crit(features, y)
     """
 
-    def __init__(self, target: Any, distance: str = "fastft", gather: bool = False, **options: Any):
+    def __init__(self, target: Any, distance: str = "fastft", gather: bool = False,
+                 cuda_graph: bool = False, **options: Any):
         super().__init__()
         self.distance = resolve(distance)
         check_options(self.distance, options)
+        if not isinstance(cuda_graph, bool):
+            raise TypeError(f"cuda_graph must be True or False, got {cuda_graph!r}")
+        if cuda_graph:
+            check_fixed(self.distance, options)
         self.gather = gather
+        self.cuda_graph = cuda_graph
+        self._graphs = GraphCache()
+        self._fixed_target: tuple[Tensor, tuple[Tensor, Tensor]] | None = None
+        self._chunks: dict[tuple, Any] = {}  # per input shape: chunk sizes, swd directions
         self.options = options
         self.register_buffer("tree_dist", target_matrix(target), persistent=False)
         same = constant_distance(self.tree_dist.numpy())  # matrices were refused above
@@ -292,7 +168,8 @@ class CPCCLoss(nn.Module):
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
-        return f"distance={self.distance!r}, gather={self.gather}{opts}"
+        graph = ", cuda_graph=True" if self.cuda_graph else ""
+        return f"distance={self.distance!r}, gather={self.gather}{graph}{opts}"
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
         check_batch(features, labels, finite=False)
@@ -300,10 +177,50 @@ class CPCCLoss(nn.Module):
             features, labels = all_gather_with_grad(features), all_gather_labels(labels)
         if self.tree_dist.device != features.device:  # moved once, not copied every call
             self.tree_dist = self.tree_dist.to(features.device)
+        if self.cuda_graph and features.shape[0] >= 2:
+            return self._fixed(features, labels)
         found = _cpcc(features, labels, self.tree_dist, self.distance, self.options)
         if found is None:
             return features.sum() * 0 + 1.0
         return 1.0 - found[0]  # 1.0 with a zero gradient where CPCC is undefined
+
+    def _swd_options(self, d: int, device: torch.device) -> dict[str, Any]:
+        """swd's ``theta`` (given or seeded directions, moved to ``device`` once: a captured graph
+        reads them in place; None: fresh ones per call), ``p`` and ``n_projections``."""
+        opts = self.options
+        n_proj, seed, theta = opts.get("n_projections", 10), opts.get("seed"), opts.get("projections")
+        key = ("theta", d, device)
+        if key not in self._chunks and (theta is not None or seed is not None):
+            if theta is None:
+                theta = random_projections(d, n_proj, seed, dtype=torch.float64)
+            if theta.shape[0] != d:
+                raise ValueError(f"projections must be [d, L] with d = {d}, got {tuple(theta.shape)}")
+            self._chunks[key] = theta.to(device)
+        return {"theta": self._chunks.get(key), "p": opts.get("p", 2), "n_projections": n_proj}
+
+    def _fixed(self, features: Tensor, labels: Tensor) -> Tensor:
+        """The fixed-shape loss (:func:`otcpcc.objectives.graphed.fixed_loss`); its gradient is
+        computed with it, from a CUDA graph on CUDA."""
+        k = self.tree_dist.shape[0]
+        if self._fixed_target is None or self._fixed_target[0].device != features.device:
+            pi, pj = pair_index(k, features.device)
+            self._fixed_target = self.tree_dist.view(-1).index_select(0, pi * k + pj), (pi, pj)
+        key = (features.shape[1], features.device)
+        if key not in self._chunks:  # read once: a captured graph's chunks are fixed
+            self._chunks[key] = chunk_entries(*key)
+        target, pairs = self._fixed_target
+        chunk = self._chunks[key]
+        swd = self._swd_options(*key) if self.distance == "swd" else {}
+
+        def fn(x: Tensor, y: Tensor) -> Tensor:
+            return fixed_loss(x, y, target, pairs, k, self.distance, chunk, **swd)
+        if not (features.requires_grad and torch.is_grad_enabled()):
+            return fn(features, labels)
+        if features.is_cuda:
+            loss, grad = self._graphs(fn, features, labels)
+        else:
+            loss, grad = value_and_grad(fn, features, labels)
+        return attach(features, loss, grad)
 
 
 @torch.no_grad()

@@ -177,7 +177,9 @@ class TrainConfig:
     ``fastft`` with ``lam`` 1; none | l2 | emd | sinkhorn | swd | fastft, aliases sk, fft) and
     ``distance_options`` (e.g. ``reg``, ``n_projections``, ``weights``, ``order``); ``cpcc_target``
     (a cost-matrix CSV keyed by class names: CPCC then correlates feature distances with
-    (C + Cᵀ)/2 instead of tree distances; copied into the run directory).
+    (C + Cᵀ)/2 instead of tree distances; copied into the run directory); ``cuda_graph``
+    (``CPCCLoss(cuda_graph=True)``: fixed shapes, no host sync, a CUDA graph per batch shape;
+    l2, swd, and fastft with uniform weights in batch order).
     Runtime: ``device`` (auto | cpu | cuda | cuda:N), ``seed``, ``workers``, ``amp`` (bf16
     autocast, CUDA only), ``eval_every`` (test accuracy every N epochs; the last epoch always).
     """
@@ -217,6 +219,7 @@ class TrainConfig:
     lam: float = 1.0
     distance_options: dict[str, Any] = field(default_factory=dict)
     cpcc_target: str | None = None
+    cuda_graph: bool = False
     # runtime
     device: str = "auto"
     seed: int = 0
@@ -400,9 +403,17 @@ class TrainConfig:
             if not isinstance(value, (list, tuple)):
                 raise bad(f"{name} must be a list of parameter-name patterns")
             setattr(self, name, [str(p) for p in value])
-        for name in ("amp", "sync_bn"):
+        for name in ("amp", "sync_bn", "cuda_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.cuda_graph and self.distance != "none":
+            from ..distances import resolve
+            from ..objectives.graphed import check_fixed
+
+            try:
+                check_fixed(resolve(self.distance), self.distance_options)
+            except ValueError as e:
+                raise bad(f"--cuda-graph: {e}") from None
         if not isinstance(self.arch, str) or not self.arch:
             raise bad(f"arch must be a model name, got {self.arch!r}")
         if self.preset is not None and self.preset not in PRESET_NAMES:

@@ -235,7 +235,9 @@ def divergence_fix(cfg: TrainConfig) -> str:
     if cfg.distance != "none" and cfg.lam > LARGE_LAM:
         return (f"the CPCC weight --lam {cfg.lam:g} makes the loss (task loss + lam * (1 - CPCC)) "
                 "and its updates overflow: lower --lam (default 1)")
-    return f"lower --lr (now {cfg.lr:g}) or --lam, or check the data for NaN/inf"
+    graph = (" (with --cuda-graph a bad label or feature also gives NaN: rerun without it to "
+             "name the cause)") if cfg.cuda_graph and cfg.distance != "none" else ""
+    return f"lower --lr (now {cfg.lr:g}) or --lam, or check the data for NaN/inf{graph}"
 
 
 def _data_meta(bundle: Any) -> dict[str, Any]:

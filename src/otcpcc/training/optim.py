@@ -25,12 +25,14 @@ def make_task_loss(cfg: TrainConfig, tree) -> nn.Module:
 
 
 def make_criterion(cfg: TrainConfig, tree, gather: bool = False) -> nn.Module | None:
-    """``CPCCLoss(tree or target matrix, distance, gather, **distance_options)``, or ``None`` for plain CE."""
+    """``CPCCLoss(tree or target matrix, distance, gather, cuda_graph, **distance_options)``, or
+    ``None`` for plain CE."""
     if cfg.distance == "none":
         return None
     from ..objectives import CPCCLoss
 
-    return CPCCLoss(tree, distance=cfg.distance, gather=gather, **cfg.distance_options)
+    return CPCCLoss(tree, distance=cfg.distance, gather=gather, cuda_graph=cfg.cuda_graph,
+                    **cfg.distance_options)
 
 
 def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -1,0 +1,229 @@
+r"""Class distances with fixed shapes and no host sync: every pair of all K label ids at once.
+
+The distances of :mod:`otcpcc.distances` size their tensors from the classes present in a batch,
+so they read the class sizes on the host (one sync) and change shape from batch to batch. Here
+every shape depends only on (N, d, K): the result covers all :math:`K(K-1)/2` label pairs, with a
+mask of the pairs whose classes are both present. That is what a CUDA graph needs (one capture,
+replayed every step, see :mod:`otcpcc.objectives.graphed`), and it never waits for the GPU.
+
+``l2``. Class sums by one ``index_add`` into [K, d]; means of absent classes are 0 and their pairs
+masked. :math:`\rho_{ij} = \lVert \bar x_i - \bar x_j \rVert_2` from the differences (exact, no
+Gram cancellation). O(N d + K² d) time, O(K² + chunk · d) memory.
+
+``fastft`` (uniform weights, batch order). The north-west-corner plan of a pair (A, B), |A| = n,
+|B| = m, merges the breakpoints :math:`\{a/n\}_{a=1}^{n} \cup \{b/m\}_{b=1}^{m}`; each merged
+breakpoint owns the segment that ends at it (on a tie, A's breakpoint comes first and B's owns an
+empty segment). So every sample s of class c owns exactly one segment in its pair with every other
+class o: the plan of all pairs is one [N, K] grid, in closed form. With r the 1-based rank of s
+in c (batch order), :math:`n = |c|`, :math:`m = |o|` and :math:`q = r m`:
+
+.. math:: \text{partner} = \lceil q / n \rceil - 1, \qquad
+          \text{mass} = \frac{q - \max\big(q - m,\ n\,P\big)}{n m}, \qquad
+          P = \begin{cases} \lceil q/n \rceil - 1 & c < o \ (\#\{b: b/m < r/n\}) \\
+                            \lfloor q/n \rfloor & c > o \ (\#\{a: a/n \le r/m\}) \end{cases}
+
+(the segment runs from the larger of the two previous breakpoints to r/n). Then
+:math:`\rho_{co} = R_{co} + R_{oc}` with :math:`R_{co} = \sum_{s \in c} \text{mass}_{so}
+\lVert x_s - x_{\text{partner}(s, o)} \rVert_2`. The same plans and values as
+:func:`otcpcc.distances.nwcorner.nw_plans_uniform` (segments of zero mass aside). O(N K d) time;
+memory O(N K + chunk · d): the [N, K] grid is evaluated in chunks fixed once per shape.
+
+Both return the distances in :func:`torch.triu_indices` order of (i, j), i < j, over label ids
+0..K−1 (for the present classes, the order of :func:`otcpcc.distances.class_distances`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .cost import feature_scale
+from .memory import chunk_items
+
+FIXED_DISTANCES = ("l2", "fastft", "swd")
+BYTES_PER_ENTRY_DIM = 16  # a chunk's two gathered rows and their difference (float32 or 64)
+
+
+def pair_index(k: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """(i, j) of every label pair i < j: two [K(K−1)/2] long tensors (``torch.triu_indices``)."""
+    pi, pj = torch.triu_indices(k, k, offset=1, device=device)
+    return pi, pj
+
+
+def class_counts(labels: Tensor, k: int) -> Tensor:
+    """[K] long samples per label id, for ids in [0, K) (``index_add``: ``torch.bincount`` reads the
+    largest label on the host)."""
+    return torch.zeros(k, dtype=torch.int64, device=labels.device).index_add_(
+        0, labels, torch.ones_like(labels))
+
+
+def chunk_entries(d: int, device: torch.device | str) -> int:
+    """Entries per chunk of :func:`pair_norms` for d-dimensional rows, from the memory budget
+    (read once per input shape by the caller: a captured graph's chunks are fixed)."""
+    return chunk_items(BYTES_PER_ENTRY_DIM * d, device)
+
+
+class _PairNorms(torch.autograd.Function):
+    r"""[E] :math:`\lVert x_{a_e} - x_{b_e} \rVert_2` with the gradient of a sum of weighted
+    norms, in fixed shapes.
+
+    Forward: from the differences (exact: no Gram cancellation), ``chunk`` entries at a time.
+    Backward, with :math:`c_e = g_e / \lVert x_{a_e} - x_{b_e} \rVert` (0 where the rows
+    coincide): where an [n, n] matrix fits the chunk's bytes, scatter :math:`c` into it (C) and
+    :math:`\nabla X = \operatorname{diag}((C + C^\top)\mathbf 1) X - C X - C^\top X` (two
+    products, no second [n, n] matrix); else :math:`c_e (x_a - x_b)` added to rows a and
+    subtracted from rows b, in chunks.
+    Computed in units of the feature scale (as :class:`otcpcc.distances.cost._PlanCost`), so tiny
+    features do not overflow."""
+
+    @staticmethod
+    def forward(ctx, x, ia, ib, chunk):  # noqa: D102
+        with torch.no_grad():
+            c = feature_scale(x)
+            xs = x / c
+            parts = [torch.linalg.vector_norm(xs.index_select(0, ia[e:e + chunk])
+                                              - xs.index_select(0, ib[e:e + chunk]), dim=1)
+                     for e in range(0, ia.shape[0], chunk)]
+            norms = torch.cat(parts) if len(parts) > 1 else parts[0]  # in units of c
+        ctx.chunk = chunk
+        ctx.save_for_backward(x, ia, ib, norms, c)
+        return norms * c
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        x, ia, ib, norms, c = ctx.saved_tensors
+        x = x / c
+        pos = norms > 0
+        coef = torch.where(pos, grad / torch.where(pos, norms, 1), 0)
+        n = x.shape[0]
+        if n * n * x.element_size() <= ctx.chunk * x.shape[1] * BYTES_PER_ENTRY_DIM:
+            big = torch.zeros(n * n, dtype=x.dtype, device=x.device).index_add_(0, ia * n + ib, coef)
+            big = big.view(n, n)
+            deg = (big.sum(1) + big.sum(0))[:, None]
+            return deg * x - big @ x - big.T @ x, None, None, None
+        out = torch.zeros_like(x)
+        for e in range(0, ia.shape[0], ctx.chunk):
+            a, b = ia[e:e + ctx.chunk], ib[e:e + ctx.chunk]
+            g = coef[e:e + ctx.chunk, None] * (x.index_select(0, a) - x.index_select(0, b))
+            out.index_add_(0, a, g).index_add_(0, b, -g)
+        return out, None, None, None
+
+
+def pair_norms(x: Tensor, ia: Tensor, ib: Tensor, chunk: int) -> Tensor:
+    """[E] exact ‖x[ia] − x[ib]‖₂ for [n, d] rows and [E] indices, differentiable (0 gradient
+    where two rows coincide); no host sync; ``chunk``: entries per chunk (:func:`chunk_entries`).
+    O(E d) time, O(chunk · d) memory (+ O(n²) in backward where it fits the chunk)."""
+    return _PairNorms.apply(x, ia, ib, chunk)
+
+
+def fixed_l2(x: Tensor, labels: Tensor, counts: Tensor, pairs: tuple[Tensor, Tensor],
+             chunk: int) -> Tensor:
+    """[N, d] features, [N] label ids, [K] counts -> [K(K−1)/2] distances between class means
+    (an absent class has mean 0 here: mask its pairs); ``chunk``: :func:`pair_norms`."""
+    k = counts.shape[0]
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add(0, labels, x)
+    means = sums / counts.clamp_min(1)[:, None].to(x.dtype)
+    return pair_norms(means, *pairs, chunk)
+
+
+def nw_grid(labels: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The uniform north-west-corner plans of all label pairs as an [N, K] grid (module docstring).
+
+    Returns ``(order, partner, mass)``: ``order`` [N] the stable sort of the labels (grouped
+    position p holds sample ``order[p]``); ``partner`` [N, K] the grouped position that grouped
+    sample p is coupled to in class o (a valid index also where the mass is 0); ``mass`` [N, K]
+    float64, 0 in a sample's own column and for absent classes. Integer arithmetic: exact."""
+    k = counts.shape[0]
+    order = torch.argsort(labels, stable=True)
+    cls = labels.index_select(0, order)
+    offsets = torch.cumsum(counts, 0) - counts
+    n = counts.index_select(0, cls)[:, None]  # own class size (>= 1)
+    r = (torch.arange(cls.shape[0], device=cls.device) - offsets.index_select(0, cls) + 1)[:, None]
+    m = counts[None, :]
+    q = r * m
+    ceil = torch.div(q - 1, n, rounding_mode="floor")  # ⌈q/n⌉ − 1 (q ≥ 1; −1 where m = 0)
+    other = torch.arange(k, device=cls.device)[None, :]
+    prev = torch.where(cls[:, None] < other, ceil, torch.div(q, n, rounding_mode="floor"))
+    num = q - torch.maximum(q - m, n * prev)
+    mass = torch.where((m > 0) & (other != cls[:, None]), num.double() / (n * m).clamp_min(1), 0.0)
+    top = cls.shape[0] - 1
+    partner = (offsets[None, :] + ceil.clamp_min(0)).clamp_max(top)
+    return order, partner, mass
+
+
+def fixed_fastft(x: Tensor, labels: Tensor, counts: Tensor, pairs: tuple[Tensor, Tensor],
+                 chunk: int) -> Tensor:
+    """[N, d] features, [N] label ids, [K] counts -> [K(K−1)/2] FastFT distances (uniform
+    weights, batch order; 0 where a class is absent); ``chunk``: :func:`pair_norms`.
+    Differentiable with the constant-plan gradient. O(N K d) time (+ O(N² d) for the backward's
+    product where it fits), O(N K + chunk · d) memory."""
+    k = counts.shape[0]
+    order, partner, mass = nw_grid(labels, counts)
+    n = order.shape[0]
+    rows = torch.arange(n, device=x.device)[:, None].expand(n, k).reshape(-1)
+    norms = pair_norms(x.index_select(0, order), rows, partner.reshape(-1), chunk)
+    cost = (norms * mass.reshape(-1).to(x.dtype)).view(n, k)
+    r = torch.zeros(k, k, dtype=x.dtype, device=x.device).index_add(0, labels.index_select(0, order), cost)
+    pi, pj = pairs
+    flat = r.view(-1)  # R[c, o]: the segments owned by class c's samples in pair (c, o)
+    return flat.index_select(0, pi * k + pj) + flat.index_select(0, pj * k + pi)
+
+
+class _PairGaps(torch.autograd.Function):
+    r"""[E] :math:`\frac1L \sum_l |r_{a_e l} - r_{b_e l}|^p` for [n, L] rows r, ``chunk`` entries at
+    a time (forward and backward: memory O(chunk · L)); backward adds
+    :math:`\frac{p}{L} g_e\, |\delta|^{p-1} \operatorname{sign}\delta` to row a and subtracts it
+    from row b (as :class:`otcpcc.distances.swd._SlicedCost`, over fixed entries)."""
+
+    @staticmethod
+    def forward(ctx, r, ia, ib, p, chunk):  # noqa: D102
+        with torch.no_grad():
+            parts = [(r.index_select(0, ia[e:e + chunk]) - r.index_select(0, ib[e:e + chunk]))
+                     .abs_().pow_(p).mean(1) for e in range(0, ia.shape[0], chunk)]
+        ctx.p, ctx.chunk = p, chunk
+        ctx.save_for_backward(r, ia, ib)
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        r, ia, ib = ctx.saved_tensors
+        p, chunk = ctx.p, ctx.chunk
+        out = torch.zeros_like(r)
+        for e in range(0, ia.shape[0], chunk):
+            a, b = ia[e:e + chunk], ib[e:e + chunk]
+            delta = r.index_select(0, a) - r.index_select(0, b)
+            slope = delta.sign() if p == 1 else delta.abs().pow_(p - 1).mul_(delta.sign())
+            g = slope.mul_(grad[e:e + chunk, None] * (p / r.shape[1]))
+            out.index_add_(0, a, g).index_add_(0, b, -g)
+        return out, None, None, None, None
+
+
+def fixed_swd(x: Tensor, labels: Tensor, counts: Tensor, pairs: tuple[Tensor, Tensor],
+              theta: Tensor, p: float, chunk: int) -> Tensor:
+    r"""[N, d] features, [N] label ids, [K] counts, [d, L] unit directions -> [K(K−1)/2] sliced
+    Wasserstein distances (0 where a class is absent), as :func:`otcpcc.distances.swd.swd`.
+
+    Every column of the projections is sorted within each class (by value, then stably by label),
+    so grouped position s holds the sample of rank r along each direction; the 1-D optimal plans
+    of all pairs are then the NW grid of :func:`nw_grid` (the same for every direction, as the
+    class sizes are), and :math:`W_p^p(c, o) = R_{co} + R_{oc}` with :math:`R_{co} = \sum_{s \in c}
+    \text{mass}_{so} \frac1L \sum_l |r_{sl} - r_{\text{partner}(s,o)\,l}|^p`. O(N d L + N L log N +
+    N K L) time, O(N K + chunk · L) memory; ``chunk``: entries per chunk."""
+    from .cost import safe_sqrt
+
+    k = counts.shape[0]
+    c = feature_scale(x)  # |gap|^p on x / c: neither overflow nor underflow
+    proj = (x / c) @ theta.to(x.dtype)  # [N, L]
+    by_val = torch.argsort(proj.detach(), dim=0, stable=True)
+    by_cls = torch.argsort(labels.index_select(0, by_val.reshape(-1)).view_as(by_val), dim=0, stable=True)
+    ranked = proj.gather(0, by_val.gather(0, by_cls))  # [N, L]: per column, sorted within class
+    order, partner, mass = nw_grid(labels, counts)
+    n = order.shape[0]
+    rows = torch.arange(n, device=x.device)[:, None].expand(n, k).reshape(-1)
+    gaps = _PairGaps.apply(ranked, rows, partner.reshape(-1), p, chunk)
+    cost = (gaps * mass.reshape(-1).to(x.dtype)).view(n, k)
+    r = torch.zeros(k, k, dtype=x.dtype, device=x.device).index_add(0, labels.index_select(0, order), cost)
+    flat = r.view(-1)
+    wp = flat.index_select(0, pairs[0] * k + pairs[1]) + flat.index_select(0, pairs[1] * k + pairs[0])
+    root = safe_sqrt(wp) if p == 2 else torch.where(wp > 0, wp, 1).pow(1.0 / p) * (wp > 0)
+    return root * c

@@ -1,0 +1,174 @@
+r"""CPCC with fixed shapes and no host sync, replayed as a CUDA graph (``CPCCLoss(cuda_graph=True)``).
+
+At the batch sizes of training (N ≈ 1024) a CPCC call on a GPU is bound by kernel launches and
+host syncs, not by arithmetic. Here the loss and its gradient with respect to the features are
+computed together by :func:`fixed_loss` over all K label ids
+(:mod:`otcpcc.distances.fixed`): every shape depends only on (N, d, K), and nothing is read on the
+host. On CUDA, :class:`GraphCache` captures that computation once per input shape as a CUDA graph
+and replays it every call: about three launches (two copies in, one replay) instead of a few
+hundred, and no wait for the GPU. On CPU the same computation runs eagerly (the graph's CPU twin).
+
+The returned loss is the same CPCC as the default path: the Pearson correlation over the pairs of
+classes present (a mask over all K(K−1)/2 pairs), the same rounding-level rule for "undefined"
+(loss 1.0, zero gradient), the same closed-form gradient. Its backward multiplies the stored
+gradient by the incoming one: the features' gradient is exact for ``loss`` used linearly (as in
+``ce + lam * crit(f, y)``), like any autograd function.
+
+What cannot be checked without a sync is not raised: a label outside 0..K−1, NaN/inf features or
+distances that overflow make the loss NaN (run once without ``cuda_graph`` to get the one-line
+error). Supported: ``l2``, ``swd`` (fresh random directions are drawn on the features' device:
+the same law as the default path's, another random stream) and ``fastft`` with uniform weights in
+batch order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..distances.cost import cost_dtype, max_abs
+from ..distances.fixed import FIXED_DISTANCES, class_counts, fixed_fastft, fixed_l2, fixed_swd
+from .correlation import _GradUnit, correlation, rounding_spread
+
+MAX_GRAPHS = 4  # input shapes kept captured at once (e.g. full and last batch), oldest dropped
+WARMUP_CALLS = 3  # eager calls on a side stream before capture (as torch.cuda.graphs advises)
+
+
+def check_fixed(distance: str, options: dict) -> None:
+    """One-line ValueError where ``cuda_graph=True`` cannot compute ``distance`` with ``options``."""
+    if distance not in FIXED_DISTANCES:
+        raise ValueError(f"cuda_graph=True supports distance {', '.join(FIXED_DISTANCES)}, got "
+                         f"{distance!r}; drop cuda_graph for it (its shapes depend on the batch)")
+    if distance != "fastft":
+        return
+    unsupported = {k: v for k, v in options.items()
+                   if (k, v) not in (("weights", "uniform"), ("order", "batch"))}
+    if unsupported:
+        k, v = next(iter(unsupported.items()))
+        raise ValueError(f"cuda_graph=True computes fastft with uniform weights in batch order only, "
+                         f"got {k}={v!r}; drop cuda_graph or the option")
+
+
+def directions(d: int, n_projections: int, device: torch.device) -> Tensor:
+    """[d, L] fresh random unit directions drawn on ``device`` (its generator: on CUDA this is
+    graph-safe, a captured graph draws new ones at every replay)."""
+    theta = torch.randn(d, n_projections, device=device)
+    return theta / torch.linalg.vector_norm(theta, dim=0, keepdim=True)
+
+
+def fixed_loss(features: Tensor, labels: Tensor, target: Tensor, pairs: tuple[Tensor, Tensor],
+               k: int, distance: str, chunk: int, theta: Tensor | None = None, p: float = 2,
+               n_projections: int = 10) -> Tensor:
+    """``1 − CPCC`` of ``features`` [N, d] and ``labels`` [N] (ids 0..K−1) with fixed shapes and
+    no host sync: a scalar tensor, NaN where a label is out of range or a distance not finite.
+
+    ``target``: [K(K−1)/2] target distances of ``pairs`` (the K labels' pairs i < j, triu order);
+    ``chunk``: entries per chunk (:func:`otcpcc.distances.fixed.chunk_entries`). swd: ``theta``
+    [d, L] directions on the features' device (None: ``n_projections`` fresh ones per call,
+    :func:`directions`) and ``p``; a zero direction makes the loss NaN."""
+    labels = labels.long()
+    bad = ((labels < 0) | (labels >= k)).any()
+    labels = labels.clamp(0, k - 1)
+    if features.requires_grad:
+        features = _GradUnit.apply(features)
+    unit = features.grad_fn if features.requires_grad else None
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        x = features.to(cost_dtype(features))
+        raw = max_abs(x.detach())
+        x = x - x.detach().mean(0)  # translation invariant: as otcpcc.distances.grouped_distances
+        magnitude = torch.stack((raw, max_abs(x.detach()))).double()
+        counts = class_counts(labels, k)
+        if distance == "l2":
+            rho = fixed_l2(x, labels, counts, pairs, chunk)
+        elif distance == "fastft":
+            rho = fixed_fastft(x, labels, counts, pairs, chunk)
+        else:
+            if theta is None:
+                theta = directions(x.shape[1], n_projections, x.device)
+            bad = bad | (theta == 0).all(0).any()
+            rho = fixed_swd(x, labels, counts, pairs, theta, p, chunk)
+        present = counts > 0
+        mask = present.index_select(0, pairs[0]) & present.index_select(0, pairs[1])
+        bad = bad | ~(max_abs(torch.where(mask, rho.detach(), 0)) < math.inf)  # NaN or inf
+        corr, _ = correlation(target, rho, rounding_spread(magnitude, x.shape[1], rho.dtype), unit, mask)
+    return torch.where(bad, math.nan, 1.0 - corr)
+
+
+def value_and_grad(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor,
+                   labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``fn(x, labels)`` (a scalar) and its gradient with respect to ``x``, both detached."""
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        loss = fn(leaf, labels)
+        (grad,) = torch.autograd.grad(loss, leaf)
+    return loss.detach(), grad
+
+
+class _Precomputed(torch.autograd.Function):
+    """``loss`` as a function of ``x`` whose gradient ``grad`` was computed with it."""
+
+    @staticmethod
+    def forward(ctx, x, loss, grad):  # noqa: D102
+        ctx.save_for_backward(grad)
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        (grad,) = ctx.saved_tensors
+        return grad * g.to(grad.dtype), None, None
+
+
+def attach(x: Tensor, loss: Tensor, grad: Tensor) -> Tensor:
+    """``loss`` connected to ``x`` for autograd, with the precomputed gradient ``grad``."""
+    return _Precomputed.apply(x, loss, grad)
+
+
+class _Captured:
+    """One CUDA graph of :func:`value_and_grad` for one input shape, with its static buffers."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, labels: Tensor):
+        self.x = x.detach().clone()
+        self.labels = labels.clone()
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        # fn computes without autocast anyway; off here too, so no autocast cache enters the graph
+        with torch.autocast("cuda", enabled=False):
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_CALLS):
+                    value_and_grad(fn, self.x, self.labels)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss, self.grad = value_and_grad(fn, self.x, self.labels)
+
+    def __call__(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        self.x.copy_(x.detach())
+        self.labels.copy_(labels)
+        self.graph.replay()
+        return self.loss.clone(), self.grad.clone()  # the next replay overwrites the buffers
+
+
+class GraphCache:
+    """CUDA graphs of one loss function, one per (shape, dtype, device) of its inputs."""
+
+    def __init__(self) -> None:
+        self.graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+
+    def __call__(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor,
+                 labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(loss, gradient w.r.t. x) of ``fn(x, labels)``, replayed from the graph of their shape
+        (captured on first sight; at most ``MAX_GRAPHS`` kept)."""
+        key = (tuple(x.shape), x.dtype, tuple(labels.shape), labels.dtype, x.device)
+        graph = self.graphs.get(key)
+        if graph is None:
+            if len(self.graphs) >= MAX_GRAPHS:
+                self.graphs.popitem(last=False)
+            graph = self.graphs[key] = _Captured(fn, x, labels)
+        else:
+            self.graphs.move_to_end(key)
+        return graph(x, labels)
+
