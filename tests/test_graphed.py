@@ -262,3 +262,22 @@ def test_train_cuda_graph_flag_gives_the_same_run_and_refuses_what_it_cannot(tmp
         code = main(["train", *tiny, "--cuda-graph", *extra, "--out", str(tmp_path / "bad")])
         one_line_error(capsys, code, "cuda_graph=True")
         assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("distance, opts", [("l2", {}), ("fastft", {}), ("swd", {}), ("swd", {"seed": 3})])
+def test_graph_loss_and_gradient_run_on_the_meta_device(monkeypatch, distance, opts):
+    """What a CUDA graph capture needs, checked on a CPU: the meta device holds shapes but no
+    data, so any host read of a value (.item(), nonzero, .tolist()) or any tensor built on the host
+    and mixed in fails there. The whole loss and its gradient run on it; the default path (which
+    reads the class sizes) does not (the negative control)."""
+    import contextlib
+
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: contextlib.nullcontext())  # no meta autocast
+    _, _, tree = make_problem(64, 10, 3, 8, seed=0)
+    x = torch.empty(64, 8, device="meta", requires_grad=True)
+    labels = torch.empty(64, dtype=torch.long, device="meta")
+    loss = CPCCLoss(tree, distance, cuda_graph=True, **opts).to("meta")(x, labels)
+    loss.backward()
+    assert loss.shape == () and x.grad.shape == (64, 8)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        CPCCLoss(tree, distance, **opts).to("meta")(x, labels)
