@@ -125,11 +125,30 @@ def parents_from_levels(
 
 
 def named_levels(tree: Any, spec: list[tuple[str, list[str]]]) -> list[Level]:
-    """Validate named levels of ``tree`` (internal nodes, finest first) and map every leaf into them."""
+    """Validate named levels of ``tree`` (internal nodes, finest first) and map every leaf into them.
+
+    One walk up from every leaf records, for every level, the first two of its nodes on the leaf's
+    root path (the leaf's node in that level, and an ancestor of it in the same level, which is an
+    error); the levels are then checked one after the other from those records, so the first
+    error is the one a level-by-level walk meets. O(Σ depths + K · levels), not the O(levels ·
+    Σ depths) of walking every leaf's path once per level (400 levels of 401 leaves: 7 s before)."""
+    node_levels: dict[str, list[int]] = {}
+    for l, (_, names) in enumerate(spec):
+        for x in dict.fromkeys(names):
+            node_levels.setdefault(x, []).append(l)
+    k = len(tree._leaves)
+    hits: list[list[list[str]]] = [[[] for _ in range(k)] for _ in spec]  # [level][leaf]: ≤ 2 nodes
+    for i, leaf in enumerate(tree._leaves):
+        n: str | None = tree._parent[leaf]
+        while n is not None:
+            for l in node_levels.get(n, ()):
+                if len(hits[l][i]) < 2:
+                    hits[l][i].append(n)
+            n = tree._parent[n]
     out: list[Level] = []
     prev: list[str] | None = None
     seen: set[str] = set()
-    for lname, names in spec:
+    for l, (lname, names) in enumerate(spec):
         if lname in seen:
             raise TreeError(f"duplicate level name {lname!r}; level names must differ")
         seen.add(lname)
@@ -147,17 +166,13 @@ def named_levels(tree: Any, spec: list[tuple[str, list[str]]]) -> list[Level]:
             raise TreeError(f"level {lname!r} lists {_listed(dup)} twice; list each once")
         targets: list[str] = []
         for i, leaf in enumerate(tree._leaves):
-            n: str | None = tree._parent[leaf]
-            while n is not None and n not in pos:
-                n = tree._parent[n]
-            if n is None:
+            found = hits[l][i]
+            if not found:
                 raise TreeError(f"leaf {leaf!r} has no ancestor in level {lname!r}; every leaf needs one")
-            m = tree._parent[n]
-            while m is not None and m not in pos:
-                m = tree._parent[m]
-            if m is not None:
+            n = found[0]
+            if len(found) > 1:
                 raise TreeError(
-                    f"level {lname!r} holds both {n!r} and its ancestor {m!r}; a level cuts each root path once"
+                    f"level {lname!r} holds both {n!r} and its ancestor {found[1]!r}; a level cuts each root path once"
                 )
             if prev is not None and tree._depth[n] >= tree._depth[prev[i]]:
                 raise TreeError(
