@@ -173,7 +173,7 @@ def test_compare_and_sweep_pass_their_settings_on(monkeypatch, tmp_path):
         calls["resume"] = resume
         return out
 
-    def fake_sweep(cfg, lams, batch_sizes, out, force=False, progress=True):
+    def fake_sweep(cfg, lams, batch_sizes, out, force=False, progress=True, resume=False):
         calls["sweep"] = (cfg, lams, batch_sizes, out, force, progress)
         return out
 

@@ -4,6 +4,7 @@ with other settings is refused naming them. And the pilot loads its data once.""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -225,3 +226,42 @@ def test_compare_resume_refuses_a_finished_run_trained_with_other_settings(tmp_p
     assert len(err.splitlines()) == 1 and err.startswith("otcpcc: error:"), err
     assert "lam (5.0 -> 1.0)" in err and f"delete {run}" in err
     assert (out / "summary.json").read_bytes() == summary
+
+
+def test_sweep_resumed_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch, capsys):
+    """A sweep stopped by SIGTERM in its second run says how to continue; --resume reuses the first
+    run, continues the second from its checkpoint, trains the rest, and writes the same sweep.csv."""
+    monkeypatch.setattr(compare_mod, "plot_sweep", lambda *a, **k: None)
+    tiny = [a for a in TINY if a not in ("--batch-size", "16")]
+    sweep = [*tiny, "--distance", "l2", "--lams", "0.5,1", "--batch-sizes", "16"]
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert main(["sweep", *sweep, "--out", str(straight)]) == 0
+
+    real_step, steps = train_mod.train_step, {"n": 0}
+
+    def step_then_term(*a, **k):
+        out = real_step(*a, **k)
+        steps["n"] += 1
+        if steps["n"] == 10 + 7:  # second run (lam1_bs16), epoch 2, step 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(train_mod, "train_step", step_then_term)
+    assert main(["sweep", *sweep, "--out", str(cut)]) == 143
+    err = capsys.readouterr().err
+    assert f"checkpoint in {cut / 'lam1_bs16'}/last.pt" in err
+    assert err.strip().splitlines()[-1].endswith("--out " + str(cut) + " --resume")
+    assert not (cut / "sweep.csv").exists()
+    monkeypatch.setattr(train_mod, "train_step", real_step)
+
+    calls = spy_train(monkeypatch)
+    assert main(["sweep", *sweep, "--out", str(cut), "--resume"]) == 0
+    assert calls == [("cut/lam1_bs16", True)]
+
+    def rows(path):
+        return [without_timing(r) for r in csv.DictReader(path.open())]
+    assert len(rows(cut / "sweep.csv")) == 2
+    assert rows(cut / "sweep.csv") == rows(straight / "sweep.csv")  # every number
+    capsys.readouterr()
+    assert main(["sweep", *[a if a != "0.5,1" else "0.5,2" for a in sweep], "--out", str(cut), "--resume"]) == 2
+    assert "methods" in capsys.readouterr().err

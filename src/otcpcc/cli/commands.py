@@ -131,7 +131,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     refuse_unused_flags(args, "sweep")
     cfg = config_from_args(args)
     out = run_sweep(cfg, args.lams, args.batch_sizes, Path(args.out), force=args.force,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, resume=args.resume)
     print(out)
     return 0
 
@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--out", default="runs/sweep", metavar="DIR", type=_out_dir,
                    help="output directory (default runs/sweep)")
     g.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    g.add_argument("--resume", action="store_true", help=_STUDY_RESUME)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("diagnose", help="does optimal transport matter here? (OT vs l2)",
@@ -369,7 +370,7 @@ def _stopped(e: KeyboardInterrupt) -> str:
 
 
 def _interrupted_study(argv: Sequence[str], e: KeyboardInterrupt) -> int:
-    """Ctrl-C in compare / pilot: say what is kept and the command that continues."""
+    """Ctrl-C or SIGTERM in compare / pilot / sweep: say what is kept and the command that continues."""
     import shlex
 
     from ..runs.signals import exit_status
@@ -399,12 +400,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
-        if args.command in ("compare", "pilot"):  # a study continues as a whole, not run by run
+        if args.command in ("compare", "pilot", "sweep"):  # a study continues as a whole
             return _interrupted_study(argv, e)
-        if args.command == "sweep":  # no --resume: say what is kept and what continues
-            print(f"{PROG}: {_stopped(e)}; the finished runs in {args.out} are kept, but sweep "
-                  "cannot resume: rerun it with --force", file=sys.stderr)
-            return exit_status(e)
         if not isinstance(e, TrainingInterrupted):
             print(f"{PROG}: {_stopped(e)}", file=sys.stderr)
             return exit_status(e)

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from ..flags import make_dir
 from ..runs.checkpoint import atomic_write_text
 from ..runs.config import TrainConfig
 from .context import read_context
@@ -61,14 +60,6 @@ def _as_config(cfg: TrainConfig | Mapping[str, Any]) -> TrainConfig:
         cfg.validate()
         return cfg
     return TrainConfig.from_dict(dict(cfg))
-
-
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a directory; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ValueError(f"{out} already exists and is not empty; pass --force to overwrite it "
-                         "or choose another --out")
 
 
 def _say(progress: bool, msg: str) -> None:
@@ -347,13 +338,16 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 def run_sweep(base_cfg: TrainConfig | Mapping[str, Any], lams: Sequence[float],
               batch_sizes: Sequence[int], out: str | os.PathLike, force: bool = False,
-              progress: bool = True) -> Path:
+              progress: bool = True, resume: bool = False) -> Path:
     """Train and evaluate every (λ, batch size) pair with ``base_cfg``'s distance and seed.
 
     Runs go to ``out/lam<λ>_bs<B>``; ``out/sweep.csv`` has one row per pair (lam, batch_size,
     fine_acc, test_cpcc_l2, test_cpcc_emd, mistake_severity, expected_cost, then every other
     evaluation metric) and ``out/sweep.png`` plots TestCPCC and accuracy against each. The
-    distance must not be ``"none"`` (λ would have no effect). Returns ``out``.
+    distance must not be ``"none"`` (λ would have no effect). ``out/study.json`` stores the
+    settings and the grid; ``resume`` continues an interrupted sweep asked with the same ones
+    (as :func:`run_compare`: finished runs reused, an unfinished one from its checkpoint).
+    Returns ``out``.
     """
     cfg = _as_config(base_cfg)
     if cfg.distance == "none":
@@ -371,13 +365,21 @@ def run_sweep(base_cfg: TrainConfig | Mapping[str, Any], lams: Sequence[float],
             raise ValueError(f"{flag} lists {bad[0]:g}; {need}")
     grid = [cfg.replace(lam=lam, batch_size=bs) for lam in lams for bs in batch_sizes]  # validate
     out = Path(out)
-    _check_out(out, force)
-    make_dir(out, "--out")
+    names = [f"lam{c.lam:g}_bs{c.batch_size}" for c in grid]
+    record = study_record("sweep", cfg, names, 1, None)
+    open_study(out, record, resume=resume, force=force)
+    with removed_if_empty_on_failure(out):
+        if not resume:
+            write_study(out, record)
+        return _sweep(grid, names, out, force, progress, resume)
+
+
+def _sweep(grid: list[TrainConfig], names: list[str], out: Path, force: bool, progress: bool,
+           resume: bool) -> Path:
     rows = []
-    for i, c in enumerate(grid, 1):
+    for i, (c, name) in enumerate(zip(grid, names, strict=True), 1):
         _say(progress, f"[sweep {i}/{len(grid)}] lam={c.lam:g} batch_size={c.batch_size}")
-        res = _train_and_evaluate(c, out / f"lam{c.lam:g}_bs{c.batch_size}", force, progress,
-                                  None)
+        res = _train_and_evaluate(c, out / name, force, progress, None, resume=resume)
         row = run_row(res["run_dir"], res["metrics"], lam=c.lam, batch_size=c.batch_size)
         rows.append({**row, "distance": c.distance, "seed": c.seed})
     write_csv(rows, out / "sweep.csv")
