@@ -11,8 +11,8 @@ hundred, and no wait for the GPU. On CPU the same computation runs eagerly (the 
 The returned loss is the same CPCC as the default path: the Pearson correlation over the pairs of
 classes present (a mask over all K(K−1)/2 pairs), the same rounding-level rule for "undefined"
 (loss 1.0, zero gradient), the same closed-form gradient. Its backward multiplies the stored
-gradient by the incoming one: the features' gradient is exact for ``loss`` used linearly (as in
-``ce + lam * crit(f, y)``), like any autograd function.
+gradient by the incoming one (the chain rule: exact however the loss is used downstream); second
+derivatives (``create_graph=True``) are not available.
 
 What cannot be checked without a sync is not raised: a label outside 0..K−1, NaN/inf features or
 distances that overflow make the loss NaN (run once without ``cuda_graph`` to get the one-line
