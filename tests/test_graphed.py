@@ -281,3 +281,68 @@ def test_graph_loss_and_gradient_run_on_the_meta_device(monkeypatch, distance, o
     assert loss.shape == () and x.grad.shape == (64, 8)
     with pytest.raises((RuntimeError, NotImplementedError)):
         CPCCLoss(tree, distance, **opts).to("meta")(x, labels)
+
+
+def test_graph_bad_labels_give_a_nan_gradient_too_and_second_derivatives_raise():
+    """Breaker findings: an out-of-range label made the loss NaN but the gradient 0 (an optimiser
+    step on CE alone would go ahead unseen); a gradient penalty silently missed CPCC's part."""
+    crit = CPCCLoss(_tree(6), "fastft", cuda_graph=True)
+    x = torch.randn(8, 3, requires_grad=True)
+    y = torch.arange(8) % 6
+    for bad in (-1, 6, 10**12):
+        x.grad = None
+        crit(x, y.clone().fill_(bad)).backward()
+        assert torch.isnan(x.grad).all(), bad
+    x.grad = None
+    crit(x, y).backward()
+    assert torch.isfinite(x.grad).all()
+    penalty = (x**2).sum() * 1e-3 + crit(x, y)
+    with pytest.raises(RuntimeError, match="no second derivatives"):
+        torch.autograd.grad(penalty, x, create_graph=True)
+
+
+def test_graph_refuses_huge_label_sets_and_copies_start_without_graphs():
+    import copy
+    import pickle
+
+    with pytest.raises(ValueError, match=r"12,497,500 for K = 5000 \(at most 4096 classes\)"):
+        CPCCLoss(LabelTree.from_levels([[i // 10 for i in range(5000)]]), "l2", cuda_graph=True)
+    crit = CPCCLoss(_tree(6), "l2", cuda_graph=True)
+    crit._graphs.graphs["fake"] = object()  # stands for a captured CUDA graph (not copyable)
+    for twin in (copy.deepcopy(crit), pickle.loads(pickle.dumps(crit))):
+        assert not twin._graphs.graphs and twin.cuda_graph
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_nan_swd_projections_are_refused_when_built(graph):
+    theta = random_projections(3, 4, seed=0)
+    theta[1, 2] = math.inf
+    with pytest.raises(ValueError, match="projections has NaN or inf entries"):
+        CPCCLoss(_tree(6), "swd", cuda_graph=graph, projections=theta)
+
+
+def test_cuda_graph_flags_override_a_config_file_and_may_change_on_resume(tmp_path, capsys):
+    """A config file's cuda_graph + emd is fixed by --no-cuda-graph (cross-field checks run after
+    the flags); a quoted "true" is named; resuming with --cuda-graph changed is allowed."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("distance: emd\ncuda_graph: true\nepochs: 1\n")
+    tiny = ["--no-progress", "--data-opt", "train_per_class=8", "--data-opt", "test_per_class=4"]
+    out = tmp_path / "r"
+    assert main(["train", "--config", str(cfg), "--no-cuda-graph", *tiny, "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["cuda_graph"] is False
+    capsys.readouterr()
+    one_line_error(capsys, main(["train", "--config", str(cfg), *tiny, "--out", str(tmp_path / "r2")]),
+                   "cuda_graph (--cuda-graph): cuda_graph=True supports distance")
+    cfg.write_text("distanse: l2\n")  # a bad key the flags do not fix is still named in the file
+    one_line_error(capsys, main(["train", "--config", str(cfg), *tiny, "--out", str(tmp_path / "r3")]),
+                   f"unknown key 'distanse' in {cfg}")
+    cfg.write_text('distance: l2\ncuda_graph: "true"\nepochs: 1\n')
+    one_line_error(capsys, main(["train", "--config", str(cfg), *tiny, "--out", str(tmp_path / "r3")]),
+                   "(write it without quotes)")
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--cuda-graph", "--distance",
+                 "l2", "--no-progress"]) == 2  # the distance may not change ...
+    capsys.readouterr()
+    run = tmp_path / "r4"
+    assert main(["train", "--distance", "l2", "--epochs", "1", *tiny, "--out", str(run)]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--cuda-graph", "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["cuda_graph"] is True  # ... cuda_graph may

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -591,3 +592,27 @@ def test_error_json_levels(tmp_path: Path, levels: list, match: str) -> None:
     path.write_text(json.dumps({"parents": parents, "levels": levels}))
     with pytest.raises(TreeError, match=match):
         LabelTree.from_file(path)
+
+
+def test_level_names_and_lists_that_would_corrupt_the_evaluation_are_refused(tmp_path):
+    """Breaker findings: a level named "fine" overwrote fine_acc/map_fine in eval.json; a blank
+    JSON level name made keys "_acc"; a node in two levels, an empty "levels" list and
+    from_levels(None) gave unclear messages or none."""
+    with pytest.raises(TreeError, match="level name 'fine' is reserved"):
+        LabelTree.from_levels([[0, 0, 1, 1]], level_names=["fine"])
+    with pytest.raises(TreeError, match="levels must be a list of 1-D arrays"):
+        LabelTree.from_levels(None)
+    parents = {"a": "A", "b": "A", "c": "B", "d": "B", "A": "r", "B": "r", "r": None}
+    for levels, needle in (
+        ([{"name": " ", "nodes": ["A", "B"]}], "level 1 has an empty name"),
+        ([{"name": "fine", "nodes": ["A", "B"]}], "is reserved"),
+        ([{"name": "mid", "nodes": ["A", "B"]}, {"name": "mid2", "nodes": ["A", "B"]}],
+         "node 'A' is listed in levels 'mid' and 'mid2'"),
+        ([], '"levels" is empty'),
+    ):
+        path = tmp_path / "t.json"
+        path.write_text(json.dumps({"parents": parents, "levels": levels}))
+        with pytest.raises(TreeError, match=re.escape(needle)):
+            LabelTree.from_file(path)
+    path.write_text(json.dumps({"parents": parents, "levels": [{"name": "mid", "nodes": ["A", "B"]}]}))
+    assert [lv.name for lv in LabelTree.from_file(path).levels] == ["mid"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from ..distances import resolve
 from ..flags import given_flags, refuse_unused, unwritable
 from .rows import with_graph_rows
 
@@ -49,8 +50,10 @@ def refusal(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Seq
             return (f"--train-arch {args.train_arch!r} is not a model for 3x32x32 images; choose "
                     f"from {', '.join(image_archs)}")
     if args.cuda_graph and not set(with_graph_rows(args.distances, args.weights)) - set(args.distances):
+        fix = " or --weights uniform" if args.weights != "uniform" and "fastft" in map(resolve, args.distances) else ""
         return (f"--cuda-graph times l2, swd, and fastft with uniform weights, but --distances "
-                f"{','.join(args.distances)} with --weights {args.weights} has neither; add one or drop --cuda-graph")
+                f"{','.join(args.distances)} with --weights {args.weights} has none of them; add one{fix}, "
+                "or drop --cuda-graph")
     if args.json not in (None, "-"):
         return unwritable(args.json)
     return None

@@ -198,7 +198,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 _STUDY_RESUME = ("continue an interrupted run of this same command in --out: finished runs are "
                  "reused, an unfinished one continues from its last.pt; refused if any setting "
-                 "differs (only --device, --workers, --data-dir may change)")
+                 "differs (only --device, --workers, --data-dir, --cuda-graph may change)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,6 +63,8 @@ def _option_names(fn: Callable[..., Tensor]) -> tuple[str, ...]:
 
 OPTIONS = {name: _option_names(fn) for name, fn in DISTANCES.items()}
 MAX_PROJECTIONS = 100_000  # swd directions (the default is 10)
+_NON_FINITE_PROJECTIONS = ("swd option projections has NaN or inf entries (in {dtype}); give finite "
+                           "directions, e.g. unit columns")
 
 
 def check_options(distance: str, options: dict[str, Any]) -> None:
@@ -100,6 +102,8 @@ def check_options(distance: str, options: dict[str, Any]) -> None:
             raise ValueError(f"swd option projections has shape {tuple(value.shape)}: no directions; "
                              "give at least one column (or leave it out for n_projections random ones)")
         if key == "projections" and value is not None and value.device.type == "cpu":  # no sync
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(_NON_FINITE_PROJECTIONS.format(dtype=value.dtype))
             error = zero_directions(value)
             if error is not None:
                 raise error
@@ -193,8 +197,7 @@ def grouped_distances(
             check_batch(features, labels)  # names the bad rows
             proj = options.get("projections")
             if proj is not None and not bool(torch.isfinite(proj.to(x.dtype)).all()):
-                raise ValueError(f"swd option projections has NaN or inf entries (in {x.dtype}); "
-                                 "give finite directions, e.g. unit columns")
+                raise ValueError(_NON_FINITE_PROJECTIONS.format(dtype=x.dtype))
             error = None if proj is None else zero_directions(proj, x.dtype)
             if error is not None:
                 raise error

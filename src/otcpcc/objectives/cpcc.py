@@ -149,8 +149,6 @@ class CPCCLoss(nn.Module):
         check_options(self.distance, options)
         if not isinstance(cuda_graph, bool):
             raise TypeError(f"cuda_graph must be True or False, got {cuda_graph!r}")
-        if cuda_graph:
-            check_fixed(self.distance, options)
         self.gather = gather
         self.cuda_graph = cuda_graph
         self._graphs = GraphCache()
@@ -158,6 +156,8 @@ class CPCCLoss(nn.Module):
         self._chunks: dict[tuple, Any] = {}  # per input shape: chunk sizes, swd directions
         self.options = options
         self.register_buffer("tree_dist", target_matrix(target), persistent=False)
+        if cuda_graph:
+            check_fixed(self.distance, options, self.tree_dist.shape[0])
         same = constant_distance(self.tree_dist.numpy())  # matrices were refused above
         if same is not None:
             raise ValueError(

@@ -11,12 +11,12 @@ hundred, and no wait for the GPU. On CPU the same computation runs eagerly (the 
 The returned loss is the same CPCC as the default path: the Pearson correlation over the pairs of
 classes present (a mask over all K(K−1)/2 pairs), the same rounding-level rule for "undefined"
 (loss 1.0, zero gradient), the same closed-form gradient. Its backward multiplies the stored
-gradient by the incoming one (the chain rule: exact however the loss is used downstream); second
-derivatives (``create_graph=True``) are not available.
+gradient by the incoming one (the chain rule: exact however the loss is used downstream); asking
+for second derivatives (``create_graph=True``) raises. Above ``MAX_CLASSES`` labels it is refused.
 
 What cannot be checked without a sync is not raised: a label outside 0..K−1, NaN/inf features or
-distances that overflow make the loss NaN (run once without ``cuda_graph`` to get the one-line
-error). Supported: ``l2``, ``swd`` (fresh random directions are drawn on the features' device:
+distances that overflow make the loss and its gradient NaN (run once without ``cuda_graph`` to get
+the one-line error). Supported: ``l2``, ``swd`` (fresh random directions are drawn on the features' device:
 the same law as the default path's, another random stream) and ``fastft`` with uniform weights in
 batch order.
 """
@@ -35,11 +35,18 @@ from ..distances.fixed import FIXED_DISTANCES, class_counts, fixed_fastft, fixed
 from .correlation import _GradUnit, correlation, rounding_spread
 
 MAX_GRAPHS = 4  # input shapes kept captured at once (e.g. full and last batch), oldest dropped
+MAX_CLASSES = 4096  # K(K−1)/2 ≈ 8.4M pairs: ~0.5 GB of pair arrays and distances per call
 WARMUP_CALLS = 3  # eager calls on a side stream before capture (as torch.cuda.graphs advises)
 
 
-def check_fixed(distance: str, options: dict) -> None:
-    """One-line ValueError where ``cuda_graph=True`` cannot compute ``distance`` with ``options``."""
+def check_fixed(distance: str, options: dict, num_classes: int | None = None) -> None:
+    """One-line ValueError where ``cuda_graph=True`` cannot compute ``distance`` with ``options``
+    (or over ``num_classes`` labels: all K(K−1)/2 pairs every call, at most ``MAX_CLASSES``)."""
+    if num_classes is not None and num_classes > MAX_CLASSES:
+        pairs = num_classes * (num_classes - 1) // 2
+        raise ValueError(f"cuda_graph=True computes all K(K-1)/2 label pairs on every call: "
+                         f"{pairs:,} for K = {num_classes} (at most {MAX_CLASSES} classes); drop "
+                         "cuda_graph (the default path computes only the pairs present in a batch)")
     if distance not in FIXED_DISTANCES:
         raise ValueError(f"cuda_graph=True supports distance {', '.join(FIXED_DISTANCES)}, got "
                          f"{distance!r}; drop cuda_graph for it (its shapes depend on the batch)")
@@ -100,12 +107,15 @@ def fixed_loss(features: Tensor, labels: Tensor, target: Tensor, pairs: tuple[Te
 
 def value_and_grad(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor,
                    labels: Tensor) -> tuple[Tensor, Tensor]:
-    """``fn(x, labels)`` (a scalar) and its gradient with respect to ``x``, both detached."""
+    """``fn(x, labels)`` (a scalar) and its gradient with respect to ``x``, both detached; a NaN
+    loss (bad input, see the module docstring) gets a NaN gradient, so gradient checks (a
+    ``GradScaler``, ``clip_grad_norm_(error_if_nonfinite=True)``) see it too."""
     with torch.enable_grad():
         leaf = x.detach().requires_grad_(True)
         loss = fn(leaf, labels)
         (grad,) = torch.autograd.grad(loss, leaf)
-    return loss.detach(), grad
+    loss = loss.detach()
+    return loss, grad.add_(loss * 0)  # + 0, or NaN where the loss is NaN (it is never inf)
 
 
 class _Precomputed(torch.autograd.Function):
@@ -118,6 +128,10 @@ class _Precomputed(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative is asked for
+            raise RuntimeError("CPCCLoss(cuda_graph=True) has no second derivatives (its gradient "
+                               "is computed with the value, a constant here); drop cuda_graph for "
+                               "gradient penalties or create_graph=True")
         (grad,) = ctx.saved_tensors
         return grad * g.to(grad.dtype), None, None
 
@@ -153,10 +167,14 @@ class _Captured:
 
 
 class GraphCache:
-    """CUDA graphs of one loss function, one per (shape, dtype, device) of its inputs."""
+    """CUDA graphs of one loss function, one per (shape, dtype, device) of its inputs. A copy
+    (``copy.deepcopy``, pickling) starts empty: graphs are captured again where it is used."""
 
     def __init__(self) -> None:
         self.graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        return {"graphs": OrderedDict()}
 
     def __call__(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor,
                  labels: Tensor) -> tuple[Tensor, Tensor]:

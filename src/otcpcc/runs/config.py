@@ -139,7 +139,7 @@ def merge_config(lower: dict[str, Any], upper: dict[str, Any]) -> dict[str, Any]
 
 # Keys allowed to differ when resuming a run: they do not change what is being trained
 # (``epochs`` may grow to extend a finished run).
-RESUME_FREE_KEYS = frozenset({"epochs", "device", "workers", "eval_every", "data_dir"})
+RESUME_FREE_KEYS = frozenset({"epochs", "device", "workers", "eval_every", "data_dir", "cuda_graph"})
 
 
 def canonical_distance(name: str) -> str:
@@ -267,11 +267,16 @@ class TrainConfig:
         """
         given = vars(args) if not isinstance(args, dict) else dict(args)
         base: dict[str, Any] = {}
+        file_error: ConfigError | None = None
         if given.get("config"):
             base = {k: v for k, v in load_config_file(given["config"]).items() if k != "meta"}
-            # report bad keys against the file (its preset is applied once, below)
-            cls.from_dict({k: v for k, v in base.items() if k != "preset"},
-                          source=str(given["config"]))
+            # bad keys are reported against the file (its preset is applied once, below), unless
+            # the flags fix them: a file's `distance: emd` + `cuda_graph: true` with --no-cuda-graph
+            try:
+                cls.from_dict({k: v for k, v in base.items() if k != "preset"},
+                              source=str(given["config"]))
+            except ConfigError as e:
+                file_error = e
         names = set(cls.field_names())
         for key, value in given.items():
             if key not in names or value is None:
@@ -281,7 +286,12 @@ class TrainConfig:
                 merged.update(value)
                 value = merged
             base[key] = value
-        return cls.from_dict(base, source="flags")
+        try:
+            return cls.from_dict(base, source="flags")
+        except ConfigError:
+            if file_error is not None:
+                raise file_error from None
+            raise
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some fields changed."""
@@ -404,8 +414,10 @@ class TrainConfig:
                 raise bad(f"{name} must be a list of parameter-name patterns")
             setattr(self, name, [str(p) for p in value])
         for name in ("amp", "sync_bn", "cuda_graph"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(f"{name} must be true or false, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                quoted = " (write it without quotes)" if str(value).lower() in ("true", "false") else ""
+                raise bad(f"{name} must be true or false, got {value!r}{quoted}")
         if self.cuda_graph and self.distance != "none":
             from ..distances import resolve
             from ..objectives.graphed import check_fixed
@@ -413,7 +425,7 @@ class TrainConfig:
             try:
                 check_fixed(resolve(self.distance), self.distance_options)
             except ValueError as e:
-                raise bad(f"--cuda-graph: {e}") from None
+                raise bad(f"cuda_graph (--cuda-graph): {e}") from None
         if not isinstance(self.arch, str) or not self.arch:
             raise bad(f"arch must be a model name, got {self.arch!r}")
         if self.preset is not None and self.preset not in PRESET_NAMES:

@@ -32,7 +32,7 @@ from ..runs.config import TrainConfig
 STUDY_FILE = "study.json"
 # settings that may change on --resume: where and how fast it runs, not what is computed (as for
 # `otcpcc train --resume`, except epochs and eval_every: they change a study's numbers and notes)
-STUDY_FREE_KEYS = frozenset({"device", "workers", "data_dir"})
+STUDY_FREE_KEYS = frozenset({"device", "workers", "data_dir", "cuda_graph"})
 
 
 class StudyResumeError(ValueError):

@@ -152,6 +152,9 @@ def _from_json(cls: type[LabelTree], data: Any, src: str) -> LabelTree:
             raise TreeError(
                 f'{src}: "levels" must be a list of {{"name": str, "nodes": [str, ...]}} objects, finest first'
             )
+        if not levels:
+            raise TreeError(f'{src}: "levels" is empty; list at least one level (internal nodes, '
+                            'finest first), or leave "levels" out for the tree\'s depths')
         spec = [(x["name"], x["nodes"]) for x in levels]
         parent = {n: tree.parent(n) for n in tree.nodes}
         weight = {n: tree.weight(n) for n, p in parent.items() if p is not None}

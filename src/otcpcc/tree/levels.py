@@ -18,6 +18,9 @@ def parents_from_levels(
 ) -> tuple[dict[str, str | None], list[str], list[tuple[str, list[str]]]]:
     """Validate the arrays of :meth:`LabelTree.from_levels` (see there) and return ``(parent map,
     leaf names, [(level name, node names)] finest first)``."""
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence | np.ndarray):
+        raise TreeError(f"levels must be a list of 1-D arrays (fine id -> ancestor id, finest first), "
+                        f"got {type(levels).__name__}; pass e.g. [fine_to_coarse]")
     arrays: list[np.ndarray] = []
     for l, lev in enumerate(levels):
         a = np.asarray(lev)
@@ -124,6 +127,9 @@ def parents_from_levels(
     return parent, leaves, list(zip(lnames, per_level, strict=True))
 
 
+RESERVED_LEVEL_NAMES = frozenset({"fine"})  # the evaluation's own name for the classes
+
+
 def named_levels(tree: Any, spec: list[tuple[str, list[str]]]) -> list[Level]:
     """Validate named levels of ``tree`` (internal nodes, finest first) and map every leaf into them.
 
@@ -149,9 +155,19 @@ def named_levels(tree: Any, spec: list[tuple[str, list[str]]]) -> list[Level]:
     prev: list[str] | None = None
     seen: set[str] = set()
     for l, (lname, names) in enumerate(spec):
+        if not lname.strip():
+            raise TreeError(f"level {l + 1} has an empty name {lname!r}; give every level a name")
+        if lname in RESERVED_LEVEL_NAMES:
+            raise TreeError(f"level name {lname!r} is reserved (the classes themselves: fine_acc, "
+                            f"map_fine); rename the level, e.g. {lname + '_group'!r}")
         if lname in seen:
             raise TreeError(f"duplicate level name {lname!r}; level names must differ")
         seen.add(lname)
+        earlier = next((x for x in names if len(node_levels.get(x, ())) > 1
+                        and node_levels[x][0] < l), None)
+        if earlier is not None:
+            raise TreeError(f"node {earlier!r} is listed in levels {spec[node_levels[earlier][0]][0]!r} "
+                            f"and {lname!r}; a node belongs to one level")
         bad = [x for x in names if x not in tree._parent]
         if bad:
             raise TreeError(f"level {lname!r} lists unknown nodes {_listed(bad)}")
