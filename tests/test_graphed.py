@@ -173,7 +173,7 @@ def test_graph_loss_is_one_with_zero_gradient_for_one_class_and_value_without_gr
     x = torch.randn(8, 3, requires_grad=True)
     loss = CPCCLoss(tree, "fastft", cuda_graph=True)(x, torch.full((8,), 2))
     loss.backward()
-    assert float(loss) == 1.0 and torch.all(x.grad == 0)
+    assert loss.item() == 1.0 and torch.all(x.grad == 0)
     y = torch.arange(8) % 6
     with torch.no_grad():
         plain = CPCCLoss(tree, "l2")(x, y)
@@ -185,13 +185,13 @@ def test_graph_loss_is_nan_for_bad_labels_and_non_finite_features():
     crit = CPCCLoss(_tree(6), "fastft", cuda_graph=True)
     x = torch.randn(8, 3, requires_grad=True)
     y = torch.arange(8) % 6
-    assert math.isnan(float(crit(x, y.clone().fill_(7))))
+    assert math.isnan(crit(x, y.clone().fill_(7)).item())
     bad = x.detach().clone()
     bad[1, 0] = math.nan
-    assert math.isnan(float(crit(bad.requires_grad_(), y)))
+    assert math.isnan(crit(bad.requires_grad_(), y).item())
     big = x.detach().clone() * 1e38  # finite features whose distances overflow float32
-    assert math.isnan(float(crit(big.requires_grad_(), y)))
-    assert math.isfinite(float(crit(x, y)))
+    assert math.isnan(crit(big.requires_grad_(), y).item())
+    assert math.isfinite(crit(x, y).item())
 
 
 @pytest.mark.parametrize("args, message", [
@@ -239,7 +239,7 @@ def test_replayed_batches_match_the_default_path_on_cpu(device, distance):
         want = x.detach().double().requires_grad_()
         ref = CPCCLoss(tree, distance, **opts)(want, yy)
         ref.backward()
-        assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+        assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
         torch.testing.assert_close(got.grad.cpu().double(), want.grad, rtol=1e-4,
                                    atol=1e-4 * float(want.grad.abs().max()))
 
@@ -346,3 +346,11 @@ def test_cuda_graph_flags_override_a_config_file_and_may_change_on_resume(tmp_pa
     assert main(["train", "--distance", "l2", "--epochs", "1", *tiny, "--out", str(run)]) == 0
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--cuda-graph", "--no-progress"]) == 0
     assert json.loads((run / "config.json").read_text())["cuda_graph"] is True  # ... cuda_graph may
+
+
+def test_train_cuda_graph_on_a_cpu_says_it_runs_eagerly(tmp_path, capsys):
+    tiny = ["--epochs", "1", "--data-opt", "train_per_class=8", "--data-opt", "test_per_class=4"]
+    assert main(["train", *tiny, "--distance", "l2", "--cuda-graph", "--out", str(tmp_path / "a")]) == 0
+    assert "note: --cuda-graph only replays graphs on CUDA" in capsys.readouterr().err
+    assert main(["train", *tiny, "--distance", "none", "--cuda-graph", "--out", str(tmp_path / "b")]) == 0
+    assert "cuda-graph" not in capsys.readouterr().err  # no CPCC term (compare's flat CE runs)

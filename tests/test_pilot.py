@@ -56,7 +56,7 @@ def test_closing_rule_prefers_ot_only_when_its_ot_verdict_says_better():
     assert closing_recommendation(DIAG, aggregate_runs(runs), paired_verdicts(runs)).startswith("Use l2:")
 
 
-def test_pilot_end_to_end_tiny(tmp_path, monkeypatch):
+def test_pilot_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     # compare's figures (t-SNE, dendrograms) are tested elsewhere; skip them here for speed
     monkeypatch.setattr("otcpcc.study.compare.render_report", lambda *a, **k: None)
     code = main(["pilot", "--data", "synthetic", "--data-opt", "branching=[2, 2]",
@@ -75,6 +75,8 @@ def test_pilot_end_to_end_tiny(tmp_path, monkeypatch):
     assert res["ot_matters"] in ("yes", "no", "within noise")  # fastft against l2, 2 seeds
     assert [(e["method"], e["baseline"]) for e in res["ot_evidence"]] == [("fastft", "l2")]
     assert res["ot_input_diagnosis"] == res["diagnosis"]["recommend"]
+    printed = capsys.readouterr().out.splitlines()  # the answer in the terminal, then the report
+    assert printed == [f"otcpcc pilot: {res['recommendation']}", str(out / "report.html")]
     for hint in re.findall(r"--features-of ([^`]+)`", (out / "report.md").read_text()):
         assert (Path(hint) / "config.json").is_file(), hint  # a path that works where pilot ran
     md = (out / "report.md").read_text()

@@ -218,7 +218,7 @@ def test_bad_input_raises_value_error():
 def test_format_table_shows_skipped_baseline():
     row = {"distance": "swd", "batch": 4096, "ours_ms": 1.5, "reference_ms": None,
            "speedup": None, "value_abs_diff": None, "grad_max_abs_diff": None,
-           "reference_note": "skipped: est. 90 s/call > budget 60 s"}
+           "reference_note": "skipped: est. 30 s/call x 3 calls > budget 60 s"}
     text = format_table([row])
     assert "skipped" in text and "4096" in text and "1.50" in text
 

@@ -611,3 +611,15 @@ def test_verdict_section_estimates_seeds_for_the_cheapest_candidate(tmp_path, mo
     md = (tmp_path / "report.md").read_text()
     assert "lowers cost of the decisions (argmax) by 0.030 ± 0.025 (better)" in md
     assert "would make the 95% interval exclude 0" not in md
+
+
+def test_report_tables_leave_out_bookkeeping_keys():
+    """A new user saw a meaningless "step 0.000 ± 0.000" row in every compare report's Other table
+    (eval.json's ``step`` of a mid-epoch checkpoint); a real extra metric stays."""
+    from otcpcc.study.tables import table_groups
+
+    agg = [{"method": "none", "fine_acc_mean": 0.5, "step_mean": 0.0, "epoch_mean": 3.0,
+            "train_time_s_mean": 1.0}]
+    shown = [name for _, names in table_groups(agg) for name in names]
+    assert "fine_acc" in shown and "train_time_s" in shown
+    assert "step" not in shown and "epoch" not in shown

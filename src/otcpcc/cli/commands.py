@@ -179,6 +179,8 @@ def cmd_pilot(args: argparse.Namespace) -> int:
     out = run_pilot(cfg, Path(args.out), methods=args.methods, seeds=args.seeds,
                     cost_matrix=args.cost_matrix, force=args.force,
                     progress=not args.no_progress, resume=args.resume)
+    answer = json.loads((out / "pilot.json").read_text(encoding="utf-8"))
+    print(f"{PROG} pilot: {answer['recommendation']}")  # the answer here too, not only in the report
     print(out / "report.html")
     return 0
 

@@ -25,8 +25,8 @@ _COST_COLUMNS = ("mistake_severity", "mistake_severity_crm", "hier_dist@1", "hie
                  "expected_cost", "expected_cost_argmax", "expected_cost_crm")
 # keys never shown as table columns: identifiers, bookkeeping, duplicates of a shown column
 # (``fine_top1`` = fine_acc, ``test_cpcc`` = test_cpcc_own, ``test_cpcc_<d>`` for the training
-# distance d is in test_cpcc_own)
-_HIDDEN = {"seed", "fine_top1", "n_runs", "n", "num_classes", "epoch", "lam", "test_cpcc",
+# distance d is in test_cpcc_own; ``step``: the steps of a mid-epoch checkpoint's eval.json)
+_HIDDEN = {"seed", "fine_top1", "n_runs", "n", "num_classes", "epoch", "step", "lam", "test_cpcc",
            "alpha", "beta"}
 _HIDDEN_PREFIX = ("cpcc_subsample", "test_cpcc_sinkhorn", "test_cpcc_swd", "test_cpcc_fastft",
                   "test_cpcc_target_sinkhorn", "test_cpcc_target_swd", "test_cpcc_target_fastft")
