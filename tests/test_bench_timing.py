@@ -84,8 +84,9 @@ def test_the_baseline_gets_one_untimed_full_size_call(monkeypatch):
     rows = speed.bench_distances(distances=["l2"], batch_sizes=[40], repeats=1, warmup=1,
                                  **{**SMALL, "classes": 20, "coarse": 4, "reference": fake,
                                     "reference_repeats": 2})
-    assert len(sizes) == 3 + 3 and max(sizes[:3]) < 40, sizes  # the estimate's probes: subsets
-    assert sizes[3:] == [40, 40, 40]  # one untimed + two timed calls at full size
+    probes = 1 + 2 * speed.PROBE_REPEATS  # the estimate's: one untimed, each probe size timed thrice
+    assert len(sizes) == probes + 3 and max(sizes[:probes]) < 40, sizes  # probes: subsets
+    assert sizes[probes:] == [40, 40, 40]  # one untimed + two timed calls at full size
     assert rows[0]["value_abs_diff"] < 1e-6
 
 

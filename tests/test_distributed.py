@@ -116,9 +116,10 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         x, y = toy_batch()
         mine = rows_of(rank)
         res: dict = {"labels": all_gather_labels(y[mine])}
-        for distance in ("l2", "fastft"):
+        for distance in ("l2", "fastft", "l2+graph", "fastft+graph"):
             xr = x[mine].clone().requires_grad_()
-            loss = CPCCLoss(toy_tree(), distance, gather=True)(xr, y[mine])
+            loss = CPCCLoss(toy_tree(), distance.removesuffix("+graph"), gather=True,
+                            cuda_graph=distance.endswith("+graph"))(xr, y[mine])
             loss.backward()
             res[distance] = (loss.detach(), xr.grad)
 
@@ -179,11 +180,13 @@ def ranks(tmp_path_factory) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("distance", ["l2", "fastft"])
+@pytest.mark.parametrize("distance", ["l2", "fastft", "l2+graph", "fastft+graph"])
 def test_gathered_cpcc_loss_and_gradient_match_one_process(ranks, distance):
+    """Each rank's gathered CPCC equals one process's on the whole batch (the default path; with
+    cuda_graph=True the fixed-shape loss on the gathered batch)."""
     x, y = toy_batch()
     x = x.clone().requires_grad_()
-    loss = CPCCLoss(toy_tree(), distance)(x, y)
+    loss = CPCCLoss(toy_tree(), distance.removesuffix("+graph"))(x, y)
     loss.backward()
     assert 0.0 < float(loss.detach()) < 2.0
     for r, res in enumerate(ranks):

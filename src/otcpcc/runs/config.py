@@ -17,8 +17,6 @@ import difflib
 import json
 import math
 import os
-import platform
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -438,6 +436,8 @@ class TrainConfig:
     def to_json(self, meta: dict[str, Any] | None = None) -> str:
         """The JSON written to ``run_dir/config.json``: the values plus a ``meta`` block."""
         out = self.to_dict()
+        from .environment import environment_info
+
         out["meta"] = {**environment_info(), **(meta or {})}
         return json.dumps(out, indent=2, sort_keys=False, default=str)
 
@@ -487,35 +487,3 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys to values")
     return values
-
-
-def git_commit() -> str | None:
-    """The commit of the git checkout holding this package, or ``None`` outside one."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and commit else None
-
-
-def environment_info() -> dict[str, Any]:
-    """Package versions and git commit, for reproducibility records."""
-    import numpy
-    import torch
-
-    from .. import __version__
-
-    return {
-        "versions": {
-            "otcpcc": __version__,
-            "torch": torch.__version__,
-            "numpy": numpy.__version__,
-            "python": platform.python_version(),
-        },
-        "git_commit": git_commit(),
-    }
