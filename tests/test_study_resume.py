@@ -43,6 +43,22 @@ def write_costs(path, cost):
     return path
 
 
+def signal_at_step(monkeypatch, at: int, sig: int):
+    """Send ``sig`` to this process right after training step number ``at`` (counted over every
+    run); returns the real step function, to restore."""
+    real_step, steps = train_mod.train_step, {"n": 0}
+
+    def step_then_signal(*a, **k):
+        out = real_step(*a, **k)
+        steps["n"] += 1
+        if steps["n"] == at:
+            os.kill(os.getpid(), sig)
+        return out
+
+    monkeypatch.setattr(train_mod, "train_step", step_then_signal)
+    return real_step
+
+
 @pytest.fixture
 def no_figures(monkeypatch):
     # the report's figures (t-SNE, dendrograms) are tested elsewhere; summary.json is what counts
@@ -68,16 +84,7 @@ def test_compare_resumed_after_ctrl_c_equals_uninterrupted(tmp_path, monkeypatch
     assert main(["compare", *STUDY, "--out", str(straight)]) == 0
 
     # Ctrl-C in the second run (none/seed1), epoch 2, step 2 of 5: run 1 finished, run 2 checkpointed
-    real_step, steps = train_mod.train_step, {"n": 0}
-
-    def step_then_ctrl_c(*a, **k):
-        out = real_step(*a, **k)
-        steps["n"] += 1
-        if steps["n"] == 10 + 7:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(train_mod, "train_step", step_then_ctrl_c)
+    real_step = signal_at_step(monkeypatch, 10 + 7, signal.SIGINT)
     assert main(["compare", *STUDY, "--out", str(cut)]) == 130
     err = capsys.readouterr().err
     assert f"checkpoint in {cut / 'none' / 'seed1'}/last.pt" in err
@@ -237,16 +244,7 @@ def test_sweep_resumed_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch,
     straight, cut = tmp_path / "straight", tmp_path / "cut"
     assert main(["sweep", *sweep, "--out", str(straight)]) == 0
 
-    real_step, steps = train_mod.train_step, {"n": 0}
-
-    def step_then_term(*a, **k):
-        out = real_step(*a, **k)
-        steps["n"] += 1
-        if steps["n"] == 10 + 7:  # second run (lam1_bs16), epoch 2, step 2
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(train_mod, "train_step", step_then_term)
+    real_step = signal_at_step(monkeypatch, 10 + 7, signal.SIGTERM)  # second run, epoch 2, step 2
     assert main(["sweep", *sweep, "--out", str(cut)]) == 143
     err = capsys.readouterr().err
     assert f"checkpoint in {cut / 'lam1_bs16'}/last.pt" in err
