@@ -262,4 +262,4 @@ def test_sweep_resumed_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch,
     assert rows(cut / "sweep.csv") == rows(straight / "sweep.csv")  # every number
     capsys.readouterr()
     assert main(["sweep", *[a if a != "0.5,1" else "0.5,2" for a in sweep], "--out", str(cut), "--resume"]) == 2
-    assert "methods" in capsys.readouterr().err
+    assert "grid ([" in capsys.readouterr().err

@@ -602,7 +602,7 @@ def test_level_names_and_lists_that_would_corrupt_the_evaluation_are_refused(tmp
         LabelTree.from_levels([[0, 0, 1, 1]], level_names=["fine"])
     with pytest.raises(TreeError, match="levels must be a list of 1-D arrays"):
         LabelTree.from_levels(None)
-    parents = {"a": "A", "b": "A", "c": "B", "d": "B", "A": "r", "B": "r", "r": None}
+    parents = {"a": "A", "b": "A", "c": "B", "d": "B", "A": "r2", "B": "r2", "r2": "r", "r": None}
     for levels, needle in (
         ([{"name": " ", "nodes": ["A", "B"]}], "level 1 has an empty name"),
         ([{"name": "fine", "nodes": ["A", "B"]}], "is reserved"),
@@ -614,5 +614,6 @@ def test_level_names_and_lists_that_would_corrupt_the_evaluation_are_refused(tmp
         path.write_text(json.dumps({"parents": parents, "levels": levels}))
         with pytest.raises(TreeError, match=re.escape(needle)):
             LabelTree.from_file(path)
-    path.write_text(json.dumps({"parents": parents, "levels": [{"name": "mid", "nodes": ["A", "B"]}]}))
-    assert [lv.name for lv in LabelTree.from_file(path).levels] == ["mid"]
+    path.write_text(json.dumps({"parents": parents, "levels": [{"name": "mid", "nodes": ["A", "B"]},
+                                                              {"name": "coarse", "nodes": ["r2"]}]}))
+    assert [lv.name for lv in LabelTree.from_file(path).levels] == ["mid", "coarse"]

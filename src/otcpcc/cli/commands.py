@@ -20,7 +20,7 @@ Examples:
     otcpcc diagnose --data digits --out runs/diag   # does OT matter here? (OT vs l2)
     otcpcc pilot --data digits --cost-matrix costs.csv --out runs/pilot
     otcpcc sweep --distance fastft --lams 0,0.5,1,2 --batch-sizes 64,256
-    torchrun --standalone --nproc_per_node 2 -m otcpcc train --data synthetic --epochs 2
+    python -m torch.distributed.run --standalone --nproc_per_node 2 -m otcpcc train --data synthetic --epochs 2
 """
 # (plain text, not reStructuredText: it is printed by --help as it stands)
 
@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,11 @@ def cmd_pilot(args: argparse.Namespace) -> int:
                     cost_matrix=args.cost_matrix, force=args.force,
                     progress=not args.no_progress, resume=args.resume)
     answer = json.loads((out / "pilot.json").read_text(encoding="utf-8"))
-    print(f"{PROG} pilot: {answer['recommendation']}")  # the answer here too, not only in the report
+    # the answers here too, not only in the report
+    print(textwrap.fill(f"{PROG} pilot: {answer['recommendation']}", 100, subsequent_indent="  "))
+    if answer.get("ot_matters"):
+        print(f"{PROG} pilot: does optimal transport matter (an OT method against l2, after "
+              f"training)? {answer['ot_matters']}")
     print(out / "report.html")
     return 0
 

@@ -143,13 +143,13 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: 
     if state == "evaluated":
         saved = stored_metrics(run_dir)
         if evaluated_alike(saved, run_dir, cost_matrix):
-            _say(progress, f"[compare] {run_dir} finished earlier; reusing its eval.json")
+            _say(progress, f"[resume] {run_dir} finished earlier; reusing its eval.json")
             return {"run_dir": run_dir, "metrics": saved}
         state = "trained"  # e.g. evaluated again by hand with another --cost-matrix
         _say(progress, f"[compare] {run_dir}/eval.json was not computed with this comparison's "
                        f"cost matrix ({saved.get('cost_matrix')}) on the finished run; evaluating it again")
     elif state == "trained":
-        _say(progress, f"[compare] {run_dir} was trained earlier; evaluating it")
+        _say(progress, f"[resume] {run_dir} was trained earlier; evaluating it")
     try:
         if state != "trained":  # a checkpoint continues; a directory with none starts over
             run_dir = Path(train(cfg, run_dir, resume=state == "checkpoint",

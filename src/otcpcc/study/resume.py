@@ -69,7 +69,8 @@ def study_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[
                if k not in STUDY_FREE_KEYS and before[k] != after.get(k)]
     for key in ("command", "methods", "seeds"):
         if saved.get(key) != now[key]:
-            changes.append(f"{key} ({saved.get(key)!r} -> {now[key]!r})")
+            name = "grid" if key == "methods" and now["command"] == "sweep" else key  # lam<λ>_bs<B>
+            changes.append(f"{name} ({saved.get(key)!r} -> {now[key]!r})")
     if saved.get("cost_matrix_sha256") != now["cost_matrix_sha256"]:
         was, is_ = saved.get("cost_matrix") or "tree distance", now["cost_matrix"] or "tree distance"
         changes.append(f"cost_matrix ({was} -> {is_}" + (", other contents)" if was == is_ else ")"))
@@ -100,7 +101,7 @@ def open_study(out: Path, record: Mapping[str, Any], *, resume: bool, force: boo
             raise StudyResumeError(f"cannot resume {out}: it holds no {STUDY_FILE}, so its settings "
                                    "cannot be checked; start over with --force or choose another --out")
         raise StudyResumeError(f"nothing to resume in {out}: no {STUDY_FILE} there; run without "
-                               "--resume, or pass the --out of an earlier comparison")
+                               "--resume, or pass the --out of an earlier run of this command")
     try:
         saved = json.loads(stored.read_text(encoding="utf-8"))
         changes = study_differences(saved, record)

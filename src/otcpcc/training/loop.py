@@ -146,7 +146,7 @@ def _train_locked(cfg: TrainConfig, out: Path, env: DistEnv, *, resume: bool, fo
     amp = cfg.amp and device.type == "cuda"
     if cfg.amp and not amp:
         say("otcpcc: note: --amp only acts on CUDA; training in float32 on the CPU")
-    if cfg.cuda_graph and cfg.distance != "none" and device.type != "cuda":  # (none: no CPCC term)
+    if cfg.cuda_graph and cfg.distance != "none" and cfg.lam and device.type != "cuda":  # a CPCC term
         say("otcpcc: note: --cuda-graph only replays graphs on CUDA; on the CPU the fixed-shape "
             "loss runs eagerly (same values, usually slower)")
     meta = _data_meta(bundle)
