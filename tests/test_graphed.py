@@ -354,3 +354,14 @@ def test_train_cuda_graph_on_a_cpu_says_it_runs_eagerly(tmp_path, capsys):
     assert "note: --cuda-graph only replays graphs on CUDA" in capsys.readouterr().err
     assert main(["train", *tiny, "--distance", "none", "--cuda-graph", "--out", str(tmp_path / "b")]) == 0
     assert "cuda-graph" not in capsys.readouterr().err  # no CPCC term (compare's flat CE runs)
+
+
+def test_cpcc_refuses_two_classes_and_merged_config_errors_name_the_real_cause(tmp_path, capsys):
+    """Breaker findings: with 2 classes CPCC is always undefined and silently did nothing; a
+    config file's value fixed by a flag was still reported while another value was the cause."""
+    with pytest.raises(ValueError, match="CPCC needs at least 3 classes, got 2"):
+        CPCCLoss(LabelTree.from_parents({"a": "r", "b": "r"}), "l2")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: -1\n")
+    one_line_error(capsys, main(["train", "--config", str(cfg), "--lr", "0.1", "--epochs", "0",
+                                 "--out", str(tmp_path / "r")]), "epochs")

@@ -11,6 +11,7 @@ import signal
 
 import pytest
 
+from cli_errors import one_line_error
 from otcpcc.cli import main
 from otcpcc.study import compare as compare_mod
 from otcpcc.training import loop as train_mod
@@ -263,3 +264,22 @@ def test_sweep_resumed_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch,
     capsys.readouterr()
     assert main(["sweep", *[a if a != "0.5,1" else "0.5,2" for a in sweep], "--out", str(cut), "--resume"]) == 2
     assert "grid ([" in capsys.readouterr().err
+
+
+def test_sweep_refuses_lambdas_that_share_a_run_directory_and_writes_its_csv_whole(tmp_path, monkeypatch, capsys):
+    """Breaker findings: --lams 0.1234567,0.1234568 shared lam0.123457_bs<B> (one run overwrote the
+    other); a stop while sweep.csv was rewritten left it with its header only."""
+    one_line_error(capsys, main(["sweep", "--lams", "0.1234567,0.1234568", "--batch-sizes", "16",
+                                 "--out", str(tmp_path / "s")]), "agree to 6 digits")
+    assert not (tmp_path / "s").exists()
+    path = tmp_path / "sweep.csv"
+    compare_mod.write_csv([{"lam": 0.5, "fine_acc": 0.25}], path)
+    before = path.read_text()
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_mod.csv.DictWriter, "writerow", stop)
+    with pytest.raises(KeyboardInterrupt):
+        compare_mod.write_csv([{"lam": 1.0, "fine_acc": 0.5}], path)
+    assert path.read_text() == before and before.splitlines()[1] == "0.5,0.25"

@@ -617,3 +617,16 @@ def test_level_names_and_lists_that_would_corrupt_the_evaluation_are_refused(tmp
     path.write_text(json.dumps({"parents": parents, "levels": [{"name": "mid", "nodes": ["A", "B"]},
                                                               {"name": "coarse", "nodes": ["r2"]}]}))
     assert [lv.name for lv in LabelTree.from_file(path).levels] == ["mid", "coarse"]
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"level_names": "coarse"}, "level_names must be a list of names, got the string 'coarse'"),
+    ({"node_names": [None]}, "node_names[0] must be a list of 2 names"),
+    ({"node_names": ["AB"]}, "node_names[0] must be a list of 2 names"),
+    ({"level_names": ["a\nb"]}, "holds a control character"),
+])
+def test_from_levels_name_lists_are_checked_not_split_into_characters(kwargs, needle):
+    with pytest.raises(TreeError, match=re.escape(needle)):
+        LabelTree.from_levels([[0, 0, 1, 1]], **kwargs)
+    with pytest.raises(TreeError, match="nests lists"):
+        LabelTree.from_levels([[0, [0, 1], 1, 1]])

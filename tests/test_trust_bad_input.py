@@ -254,7 +254,7 @@ def test_a_worker_traceback_becomes_one_short_line(tmp_path, capsys):
     write_image_folder(tmp_path / "imgs", ["a", "b"], train_per_class=2, val_per_class=1)
     (tmp_path / "imgs" / "train" / "a" / "a_0.JPEG").write_bytes(b"not a jpeg")
     code = main(["train", "--data", "folder", "--data-dir", str(tmp_path / "imgs"),
-                 "--epochs", "1", "-b", "2", "-j", "1", "--arch", "cnn", "--device", "cpu",
+                 "--epochs", "1", "--distance", "none", "-b", "2", "-j", "1", "--arch", "cnn", "--device", "cpu",
                  "--no-progress", "--out", str(tmp_path / "r")])
     err = one_line_error(capsys, code, "a_0.JPEG")
     assert len(err) < 400, err

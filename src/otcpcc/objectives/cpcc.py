@@ -24,7 +24,7 @@ from ..distances.fixed import chunk_entries, pair_index
 from ..distributed.gather import all_gather_labels, all_gather_with_grad
 from .correlation import _GradUnit, correlation, rounding_spread
 from .graphed import GraphCache, attach, check_fixed, fixed_loss, value_and_grad
-from .target import constant_distance, target_matrix
+from .target import constant_distance, target_matrix, too_few_classes
 
 
 def _check_labels(labels: Tensor, num_leaves: int, of: str = "the CPCC target",
@@ -158,6 +158,8 @@ class CPCCLoss(nn.Module):
         self.register_buffer("tree_dist", target_matrix(target), persistent=False)
         if cuda_graph:
             check_fixed(self.distance, options, self.tree_dist.shape[0])
+        if self.tree_dist.shape[0] < 3:
+            raise ValueError(too_few_classes(self.tree_dist.shape[0]))
         same = constant_distance(self.tree_dist.numpy())  # matrices were refused above
         if same is not None:
             raise ValueError(

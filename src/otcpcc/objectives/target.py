@@ -39,6 +39,12 @@ def _check_size(k: int) -> None:
                          "matrix or a tree with K >= 2 leaves")
 
 
+def too_few_classes(k: int, fix: str = "train without it (--distance none)") -> str:
+    """The one-line reason CPCC cannot regularise K < 3 classes (one pair or none: no correlation)."""
+    return (f"CPCC needs at least 3 classes, got {k}: with {'one class pair' if k == 2 else 'no pair'} "
+            f"there is no correlation to take, so the regulariser would do nothing; {fix}")
+
+
 def constant_distance(t: np.ndarray) -> float | None:
     """The one distance shared by every pair of classes of a [K, K] matrix with K >= 3 (CPCC is
     then undefined: the targets have no variance), else None."""

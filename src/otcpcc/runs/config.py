@@ -265,16 +265,8 @@ class TrainConfig:
         """
         given = vars(args) if not isinstance(args, dict) else dict(args)
         base: dict[str, Any] = {}
-        file_error: ConfigError | None = None
         if given.get("config"):
             base = {k: v for k, v in load_config_file(given["config"]).items() if k != "meta"}
-            # bad keys are reported against the file (its preset is applied once, below), unless
-            # the flags fix them: a file's `distance: emd` + `cuda_graph: true` with --no-cuda-graph
-            try:
-                cls.from_dict({k: v for k, v in base.items() if k != "preset"},
-                              source=str(given["config"]))
-            except ConfigError as e:
-                file_error = e
         names = set(cls.field_names())
         for key, value in given.items():
             if key not in names or value is None:
@@ -284,12 +276,9 @@ class TrainConfig:
                 merged.update(value)
                 value = merged
             base[key] = value
-        try:
-            return cls.from_dict(base, source="flags")
-        except ConfigError:
-            if file_error is not None:
-                raise file_error from None
-            raise
+        # checked once, merged: flags fix a file's values (a file's `distance: emd` + `cuda_graph:
+        # true` with --no-cuda-graph); keys only a file can hold are named against it
+        return cls.from_dict(base, source=str(given["config"]) if given.get("config") else "flags")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some fields changed."""

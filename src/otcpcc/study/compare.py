@@ -18,6 +18,7 @@ Layout::
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -214,6 +215,11 @@ def check_compare(cfg: TrainConfig, methods: Sequence[str], seeds: int, cost_mat
     configs = {s.name: cfg.replace(method=s.method, distance=s.distance,
                                    distance_options={k: v for k, v in opts.items() if k in takes[s.name]})
                for s in specs}
+    if tree is not None and len(tree.leaves) < 3 and any(s.distance != "none" for s in specs):
+        from ..objectives.target import too_few_classes
+
+        raise ValueError(too_few_classes(len(tree.leaves), "list only methods without CPCC "
+                                                           "(e.g. --methods none,hxe,soft)"))
     if cost_matrix is not None or cfg.cpcc_target is not None:  # refuse before training
         from ..evaluation.evaluate import resolve_cost_matrix
         from ..objectives.target import load_cpcc_target
@@ -288,11 +294,12 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     cols: list[str] = []
     for row in rows:
         cols += [k for k in row if k not in cols]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in cols})
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in cols})
+    atomic_write_text(path, buf.getvalue())  # a stop while writing keeps the old file whole
 
 
 def _val(row: Mapping[str, Any], key: str) -> float:
@@ -366,6 +373,11 @@ def run_sweep(base_cfg: TrainConfig | Mapping[str, Any], lams: Sequence[float],
     grid = [cfg.replace(lam=lam, batch_size=bs) for lam in lams for bs in batch_sizes]  # validate
     out = Path(out)
     names = [f"lam{c.lam:g}_bs{c.batch_size}" for c in grid]
+    clash = next(((a, b) for i, a in enumerate(lams) for b in lams[i + 1:] if f"{a:g}" == f"{b:g}"), None)
+    if clash is not None:  # one run directory for two lambdas: one run would overwrite the other
+        raise ValueError(f"--lams {clash[0]!r} and {clash[1]!r} agree to 6 digits and would share "
+                         f"the run directories lam{clash[0]:g}_bs<B>; give lambdas that differ within "
+                         "6 significant digits")
     record = study_record("sweep", cfg, names, 1, None)
     open_study(out, record, resume=resume, force=force)
     with removed_if_empty_on_failure(out):

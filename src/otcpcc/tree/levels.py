@@ -23,7 +23,11 @@ def parents_from_levels(
                         f"got {type(levels).__name__}; pass e.g. [fine_to_coarse]")
     arrays: list[np.ndarray] = []
     for l, lev in enumerate(levels):
-        a = np.asarray(lev)
+        try:
+            a = np.asarray(lev)
+        except ValueError:  # ragged: numpy's "inhomogeneous shape"
+            raise TreeError(f"level {l} is not a flat list of integer ids (it nests lists); each "
+                            "level must be a 1-D array [K]") from None
         if a.ndim != 1:
             raise TreeError(f"level {l} has shape {a.shape}; each level must be a 1-D array [K]")
         if a.size and a.dtype.kind not in "iu":
@@ -49,6 +53,10 @@ def parents_from_levels(
         raise TreeError("empty tree: no levels and no leaf_names were given")
     if k == 0:
         raise TreeError("empty tree: the levels have no fine classes")
+    for what, given in (("leaf_names", leaf_names), ("level_names", level_names), ("node_names", node_names)):
+        if isinstance(given, (str, bytes)):  # would be split into characters
+            raise TreeError(f"{what} must be a list of names, got the string {given!r:.40}; "
+                            f"pass e.g. [{given!r:.40}]")
     if level_names is None:
         lnames = [f"level{l + 1}" for l in range(n_lev)]
     else:
@@ -98,6 +106,9 @@ def parents_from_levels(
         if node_names is None:
             names = [f"{lnames[l]}_{j}" for j in range(sizes[l])]
         else:
+            if isinstance(node_names[l], (str, bytes)) or not isinstance(node_names[l], Sequence | np.ndarray):
+                raise TreeError(f"node_names[{l}] must be a list of {sizes[l]} names (one per "
+                                f"{lnames[l]} id), got {type(node_names[l]).__name__}")
             names = [_check_name(x, f"{lnames[l]} node name") for x in node_names[l]]
             if len(names) != sizes[l]:
                 raise TreeError(
@@ -157,6 +168,8 @@ def named_levels(tree: Any, spec: list[tuple[str, list[str]]]) -> list[Level]:
     for l, (lname, names) in enumerate(spec):
         if not lname.strip():
             raise TreeError(f"level {l + 1} has an empty name {lname!r}; give every level a name")
+        if not lname.isprintable():  # a newline or NUL breaks the CSV, Markdown and metric keys
+            raise TreeError(f"level name {lname!r} holds a control character; use printable names")
         if lname in RESERVED_LEVEL_NAMES:
             raise TreeError(f"level name {lname!r} is reserved (the classes themselves: fine_acc, "
                             f"map_fine); rename the level, e.g. {lname + '_group'!r}")
