@@ -280,3 +280,19 @@ def test_bench_cuda_graph_rows_match_the_baseline(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--cuda-graph times l2, swd, and fastft with uniform weights" in err
     assert main(["--distances", "fastft", "--weights", "near", "--cuda-graph", "--batch-sizes", "8"]) == 2
+
+
+def test_bench_json_write_failure_is_one_line_naming_json(tmp_path, capsys, monkeypatch):
+    """Breaker finding: --json /dev/full ended with a bare "[Errno 28] No space left on device"."""
+    import errno
+    from pathlib import Path
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    assert main(["--batch-sizes", "32", "--classes", "6", "--coarse", "2", "--dim", "8", "--distances",
+                 "l2", "--repeats", "1", "--no-reference", "--json", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"otcpcc: error: cannot write --json {tmp_path / 'b.json'}: No space left on "
+                       "device; give another path")

@@ -260,7 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print("Verdict on the full sets: " + verdict(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"full": rows, "batches": batch_rows}, indent=2))
+        from .checks import write_json_flag
+
+        try:
+            write_json_flag(args.json, json.dumps({"full": rows, "batches": batch_rows}, indent=2))
+        except ValueError as err:
+            print(f"otcpcc: error: {err}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -57,3 +57,15 @@ def refusal(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Seq
     if args.json not in (None, "-"):
         return unwritable(args.json)
     return None
+
+
+def write_json_flag(path: str, text: str) -> None:
+    """Write ``text`` to the ``--json`` path; an OSError (disk full, a folder, no permission)
+    becomes a one-line ValueError naming ``--json``. A plain write, not a rename: the path may be
+    a device or a pipe."""
+    from pathlib import Path
+
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"cannot write --json {path}: {e.strerror or e}; give another path") from None

@@ -148,8 +148,13 @@ def main_scale(json_path: str | None = None, repeats: int = 1,
         if to_stdout_json:
             print(text)
         else:
-            with open(json_path, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
+            from .checks import write_json_flag
+
+            try:
+                write_json_flag(json_path, text + "\n")
+            except ValueError as err:
+                print(f"otcpcc: error: {err}", file=sys.stderr)
+                return 2
     return 0
 
 

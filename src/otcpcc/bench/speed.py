@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..flags import OneLineParser, int_at_least, positive_float
-from .checks import refusal
+from .checks import refusal, write_json_flag
 from .problem import make_problem
 from .rows import GRAPH, make_loss, with_graph_rows
 from .timing import sync as _sync
@@ -447,7 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if to_stdout_json:
             print(text)
         else:
-            Path(args.json).write_text(text + "\n")
+            try:
+                write_json_flag(args.json, text + "\n")
+            except ValueError as err:
+                print(f"otcpcc: error: {err}", file=sys.stderr)
+                return 2
     return 0
 
 
