@@ -183,13 +183,14 @@ def test_graph_loss_is_one_with_zero_gradient_for_one_class_and_value_without_gr
 
 def test_graph_loss_is_nan_for_bad_labels_and_non_finite_features():
     crit = CPCCLoss(_tree(6), "fastft", cuda_graph=True)
-    x = torch.randn(8, 3, requires_grad=True)
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
     y = torch.arange(8) % 6
     assert math.isnan(crit(x, y.clone().fill_(7)).item())
     bad = x.detach().clone()
     bad[1, 0] = math.nan
     assert math.isnan(crit(bad.requires_grad_(), y).item())
-    big = x.detach().clone() * 1e38  # finite features whose distances overflow float32
+    big = x.detach().clone() * 1e37  # finite features whose distances overflow float32: samples
+    big[0, 0], big[1, 0] = 3e38, -3e38  # 0 and 1 (classes 0 and 1, coupled) are 6e38 apart
     assert math.isnan(crit(big.requires_grad_(), y).item())
     assert math.isfinite(crit(x, y).item())
 
