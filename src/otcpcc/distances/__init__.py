@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .cost import cost_dtype, deferred_recompute, max_abs, overflow_error
+from .cost import centred, deferred_recompute, max_abs, overflow_error
 from .emd import emd
 from .fastft import ORDERS, fastft
 from .groups import ClassGroups, group_and_read, group_by_class
@@ -180,14 +180,7 @@ def grouped_distances(
     if groups.num_classes < 2:
         check_batch(features, labels)
         return groups, features.new_zeros(0), features.new_zeros(2, dtype=torch.float64)
-    x = features.index_select(0, groups.order)
-    x = x.to(cost_dtype(x))  # float32 for half/bf16 input (float64 stays float64)
-    raw = max_abs(x.detach())
-    # Every distance here is translation invariant, so remove the batch mean first (detached:
-    # the gradient is unchanged): a large common offset would otherwise cost float32 its digits
-    # in the differences and projections (e.g. features 1e5 + noise).
-    x = x - x.detach().mean(0)
-    magnitude = torch.stack((raw, max_abs(x.detach()))).double()
+    x, magnitude = centred(features.index_select(0, groups.order))
     with torch.autocast(device_type=x.device.type, enabled=False):  # costs never in bf16, even under AMP
         with deferred_recompute() as overflows:
             rho = DISTANCES[name](x, groups, **options)

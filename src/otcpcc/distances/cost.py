@@ -111,6 +111,19 @@ def max_abs(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, ord=math.inf)
 
 
+def centred(features: Tensor) -> tuple[Tensor, Tensor]:
+    """``features`` [N, d] in the cost dtype (:func:`cost_dtype`) minus their (detached) mean, and
+    the detached float64 [2] magnitude (max|x|, max|x − x̄|) their rounding scales with.
+
+    Every distance here is translation invariant, so the batch mean goes first (the gradient is
+    unchanged): a large common offset would otherwise cost float32 its digits in the differences
+    and projections (e.g. features 1e5 + noise). No host sync."""
+    x = features.to(cost_dtype(features))  # float32 for half/bf16 input (float64 stays float64)
+    raw = max_abs(x.detach())
+    x = x - x.detach().mean(0)
+    return x, torch.stack((raw, max_abs(x.detach()))).double()
+
+
 def feature_scale(x: Tensor) -> Tensor:
     """A detached positive scalar c with max|x/c| = 1, so squares neither overflow nor underflow."""
     c = max_abs(x.detach())
@@ -123,12 +136,17 @@ def _chunks(n: int, per_item: int, budget: int):
         yield slice(s, min(n, s + step))
 
 
-def row_distances(x: Tensor, ia: Tensor, ib: Tensor, c: Tensor | None = None) -> Tensor:
+def row_distances(x: Tensor, ia: Tensor, ib: Tensor, c: Tensor | None = None,
+                  step: int | None = None) -> Tensor:
     """[S] ‖x[ia] − x[ib]‖₂ without autograd, from the differences, in bounded chunks
-    (``c``: :func:`feature_scale` of ``x`` when already known)."""
+    (``c``: :func:`feature_scale` of ``x`` when already known; ``step``: entries per chunk, else
+    from the memory budget)."""
     c = feature_scale(x) if c is None else c
-    budget = _elements(CHUNK_ELEMENTS, CHUNK_BYTES_PER_ELEMENT, x.device)
-    chunks = list(_chunks(ia.shape[0], x.shape[1], budget))
+    if step is None:
+        chunks = list(_chunks(ia.shape[0], x.shape[1], _elements(CHUNK_ELEMENTS, CHUNK_BYTES_PER_ELEMENT,
+                                                                  x.device)))
+    else:
+        chunks = [slice(e, min(ia.shape[0], e + step)) for e in range(0, ia.shape[0], step)]
     out = None if len(chunks) == 1 else torch.empty(ia.shape[0], dtype=x.dtype, device=x.device)
     for sl in chunks:
         diff = (x.index_select(0, ia[sl]) - x.index_select(0, ib[sl])).div_(c)
@@ -298,22 +316,13 @@ class _PlanCost(torch.autograd.Function):
     def backward(ctx, grad_rho):  # noqa: D102
         x, ia, ib, mass, pair, norms, c = ctx.saved_tensors
         w = grad_rho if pair is None else grad_rho.index_select(0, pair) * mass
-        # in units of the feature scale c: tiny features (1e-20) have huge gradients w, and
-        # w / ‖x_a − x_b‖ would overflow float32 where w / (‖x_a − x_b‖ / c) does not
-        x = x / c
-        norms = norms / c
-        pos = norms > 0
-        coef = torch.where(pos, w / torch.where(pos, norms, 1), 0)
+        x, coef = norm_coefficients(x, norms, w, c)
         n = x.shape[0]
         tiles = ctx.tiles
         if tiles is not None:
             coef = tiles.sort(coef)
             if tiles.single:  # one [N, N] tile, filled symmetrically: both sides in one product
-                C = torch.zeros(n * n, dtype=x.dtype, device=x.device)
-                flat = tiles.flat if tiles.flat is not None else ia * n + ib
-                C.index_add_(0, flat, coef).index_add_(0, ib * n + ia, coef)
-                C = C.view(n, n)
-                return C.sum(1, keepdim=True) * x - C @ x, *[None] * 7
+                return dense_pair_gradient(x, ia, ib, coef, tiles.flat), *[None] * 7
             grad_x = torch.zeros_like(x)
             for rows, e, flat in tiles:
                 C = torch.zeros((rows.stop - rows.start) * n, dtype=x.dtype, device=x.device)
@@ -322,14 +331,41 @@ class _PlanCost(torch.autograd.Function):
                 grad_x[rows] += C.sum(1, keepdim=True) * xr - C @ x
                 grad_x += C.sum(0)[:, None] * x - C.T @ xr
             return grad_x, *[None] * 7
-        grad_x = torch.zeros_like(x)
         budget = _elements(CHUNK_ELEMENTS, CHUNK_BYTES_PER_ELEMENT, x.device)
-        for sl in _chunks(ia.shape[0], x.shape[1], budget):
-            a, b = ia[sl], ib[sl]
-            g = coef[sl, None] * (x.index_select(0, a) - x.index_select(0, b))
-            grad_x.index_add_(0, a, g)
-            grad_x.index_add_(0, b, -g)
-        return grad_x, *[None] * 7
+        return rows_pair_gradient(x, ia, ib, coef, max(1, budget // max(x.shape[1], 1))), *[None] * 7
+
+
+def norm_coefficients(x: Tensor, norms: Tensor, w: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    r"""``(x / c, w / (norms / c))``, the coefficient 0 where a norm is 0: the backward of
+    :math:`\sum_e w_e \lVert x_{a_e} - x_{b_e} \rVert` in units of the feature scale c (tiny
+    features, 1e-20, have huge gradients w, and w / ‖x_a − x_b‖ would overflow float32 where
+    w / (‖x_a − x_b‖ / c) does not)."""
+    norms = norms / c
+    pos = norms > 0
+    return x / c, torch.where(pos, w / torch.where(pos, norms, 1), 0)
+
+
+def dense_pair_gradient(x: Tensor, ia: Tensor, ib: Tensor, coef: Tensor, flat: Tensor | None = None) -> Tensor:
+    r""":math:`\nabla X = \operatorname{diag}(C\mathbf 1) X - C X` for the symmetric [n, n] matrix
+    C holding ``coef`` [E] at (a, b) and (b, a): the gradient of :math:`\sum_e w_e \lVert x_a -
+    x_b \rVert` (``coef`` from :func:`norm_coefficients`) in one product. ``flat``: ``ia * n + ib``
+    when already built. O(n² + E + n² d); no host sync."""
+    n = x.shape[0]
+    C = torch.zeros(n * n, dtype=x.dtype, device=x.device)
+    C.index_add_(0, flat if flat is not None else ia * n + ib, coef).index_add_(0, ib * n + ia, coef)
+    C = C.view(n, n)
+    return C.sum(1, keepdim=True) * x - C @ x
+
+
+def rows_pair_gradient(x: Tensor, ia: Tensor, ib: Tensor, coef: Tensor, step: int) -> Tensor:
+    """The gradient of :func:`dense_pair_gradient` without the [n, n] matrix: ``coef_e (x_a − x_b)``
+    added to row a and subtracted from row b, ``step`` entries at a time (O(step · d) memory)."""
+    grad_x = torch.zeros_like(x)
+    for e in range(0, ia.shape[0], step):
+        a, b = ia[e:e + step], ib[e:e + step]
+        g = coef[e:e + step, None] * (x.index_select(0, a) - x.index_select(0, b))
+        grad_x.index_add_(0, a, g).index_add_(0, b, -g)
+    return grad_x
 
 
 def transport_cost(

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .cost import feature_scale
+from .cost import dense_pair_gradient, feature_scale, norm_coefficients, row_distances, rows_pair_gradient
 from .memory import chunk_items
 
 FIXED_DISTANCES = ("l2", "fastft", "swd")
@@ -65,48 +65,28 @@ def chunk_entries(d: int, device: torch.device | str) -> int:
 
 class _PairNorms(torch.autograd.Function):
     r"""[E] :math:`\lVert x_{a_e} - x_{b_e} \rVert_2` with the gradient of a sum of weighted
-    norms, in fixed shapes.
-
-    Forward: from the differences (exact: no Gram cancellation), ``chunk`` entries at a time.
-    Backward, with :math:`c_e = g_e / \lVert x_{a_e} - x_{b_e} \rVert` (0 where the rows
-    coincide): where an [n, n] matrix fits the chunk's bytes, scatter :math:`c` into it (C) and
-    :math:`\nabla X = \operatorname{diag}((C + C^\top)\mathbf 1) X - C X - C^\top X` (two
-    products, no second [n, n] matrix); else :math:`c_e (x_a - x_b)` added to rows a and
-    subtracted from rows b, in chunks.
-    Computed in units of the feature scale (as :class:`otcpcc.distances.cost._PlanCost`), so tiny
-    features do not overflow."""
+    norms, in fixed shapes: forward :func:`.cost.row_distances` (exact, from the differences),
+    ``chunk`` entries at a time; backward :func:`.cost.dense_pair_gradient` where the [n, n]
+    matrix fits the chunk's bytes, else :func:`.cost.rows_pair_gradient` (both as
+    :class:`otcpcc.distances.cost._PlanCost`, in units of the feature scale)."""
 
     @staticmethod
     def forward(ctx, x, ia, ib, chunk):  # noqa: D102
         with torch.no_grad():
             c = feature_scale(x)
-            xs = x / c
-            parts = [torch.linalg.vector_norm(xs.index_select(0, ia[e:e + chunk])
-                                              - xs.index_select(0, ib[e:e + chunk]), dim=1)
-                     for e in range(0, ia.shape[0], chunk)]
-            norms = torch.cat(parts) if len(parts) > 1 else parts[0]  # in units of c
+            norms = row_distances(x, ia, ib, c, step=chunk)
         ctx.chunk = chunk
         ctx.save_for_backward(x, ia, ib, norms, c)
-        return norms * c
+        return norms
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         x, ia, ib, norms, c = ctx.saved_tensors
-        x = x / c
-        pos = norms > 0
-        coef = torch.where(pos, grad / torch.where(pos, norms, 1), 0)
+        x, coef = norm_coefficients(x, norms, grad, c)
         n = x.shape[0]
         if n * n * x.element_size() <= ctx.chunk * x.shape[1] * BYTES_PER_ENTRY_DIM:
-            big = torch.zeros(n * n, dtype=x.dtype, device=x.device).index_add_(0, ia * n + ib, coef)
-            big = big.view(n, n)
-            deg = (big.sum(1) + big.sum(0))[:, None]
-            return deg * x - big @ x - big.T @ x, None, None, None
-        out = torch.zeros_like(x)
-        for e in range(0, ia.shape[0], ctx.chunk):
-            a, b = ia[e:e + ctx.chunk], ib[e:e + ctx.chunk]
-            g = coef[e:e + ctx.chunk, None] * (x.index_select(0, a) - x.index_select(0, b))
-            out.index_add_(0, a, g).index_add_(0, b, -g)
-        return out, None, None, None
+            return dense_pair_gradient(x, ia, ib, coef), None, None, None
+        return rows_pair_gradient(x, ia, ib, coef, ctx.chunk), None, None, None
 
 
 def pair_norms(x: Tensor, ia: Tensor, ib: Tensor, chunk: int) -> Tensor:

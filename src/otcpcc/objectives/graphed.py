@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..distances.cost import cost_dtype, max_abs
+from ..distances.cost import centred, max_abs
 from ..distances.fixed import FIXED_DISTANCES, class_counts, fixed_fastft, fixed_l2, fixed_swd
 from .correlation import _GradUnit, correlation, rounding_spread
 
@@ -84,10 +84,7 @@ def fixed_loss(features: Tensor, labels: Tensor, target: Tensor, pairs: tuple[Te
         features = _GradUnit.apply(features)
     unit = features.grad_fn if features.requires_grad else None
     with torch.autocast(device_type=features.device.type, enabled=False):
-        x = features.to(cost_dtype(features))
-        raw = max_abs(x.detach())
-        x = x - x.detach().mean(0)  # translation invariant: as otcpcc.distances.grouped_distances
-        magnitude = torch.stack((raw, max_abs(x.detach()))).double()
+        x, magnitude = centred(features)  # as otcpcc.distances.grouped_distances
         counts = class_counts(labels, k)
         if distance == "l2":
             rho = fixed_l2(x, labels, counts, pairs, chunk)
