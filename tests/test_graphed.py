@@ -52,8 +52,9 @@ def test_nw_grid_is_the_greedy_walk_of_every_pair(labels):
     k = 7
     y = torch.tensor(labels)
     counts = class_counts(y, k)
-    order, partner, mass = nw_grid(y, counts)
+    order, grouped, partner, mass = nw_grid(y, counts)
     cls = y[order]
+    assert torch.equal(grouped, cls)
     offsets = torch.cumsum(counts, 0) - counts
     for c in range(k):
         for o in range(c + 1, k):

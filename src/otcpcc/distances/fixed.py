@@ -39,6 +39,7 @@ from torch import Tensor
 
 from .cost import dense_pair_gradient, feature_scale, norm_coefficients, row_distances, rows_pair_gradient
 from .memory import chunk_items
+from .swd import add_gap_gradient, power_gaps, sliced_root
 
 FIXED_DISTANCES = ("l2", "fastft", "swd")
 BYTES_PER_ENTRY_DIM = 16  # a chunk's two gathered rows and their difference (float32 or 64)
@@ -109,10 +110,11 @@ def fixed_l2(x: Tensor, labels: Tensor, counts: Tensor, pairs: tuple[Tensor, Ten
 def nw_grid(labels: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The uniform north-west-corner plans of all label pairs as an [N, K] grid (module docstring).
 
-    Returns ``(order, partner, mass)``: ``order`` [N] the stable sort of the labels (grouped
-    position p holds sample ``order[p]``); ``partner`` [N, K] the grouped position that grouped
-    sample p is coupled to in class o (a valid index also where the mass is 0); ``mass`` [N, K]
-    float64, 0 in a sample's own column and for absent classes. Integer arithmetic: exact."""
+    Returns ``(order, cls, partner, mass)``: ``order`` [N] the stable sort of the labels (grouped
+    position p holds sample ``order[p]``, of label ``cls[p]``); ``partner`` [N, K] the grouped
+    position that grouped sample p is coupled to in class o (a valid index also where the mass is
+    0); ``mass`` [N, K] float64, 0 in a sample's own column and for absent classes. Integer
+    arithmetic: exact."""
     k = counts.shape[0]
     order = torch.argsort(labels, stable=True)
     cls = labels.index_select(0, order)
@@ -128,7 +130,24 @@ def nw_grid(labels: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     mass = torch.where((m > 0) & (other != cls[:, None]), num.double() / (n * m).clamp_min(1), 0.0)
     top = cls.shape[0] - 1
     partner = (offsets[None, :] + ceil.clamp_min(0)).clamp_max(top)
-    return order, partner, mass
+    return order, cls, partner, mass
+
+
+def _grid_entries(cls: Tensor, k: int) -> Tensor:
+    """[N K] the grouped row of every [N, K] grid entry (its first index)."""
+    n = cls.shape[0]
+    return torch.arange(n, device=cls.device)[:, None].expand(n, k).reshape(-1)
+
+
+def _pair_sums(entry_cost: Tensor, mass: Tensor, cls: Tensor, pairs: tuple[Tensor, Tensor]) -> Tensor:
+    """[K(K−1)/2] :math:`R_{ij} + R_{ji}` over the label pairs, :math:`R_{co}` the sum of
+    ``entry_cost`` · ``mass`` over the [N, K] grid entries (s, o) of class c's samples: the
+    segments each class owns in each pair (module docstring)."""
+    k = mass.shape[1]
+    cost = (entry_cost * mass.reshape(-1).to(entry_cost.dtype)).view(-1, k)
+    r = torch.zeros(k, k, dtype=cost.dtype, device=cost.device).index_add(0, cls, cost).view(-1)
+    pi, pj = pairs
+    return r.index_select(0, pi * k + pj) + r.index_select(0, pj * k + pi)
 
 
 def fixed_fastft(x: Tensor, labels: Tensor, counts: Tensor, pairs: tuple[Tensor, Tensor],
@@ -137,29 +156,20 @@ def fixed_fastft(x: Tensor, labels: Tensor, counts: Tensor, pairs: tuple[Tensor,
     weights, batch order; 0 where a class is absent); ``chunk``: :func:`pair_norms`.
     Differentiable with the constant-plan gradient. O(N K d) time (+ O(N² d) for the backward's
     product where it fits), O(N K + chunk · d) memory."""
-    k = counts.shape[0]
-    order, partner, mass = nw_grid(labels, counts)
-    n = order.shape[0]
-    rows = torch.arange(n, device=x.device)[:, None].expand(n, k).reshape(-1)
-    norms = pair_norms(x.index_select(0, order), rows, partner.reshape(-1), chunk)
-    cost = (norms * mass.reshape(-1).to(x.dtype)).view(n, k)
-    r = torch.zeros(k, k, dtype=x.dtype, device=x.device).index_add(0, labels.index_select(0, order), cost)
-    pi, pj = pairs
-    flat = r.view(-1)  # R[c, o]: the segments owned by class c's samples in pair (c, o)
-    return flat.index_select(0, pi * k + pj) + flat.index_select(0, pj * k + pi)
+    order, cls, partner, mass = nw_grid(labels, counts)
+    norms = pair_norms(x.index_select(0, order), _grid_entries(cls, counts.shape[0]), partner.reshape(-1), chunk)
+    return _pair_sums(norms, mass, cls, pairs)
 
 
 class _PairGaps(torch.autograd.Function):
-    r"""[E] :math:`\frac1L \sum_l |r_{a_e l} - r_{b_e l}|^p` for [n, L] rows r, ``chunk`` entries at
-    a time (forward and backward: memory O(chunk · L)); backward adds
-    :math:`\frac{p}{L} g_e\, |\delta|^{p-1} \operatorname{sign}\delta` to row a and subtracts it
-    from row b (as :class:`otcpcc.distances.swd._SlicedCost`, over fixed entries)."""
+    """[E] :func:`.swd.power_gaps` of fixed entries, ``chunk`` at a time in forward and backward
+    (memory O(chunk · L)); backward :func:`.swd.add_gap_gradient`, as
+    :class:`otcpcc.distances.swd._SlicedCost`."""
 
     @staticmethod
     def forward(ctx, r, ia, ib, p, chunk):  # noqa: D102
         with torch.no_grad():
-            parts = [(r.index_select(0, ia[e:e + chunk]) - r.index_select(0, ib[e:e + chunk]))
-                     .abs_().pow_(p).mean(1) for e in range(0, ia.shape[0], chunk)]
+            parts = [power_gaps(r, ia[e:e + chunk], ib[e:e + chunk], p) for e in range(0, ia.shape[0], chunk)]
         ctx.p, ctx.chunk = p, chunk
         ctx.save_for_backward(r, ia, ib)
         return torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -167,14 +177,9 @@ class _PairGaps(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         r, ia, ib = ctx.saved_tensors
-        p, chunk = ctx.p, ctx.chunk
         out = torch.zeros_like(r)
-        for e in range(0, ia.shape[0], chunk):
-            a, b = ia[e:e + chunk], ib[e:e + chunk]
-            delta = r.index_select(0, a) - r.index_select(0, b)
-            slope = delta.sign() if p == 1 else delta.abs().pow_(p - 1).mul_(delta.sign())
-            g = slope.mul_(grad[e:e + chunk, None] * (p / r.shape[1]))
-            out.index_add_(0, a, g).index_add_(0, b, -g)
+        for e in range(0, ia.shape[0], ctx.chunk):
+            add_gap_gradient(out, r, ia[e:e + ctx.chunk], ib[e:e + ctx.chunk], ctx.p, grad[e:e + ctx.chunk])
         return out, None, None, None, None
 
 
@@ -189,21 +194,11 @@ def fixed_swd(x: Tensor, labels: Tensor, counts: Tensor, pairs: tuple[Tensor, Te
     class sizes are), and :math:`W_p^p(c, o) = R_{co} + R_{oc}` with :math:`R_{co} = \sum_{s \in c}
     \text{mass}_{so} \frac1L \sum_l |r_{sl} - r_{\text{partner}(s,o)\,l}|^p`. O(N d L + N L log N +
     N K L) time, O(N K + chunk · L) memory; ``chunk``: entries per chunk."""
-    from .cost import safe_sqrt
-
-    k = counts.shape[0]
     c = feature_scale(x)  # |gap|^p on x / c: neither overflow nor underflow
     proj = (x / c) @ theta.to(x.dtype)  # [N, L]
     by_val = torch.argsort(proj.detach(), dim=0, stable=True)
     by_cls = torch.argsort(labels.index_select(0, by_val.reshape(-1)).view_as(by_val), dim=0, stable=True)
     ranked = proj.gather(0, by_val.gather(0, by_cls))  # [N, L]: per column, sorted within class
-    order, partner, mass = nw_grid(labels, counts)
-    n = order.shape[0]
-    rows = torch.arange(n, device=x.device)[:, None].expand(n, k).reshape(-1)
-    gaps = _PairGaps.apply(ranked, rows, partner.reshape(-1), p, chunk)
-    cost = (gaps * mass.reshape(-1).to(x.dtype)).view(n, k)
-    r = torch.zeros(k, k, dtype=x.dtype, device=x.device).index_add(0, labels.index_select(0, order), cost)
-    flat = r.view(-1)
-    wp = flat.index_select(0, pairs[0] * k + pairs[1]) + flat.index_select(0, pairs[1] * k + pairs[0])
-    root = safe_sqrt(wp) if p == 2 else torch.where(wp > 0, wp, 1).pow(1.0 / p) * (wp > 0)
-    return root * c
+    _, cls, partner, mass = nw_grid(labels, counts)
+    gaps = _PairGaps.apply(ranked, _grid_entries(cls, counts.shape[0]), partner.reshape(-1), p, chunk)
+    return sliced_root(_pair_sums(gaps, mass, cls, pairs), p) * c

@@ -57,6 +57,32 @@ def _chunks(ranked: Tensor, groups: ClassGroups):
         yield nw_plans_uniform(groups, dtype=ranked.dtype, pairs=pairs)
 
 
+def power_gaps(ranked: Tensor, ia: Tensor, ib: Tensor, p: float) -> Tensor:
+    """[E] mean over the L directions of |r[a] − r[b]|^p for [n, L] ranked projections."""
+    return (ranked.index_select(0, ia) - ranked.index_select(0, ib)).abs_().pow_(p).mean(1)
+
+
+def add_gap_gradient(out: Tensor, ranked: Tensor, ia: Tensor, ib: Tensor, p: float, w: Tensor) -> None:
+    r"""``out`` [n, L] += the gradient of :math:`\sum_e w_e \frac1L \sum_l |r_{a_e l} - r_{b_e l}|^p`
+    (:func:`power_gaps` weighted by ``w`` [E]): :math:`\frac pL w_e |\delta|^{p-1}
+    \operatorname{sign}\delta` at row a, minus it at row b."""
+    delta = ranked.index_select(0, ia) - ranked.index_select(0, ib)  # [E, L]
+    slope = delta.sign() if p == 1 else delta.abs().pow_(p - 1).mul_(delta.sign())
+    g = slope.mul_((w * (p / ranked.shape[1]))[:, None])
+    out.index_add_(0, ia, g).index_add_(0, ib, -g)
+
+
+def check_projection_shape(projections: Tensor, d: int) -> None:
+    """One-line ValueError unless ``projections`` is [d, L]."""
+    if projections.ndim != 2 or projections.shape[0] != d:
+        raise ValueError(f"projections must be [d, L] with d = {d}, got {tuple(projections.shape)}")
+
+
+def sliced_root(wp: Tensor, p: float) -> Tensor:
+    """:math:`(W_p^p)^{1/p}` of the averaged powers, with gradient 0 (not inf/NaN) where 0."""
+    return safe_sqrt(wp) if p == 2 else torch.where(wp > 0, wp, 1).pow(1.0 / p) * (wp > 0)
+
+
 class _SlicedCost(torch.autograd.Function):
     r"""wp[t] = Σ_s mass_s · mean_l |r[a_s, l] − r[b_s, l]|^p over the NW segments of pair t.
 
@@ -69,8 +95,7 @@ class _SlicedCost(torch.autograd.Function):
         wp = torch.zeros(groups.num_pairs, dtype=ranked.dtype, device=ranked.device)
         kept = None  # the segments while they are the only chunk (never more than one held)
         for k, seg in enumerate(_chunks(ranked, groups)):
-            gap = (ranked.index_select(0, seg.ia) - ranked.index_select(0, seg.ib)).abs_().pow_(p)
-            wp.index_add_(0, seg.pair, seg.mass * gap.mean(1))
+            wp.index_add_(0, seg.pair, seg.mass * power_gaps(ranked, seg.ia, seg.ib, p))
             kept = [seg] if k == 0 else None
         ctx.groups, ctx.p, ctx.segments = groups, p, kept
         ctx.save_for_backward(ranked)
@@ -79,13 +104,9 @@ class _SlicedCost(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_wp):  # noqa: D102
         (ranked,) = ctx.saved_tensors
-        p, width = ctx.p, ranked.shape[1]
         grad = torch.zeros_like(ranked)
         for seg in ctx.segments or _chunks(ranked, ctx.groups):
-            delta = ranked.index_select(0, seg.ia) - ranked.index_select(0, seg.ib)  # [E, L]
-            slope = delta.sign() if p == 1 else delta.abs().pow_(p - 1).mul_(delta.sign())
-            g = slope.mul_((grad_wp.index_select(0, seg.pair) * seg.mass * (p / width))[:, None])
-            grad.index_add_(0, seg.ia, g).index_add_(0, seg.ib, -g)
+            add_gap_gradient(grad, ranked, seg.ia, seg.ib, ctx.p, grad_wp.index_select(0, seg.pair) * seg.mass)
         return grad, None, None
 
 
@@ -104,10 +125,7 @@ def swd(
         given = projections is not None
         if projections is None:
             projections = random_projections(x.shape[1], n_projections, seed, x.device, x.dtype)
-        if projections.ndim != 2 or projections.shape[0] != x.shape[1]:
-            raise ValueError(
-                f"projections must be [d, L] with d = {x.shape[1]}, got {tuple(projections.shape)}"
-            )
+        check_projection_shape(projections, x.shape[1])
         c = feature_scale(x)  # work on x / c so that |gap|^p neither overflows nor underflows
         theta = projections.to(device=x.device, dtype=x.dtype)
         if given:  # a zero column (refused on the host for CPU input by check_options) makes
@@ -120,5 +138,4 @@ def swd(
         by_cls = torch.argsort(cls[by_val], dim=0, stable=True)
         ranked = proj.gather(0, by_val.gather(0, by_cls))  # [N, L], sorted within class
         wp = _SlicedCost.apply(ranked, groups, p)
-        root = safe_sqrt(wp) if p == 2 else torch.where(wp > 0, wp, 1).pow(1.0 / p) * (wp > 0)
-        return root * c
+        return sliced_root(wp, p) * c
