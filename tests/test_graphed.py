@@ -310,9 +310,9 @@ def test_graph_refuses_huge_label_sets_and_copies_start_without_graphs():
     with pytest.raises(ValueError, match=r"12,497,500 for K = 5000 \(at most 4096 classes\)"):
         CPCCLoss(LabelTree.from_levels([[i // 10 for i in range(5000)]]), "l2", cuda_graph=True)
     crit = CPCCLoss(_tree(6), "l2", cuda_graph=True)
-    crit._graphs.graphs["fake"] = object()  # stands for a captured CUDA graph (not copyable)
+    crit._fixed.graphs.graphs["fake"] = object()  # stands for a captured CUDA graph (not copyable)
     for twin in (copy.deepcopy(crit), pickle.loads(pickle.dumps(crit))):
-        assert not twin._graphs.graphs and twin.cuda_graph
+        assert not twin._fixed.graphs.graphs and twin.cuda_graph
 
 
 @pytest.mark.parametrize("graph", [False, True])

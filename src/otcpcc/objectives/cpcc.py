@@ -19,11 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..distances import check_batch, check_options, grouped_distances, random_projections, resolve
-from ..distances.fixed import chunk_entries, pair_index
+from ..distances import check_batch, check_options, grouped_distances, resolve
 from ..distributed.gather import all_gather_labels, all_gather_with_grad
 from .correlation import _GradUnit, correlation, rounding_spread
-from .graphed import GraphCache, attach, check_fixed, fixed_loss, value_and_grad
+from .graphed import FixedCPCC
 from .target import constant_distance, target_matrix, too_few_classes
 
 
@@ -151,13 +150,9 @@ class CPCCLoss(nn.Module):
             raise TypeError(f"cuda_graph must be True or False, got {cuda_graph!r}")
         self.gather = gather
         self.cuda_graph = cuda_graph
-        self._graphs = GraphCache()
-        self._fixed_target: tuple[Tensor, tuple[Tensor, Tensor]] | None = None
-        self._chunks: dict[tuple, Any] = {}  # per input shape: chunk sizes, swd directions
         self.options = options
         self.register_buffer("tree_dist", target_matrix(target), persistent=False)
-        if cuda_graph:
-            check_fixed(self.distance, options, self.tree_dist.shape[0])
+        self._fixed = FixedCPCC(self.distance, options, self.tree_dist.shape[0]) if cuda_graph else None
         if self.tree_dist.shape[0] < 3:
             raise ValueError(too_few_classes(self.tree_dist.shape[0]))
         same = constant_distance(self.tree_dist.numpy())  # matrices were refused above
@@ -179,50 +174,12 @@ class CPCCLoss(nn.Module):
             features, labels = all_gather_with_grad(features), all_gather_labels(labels)
         if self.tree_dist.device != features.device:  # moved once, not copied every call
             self.tree_dist = self.tree_dist.to(features.device)
-        if self.cuda_graph and features.shape[0] >= 2:
-            return self._fixed(features, labels)
+        if self._fixed is not None and features.shape[0] >= 2:
+            return self._fixed(features, labels, self.tree_dist)
         found = _cpcc(features, labels, self.tree_dist, self.distance, self.options)
         if found is None:
             return features.sum() * 0 + 1.0
         return 1.0 - found[0]  # 1.0 with a zero gradient where CPCC is undefined
-
-    def _swd_options(self, d: int, device: torch.device) -> dict[str, Any]:
-        """swd's ``theta`` (given or seeded directions, moved to ``device`` once: a captured graph
-        reads them in place; None: fresh ones per call), ``p`` and ``n_projections``."""
-        opts = self.options
-        n_proj, seed, theta = opts.get("n_projections", 10), opts.get("seed"), opts.get("projections")
-        key = ("theta", d, device)
-        if key not in self._chunks and (theta is not None or seed is not None):
-            if theta is None:
-                theta = random_projections(d, n_proj, seed, dtype=torch.float64)
-            if theta.shape[0] != d:
-                raise ValueError(f"projections must be [d, L] with d = {d}, got {tuple(theta.shape)}")
-            self._chunks[key] = theta.to(device)
-        return {"theta": self._chunks.get(key), "p": opts.get("p", 2), "n_projections": n_proj}
-
-    def _fixed(self, features: Tensor, labels: Tensor) -> Tensor:
-        """The fixed-shape loss (:func:`otcpcc.objectives.graphed.fixed_loss`); its gradient is
-        computed with it, from a CUDA graph on CUDA."""
-        k = self.tree_dist.shape[0]
-        if self._fixed_target is None or self._fixed_target[0].device != features.device:
-            pi, pj = pair_index(k, features.device)
-            self._fixed_target = self.tree_dist.view(-1).index_select(0, pi * k + pj), (pi, pj)
-        key = (features.shape[1], features.device)
-        if key not in self._chunks:  # read once: a captured graph's chunks are fixed
-            self._chunks[key] = chunk_entries(*key)
-        target, pairs = self._fixed_target
-        chunk = self._chunks[key]
-        swd = self._swd_options(*key) if self.distance == "swd" else {}
-
-        def fn(x: Tensor, y: Tensor) -> Tensor:
-            return fixed_loss(x, y, target, pairs, k, self.distance, chunk, **swd)
-        if not (features.requires_grad and torch.is_grad_enabled()):
-            return fn(features, labels)
-        if features.is_cuda:
-            loss, grad = self._graphs(fn, features, labels)
-        else:
-            loss, grad = value_and_grad(fn, features, labels)
-        return attach(features, loss, grad)
 
 
 @torch.no_grad()

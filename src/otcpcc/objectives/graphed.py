@@ -26,12 +26,22 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..distances.cost import centred, max_abs
-from ..distances.fixed import FIXED_DISTANCES, class_counts, fixed_fastft, fixed_l2, fixed_swd
+from ..distances.fixed import (
+    FIXED_DISTANCES,
+    chunk_entries,
+    class_counts,
+    fixed_fastft,
+    fixed_l2,
+    fixed_swd,
+    pair_index,
+)
+from ..distances.swd import check_projection_shape, random_projections
 from .correlation import _GradUnit, correlation, rounding_spread
 
 MAX_GRAPHS = 4  # input shapes kept captured at once (e.g. full and last batch), oldest dropped
@@ -187,3 +197,57 @@ class GraphCache:
             self.graphs.move_to_end(key)
         return graph(x, labels)
 
+
+
+class FixedCPCC:
+    """What ``CPCCLoss(cuda_graph=True)`` computes (module docstring): ``__call__(features,
+    labels, tree_dist)`` -> the loss, with its gradient attached. Keeps, per device, the target
+    over all label pairs and, per (d, device), the chunk size and swd's given or seeded directions:
+    read once, since a captured graph reads them in place."""
+
+    def __init__(self, distance: str, options: dict[str, Any], num_classes: int):
+        check_fixed(distance, options, num_classes)
+        self.distance, self.options = distance, options
+        self.graphs = GraphCache()
+        self._targets: dict[torch.device, tuple[Tensor, tuple[Tensor, Tensor]]] = {}
+        self._shapes: dict[tuple[int, torch.device], dict[str, Any]] = {}
+
+    def _target(self, tree_dist: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """[K(K−1)/2] target distances of the label pairs (i, j), and the pairs, on its device."""
+        if tree_dist.device not in self._targets:
+            k = tree_dist.shape[0]
+            pi, pj = pair_index(k, tree_dist.device)
+            self._targets[tree_dist.device] = tree_dist.view(-1).index_select(0, pi * k + pj), (pi, pj)
+        return self._targets[tree_dist.device]
+
+    def _shape_options(self, d: int, device: torch.device) -> dict[str, Any]:
+        """``chunk``, and for swd ``theta`` (None: fresh directions per call), ``p``, ``n_projections``."""
+        key = (d, device)
+        if key not in self._shapes:
+            found: dict[str, Any] = {"chunk": chunk_entries(d, device)}
+            if self.distance == "swd":
+                n_proj, seed = self.options.get("n_projections", 10), self.options.get("seed")
+                theta = self.options.get("projections")
+                if theta is None and seed is not None:
+                    theta = random_projections(d, n_proj, seed, dtype=torch.float64)
+                if theta is not None:
+                    check_projection_shape(theta, d)
+                    theta = theta.to(device)
+                found.update(theta=theta, p=self.options.get("p", 2), n_projections=n_proj)
+            self._shapes[key] = found
+        return self._shapes[key]
+
+    def __call__(self, features: Tensor, labels: Tensor, tree_dist: Tensor) -> Tensor:
+        target, pairs = self._target(tree_dist)
+        k = tree_dist.shape[0]
+        opts = self._shape_options(features.shape[1], features.device)
+
+        def fn(x: Tensor, y: Tensor) -> Tensor:
+            return fixed_loss(x, y, target, pairs, k, self.distance, **opts)
+        if not (features.requires_grad and torch.is_grad_enabled()):
+            return fn(features, labels)
+        if features.is_cuda:
+            loss, grad = self.graphs(fn, features, labels)
+        else:
+            loss, grad = value_and_grad(fn, features, labels)
+        return attach(features, loss, grad)
