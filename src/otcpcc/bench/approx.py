@@ -262,11 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         from .checks import write_json_flag
 
-        try:
-            write_json_flag(args.json, json.dumps({"full": rows, "batches": batch_rows}, indent=2))
-        except ValueError as err:
-            print(f"otcpcc: error: {err}", file=sys.stderr)
-            return 2
+        return write_json_flag(args.json, json.dumps({"full": rows, "batches": batch_rows}, indent=2))
     return 0
 
 

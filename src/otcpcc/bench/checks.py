@@ -59,13 +59,16 @@ def refusal(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Seq
     return None
 
 
-def write_json_flag(path: str, text: str) -> None:
-    """Write ``text`` to the ``--json`` path; an OSError (disk full, a folder, no permission)
-    becomes a one-line ValueError naming ``--json``. A plain write, not a rename: the path may be
-    a device or a pipe."""
+def write_json_flag(path: str, text: str) -> int:
+    """Write ``text`` to the ``--json`` path: exit status 0, or 2 after a one-line error naming
+    ``--json`` on stderr where it cannot be written (disk full, a folder, no permission). A plain
+    write, not a rename: the path may be a device or a pipe."""
+    import sys
     from pathlib import Path
 
     try:
         Path(path).write_text(text, encoding="utf-8")
     except OSError as e:
-        raise ValueError(f"cannot write --json {path}: {e.strerror or e}; give another path") from None
+        print(f"otcpcc: error: cannot write --json {path}: {e.strerror or e}; give another path", file=sys.stderr)
+        return 2
+    return 0

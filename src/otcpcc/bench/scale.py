@@ -150,11 +150,7 @@ def main_scale(json_path: str | None = None, repeats: int = 1,
         else:
             from .checks import write_json_flag
 
-            try:
-                write_json_flag(json_path, text + "\n")
-            except ValueError as err:
-                print(f"otcpcc: error: {err}", file=sys.stderr)
-                return 2
+            return write_json_flag(json_path, text + "\n")
     return 0
 
 

@@ -447,11 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if to_stdout_json:
             print(text)
         else:
-            try:
-                write_json_flag(args.json, text + "\n")
-            except ValueError as err:
-                print(f"otcpcc: error: {err}", file=sys.stderr)
-                return 2
+            return write_json_flag(args.json, text + "\n")
     return 0
 
 
