@@ -22,6 +22,13 @@ python3 -c "import torch, ot; print('torch', torch.__version__, 'pot', ot.__vers
 echo "== gpu-marked tests and their CPU twins"
 timeout 120 python3 -m pytest -p no:cacheprovider -p no:warnings -m gpu tests/ 2>&1 | tail -3
 timeout 120 python3 -m pytest -p no:cacheprovider -p no:warnings tests/test_distances.py tests/test_scale.py tests/test_syncs.py tests/test_graphed.py 2>&1 | tail -3
+echo "== otcpcc train on CUDA (DataLoader workers and pin-memory thread, bf16 autocast): default vs --cuda-graph"
+for g in --no-cuda-graph --cuda-graph; do
+  timeout 120 python3 -m otcpcc train --device cuda --amp --workers 2 --epochs 3 --batch-size 512 --no-progress \
+    --force $g --out "$OUT/train$g" 2>&1 | grep -E "Warning|error|capture|cuda_graph" | head -5
+  python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], {k: m[k] for k in ('test_acc','test_cpcc','train_loss')})" \
+    "$OUT/train$g/metrics.json" "$g" 2>&1 | tail -1
+done
 echo "== distances, B = 256 and 1024, against the per-pair reference (values + timings)"
 timeout 240 python3 -m otcpcc.bench --device cuda --batch-sizes 256,1024 --repeats 20 --warmup 3 --cuda-graph \
   --reference-repeats 1 --reference-budget 4 --train-step --train-budget 10 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from fractions import Fraction
 
 import pytest
@@ -313,6 +314,36 @@ def test_graph_refuses_huge_label_sets_and_copies_start_without_graphs():
     crit._fixed.graphs.graphs["fake"] = object()  # stands for a captured CUDA graph (not copyable)
     for twin in (copy.deepcopy(crit), pickle.loads(pickle.dumps(crit))):
         assert not twin._fixed.graphs.graphs and twin.cuda_graph
+
+
+def test_a_failed_capture_warns_once_and_that_shape_runs_without_a_graph(monkeypatch):
+    """A CUDA graph that cannot be captured (an operation capture forbids) must not end a run:
+    one warning naming the error, then the same loss and gradient, computed eagerly, for that
+    shape; the capture is not tried again every step. (On CPU: the capture is replaced by one
+    that raises as CUDA does.)"""
+    from otcpcc.objectives import graphed
+
+    tries = []
+
+    def failing(fn, x, labels):
+        tries.append(tuple(x.shape))
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
+
+    monkeypatch.setattr(graphed, "_Captured", failing)
+    f, y, tree = make_problem(48, 6, 2, 5, seed=1)
+    crit = CPCCLoss(tree, "fastft", cuda_graph=True)
+    cache = crit._fixed.graphs
+    fn = lambda x, labels: graphed.fixed_loss(x, labels, *crit._fixed._target(crit.tree_dist), 6,  # noqa: E731
+                                              "fastft", chunk=64)
+    with pytest.warns(RuntimeWarning, match=r"capturing the CUDA graph for features \(48, 5\) failed "
+                                            r"\(CUDA error: operation not permitted when stream is capturing\)"):
+        loss, grad = cache(fn, f, y)
+    want_loss, want_grad = graphed.value_and_grad(fn, f, y)
+    assert loss.item() == want_loss.item() and torch.equal(grad, want_grad) and loss.item() > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again, _ = cache(fn, f * 2, y)
+    assert tries == [(48, 5)] and again.item() == pytest.approx(loss.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("graph", [False, True])

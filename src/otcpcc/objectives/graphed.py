@@ -7,6 +7,9 @@ computed together by :func:`fixed_loss` over all K label ids
 host. On CUDA, :class:`GraphCache` captures that computation once per input shape as a CUDA graph
 and replays it every call: about three launches (two copies in, one replay) instead of a few
 hundred, and no wait for the GPU. On CPU the same computation runs eagerly (the graph's CPU twin).
+The capture runs in ``thread_local`` mode, so a DataLoader's pin-memory thread or NCCL's watchdog
+cannot break it; if a capture fails all the same, a warning names the error and that shape is
+computed eagerly (same values).
 
 The returned loss is the same CPCC as the default path: the Pearson correlation over the pairs of
 classes present (a mask over all K(K−1)/2 pairs), the same rounding-level rule for "undefined"
@@ -24,6 +27,7 @@ batch order.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -154,16 +158,23 @@ class _Captured:
     def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, labels: Tensor):
         self.x = x.detach().clone()
         self.labels = labels.clone()
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        # fn computes without autocast anyway; off here too, so no autocast cache enters the graph
-        with torch.autocast("cuda", enabled=False):
+        # x's device current (the capture stream is made on the current device); the outer
+        # stream context restores the caller's stream even where a failed capture skips the
+        # inner one's exit; autocast off, so no autocast cache enters the graph (fn computes
+        # without autocast anyway)
+        with torch.cuda.device(x.device), torch.cuda.stream(torch.cuda.current_stream(x.device)), \
+                torch.autocast("cuda", enabled=False):
+            side = torch.cuda.Stream(device=x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_CALLS):
                     value_and_grad(fn, self.x, self.labels)
             torch.cuda.current_stream(x.device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # on x's device (torch's default capture stream is made once, on one device);
+            # "thread_local": CUDA calls of other threads (a DataLoader's pin-memory thread, the
+            # NCCL watchdog) run as usual instead of invalidating the capture (and failing there)
+            with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
                 self.loss, self.grad = value_and_grad(fn, self.x, self.labels)
 
     def __call__(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -175,10 +186,14 @@ class _Captured:
 
 class GraphCache:
     """CUDA graphs of one loss function, one per (shape, dtype, device) of its inputs. A copy
-    (``copy.deepcopy``, pickling) starts empty: graphs are captured again where it is used."""
+    (``copy.deepcopy``, pickling) starts empty: graphs are captured again where it is used.
+
+    Where a capture fails (an operation CUDA cannot capture in this setting), a warning names
+    the error and that shape is computed eagerly from then on: the same values and gradient, no
+    host sync, only without the graph's saving of launches."""
 
     def __init__(self) -> None:
-        self.graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self.graphs: OrderedDict[tuple, _Captured | None] = OrderedDict()  # None: eager
 
     def __getstate__(self) -> dict:
         return {"graphs": OrderedDict()}
@@ -188,14 +203,28 @@ class GraphCache:
         """(loss, gradient w.r.t. x) of ``fn(x, labels)``, replayed from the graph of their shape
         (captured on first sight; at most ``MAX_GRAPHS`` kept)."""
         key = (tuple(x.shape), x.dtype, tuple(labels.shape), labels.dtype, x.device)
-        graph = self.graphs.get(key)
-        if graph is None:
+        if key in self.graphs:
+            self.graphs.move_to_end(key)
+        else:
             if len(self.graphs) >= MAX_GRAPHS:
                 self.graphs.popitem(last=False)
-            graph = self.graphs[key] = _Captured(fn, x, labels)
-        else:
-            self.graphs.move_to_end(key)
-        return graph(x, labels)
+            self.graphs[key] = _capture(fn, x, labels)
+        graph = self.graphs[key]
+        return value_and_grad(fn, x, labels) if graph is None else graph(x, labels)
+
+
+def _capture(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, labels: Tensor) -> _Captured | None:
+    """The CUDA graph of ``value_and_grad(fn, x, labels)``, or None (with a warning) where the
+    capture fails."""
+    try:
+        return _Captured(fn, x, labels)
+    except RuntimeError as err:  # torch.AcceleratorError is a RuntimeError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        warnings.warn(f"CPCCLoss(cuda_graph=True): capturing the CUDA graph for features "
+                      f"{tuple(x.shape)} failed ({first}); computing this shape without a graph "
+                      "(same values, more kernel launches). Please report it with this line.",
+                      RuntimeWarning, stacklevel=4)
+        return None
 
 
 
