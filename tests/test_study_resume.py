@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -283,3 +284,27 @@ def test_sweep_refuses_lambdas_that_share_a_run_directory_and_writes_its_csv_who
     with pytest.raises(KeyboardInterrupt):
         compare_mod.write_csv([{"lam": 1.0, "fine_acc": 0.5}], path)
     assert path.read_text() == before and before.splitlines()[1] == "0.5,0.25"
+
+
+def test_a_corrupt_run_inside_a_study_names_the_fix_that_works_there(tmp_path, monkeypatch, capsys, no_figures):
+    """Breaker finding: a run directory of an interrupted study with a corrupt checkpoint,
+    config.json or a missing config.json gave train's own fix ("retrain, or restore the file",
+    "check the --config path"); inside a study the fix is to delete that run and resume. It is
+    named now, in one line, and doing it gives the uninterrupted study's numbers."""
+    out = tmp_path / "c"
+    one = [*TINY, "--epochs", "1", "--methods", "l2", "--seeds", "1", "--out", str(out)]
+    assert main(["compare", *one]) == 0
+    run = out / "l2" / "seed0"
+    want = without_timing(json.loads((out / "summary.json").read_text())["runs"])
+    breaks = {"checkpoint": lambda: ((run / "metrics.json").unlink(), (run / "eval.json").unlink(),
+                                     (run / "last.pt").write_bytes(b"garbage")),
+              "config syntax": lambda: (run / "config.json").write_text("{"),
+              "config missing": lambda: (run / "config.json").unlink()}
+    for name, corrupt in breaks.items():
+        corrupt()
+        capsys.readouterr()
+        one_line_error(capsys, main(["compare", *one, "--resume"]),
+                       f"within this study, delete {run} and rerun with --resume")
+        shutil.rmtree(run)
+        assert main(["compare", *one, "--resume"]) == 0, name
+        assert without_timing(json.loads((out / "summary.json").read_text())["runs"]) == want, name

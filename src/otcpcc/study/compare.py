@@ -25,7 +25,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from .notes import run_collapse
 from .report import render_report
 from .resume import (
     check_run_config,
+    earlier_run,
     evaluated_alike,
     open_study,
     run_state,
@@ -139,29 +140,30 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: 
     from ..training.control import NonFiniteLoss
 
     state = run_state(run_dir) if resume else "new"
-    if state in ("evaluated", "trained"):
-        check_run_config(run_dir, cfg)
-    if state == "evaluated":
-        saved = stored_metrics(run_dir)
-        if evaluated_alike(saved, run_dir, cost_matrix):
-            _say(progress, f"[resume] {run_dir} finished earlier; reusing its eval.json")
-            return {"run_dir": run_dir, "metrics": saved}
-        state = "trained"  # e.g. evaluated again by hand with another --cost-matrix
-        _say(progress, f"[compare] {run_dir}/eval.json was not computed with this comparison's "
-                       f"cost matrix ({saved.get('cost_matrix')}) on the finished run; evaluating it again")
-    elif state == "trained":
-        _say(progress, f"[resume] {run_dir} was trained earlier; evaluating it")
-    try:
-        if state != "trained":  # a checkpoint continues; a directory with none starts over
-            run_dir = Path(train(cfg, run_dir, resume=state == "checkpoint",
-                                 force=force or (resume and state == "new"), progress=progress))
-    except NonFiniteLoss as e:  # one diverged run is a finding of the comparison, not its end
-        print(f"otcpcc: {e}; the comparison goes on without this run", file=sys.stderr, flush=True)
-        where = re.search(r"epoch (\d+)/\d+, step (\d+)", str(e))
-        when = f"epoch {where[1]}: the loss became non-finite at step {where[2]}" if where else str(e).split(";")[0]
-        return {"run_dir": None, "metrics": {}, "diverged": f"{when} (training stopped; no metrics)"}
-    return {"run_dir": run_dir,
-            "metrics": evaluate_run(run_dir, cost_matrix=cost_matrix, device=_eval_device(cfg))}
+    with earlier_run(run_dir) if state != "new" else nullcontext():  # fixes for its corrupt files
+        if state in ("evaluated", "trained"):
+            check_run_config(run_dir, cfg)
+        if state == "evaluated":
+            saved = stored_metrics(run_dir)
+            if evaluated_alike(saved, run_dir, cost_matrix):
+                _say(progress, f"[resume] {run_dir} finished earlier; reusing its eval.json")
+                return {"run_dir": run_dir, "metrics": saved}
+            state = "trained"  # e.g. evaluated again by hand with another --cost-matrix
+            _say(progress, f"[compare] {run_dir}/eval.json was not computed with this comparison's "
+                           f"cost matrix ({saved.get('cost_matrix')}) on the finished run; evaluating it again")
+        elif state == "trained":
+            _say(progress, f"[resume] {run_dir} was trained earlier; evaluating it")
+        try:
+            if state != "trained":  # a checkpoint continues; a directory with none starts over
+                run_dir = Path(train(cfg, run_dir, resume=state == "checkpoint",
+                                     force=force or (resume and state == "new"), progress=progress))
+        except NonFiniteLoss as e:  # one diverged run is a finding of the comparison, not its end
+            print(f"otcpcc: {e}; the comparison goes on without this run", file=sys.stderr, flush=True)
+            where = re.search(r"epoch (\d+)/\d+, step (\d+)", str(e))
+            when = f"epoch {where[1]}: the loss became non-finite at step {where[2]}" if where else str(e).split(";")[0]
+            return {"run_dir": None, "metrics": {}, "diverged": f"{when} (training stopped; no metrics)"}
+        return {"run_dir": run_dir,
+                "metrics": evaluate_run(run_dir, cost_matrix=cost_matrix, device=_eval_device(cfg))}
 
 
 def run_compare(base_cfg: TrainConfig | Mapping[str, Any], methods: Sequence[str], seeds: int,

@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +128,28 @@ def run_state(run_dir: Path) -> str:
     return "checkpoint" if (run_dir / CHECKPOINT).is_file() else "new"
 
 
+@contextmanager
+def earlier_run(run_dir: Path) -> Iterator[None]:
+    """Around what reads the files an interrupted study left in ``run_dir``: a ValueError (a
+    corrupt checkpoint, config.json or tree.json) gets the fix that works inside a study appended
+    (delete that run directory and resume: only that run is trained again), where it gives none."""
+    try:
+        yield
+    except ValueError as e:
+        if "--resume" in str(e):  # it names its study fix already
+            raise
+        raise ValueError(f"{e}; within this study, delete {run_dir} and rerun with --resume to run "
+                         "it again") from None
+
+
 def check_run_config(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuse to reuse a finished run whose ``config.json`` asks other settings than this study
     gives it (edited by hand, or copied from another study); one-line ValueError naming each."""
     from ..runs.config import load_config_file
 
     path = run_dir / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: the settings of that finished run are unknown")
     saved = TrainConfig.from_dict(load_config_file(path), source=str(path))
     if cfg.arch == "auto":  # training resolves it from the data (runs.build.resolve_arch)
         cfg = cfg.replace(arch=saved.arch)
