@@ -93,11 +93,11 @@ def test_the_baseline_gets_one_untimed_full_size_call(monkeypatch):
 NUM = r"[+-]\d+\.\d%"
 LINE = re.compile(
     r"CPCC \((?P<d>\w+)\) on one training step of (?P<model>\w+) at batch (?P<b>\d+) on cpu "
-    r"\(\d+ threads\): (?P<verdict>within noise: (?P<pct>" + NUM + r") \(95% CI (?P<lo>" + NUM
-    + r") to (?P<hi>" + NUM + r")\)|measurable: " + NUM + r" \(95% CI " + NUM + r" to " + NUM
+    r"\(\d+ threads\): (?P<verdict>within noise: (?P<pct>" + NUM + r") \(median paired difference, 95% CI (?P<lo>" + NUM
+    + r") to (?P<hi>" + NUM + r")\)|measurable: " + NUM + r" \(median paired difference, 95% CI " + NUM + r" to " + NUM
     + r"\)|too few rounds for a 95% interval \((?P<few>\d+) < 6\): " + NUM + r"); "
     r"the CPCC term alone: (?P<alone>\d+\.\d) ms = (?P<share>\d+\.\d)% of the step "
-    r"\(CE step \d+\.\d ms, with CPCC \d+\.\d ms; input 3x(?P<hw>\d+x\d+), "
+    r"\(medians: CE step \d+\.\d ms, with CPCC \d+\.\d ms; input 3x(?P<hw>\d+x\d+), "
     r"(?P<f>\d+)-d features, (?P<k>\d+) classes, fp32, SGD, lambda 1; medians of (?P<n>\d+) "
     r"interleaved rounds\)$")
 
@@ -223,7 +223,8 @@ def test_train_step_answer_comes_from_paired_rounds_and_times_cpcc_alone(monkeyp
     assert r["cpcc_share_pct"] == pytest.approx(100 * 3 / 900)
     line = format_train_line(r)
     assert LINE.match(line), line
-    assert "measurable: +0.3% (95% CI +0.2% to +0.4%); the CPCC term alone: 3.0 ms = 0.3% of" in line
+    assert ("measurable: +0.3% (median paired difference, 95% CI +0.2% to +0.4%); the CPCC term alone: "
+            "3.0 ms = 0.3% of") in line
 
 
 def test_cpcc_alone_is_called_on_leaf_features_of_the_steps_shape(monkeypatch):

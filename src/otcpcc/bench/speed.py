@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "CPCC term and print what CPCC adds, in percent")
     p.add_argument("--train-arch", default=None, metavar="ARCH",
                    help="model of --train-step (default resnet18 on cuda, the small cnn on a CPU, "
-                        "where a ResNet-18 step takes tens of seconds)")
+                        "where a ResNet-18 step at B = 256 takes seconds)")
     p.add_argument("--train-budget", type=positive_float, default=40.0, metavar="SECONDS",
                    help="seconds of timed steps per batch size for --train-step, after one "
                         "warm-up round (default 40); at most --repeats rounds, at least 6 (the "

@@ -1,7 +1,7 @@
 """``otcpcc bench --train-step``: what the CPCC term adds to one training step, in the same process.
 
 For each batch size B: a model built by :func:`otcpcc.models.build_model` (``resnet18`` on CUDA,
-the small ``cnn`` on a CPU, where a ResNet-18 step at B = 256 takes tens of seconds; ``--train-arch``
+the small ``cnn`` on a CPU, where a ResNet-18 step at B = 256 takes seconds; ``--train-arch``
 chooses), random inputs [B, 3, 32, 32], labels over K classes with every class present and the
 two-level tree of :func:`otcpcc.bench.problem.make_problem`. One step is SGD (momentum 0.9) on
 cross-entropy, or on cross-entropy + ``lam * CPCCLoss(tree, distance)(features, labels)``: zero
@@ -162,17 +162,18 @@ def _pct(value: float) -> str:
 
 def format_train_line(r: dict) -> str:
     """The answer for one (batch size, distance), e.g. ``CPCC (fastft) on one training step of cnn
-    at batch 256 on cpu (2 threads): within noise: +1.2% (95% CI -2.0% to +4.1%); the CPCC term
-    alone: 10.2 ms = 1.3% of the step (CE step 790.1 ms, with CPCC 801.3 ms; ...)``."""
+    at batch 256 on cpu (2 threads): within noise: +1.2% (median paired difference, 95% CI -2.0%
+    to +4.1%); the CPCC term alone: 10.2 ms = 1.3% of the step (medians: CE step 790.1 ms, with
+    CPCC 801.3 ms; ...)``."""
     pct = _pct(100 * r["overhead"])
     if r["call"] == TOO_FEW:
         verdict = f"{TOO_FEW} for a 95% interval ({r['rounds']} < {min_rounds()}): {pct}"
     else:
-        verdict = (f"{r['call']}: {pct} (95% CI {_pct(r['ci_low_pct'])} to "
+        verdict = (f"{r['call']}: {pct} (median paired difference, 95% CI {_pct(r['ci_low_pct'])} to "
                    f"{_pct(r['ci_high_pct'])})")
     return (f"CPCC ({r['distance']}) on one training step of {r['model']} at batch {r['batch']} "
             f"on {r['device']}: {verdict}; the CPCC term alone: {r['cpcc_ms']:.1f} ms = "
-            f"{r['cpcc_share_pct']:.1f}% of the step (CE step {r['step_ms']:.1f} ms, with CPCC "
+            f"{r['cpcc_share_pct']:.1f}% of the step (medians: CE step {r['step_ms']:.1f} ms, with CPCC "
             f"{r['step_with_cpcc_ms']:.1f} ms; input {'x'.join(str(s) for s in r['input_shape'])}, "
             f"{r['feature_dim']}-d features, {r['classes']} classes, {r['dtype']}, "
             f"{r['optimizer']}, lambda {r['lam']:g}; medians of {r['rounds']} interleaved rounds)")

@@ -195,7 +195,8 @@ def add_train_args(p: argparse.ArgumentParser, command: str = "train") -> None:
     g.add_argument("--eval-every", type=int, default=S, metavar="N",
                    help="test accuracy every N epochs (the last one always; default 1)")
     g.add_argument("--no-progress", action="store_true",
-                   help="no progress bar or per-epoch lines")
+                   help="quiet: no progress bar, per-epoch or summary lines (train prints only "
+                        "the run directory; the numbers are in the files written)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
