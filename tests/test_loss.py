@@ -144,3 +144,24 @@ def test_bad_options_fail_at_construction(distance, options, match):
         CPCCLoss(TREE, distance, **options)
     with pytest.raises(ValueError, match=match):
         class_distances(torch.randn(4, 2), torch.tensor([0, 0, 1, 1]), distance, **options)
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_casting_the_loss_keeps_its_target_float64(cuda_graph):
+    """Breaker finding: ``crit.half()`` (or ``model.half()`` with the loss inside) cast the target
+    buffer to float16: distances over 65504 became inf (loss 1.0, NaN gradient) and the rest were
+    rounded (a silently different CPCC). Casts now move the target's device only."""
+    big = torch.tensor([[0, 7e4, 1e5], [7e4, 0, 1e5], [1e5, 1e5, 0]], dtype=torch.float64)
+    fine = torch.tensor(LabelTree.from_levels([MID, COARSE]).distance_matrix()) * 1.001
+    x = torch.randn(36, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for target, y in ((big, torch.arange(36) % 3), (fine, torch.arange(36) % 12)):
+        want = CPCCLoss(target, "l2", cuda_graph=cuda_graph)(x, y)
+        for cast in ("half", "bfloat16", "float", "double"):
+            crit = getattr(CPCCLoss(target, "l2", cuda_graph=cuda_graph), cast)()
+            assert crit.tree_dist.dtype == torch.float64 and torch.equal(crit.tree_dist, target.to(torch.float64))
+            xx = x.clone().requires_grad_()
+            got = crit(xx, y)
+            got.backward()
+            assert got.item() == want.item() and torch.isfinite(xx.grad).all(), cast
+    with pytest.raises(TypeError, match="gather must be True or False, got 'no'"):
+        CPCCLoss(TREE, "l2", gather="no")

@@ -146,8 +146,9 @@ class CPCCLoss(nn.Module):
         super().__init__()
         self.distance = resolve(distance)
         check_options(self.distance, options)
-        if not isinstance(cuda_graph, bool):
-            raise TypeError(f"cuda_graph must be True or False, got {cuda_graph!r}")
+        for name, flag in (("gather", gather), ("cuda_graph", cuda_graph)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
         self.gather = gather
         self.cuda_graph = cuda_graph
         self.options = options
@@ -162,6 +163,15 @@ class CPCCLoss(nn.Module):
                 f"{same:g}), so CPCC is undefined and the regulariser would do nothing; "
                 "give a tree with at least one level between the root and the classes (e.g. "
                 "--tree FILE), or train without it (--distance none)")
+
+    def _apply(self, fn: Any, recurse: bool = True) -> CPCCLoss:
+        """``.to()``, ``.cuda()``, ``.half()``, ``model.half()`` with this loss inside: the target
+        follows the device only and stays float64 (float16 turns tree distances over 65504 into
+        inf, and rounds the rest: a silently different CPCC)."""
+        target = self.tree_dist
+        super()._apply(fn, recurse)
+        self.tree_dist = target.to(self.tree_dist.device)
+        return self
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
