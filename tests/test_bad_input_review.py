@@ -130,7 +130,9 @@ def test_other_degenerate_targets_are_refused(target, needle):
     (["--classes", "6", "--coarse", "9"], "--coarse 9 must be below --classes 6"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--approx", "--batch", "-1"], "argument --batch: expected an integer >= 0"),
-    (["--approx", "--dims", "0"], "--dims must be comma-separated integers >= 1"),
+    (["--approx", "--dims", "0"], "argument --dims: expected comma-separated integers from 1 to"),
+    (["--dim", "10000000000"], "argument --dim: expected an integer of at most 2147483647"),
+    (["--batch-sizes", "99999999999999999999"], "argument --batch-sizes: expected comma-separated integers"),
 ])
 def test_bench_integer_flags_are_one_line(capsys, flags, needle):
     one_line_error(capsys, main(["bench", *flags, "--batch-sizes", "8", "--no-reference"]
@@ -215,8 +217,9 @@ def test_run_files_that_are_truncated_or_folders(target_run, tmp_path, capsys):
     assert "If you are seeing this" not in err and len(err) < 300, err  # torch's own advice dropped
 
 
-@pytest.mark.parametrize("flags, needle", [(["--lams", "0,-1"], "--lams lists -1"),
-                                           (["--batch-sizes", "16,0"], "--batch-sizes lists 0")])
+@pytest.mark.parametrize("flags, needle", [
+    (["--lams", "0,-1"], "--lams lists -1"),
+    (["--batch-sizes", "16,0"], "argument --batch-sizes: expected comma-separated integers from 1")])
 def test_sweep_names_its_own_list_flags(tmp_path, capsys, flags, needle):
     one_line_error(capsys, main(["sweep", *TINY[:10], *flags, "--out", str(tmp_path / "s")]), needle)
     assert not (tmp_path / "s").exists()
@@ -455,15 +458,20 @@ def test_float_and_int_lists_are_one_parser_with_unchanged_messages():
     import argparse
 
     from otcpcc.cli import args
+    from otcpcc.flags import MAX_COUNT, count_list
 
-    for parse, good, value, what in ((args._float_list, "0, 0.5,,2", [0.0, 0.5, 2.0], "numbers"),
-                                     (args._int_list, "64,256,", [64, 256], "integers")):
-        assert parse.__qualname__.startswith("_number_list.")  # the one factory
-        assert parse(good) == value
-        with pytest.raises(argparse.ArgumentTypeError) as e:
-            parse("1,x")
-        assert str(e.value) == f"expected comma-separated {what}, got '1,x'"
+    assert args._float_list.__qualname__.startswith("_number_list.")
+    assert args._float_list("0, 0.5,,2") == [0.0, 0.5, 2.0]
+    with pytest.raises(argparse.ArgumentTypeError) as e:
+        args._float_list("1,x")
+    assert str(e.value) == "expected comma-separated numbers, got '1,x'"
     assert args._number_list(int, "integers")("3") == [3]
+    # batch sizes and dimensions (sweep, bench, bench --approx): one parser, bounded both ways
+    assert count_list("64,256,") == [64, 256] and count_list(str(MAX_COUNT)) == [MAX_COUNT]
+    for bad in ("1,x", "0,4", "", str(MAX_COUNT + 1), "99999999999999999999"):
+        with pytest.raises(argparse.ArgumentTypeError) as e:
+            count_list(bad)
+        assert str(e.value) == f"expected comma-separated integers from 1 to {MAX_COUNT}, got {bad!r}"
 
 
 # ------------------------------------------------------------- found by the breaker session
@@ -620,3 +628,31 @@ def test_thread_and_worker_counts_have_a_ceiling(monkeypatch, capsys):
     with pytest.raises(ConfigError, match=f"workers 100000 is above {MAX_WORKERS} data-loading processes"):
         TrainConfig(workers=100000).validate()
     TrainConfig(workers=MAX_WORKERS).validate()
+
+
+def test_sizes_beyond_memory_or_range_are_one_line(monkeypatch, capsys, tmp_path):
+    """Breaker findings: bench --batch-sizes 1e12 / --dim 1e10 / --n-projections 1e9 ended in a
+    traceback ("can't allocate memory", an overflowing randint); train -b 1e20 said "Stop argument
+    for islice()"; a sweep with it left its study.json behind. Now one line naming the flags."""
+    def alloc(**k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] . DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 7999999999920 bytes.")
+
+    monkeypatch.setattr(speed, "bench_distances", alloc)
+    one_line_error(capsys, main(["bench", "--distances", "l2,swd", "--batch-sizes", "8,1000000000",
+                                 "--no-reference"]),
+                   "out of memory on cpu for --batch-sizes 1000000000, --dim 512, --classes 100, "
+                   "--n-projections 10; lower them")
+    monkeypatch.setattr(speed, "bench_distances", lambda **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):  # other errors are not called memory
+        main(["bench", "--distances", "l2", "--batch-sizes", "8", "--no-reference"])
+    huge = "99999999999999999999"
+    one_line_error(capsys, main(["train", "-b", huge, "--out", str(tmp_path / "t")]),
+                   f"batch_size {huge} is too large; pass --batch-size between 1 and 2147483647")
+    one_line_error(capsys, main(["sweep", "--batch-sizes", huge, "--out", str(tmp_path / "s")]),
+                   "argument --batch-sizes: expected comma-separated integers from 1 to 2147483647")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 1e3\n")
+    one_line_error(capsys, main(["train", "--config", str(cfg), "--out", str(tmp_path / "t")]),
+                   "epochs must be a positive integer, got 1000.0 (a float); write it as 1000")
+    assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()

@@ -308,3 +308,30 @@ def test_a_corrupt_run_inside_a_study_names_the_fix_that_works_there(tmp_path, m
         shutil.rmtree(run)
         assert main(["compare", *one, "--resume"]) == 0, name
         assert without_timing(json.loads((out / "summary.json").read_text())["runs"]) == want, name
+
+
+def test_sweep_notes_the_config_keys_it_sets_itself_and_they_may_change_on_resume(tmp_path, monkeypatch, capsys):
+    """Breaker finding: a --config file's lam and batch_size were silently unused by sweep (which
+    trains its grid), yet study.json kept them, so editing lam in the file blocked --resume with
+    "lam (5.0 -> 6.0)", a setting no run used. Now a note says they are not used, and --resume
+    ignores them; the keys a study sets itself are those whose flags it refuses."""
+    from otcpcc.cli.args import NOT_USED
+    from otcpcc.study.resume import SET_BY_STUDY
+
+    assert {c: set(v) for c, v in NOT_USED.items()} == {c: set(v) for c, v in SET_BY_STUDY.items()}
+    monkeypatch.setattr(compare_mod, "plot_sweep", lambda *a, **k: None)
+    cfg, out = tmp_path / "c.yaml", tmp_path / "s"
+    cfg.write_text("lam: 5\nbatch_size: 32\n")
+    tiny = [a for a in TINY if a not in ("--batch-size", "16", "--no-progress")]
+    sweep = ["sweep", "--config", str(cfg), *tiny, "--epochs", "1", "--distance", "l2", "--lams", "0.5",
+             "--batch-sizes", "16", "--out", str(out)]
+    assert main(sweep) == 0
+    assert (f"note: sweep sets lam and batch_size itself; the values in {cfg} are not used (pass --lams"
+            in capsys.readouterr().err)
+    row = next(csv.DictReader((out / "sweep.csv").open()))
+    assert float(row["lam"]) == 0.5 and int(row["batch_size"]) == 16
+    cfg.write_text("lam: 6\nbatch_size: 32\n")
+    assert main([*sweep, "--resume"]) == 0
+    capsys.readouterr()  # a setting the runs use: still refused
+    one_line_error(capsys, main([*sweep[:-2], "--no-progress", "--epochs", "2", "--out", str(out), "--resume"]),
+                   "epochs (1 -> 2)")

@@ -81,8 +81,12 @@ def suggest_flags(parser: argparse.ArgumentParser, parsed: argparse.Namespace,
     return f"; did you mean {' or '.join(guesses)}?" if guesses else ""
 
 
+MAX_COUNT = 2**31 - 1  # the largest size or count a flag takes (torch's sizes and Python's islice)
+
+
 def int_at_least(low: int) -> Callable[[str], int]:
-    """argparse type: an integer >= ``low`` (anything else: "expected an integer >= low, got '0'")."""
+    """argparse type: an integer in [``low``, ``MAX_COUNT``] (anything else: "expected an integer
+    >= low, got '0'", or "... at most 2147483647, got ...")."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -90,9 +94,24 @@ def int_at_least(low: int) -> Callable[[str], int]:
             value = low - 1
         if value < low:
             raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        if value > MAX_COUNT:
+            raise argparse.ArgumentTypeError(f"expected an integer of at most {MAX_COUNT}, got {text!r}")
         return value
 
     return parse
+
+
+def count_list(text: str) -> list[int]:
+    """argparse type: comma-separated integers from 1 to ``MAX_COUNT`` (empty items skipped), e.g.
+    batch sizes or dimensions; anything else: "expected comma-separated integers from 1 to ..."."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1 or max(values) > MAX_COUNT:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers from 1 to {MAX_COUNT}, got {text!r}")
+    return values
 
 
 def positive_float(text: str) -> float:

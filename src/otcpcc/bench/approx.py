@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..flags import OneLineParser, int_at_least, unwritable
+from ..flags import OneLineParser, count_list, int_at_least, unwritable
 
 APPROX = (("fastft", {"order": "batch"}, "fastft-batch"),
           ("fastft", {"order": "sorted"}, "fastft-sorted"),
@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="otcpcc bench --approx", description=__doc__.split("\n")[0])
     p.add_argument("--approx", action="store_true", help="(selects this benchmark)")
     p.add_argument("--run", default=None, metavar="DIR", help="run whose learned features to use")
-    p.add_argument("--dims", default="2,16,128", help="Gaussian-mixture dimensions (default 2,16,128)")
+    p.add_argument("--dims", type=count_list, default=[2, 16, 128],
+                   help="Gaussian-mixture dimensions (default 2,16,128)")
     p.add_argument("--max-per-class", type=int_at_least(2), default=100, metavar="N")
     p.add_argument("--batch", type=int_at_least(0), default=256, metavar="B",
                    help="batch rows: B samples per batch (0: none; default 256)")
@@ -230,19 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    try:
-        dims = [int(v) for v in args.dims.split(",") if v.strip()]
-    except ValueError:
-        dims = [0]
-    if not dims or min(dims) < 1:
-        print(f"otcpcc: error: --dims must be comma-separated integers >= 1, got {args.dims!r}",
-              file=sys.stderr)
-        return 2
     sets = [(f"input {n}", lambda n=n: embedded_inputs(n)) for n in ("synthetic", "digits")]
     # a --run given is loaded first: a wrong directory is refused before minutes of work
     learned = learned_features(args.run, say) if args.run is not None else None
     sets.append(("learned (synthetic CE run)", lambda: learned or learned_features(None, say)))
-    sets += [(f"mixture d={d}", lambda d=d: gaussian_mixture(d, args.seed)) for d in dims]
+    sets += [(f"mixture d={d}", lambda d=d: gaussian_mixture(d, args.seed)) for d in args.dims]
     rows, batch_rows = [], []
     for setname, make in sets:
         say(f"{setname} ...")

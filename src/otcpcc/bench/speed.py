@@ -40,7 +40,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from ..flags import OneLineParser, int_at_least, positive_float
+from ..flags import OneLineParser, count_list, int_at_least, positive_float
 from .checks import refusal, write_json_flag
 from .problem import make_problem
 from .rows import GRAPH, make_loss, with_graph_rows
@@ -263,17 +263,6 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _distance_list(text: str) -> list[str]:
     values = [v.strip() for v in text.split(",") if v.strip()]
     unknown = [v for v in values if v not in (*DISTANCES, "sk", "fft")]
@@ -289,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="otcpcc bench",
         description="Time CPCCLoss (forward + backward) against the per-pair reference loop.")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--batch-sizes", type=_int_list, default=[256, 1024, 4096],
+    p.add_argument("--batch-sizes", type=count_list, default=[256, 1024, 4096],
                    help="comma-separated batch sizes (default 256,1024,4096)")
     p.add_argument("--classes", type=int_at_least(3), default=100, help="fine classes K (default 100)")
     p.add_argument("--coarse", type=int_at_least(2), default=20,
@@ -413,6 +402,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             log=say)
     except ValueError as err:
         print(f"otcpcc: error: {err}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        if not isinstance(err, MemoryError) and "alloc" not in str(err) and "out of memory" not in str(err):
+            raise
+        swd = f", --n-projections {args.n_projections}" if any("swd" in d for d in args.distances) else ""
+        print(f"otcpcc: error: out of memory on {device} for --batch-sizes {max(args.batch_sizes)}, "
+              f"--dim {args.dim}, --classes {args.classes}{swd}; lower them", file=sys.stderr)
         return 2
 
     train = None

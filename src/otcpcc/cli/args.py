@@ -43,7 +43,6 @@ def _number_list(type_: Callable[[str], T], what: str) -> Callable[[str], list[T
 
 
 _float_list = _number_list(float, "numbers")
-_int_list = _number_list(int, "integers")
 
 
 def _name_list(text: str) -> list[str]:
@@ -80,10 +79,21 @@ NOT_USED: dict[str, dict[str, str]] = {
 }
 
 
-def refuse_unused_flags(args: argparse.Namespace, command: str) -> None:
+def refuse_unused_flags(args: argparse.Namespace, command: str) -> str | None:
     """ValueError naming the train flags given to ``command`` that it does not use
-    (:func:`otcpcc.flags.refuse_unused` on ``NOT_USED[command]``)."""
+    (:func:`otcpcc.flags.refuse_unused` on ``NOT_USED[command]``). Those keys in a ``--config``
+    file are not refused (a run's config.json holds them all): the note to print, or None."""
     refuse_unused(args, command, NOT_USED.get(command, {}))
+    if not args.config:
+        return None
+    from ..runs.config import load_config_file
+
+    found = [k for k in NOT_USED.get(command, {}) if k in load_config_file(args.config)]
+    if not found:
+        return None
+    return (f"otcpcc: note: {command} sets {' and '.join(found)} itself; the value"
+            f"{'s' if len(found) > 1 else ''} in {args.config} {'are' if len(found) > 1 else 'is'} "
+            f"not used ({NOT_USED[command][found[0]]})")
 
 
 def add_train_args(p: argparse.ArgumentParser, command: str = "train") -> None:

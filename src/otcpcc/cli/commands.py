@@ -35,11 +35,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..flags import OneLineParser
+from ..flags import OneLineParser, count_list
 from .args import (
     _device,
     _float_list,
-    _int_list,
     _key_value,
     _name_list,
     _out_dir,
@@ -53,8 +52,8 @@ PROG = "otcpcc"
 _Parser = OneLineParser  # one-line usage errors (``otcpcc train: error: ...``), exit status 2
 
 
-def _say(args: argparse.Namespace, msg: str) -> None:
-    if not getattr(args, "no_progress", False):
+def _say(args: argparse.Namespace, msg: str | None) -> None:
+    if msg and not getattr(args, "no_progress", False):
         print(msg, file=sys.stderr, flush=True)
 
 
@@ -116,7 +115,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..study.compare import run_compare
 
-    refuse_unused_flags(args, "compare")
+    _say(args, refuse_unused_flags(args, "compare"))
     args.distance = "none"  # each method sets its own; --dist-opt is checked per method by compare
     cfg = config_from_args(args)
     out = run_compare(cfg, args.methods, args.seeds, Path(args.out), force=args.force,
@@ -129,7 +128,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..study.compare import run_sweep
 
-    refuse_unused_flags(args, "sweep")
+    _say(args, refuse_unused_flags(args, "sweep"))
     cfg = config_from_args(args)
     out = run_sweep(cfg, args.lams, args.batch_sizes, Path(args.out), force=args.force,
                     progress=not args.no_progress, resume=args.resume)
@@ -174,7 +173,7 @@ def cmd_pilot(args: argparse.Namespace) -> int:
 
     if args.epochs is None and not args.config:
         args.epochs = PILOT_EPOCHS  # a small budget unless asked otherwise
-    refuse_unused_flags(args, "pilot")
+    _say(args, refuse_unused_flags(args, "pilot"))
     args.distance = "none"  # each method sets its own; --dist-opt is checked per method
     cfg = config_from_args(args)
     out = run_pilot(cfg, Path(args.out), methods=args.methods, seeds=args.seeds,
@@ -283,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("grid")
     g.add_argument("--lams", type=_float_list, default=[0.0, 0.5, 1.0, 2.0], metavar="LIST",
                    help="comma-separated lambdas (default 0,0.5,1,2)")
-    g.add_argument("--batch-sizes", type=_int_list, default=[64, 256], metavar="LIST",
+    g.add_argument("--batch-sizes", type=count_list, default=[64, 256], metavar="LIST",
                    help="comma-separated batch sizes (default 64,256)")
     g.add_argument("-o", "--out", default="runs/sweep", metavar="DIR", type=_out_dir,
                    help="output directory (default runs/sweep)")

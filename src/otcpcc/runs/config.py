@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..flags import MAX_COUNT
 from ..textfile import read_text
 
 
@@ -328,11 +329,16 @@ class TrainConfig:
             raise bad(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
         for name in ("epochs", "batch_size", "step_size", "eval_every"):
             value = getattr(self, name)
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, float) and value.is_integer():
+                raise bad(f"{name} must be a positive integer, got {value!r} (a float); write it "
+                          f"as {int(value)}")
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                flag = "--" + name.replace("_", "-")
                 raise bad(
                     f"{name} must be a positive integer, got {value!r}; pass {flag} 1 or more"
                 )
+            if value > MAX_COUNT:
+                raise bad(f"{name} {value} is too large; pass {flag} between 1 and {MAX_COUNT}")
         for name in ("workers", "warmup_epochs", "seed", "data_seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
