@@ -656,3 +656,32 @@ def test_sizes_beyond_memory_or_range_are_one_line(monkeypatch, capsys, tmp_path
     one_line_error(capsys, main(["train", "--config", str(cfg), "--out", str(tmp_path / "t")]),
                    "epochs must be a positive integer, got 1000.0 (a float); write it as 1000")
     assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()
+
+
+def test_damaged_run_config_is_named_and_config_files_of_any_suffix_parse(tmp_path, capsys):
+    """Breaker findings: a bad value inside RUN/config.json was blamed on the flag (train --resume
+    --epochs 3: "pass --epochs 1 or more"); a YAML config named c.txt failed as JSON; --config DIR
+    said "not found"."""
+    run = tmp_path / "r"
+    tiny = ["--epochs", "1", "--no-progress", "--data-opt", "train_per_class=12", "--data-opt", "test_per_class=6"]
+    assert main(["train", *tiny, "--out", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, "epochs": "two"}))
+    capsys.readouterr()
+    one_line_error(capsys, main(["train", "--out", str(run), "--resume", "--epochs", "3"]),
+                   f"cannot resume {run}: {run / 'config.json'} is damaged (epochs must be a positive "
+                   "integer, got 'two'); restore it, or start the run over with --force")
+    one_line_error(capsys, main(["evaluate", str(run)]), f"{run / 'config.json'} is damaged", "train the run again")
+    (run / "config.json").write_text(json.dumps(saved))  # restored: both work again
+    assert main(["evaluate", str(run)]) == 0
+    yaml_txt = tmp_path / "c.txt"
+    yaml_txt.write_text("epochs: 1\ndata_options:\n  train_per_class: 12\n  test_per_class: 6\n")
+    assert main(["train", "--config", str(yaml_txt), "--no-progress", "--out", str(tmp_path / "y")]) == 0
+    assert json.loads((tmp_path / "y" / "config.json").read_text())["data_options"]["train_per_class"] == 12
+    yaml_txt.write_text("a: [\n")
+    capsys.readouterr()
+    one_line_error(capsys, main(["train", "--config", str(yaml_txt), "--out", str(tmp_path / "z")]),
+                   f"cannot parse config file {str(yaml_txt)!r} as JSON or YAML")
+    one_line_error(capsys, main(["train", "--config", str(tmp_path), "--out", str(tmp_path / "z")]),
+                   f"config file {str(tmp_path)!r} is a directory")
+    assert not (tmp_path / "z").exists()

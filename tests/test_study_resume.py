@@ -299,13 +299,18 @@ def test_a_corrupt_run_inside_a_study_names_the_fix_that_works_there(tmp_path, m
     breaks = {"checkpoint": lambda: ((run / "metrics.json").unlink(), (run / "eval.json").unlink(),
                                      (run / "last.pt").write_bytes(b"garbage")),
               "config syntax": lambda: (run / "config.json").write_text("{"),
-              "config missing": lambda: (run / "config.json").unlink()}
+              "config missing": lambda: (run / "config.json").unlink(),
+              "config invalid": lambda: (run / "config.json").write_text('{"epochs": "two"}'),
+              "cut, no config": lambda: [(run / n).unlink() for n in ("metrics.json", "eval.json",
+                                                                       "config.json")],
+              "a file there": lambda: (shutil.rmtree(run), run.write_text("x"))}
     for name, corrupt in breaks.items():
         corrupt()
         capsys.readouterr()
         one_line_error(capsys, main(["compare", *one, "--resume"]),
-                       f"within this study, delete {run} and rerun with --resume")
-        shutil.rmtree(run)
+                       f"; delete {run} and rerun with --resume to train that run again (the study's "
+                       "other runs are kept)")
+        run.unlink() if run.is_file() else shutil.rmtree(run)
         assert main(["compare", *one, "--resume"]) == 0, name
         assert without_timing(json.loads((out / "summary.json").read_text())["runs"]) == want, name
 

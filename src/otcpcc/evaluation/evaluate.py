@@ -39,7 +39,7 @@ import torch
 from ..distributed.env import DistEnv, resolve_device
 from ..runs.build import load_data, make_model
 from ..runs.checkpoint import CHECKPOINT, load_checkpoint, write_json
-from ..runs.config import ConfigError, TrainConfig, load_config_file
+from ..runs.config import ConfigError, TrainConfig, read_run_config
 from ..runs.rundir import RunDirError
 from ..runs.target import read_run_target
 from .inference import predict, test_cpcc
@@ -78,10 +78,10 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu",
             raise RunDirError(f"{str(run)!r} is not a finished otcpcc run (no {name}); pass a "
                               "directory written by otcpcc train --out, or train it first")
     try:
-        cfg = TrainConfig.from_dict(load_config_file(run / "config.json"),
-                                    source=str(run / "config.json"))
+        _, cfg = read_run_config(run / "config.json")
     except ConfigError as e:
-        raise RunDirError(f"incompatible run directory {str(run)!r}: {e}") from None
+        raise RunDirError(f"incompatible run directory {str(run)!r}: {e}; restore it, or train "
+                          "the run again") from None
     if data_dir is not None:
         cfg = cfg.replace(data_dir=str(data_dir))
     tree = LabelTree.from_file(run / "tree.json")

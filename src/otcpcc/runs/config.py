@@ -458,25 +458,45 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def read_run_config(path: str | os.PathLike) -> tuple[dict[str, Any], TrainConfig]:
+    """A run directory's ``config.json``: (its mapping, the :class:`TrainConfig` it holds). A
+    ConfigError naming the file says what is wrong where it is missing, unreadable or holds an
+    invalid setting (no fix: train --resume, evaluate and a study each know their own)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p} is missing: the run's settings are unknown")
+    try:
+        raw = load_config_file(p)
+        return raw, TrainConfig.from_dict(raw, source=str(p))
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{p} is damaged ({str(e).split('; ')[0]})") from None
+
+
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML or JSON mapping; bad files raise one-line errors naming the file."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a directory; pass the path of a YAML or JSON file")
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r} not found; check the --config path")
     try:
         text = read_text(p, "a YAML or JSON config file (a mapping of config keys to values)")
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    try:
-        if p.suffix.lower() in (".yaml", ".yml"):
-            from ..yaml_values import load_yaml
+    from ..yaml_values import load_yaml
 
-            values = load_yaml(text)
-        else:
-            values = json.loads(text, object_pairs_hook=_unique_keys)
-    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"cannot parse config file {str(p)!r}: {first}; fix its syntax") from e
+    suffix = p.suffix.lower()
+    formats = {".yaml": ["YAML"], ".yml": ["YAML"], ".json": ["JSON"]}.get(suffix, ["JSON", "YAML"])
+    for i, fmt in enumerate(formats):
+        try:
+            values = load_yaml(text) if fmt == "YAML" else json.loads(text, object_pairs_hook=_unique_keys)
+            break
+        except Exception as e:  # yaml.YAMLError / json.JSONDecodeError
+            if i + 1 < len(formats):  # another suffix (.txt, .cfg): JSON, else YAML
+                continue
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            what = "" if len(formats) == 1 else " as JSON or YAML"
+            raise ConfigError(f"cannot parse config file {str(p)!r}{what}: {first}; fix its syntax") from e
     if values is None:
         values = {}
     if not isinstance(values, dict):

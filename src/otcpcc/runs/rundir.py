@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .checkpoint import CHECKPOINT, RUN_FILES, atomic_write_text, remove_stale_temporaries
-from .config import TrainConfig, load_config_file
+from .config import ConfigError, TrainConfig, read_run_config
 
 if TYPE_CHECKING:
     from ..distributed.env import DistEnv
@@ -104,8 +104,11 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, env: DistEnv, *, resume: bool, 
 
 def check_resume_config(out: Path, cfg: TrainConfig, env: DistEnv) -> None:
     """Refuse to resume ``out`` with settings its config.json does not have (naming each change)."""
-    raw = load_config_file(out / "config.json")
-    saved = TrainConfig.from_dict(raw, source=str(out / "config.json"))
+    try:
+        raw, saved = read_run_config(out / "config.json")
+    except ConfigError as e:
+        raise RunDirError(f"cannot resume {out}: {e}; restore it, or start the run over with "
+                          "--force or another --out") from None
     changes = saved.changes(cfg)
     ran_on = int((raw.get("meta") or {}).get("world_size", env.world_size))
     if ran_on != env.world_size:  # (last.pt is checked too) refuse before rewriting files

@@ -140,7 +140,7 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: 
     from ..training.control import NonFiniteLoss
 
     state = run_state(run_dir) if resume else "new"
-    with earlier_run(run_dir) if state != "new" else nullcontext():  # fixes for its corrupt files
+    with earlier_run(run_dir) if resume else nullcontext():  # fixes for its corrupt files
         if state in ("evaluated", "trained"):
             check_run_config(run_dir, cfg)
         if state == "evaluated":

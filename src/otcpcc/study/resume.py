@@ -135,27 +135,27 @@ def run_state(run_dir: Path) -> str:
 
 @contextmanager
 def earlier_run(run_dir: Path) -> Iterator[None]:
-    """Around what reads the files an interrupted study left in ``run_dir``: a ValueError (a
-    corrupt checkpoint, config.json or tree.json) gets the fix that works inside a study appended
-    (delete that run directory and resume: only that run is trained again), where it gives none."""
+    """Around what reads the files an interrupted study left in ``run_dir``: a ValueError or
+    OSError (a corrupt checkpoint, config.json or tree.json; a file where the run directory
+    should be) gets the fix that works inside a study instead of train's own (delete that run
+    directory and resume: only that run is trained again)."""
     try:
         yield
-    except ValueError as e:
-        if "--resume" in str(e):  # it names its study fix already
+    except (ValueError, OSError) as e:
+        if f"delete {run_dir}" in str(e) or not os.path.lexists(run_dir):  # its fix named; nothing there
             raise
-        raise ValueError(f"{e}; within this study, delete {run_dir} and rerun with --resume to run "
-                         "it again") from None
+        problem = str(e).split("; ")[0]  # its own fix (retrain, choose another --out) is train's
+        raise ValueError(f"{problem}; delete {run_dir} and rerun with --resume to train that run "
+                         "again (the study's other runs are kept)") from None
 
 
 def check_run_config(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuse to reuse a finished run whose ``config.json`` asks other settings than this study
     gives it (edited by hand, or copied from another study); one-line ValueError naming each."""
-    from ..runs.config import load_config_file
+    from ..runs.config import read_run_config
 
     path = run_dir / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: the settings of that finished run are unknown")
-    saved = TrainConfig.from_dict(load_config_file(path), source=str(path))
+    _, saved = read_run_config(path)
     if cfg.arch == "auto":  # training resolves it from the data (runs.build.resolve_arch)
         cfg = cfg.replace(arch=saved.arch)
     changes = saved.changes(cfg, ignore=STUDY_FREE_KEYS)
