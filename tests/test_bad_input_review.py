@@ -685,3 +685,19 @@ def test_damaged_run_config_is_named_and_config_files_of_any_suffix_parse(tmp_pa
     one_line_error(capsys, main(["train", "--config", str(tmp_path), "--out", str(tmp_path / "z")]),
                    f"config file {str(tmp_path)!r} is a directory")
     assert not (tmp_path / "z").exists()
+
+
+def test_class_names_too_few_and_a_tree_directory_are_named(tmp_path, capsys):
+    """Breaker findings: an .npz whose class_names hold 3 names while its labels reach 5 was
+    blamed on "the tree's 3 leaves" (the file holds no tree); --tree DIR said "not found"."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "f.npz"
+    np.savez(path, features=rng.normal(size=(60, 4)).astype("float32"), labels=np.arange(60) % 6,
+             class_names=np.array(["a", "b", "c"]))
+    one_line_error(capsys, main(["train", "--data", "features", "--data-dir", str(path), "--epochs", "1",
+                                 "--out", str(tmp_path / "r")]),
+                   "labels go up to 5 but class_names holds 3 names", "6 or more")
+    one_line_error(capsys, main(["train", "--data", "digits", "--tree", str(tmp_path), "--epochs", "1",
+                                 "--out", str(tmp_path / "r")]),
+                   f"tree file {str(tmp_path)!r} is a directory; pass the path of a tree file to --tree")
+    assert not (tmp_path / "r").exists()

@@ -516,12 +516,18 @@ def test_error_formats(tmp_path: Path) -> None:
     t = LabelTree.from_parents(DESIGN_EXAMPLE)
     with pytest.raises(TreeError, match=r"unknown tree format 'xml'"):
         t.to_file(tmp_path / "t.txt", format="xml")
-    with pytest.raises(TreeError, match=r"cannot tell the tree format of .*t\.yaml"):
+    with pytest.raises(TreeError, match=r"cannot tell which tree format to write to .*t\.yaml"):
         t.to_file(tmp_path / "t.yaml")
-    (tmp_path / "t.yaml").write_text("r a\n")
-    with pytest.raises(TreeError, match=r"t\.yaml"):
-        LabelTree.from_file(tmp_path / "t.yaml")
-    assert LabelTree.from_file(tmp_path / "t.yaml", format="edges").leaves == ["a"]
+    # another suffix (or none) is read by its contents: { JSON, ( Newick, else edges
+    for name, fmt in (("hierarchy", "edges"), ("t.yaml", "json"), ("tree.csv", "newick")):
+        t.to_file(tmp_path / "written", format=fmt)
+        (tmp_path / name).write_text("# a comment\n\n" * (fmt == "edges") + (tmp_path / "written").read_text())
+        back = LabelTree.from_file(tmp_path / name)
+        assert back.leaves == t.leaves and back.distance_matrix().tolist() == t.distance_matrix().tolist(), name
+    (tmp_path / "tree.csv").write_text("r,a\n")
+    with pytest.raises(TreeError, match=r"tree\.csv:1: expected 'parent child \[weight\]'"):
+        LabelTree.from_file(tmp_path / "tree.csv")
+    assert LabelTree.from_file(tmp_path / "t.yaml", format="json").leaves == t.leaves
     (tmp_path / "bad.json").write_text("{oops")
     with pytest.raises(TreeError, match=r"bad\.json:1: invalid JSON"):
         LabelTree.from_file(tmp_path / "bad.json")
@@ -630,3 +636,20 @@ def test_from_levels_name_lists_are_checked_not_split_into_characters(kwargs, ne
         LabelTree.from_levels([[0, 0, 1, 1]], **kwargs)
     with pytest.raises(TreeError, match="nests lists"):
         LabelTree.from_levels([[0, [0, 1], 1, 1]])
+
+
+def test_parents_json_with_an_unknown_key_names_it(tmp_path: Path) -> None:
+    """Breaker finding: {"parents": ..., "levels": ..., "extra": 3} was read as a nested tree
+    and refused with "the value under '0' is 'a'"; the unknown key is named now."""
+    base = {"parents": {"a": "s", "b": "s", "c": "u", "d": "u", "s": "r", "u": "r"},
+            "levels": [{"name": "mid", "nodes": ["s", "u"]}]}
+    path = tmp_path / "t.json"
+    for extra in ({"extra": 3}, {"comment": ["x"]}):
+        path.write_text(json.dumps({**base, **extra}))
+        with pytest.raises(TreeError, match=f"unknown key {next(iter(extra))!r} beside \"parents\""):
+            LabelTree.from_file(path)
+    path.write_text(json.dumps(base))
+    assert LabelTree.from_file(path).leaves == ["a", "b", "c", "d"]
+    path.write_text(json.dumps({"parents": {"x": {}}, "other": {"y": {}}}))  # nested, two roots
+    with pytest.raises(TreeError, match="root"):
+        LabelTree.from_file(path)

@@ -293,6 +293,11 @@ def load_features(data_dir: str | Path | None = None, seed: int = 0, **options: 
 
     class_names = (_strings(z["class_names"], "class_names", path, unique=True)
                    if "class_names" in z else None)
+    top = int(max(y_tr.max(), y_te.max()))
+    if class_names is not None and top >= len(class_names):
+        raise ValueError(f"{path}: labels go up to {top} but class_names holds {len(class_names)} "
+                         f"names (label k is named class_names[k]); give one name per class, "
+                         f"{top + 1} or more")
     if tree_opt is not None:
         tree, source = resolve_tree(tree_opt, class_names, str(path))
         if class_names is None:  # integer labels: match them to leaves named by their ids only
@@ -310,7 +315,7 @@ def load_features(data_dir: str | Path | None = None, seed: int = 0, **options: 
             tree, _ = resolve_tree(tree, class_names, str(path))
         if tree is None:
             if class_names is None:
-                k = int(max(y_tr.max(), y_te.max())) + 1
+                k = top + 1
                 if k > len(y_tr) + len(y_te):  # a flat tree holds K leaves: bound K by the data
                     raise ValueError(
                         f"{path}: label {k - 1} implies {k} classes for {len(y_tr) + len(y_te)} "

@@ -183,7 +183,8 @@ def resolve_tree(
     if isinstance(tree, (str, Path)):
         path = Path(tree)
         if not path.is_file():
-            raise ValueError(f"tree file {path} not found")
+            raise ValueError(f"tree file {path} {'is a directory' if path.is_dir() else 'not found'}; "
+                             "pass the path of a tree file")
         source = str(path)
         tree = LabelTree.from_file(path)
     elif isinstance(tree, LabelTree):

@@ -58,7 +58,8 @@ def _load_data(cfg: TrainConfig):
     from ..tree.matching import unmatched_classes
 
     if not Path(cfg.tree).is_file():
-        raise FileNotFoundError(f"tree file {cfg.tree!r} not found; check the --tree path")
+        what = "is a directory" if Path(cfg.tree).is_dir() else "not found"
+        raise FileNotFoundError(f"tree file {cfg.tree!r} {what}; pass the path of a tree file to --tree")
     user_tree = LabelTree.from_file(cfg.tree)
     problem = unmatched_classes(bundle.tree.leaves, user_tree.leaves, cfg.data, f"--tree {cfg.tree}",
                                 "add them under their parents")

@@ -38,17 +38,23 @@ _SUFFIXES = {
 }
 
 
-def _format_of(path: Path, format: str | None) -> str:
+def _format_of(path: Path, format: str | None) -> str | None:
     if format is not None:
         if format not in _FORMATS:
             raise TreeError(f"unknown tree format {format!r}; use one of {', '.join(_FORMATS)}")
         return format
-    fmt = _SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise TreeError(
-            f"cannot tell the tree format of {str(path)!r} from its suffix; pass format='edges', 'json' or 'newick'"
-        )
-    return fmt
+    return _SUFFIXES.get(path.suffix.lower())  # None: from the contents (_sniff)
+
+
+def _sniff(text: str) -> str:
+    """The format of a tree file whose suffix says none (``hierarchy``, ``tree.csv``), from its
+    first character that is not blank or in a ``#`` comment line: ``{`` JSON, ``(`` Newick, else
+    an edge list (whose parser names what it finds instead)."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return {"{": "json", "(": "newick"}.get(line[0], "edges")
+    return "edges"
 
 
 # ---------------------------------------------------------------------- reading
@@ -58,13 +64,14 @@ def read_tree(
     format: str | None = None,
     on_multiple_parents: str = "error",
 ) -> LabelTree:
-    """Read a tree file (see :meth:`LabelTree.from_file`); ``format`` is inferred from the suffix.
+    """Read a tree file (see :meth:`LabelTree.from_file`); ``format`` is inferred from the suffix
+    (another suffix: from the contents, :func:`_sniff`).
     Every TreeError names the file (a cycle or a second root is found after parsing)."""
     path = Path(path)
     fmt = _format_of(path, format)
     try:
-        text = read_text(path, _EXPECTED[fmt])
-        return _parse(cls, text, path, fmt, on_multiple_parents)
+        text = read_text(path, _EXPECTED[fmt] if fmt else "a tree file (an edge list, JSON or Newick)")
+        return _parse(cls, text, path, fmt or _sniff(text), on_multiple_parents)
     except ValueError as e:
         raise TreeError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
@@ -124,6 +131,11 @@ def _from_json(cls: type[LabelTree], data: Any, src: str) -> LabelTree:
     if not isinstance(data, dict) or not data:
         raise TreeError(f"{src}: expected a non-empty JSON object describing a tree")
     vals = list(data.values())
+    extra = sorted(set(data) - {"parents", "weights", "levels"})
+    if isinstance(data.get("parents"), dict) and extra and len(data) > 1 and (
+            "weights" in data or "levels" in data or isinstance(data.get(extra[0]), (int, float, list))):
+        raise TreeError(f'{src}: unknown key {extra[0]!r} beside "parents"; a {{"parents": ...}} tree '
+                        'holds only "parents", "weights" and "levels"')
     if (
         set(data) <= {"parents", "weights", "levels"}
         and "parents" in data
@@ -334,6 +346,9 @@ def write_tree(tree: LabelTree, path: str | os.PathLike[str], format: str | None
     """Write ``tree`` so that :func:`read_tree` reads it back (see :meth:`LabelTree.to_file`)."""
     path = Path(path)
     fmt = _format_of(path, format)
+    if fmt is None:
+        raise TreeError(f"cannot tell which tree format to write to {str(path)!r} from its suffix; "
+                        "pass format='edges', 'json' or 'newick', or name it .txt, .json or .nwk")
     weighted = any(tree.weight(n) != 1.0 for n in tree.nodes if n != tree.root)
     if fmt == "edges":
         text = _edges_text(tree, weighted)

@@ -288,7 +288,8 @@ class LabelTree:
         *,
         on_multiple_parents: str = "error",
     ) -> LabelTree:
-        """Read a tree file; ``format`` is inferred from the suffix when ``None``.
+        """Read a tree file; ``format`` is inferred from the suffix when ``None`` (from the contents
+        for any other suffix: ``{`` JSON, ``(`` Newick, else an edge list).
 
         Formats:
 
