@@ -111,3 +111,24 @@ def test_split_statistic_on_known_shapes():
     lap = rng.laplace(size=(20000, 1))
     assert split_statistic(lap, 5)[0] == pytest.approx(0.5, abs=0.02)  # heavy tails: no modes
     assert split_threshold(20) < split_threshold(50) <= split_threshold(10**4) == 0.2
+
+
+def test_disagreements_list_only_pairs_whose_ranks_differ_and_their_markdown_escapes_pipes():
+    """New-user finding: the "disagree most" table listed a pair ranked 1.00 by both. Classes of
+    one repeated point have EMD = l2: no pair disagrees, none is listed; with two-mode classes the
+    listed gaps are positive and largest first. Breaker finding: a '|' in a name split the row."""
+    from otcpcc.study.diagnosis_report import diagnosis_markdown
+
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(COARSE * FINE, 5))
+    y = np.repeat(np.arange(COARSE * FINE), 4)
+    assert ot_effect(points[y], y, _tree(), seed=0)["disagreements"] == []
+    x, y = two_mode_classes(16, 40, seed=3)
+    names = [f"c|{i}" for i in range(COARSE * FINE)]
+    eff = ot_effect(x, y, _tree(), names=names, seed=1)
+    gaps = [abs(d["rank_l2"] - d["rank_emd"]) for d in eff["disagreements"]]
+    assert gaps and min(gaps) > 0 and gaps == sorted(gaps, reverse=True)
+    result = {"recommend": "ot", "dataset": "x", "source": "s", "n": len(y), "num_classes": COARSE * FINE,
+              "per_class": {}, "reasons": [], "ot_effect": eff}
+    rows = [line for line in diagnosis_markdown(result).splitlines() if line.startswith("| c\\|")]
+    assert rows and all(line.replace("\\|", "").count("|") == 5 for line in rows), rows

@@ -623,3 +623,16 @@ def test_report_tables_leave_out_bookkeeping_keys():
     shown = [name for _, names in table_groups(agg) for name in names]
     assert "fine_acc" in shown and "train_time_s" in shown
     assert "step" not in shown and "epoch" not in shown
+
+
+def test_markdown_tables_escape_a_pipe_in_method_and_level_names():
+    """Breaker finding: a level named '<b>mid</b>|x' (its mAP row) or a method name with '|'
+    gave report.md rows an extra column (report.html escaped it)."""
+    from otcpcc.study.report import markdown_tables
+    from otcpcc.study.tables import aggregate_runs
+
+    agg = aggregate_runs([{"method": "a|b", "seed": s, "fine_acc": 0.5 + s / 10, "map_<b>mid</b>|x": 0.3}
+                          for s in range(2)])
+    rows = [line for line in markdown_tables(agg).splitlines() if line.startswith("|")]
+    assert "| map_<b>mid</b>\\|x ↑ |" in markdown_tables(agg)
+    assert rows and all(line.replace("\\|", "").count("|") == 3 for line in rows), rows

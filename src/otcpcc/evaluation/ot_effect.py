@@ -13,7 +13,8 @@ then
   of their average ranks): 1 = OT orders the class pairs exactly as the means do;
 - ``cpcc_l2``, ``cpcc_emd``: Pearson correlation of each with the tree distance of the pairs
   (= :func:`otcpcc.cpcc` on the same subsample); ``None`` where undefined (flat tree);
-- ``disagreements``: the pairs whose rank (as a fraction of the pairs) differs most.
+- ``disagreements``: the pairs whose rank (as a fraction of the pairs) differs most (at most
+  ``top``; none of the same rank under both).
 
 The rule (:func:`recommend`): ``"ot"`` when the class distributions carry hierarchy that the class
 means do not, i.e. ``cpcc_emd − cpcc_l2 ≥ GAIN_THRESHOLD`` (0.10) **and** ``cpcc_emd ≥
@@ -103,7 +104,8 @@ def ot_effect(features: Any, labels: Any, tree: Any, *, names: Sequence[str] | N
     cpcc_l2, cpcc_emd = _pearson(tree_d, l2_np), _pearson(tree_d, emd_np)
     rank_l2 = rankdata(l2_np) / l2_np.size
     rank_emd = rankdata(emd_np) / emd_np.size
-    worst = np.argsort(-np.abs(rank_l2 - rank_emd), kind="stable")[:top]
+    gap = np.abs(rank_l2 - rank_emd)
+    worst = [p for p in np.argsort(-gap, kind="stable")[:top] if gap[p] > 0]  # pairs in the same place: no disagreement
     disagreements = [
         {"a": names[cls[iu[p]]], "b": names[cls[ju[p]]], "tree": float(tree_d[p]),
          "l2": float(l2_np[p]), "emd": float(emd_np[p]),

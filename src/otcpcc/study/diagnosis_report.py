@@ -21,7 +21,7 @@ import numpy as np
 
 from ..flags import make_dir
 from .figures import _pyplot, _save
-from .tables import fmt
+from .tables import fmt, md_cell
 
 KEYS = ("mean_components", "frac_multimodal", "rank_agreement_l2_emd", "cpcc_l2", "cpcc_emd",
         "cpcc_gain", "recommend")
@@ -72,8 +72,8 @@ def diagnosis_markdown(result: Mapping[str, Any], figure: str | None = "diagnose
     dis = result["ot_effect"]["disagreements"]
     if dis:
         lines += [f"{h}# Class pairs where l2 and EMD disagree most", "",
-                  "| pair | tree | l2 (rank) | emd (rank) |", "|---|---|---|---|"]
-        lines += [f"| {d['a']} – {d['b']} | {d['tree']:g} | {fmt(d['l2'], 2)} "
+                  "| pair | tree | l2 (rank, 0–1) | emd (rank, 0–1) |", "|---|---|---|---|"]
+        lines += [f"| {md_cell(d['a'])} – {md_cell(d['b'])} | {d['tree']:g} | {fmt(d['l2'], 2)} "
                   f"({d['rank_l2']:.2f}) | {fmt(d['emd'], 2)} ({d['rank_emd']:.2f}) |"
                   for d in dis]
         lines.append("")

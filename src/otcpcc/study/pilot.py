@@ -37,7 +37,7 @@ from .pilot_budget import PILOT_METHODS, PILOT_SEEDS
 from .recommendation import COST_METRIC, closing_recommendation, ot_answer, ot_paragraph, recommendation
 from .report import markdown_tables
 from .resume import STUDY_FILE, open_study, read_saved, study_record, write_study
-from .tables import aggregate_runs, fmt, method_name
+from .tables import aggregate_runs, fmt, md_cell, method_name
 from .verdict import BASELINE
 from .verdict import ot_verdicts as ot_verdicts_of
 from .verdict import verdicts as verdicts_of
@@ -47,7 +47,7 @@ __all__ = ["closing_recommendation", "run_pilot"]
 
 def _verdict_table(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = ["| method | metric | difference vs flat CE | 95% CI | call |", "|---|---|---|---|---|"]
-    lines += [f"| {v['method']} | {v['metric']} | {fmt(v['diff_mean'])} | [{fmt(v['ci_low'])}, "
+    lines += [f"| {md_cell(v['method'])} | {md_cell(v['metric'])} | {fmt(v['diff_mean'])} | [{fmt(v['ci_low'])}, "
               f"{fmt(v['ci_high'])}] | {v['call']} |" for v in verdicts]
     return lines
 

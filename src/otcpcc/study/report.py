@@ -50,6 +50,7 @@ from .tables import (
     best_rows,
     cell,
     decision_cost_key,
+    md_cell,
     method_chunks,
     method_name,
     metric_direction,
@@ -93,11 +94,11 @@ def markdown_tables(aggregate: Sequence[Mapping[str, Any]]) -> str:
     """The grouped tables in Markdown: one row per metric, one column per method."""
     parts = []
     for title, names, rows in _table_cells(aggregate):
-        lines = [f"**{title}**", "", "| metric | " + " | ".join(names) + " |",
+        lines = [f"**{title}**", "", "| metric | " + " | ".join(map(md_cell, names)) + " |",
                  "|---|" + "---|" * len(names)]
         for label, cells in rows:
-            lines.append(f"| {label} | "
-                         + " | ".join(f"**{t}**" if b else t for t, b in cells) + " |")
+            lines.append(f"| {md_cell(label)} | "
+                         + " | ".join(f"**{md_cell(t)}**" if b else md_cell(t) for t, b in cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 

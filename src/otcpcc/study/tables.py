@@ -173,6 +173,12 @@ def best_rows(aggregate: Sequence[Mapping[str, Any]], metric: str) -> set[int]:
                                                                         rel_tol=1e-12, abs_tol=0.0)}
 
 
+def md_cell(text: Any) -> str:
+    """``text`` for a Markdown table cell: a ``|`` in it (a class or level name) escaped, so the
+    row keeps its columns."""
+    return str(text).replace("|", "\\|")
+
+
 def fmt(v: Any, digits: int = 3) -> str:
     """``v`` with ``digits`` decimals, a real minus sign, and ``–`` for missing / NaN."""
     if not _finite(v):
