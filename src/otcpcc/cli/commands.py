@@ -414,7 +414,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if os.environ.get("RANK", "0") == "0":
             again = f"{PROG} train --out {e.run_dir} --resume"
             if "WORLD_SIZE" in os.environ:  # under torchrun: the same launcher again
-                again = f"torchrun --nproc_per_node {os.environ['WORLD_SIZE']} -m {again}"
+                again = f"python -m torch.distributed.run --nproc_per_node {os.environ['WORLD_SIZE']} -m {again}"
             print(f"{PROG}: {_stopped(e)}; checkpoint saved in {e.run_dir}/last.pt; continue "
                   f"with {again}", file=sys.stderr)
         return exit_status(e)

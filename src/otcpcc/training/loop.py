@@ -27,10 +27,10 @@ raised. A second one aborts at once (the previous checkpoint stays valid). Outsi
 SIGTERM raises like Ctrl-C (``runs.signals``): the lock is released and a run stopped before its
 first checkpoint leaves no files.
 
-Distributed (``torchrun --nproc_per_node N -m otcpcc train ...``). With ``WORLD_SIZE > 1`` in the
-environment the process group is initialised (nccl on CUDA, gloo on CPU), the model is wrapped in
-DistributedDataParallel (optionally with SyncBatchNorm), each rank reads its DistributedSampler
-shard with ``batch_size`` samples per step, and CPCC is computed on the features and labels
+Distributed (``python -m torch.distributed.run --nproc_per_node N -m otcpcc train ...``). With
+``WORLD_SIZE > 1`` in the environment the process group is initialised (nccl on CUDA, gloo on
+CPU), the model is wrapped in DistributedDataParallel (optionally with SyncBatchNorm), each rank
+reads its DistributedSampler shard with ``batch_size`` samples per step, and CPCC is computed on the features and labels
 gathered from all ranks (``CPCCLoss(gather=True)``), so the regulariser sees the global batch of
 ``N * batch_size``. Rank 0 alone writes files; evaluation gathers outputs from all ranks.
 """
