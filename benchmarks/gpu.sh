@@ -19,9 +19,8 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/otcpcc-gpu}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, ot; print('torch', torch.__version__, 'pot', ot.__version__)"
-echo "== gpu-marked tests and their CPU twins"
+echo "== gpu-marked tests (each compares CUDA with the CPU; their CPU twins run in CI)"
 timeout 120 python3 -m pytest -p no:cacheprovider -p no:warnings -m gpu tests/ 2>&1 | tail -3
-timeout 120 python3 -m pytest -p no:cacheprovider -p no:warnings tests/test_distances.py tests/test_scale.py tests/test_syncs.py tests/test_graphed.py 2>&1 | tail -3
 echo "== otcpcc train on CUDA (DataLoader workers and pin-memory thread, bf16 autocast): default vs --cuda-graph"
 for g in --no-cuda-graph --cuda-graph; do
   timeout 120 python3 -m otcpcc train --device cuda --amp --workers 2 --epochs 3 --batch-size 512 --no-progress \
