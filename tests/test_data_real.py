@@ -532,5 +532,8 @@ def test_features_npz_layouts_trees_and_nonfinite(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.npz.*3 non-finite values.*2 rows"):
         load_features(tmp_path / "bad.npz")
     np.savez(tmp_path / "lab.npz", features=x, labels=y + 5, class_names=np.array(["a", "b", "c"]))
-    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.2"):
+    with pytest.raises(ValueError, match=r"lab\.npz: labels go up to 7 but class_names holds 3 names"):
         load_features(tmp_path / "lab.npz")
+    np.savez(tmp_path / "lab.npz", features=x, labels=y + 5)
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.2 \(the tree's 3 leaves\)"):
+        load_features(tmp_path / "lab.npz", tree=str(tf))
