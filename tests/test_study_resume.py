@@ -331,12 +331,17 @@ def test_sweep_notes_the_config_keys_it_sets_itself_and_they_may_change_on_resum
     sweep = ["sweep", "--config", str(cfg), *tiny, "--epochs", "1", "--distance", "l2", "--lams", "0.5",
              "--batch-sizes", "16", "--out", str(out)]
     assert main(sweep) == 0
-    assert (f"note: sweep sets lam and batch_size itself; the values in {cfg} are not used (pass --lams"
-            in capsys.readouterr().err)
+    assert (f"otcpcc: note: lam and batch_size in {cfg} are not used: sweep takes them from --lams and "
+            "--batch-sizes (on the command line only)" in capsys.readouterr().err)
     row = next(csv.DictReader((out / "sweep.csv").open()))
     assert float(row["lam"]) == 0.5 and int(row["batch_size"]) == 16
     cfg.write_text("lam: 6\nbatch_size: 32\n")
     assert main([*sweep, "--resume"]) == 0
+    cfg.write_text("lams: [1, 2]\n")  # the grid is given by flags only: named as such
+    capsys.readouterr()
+    one_line_error(capsys, main([*sweep, "--resume"]), f"'lams' in {cfg} is not a config key: sweep's --lams "
+                   "is given on the command line only")
+    cfg.write_text("lam: 6\nbatch_size: 32\n")
     capsys.readouterr()  # a setting the runs use: still refused
     one_line_error(capsys, main([*sweep[:-2], "--no-progress", "--epochs", "2", "--out", str(out), "--resume"]),
                    "epochs (1 -> 2)")

@@ -91,9 +91,12 @@ def refuse_unused_flags(args: argparse.Namespace, command: str) -> str | None:
     found = [k for k in NOT_USED.get(command, {}) if k in load_config_file(args.config)]
     if not found:
         return None
-    return (f"otcpcc: note: {command} sets {' and '.join(found)} itself; the value"
-            f"{'s' if len(found) > 1 else ''} in {args.config} {'are' if len(found) > 1 else 'is'} "
-            f"not used ({NOT_USED[command][found[0]]})")
+    from ..study.resume import SET_BY_STUDY
+
+    flags = " and ".join(dict.fromkeys(SET_BY_STUDY[command][k] for k in found))
+    return (f"otcpcc: note: {' and '.join(found)} in {args.config} {'are' if len(found) > 1 else 'is'} "
+            f"not used: {command} takes {'them' if len(found) > 1 else 'it'} from {flags} (on the "
+            "command line only)")
 
 
 def add_train_args(p: argparse.ArgumentParser, command: str = "train") -> None:

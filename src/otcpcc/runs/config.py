@@ -46,6 +46,8 @@ DISTANCE_ALIASES: dict[str, str] = {
 METHODS = ("ce", "hxe", "soft")
 OPTIMIZERS = ("sgd", "adamw")
 MAX_SEED = 2**32 - 1  # --seed / --data-seed: what numpy's generators accept
+STUDY_FLAGS = {"lams": "sweep's --lams", "batch_sizes": "sweep's --batch-sizes",
+               "methods": "compare's and pilot's --methods", "seeds": "compare's and pilot's --seeds"}
 MAX_WORKERS = 256  # DataLoader worker processes (a machine-independent bound: configs travel)
 SCHEDULES = ("cosine", "step", "none")
 SPLITS = ("train", "test")
@@ -241,6 +243,9 @@ class TrainConfig:
         values = {k: v for k, v in dict(values).items() if k != "meta"}
         names = cls.field_names()
         for key in values:
+            if key in STUDY_FLAGS:  # a study's own flag written into a config file
+                raise ConfigError(f"{key!r} in {source} is not a config key: {STUDY_FLAGS[key]} is given on "
+                                  "the command line only; remove it from the file")
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(names)}"

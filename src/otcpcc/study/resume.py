@@ -34,10 +34,12 @@ STUDY_FILE = "study.json"
 # settings that may change on --resume: where and how fast it runs, not what is computed (as for
 # `otcpcc train --resume`, except epochs and eval_every: they change a study's numbers and notes)
 STUDY_FREE_KEYS = frozenset({"device", "workers", "data_dir", "cuda_graph"})
-# settings a study sets for each run itself (a sweep from its grid, a compare or pilot from its
-# methods): the base config's values are never used, so they may differ on --resume
-SET_BY_STUDY = {"sweep": frozenset({"lam", "batch_size"}),
-                "compare": frozenset({"distance", "method"}), "pilot": frozenset({"distance", "method"})}
+# settings a study sets for each run itself, and the flag it takes them from (a sweep from its
+# grid, a compare or pilot from its methods): the base config's values are never used, so they
+# may differ on --resume
+SET_BY_STUDY = {"sweep": {"lam": "--lams", "batch_size": "--batch-sizes"},
+                "compare": {"distance": "--methods", "method": "--methods"},
+                "pilot": {"distance": "--methods", "method": "--methods"}}
 
 
 class StudyResumeError(ValueError):
@@ -70,7 +72,7 @@ def study_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[
     :data:`STUDY_FREE_KEYS`, ``methods``, ``seeds`` and the cost matrix's contents."""
     before = TrainConfig.from_dict(saved["config"], source=STUDY_FILE).to_dict()
     after = now["config"]
-    free = STUDY_FREE_KEYS | SET_BY_STUDY.get(now["command"], frozenset())
+    free = STUDY_FREE_KEYS | set(SET_BY_STUDY.get(now["command"], {}))
     changes = [f"{k} ({before[k]!r} -> {after[k]!r})" for k in before
                if k not in free and before[k] != after.get(k)]
     for key in ("command", "methods", "seeds"):
