@@ -269,9 +269,9 @@ def test_one_answer_to_does_ot_matter():
            "(argmax) by 0.010 ± 0.030 (within noise)." in text
     assert "Before training (evidence from the input features): the diagnosis says ot (CPCC l2 " \
            "0.01 vs emd 0.67, Spearman 0.29)" in text
-    assert "The two differ: the input features favour OT, but after training OT does not " \
-           "measurably change the cost of the decisions; the after-training comparison is the " \
-           "answer" in text
+    assert "After training this neither confirms nor contradicts it: the input features favour OT, " \
+           "but OT does not measurably change the cost of the decisions (within noise is not " \
+           "evidence of no effect); the after-training comparison is the answer" in text
     assert "The two disagree: the input features favour OT, but after training class means make " \
            "cheaper decisions" in rec.ot_paragraph(DIAG, [_ot("worse", 0.02, 0.01, 0.03)])
     assert "The two disagree: the input features do not favour OT, yet after training OT makes " \

@@ -76,7 +76,9 @@ def diagnosis_markdown(result: Mapping[str, Any], figure: str | None = "diagnose
         lines += [f"| {md_cell(d['a'])} – {md_cell(d['b'])} | {d['tree']:g} | {fmt(d['l2'], 2)} "
                   f"({d['rank_l2']:.2f}) | {fmt(d['emd'], 2)} ({d['rank_emd']:.2f}) |"
                   for d in dis]
-        lines.append("")
+        lines += ["", "Each cell: the class distance, then its rank among all class pairs as a "
+                  "fraction (near 0 the closest pair, 1 the farthest); tree: their tree distance "
+                  "(path length).", ""]
     if figure:
         lines += [f"![diagnosis]({figure})", ""]
     return "\n".join(lines)

@@ -191,8 +191,9 @@ _DISAGREE = {  # the after-training answer when the input diagnosis pointed the 
            "cheaper decisions",
     "no": "The two disagree: the input features favour OT, but after training class means make "
           "cheaper decisions",
-    "within noise": "The two differ: the input features favour OT, but after training OT does not "
-                    "measurably change the cost of the decisions",
+    "within noise": "After training this neither confirms nor contradicts it: the input features "
+                    "favour OT, but OT does not measurably change the cost of the decisions (within "
+                    "noise is not evidence of no effect)",
 }
 
 
