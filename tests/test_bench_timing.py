@@ -91,10 +91,11 @@ def test_the_baseline_gets_one_untimed_full_size_call(monkeypatch):
 
 
 NUM = r"[+-]\d+\.\d%"
+PAIRED = r" of the CE step \(median paired difference, 95% CI "
 LINE = re.compile(
     r"CPCC \((?P<d>\w+)\) on one training step of (?P<model>\w+) at batch (?P<b>\d+) on cpu "
-    r"\(\d+ threads\): (?P<verdict>within noise: (?P<pct>" + NUM + r") \(median paired difference, 95% CI (?P<lo>" + NUM
-    + r") to (?P<hi>" + NUM + r")\)|measurable: " + NUM + r" \(median paired difference, 95% CI " + NUM + r" to " + NUM
+    r"\(\d+ threads\): (?P<verdict>within noise: (?P<pct>" + NUM + r")" + PAIRED + r"(?P<lo>" + NUM
+    + r") to (?P<hi>" + NUM + r")\)|measurable: " + NUM + PAIRED + NUM + r" to " + NUM
     + r"\)|too few rounds for a 95% interval \((?P<few>\d+) < 6\): " + NUM + r"); "
     r"the CPCC term alone: (?P<alone>\d+\.\d) ms = (?P<share>\d+\.\d)% of the step "
     r"\(medians: CE step \d+\.\d ms, with CPCC \d+\.\d ms; input 3x(?P<hw>\d+x\d+), "
@@ -223,8 +224,8 @@ def test_train_step_answer_comes_from_paired_rounds_and_times_cpcc_alone(monkeyp
     assert r["cpcc_share_pct"] == pytest.approx(100 * 3 / 900)
     line = format_train_line(r)
     assert LINE.match(line), line
-    assert ("measurable: +0.3% (median paired difference, 95% CI +0.2% to +0.4%); the CPCC term alone: "
-            "3.0 ms = 0.3% of") in line
+    assert ("measurable: +0.3% of the CE step (median paired difference, 95% CI +0.2% to +0.4%); the "
+            "CPCC term alone: 3.0 ms = 0.3% of") in line
 
 
 def test_cpcc_alone_is_called_on_leaf_features_of_the_steps_shape(monkeypatch):
@@ -262,3 +263,11 @@ def test_cli_json_has_the_noise_fields(tmp_path):
     (r,) = json.loads(out.read_text())["train_step"]
     assert {"ci_low_pct", "ci_high_pct", "call", "cpcc_ms", "cpcc_share_pct"} <= r.keys()
     assert r["call"] == "too few rounds" and r["ci_low_pct"] is None and r["cpcc_ms"] > 0
+
+
+def test_round_durations_are_readable_at_every_size():
+    """New-user finding: a fast bench round was logged as "one round takes 0.00 s: about 0.1 s"."""
+    from otcpcc.bench.timing import duration
+
+    assert [duration(s) for s in (0.0012, 0.5, 1.5, 59.9, 150)] == [
+        "1.2 ms", "500.0 ms", "1.50 s", "59.90 s", "2.5 min"]

@@ -44,8 +44,8 @@ from ..flags import OneLineParser, count_list, int_at_least, positive_float
 from .checks import refusal, write_json_flag
 from .problem import make_problem
 from .rows import GRAPH, make_loss, with_graph_rows
+from .timing import duration, time_fwd_bwd, time_interleaved
 from .timing import sync as _sync
-from .timing import time_fwd_bwd, time_interleaved
 
 DISTANCES = ("l2", "emd", "sinkhorn", "swd", "fastft")
 _REFERENCE_MODULE = "otcpcc_benchmarks_reference"
@@ -191,7 +191,7 @@ def bench_distances(
         f"{repeats} timed) ...")
     times = time_interleaved(
         [fwd_bwd(c[3], c[4], c[5]) for c in cells], repeats=repeats, warmup=warmup, device=device,
-        on_warm=lambda s, n: log(f"  one round takes {s:.2f} s: about {s * n:.1f} s"))
+        on_warm=lambda s, n: log(f"  one round takes {duration(s)}: about {duration(s * n)} for {n}"))
     log(_HEADER)
 
     rows = []

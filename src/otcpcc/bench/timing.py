@@ -53,6 +53,14 @@ def time_fwd_bwd(
     return 1e3 * statistics.median(times), float(loss.detach()), features.grad.detach().clone()
 
 
+def duration(seconds: float) -> str:
+    """A wall time for a log line: ``"3.2 ms"`` under a second, ``"1.45 s"`` under a minute, else
+    ``"2.5 min"``."""
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
 def time_interleaved(
     calls: Sequence[Callable[[], object]],
     *,

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .paired import TOO_FEW, min_rounds, paired_overhead
 from .problem import make_problem
-from .timing import time_interleaved
+from .timing import duration, time_interleaved
 
 DEFAULT_ARCH = {"cuda": "resnet18", "cpu": "cnn"}
 INPUT_SHAPE = (3, 32, 32)
@@ -131,8 +131,8 @@ def _one_batch(batch, distances, classes, coarse, repeats, warmup, device, seed,
         [step(None), *(step(d) for d in distances),
          *(alone(d) for d in distances for _ in range(ALONE_CALLS))],
         repeats=repeats, warmup=warmup, device=device, budget_s=budget_s, min_rounds=min_rounds(),
-        on_warm=lambda s, n: log(f"  one round takes {s:.1f} s: timing {n} round(s), "
-                                 f"about {s * n:.0f} s"))
+        on_warm=lambda s, n: log(f"  one round takes {duration(s)}: timing {n} round(s), "
+                                 f"about {duration(s * n)}"))
     plain = statistics.median(times[0])
     n_d = len(distances)
     results = []
@@ -162,15 +162,15 @@ def _pct(value: float) -> str:
 
 def format_train_line(r: dict) -> str:
     """The answer for one (batch size, distance), e.g. ``CPCC (fastft) on one training step of cnn
-    at batch 256 on cpu (2 threads): within noise: +1.2% (median paired difference, 95% CI -2.0%
-    to +4.1%); the CPCC term alone: 10.2 ms = 1.3% of the step (medians: CE step 790.1 ms, with
+    at batch 256 on cpu (2 threads): within noise: +1.2% of the CE step (median paired difference, 95%
+    CI -2.0% to +4.1%); the CPCC term alone: 10.2 ms = 1.3% of the step (medians: CE step 790.1 ms, with
     CPCC 801.3 ms; ...)``."""
     pct = _pct(100 * r["overhead"])
     if r["call"] == TOO_FEW:
         verdict = f"{TOO_FEW} for a 95% interval ({r['rounds']} < {min_rounds()}): {pct}"
     else:
-        verdict = (f"{r['call']}: {pct} (median paired difference, 95% CI {_pct(r['ci_low_pct'])} to "
-                   f"{_pct(r['ci_high_pct'])})")
+        verdict = (f"{r['call']}: {pct} of the CE step (median paired difference, 95% CI "
+                   f"{_pct(r['ci_low_pct'])} to {_pct(r['ci_high_pct'])})")
     return (f"CPCC ({r['distance']}) on one training step of {r['model']} at batch {r['batch']} "
             f"on {r['device']}: {verdict}; the CPCC term alone: {r['cpcc_ms']:.1f} ms = "
             f"{r['cpcc_share_pct']:.1f}% of the step (medians: CE step {r['step_ms']:.1f} ms, with CPCC "
