@@ -222,8 +222,8 @@ def load_checkpoint(path: str | os.PathLike,
         first = (str(e).splitlines() or [type(e).__name__])[0]
         first = first.split(". ")[0][:160]  # torch's first sentence: its advice is not for this file
         raise ValueError(
-            f"cannot read checkpoint {str(path)!r} ({first}); it is corrupt or not an otcpcc "
-            "checkpoint: retrain, or restore the file"
+            f"cannot read checkpoint {str(path)!r}: it is corrupt or not an otcpcc checkpoint "
+            f"(torch.load: {first}); retrain, or restore the file"
         ) from None
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ValueError(
