@@ -672,6 +672,10 @@ def test_damaged_run_config_is_named_and_config_files_of_any_suffix_parse(tmp_pa
                    f"cannot resume {run}: {run / 'config.json'} is damaged (epochs must be a positive "
                    "integer, got 'two'); restore it, or start the run over with --force")
     one_line_error(capsys, main(["evaluate", str(run)]), f"{run / 'config.json'} is damaged", "train the run again")
+    for text in ('{"epochs": ', "", "[1, 2]", json.dumps({**saved, "bogus": 1})):  # round 2: named as --config
+        (run / "config.json").write_text(text)
+        one_line_error(capsys, main(["train", "--out", str(run), "--resume", "--epochs", "3"]),
+                       f"cannot resume {run}: {run / 'config.json'} is damaged (", "start the run over")
     (run / "config.json").write_text(json.dumps(saved))  # restored: both work again
     assert main(["evaluate", str(run)]) == 0
     yaml_txt = tmp_path / "c.txt"
