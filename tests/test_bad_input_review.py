@@ -705,3 +705,25 @@ def test_class_names_too_few_and_a_tree_directory_are_named(tmp_path, capsys):
                                  "--out", str(tmp_path / "r")]),
                    f"tree file {str(tmp_path)!r} is a directory; pass the path of a tree file to --tree")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_without_its_config_json_is_not_overwritten_or_deleted(tmp_path, capsys):
+    """Breaker finding: a run directory whose config.json was a folder (or missing) counted as
+    empty: train went ahead, failed writing config.json, and its cleanup deleted the old last.pt,
+    metrics.json, log.csv, tree.json and the folder with its contents. Now such a directory holds
+    a run (refused without --force; --resume says its settings are unknown) and a folder under a
+    run file's name is never deleted."""
+    run = tmp_path / "r"
+    tiny = ["--epochs", "1", "--no-progress", "--data-opt", "train_per_class=12", "--data-opt", "test_per_class=6"]
+    assert main(["train", *tiny, "--out", str(run)]) == 0
+    (run / "config.json").unlink()
+    (run / "config.json").mkdir()
+    (run / "config.json" / "keep").write_text("mine")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    one_line_error(capsys, main(["train", *tiny, "--out", str(run)]), "already holds a run (config.json)", "--force")
+    one_line_error(capsys, main(["train", *tiny, "--out", str(run), "--resume"]),
+                   "its config.json is missing or not a file", "start it over with --force")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    one_line_error(capsys, main(["train", *tiny, "--out", str(run), "--force"]), "is a folder, not otcpcc's file")
+    assert (run / "config.json" / "keep").read_text() == "mine"  # --force discards otcpcc's files only

@@ -7,6 +7,7 @@ A run directory holds ``config.json`` (resolved values, versions, git commit), `
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,9 +24,14 @@ class RunDirError(ValueError):
 
 
 def check_run_dir(out: Path, *, resume: bool, force: bool) -> None:
-    """Refuse early: an existing run without ``force``/``resume``, or ``resume`` without a run."""
-    exists = (out / "config.json").is_file()
-    if resume and not exists:
+    """Refuse early: an existing run without ``force``/``resume``, or ``resume`` without a run. A
+    run exists where ``config.json``, a checkpoint or ``metrics.json`` is (even one without its
+    config.json: training there would overwrite its checkpoint and metrics)."""
+    exists = any(os.path.lexists(out / name) for name in ("config.json", CHECKPOINT, "metrics.json"))
+    if resume and not (out / "config.json").is_file() and exists:
+        raise RunDirError(f"cannot resume {out}: its config.json is missing or not a file, so the run's "
+                          "settings are unknown; start it over with --force (or restore config.json)")
+    if resume and not (out / "config.json").is_file():
         raise RunDirError(
             f"nothing to resume in {out}: no config.json there; run without --resume "
             "or pass the directory of an earlier run"
@@ -35,8 +41,9 @@ def check_run_dir(out: Path, *, resume: bool, force: bool) -> None:
             f"nothing to resume in {out}: no {CHECKPOINT} checkpoint; start over with --force"
         )
     if exists and not (resume or force):
+        held = next(n for n in ("config.json", CHECKPOINT, "metrics.json") if os.path.lexists(out / n))
         raise RunDirError(
-            f"run directory {out} already holds a run (config.json); pass --force to overwrite "
+            f"run directory {out} already holds a run ({held}); pass --force to overwrite "
             "it, --resume to continue it, or choose another --out"
         )
     if out.exists() and not out.is_dir():
@@ -48,9 +55,10 @@ def discard_run_files(out: Path) -> None:
     splits, the temporaries of an interrupted write), nothing else (``--force``)."""
     for name in RUN_FILES:
         p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
+        if p.is_dir() and not p.is_symlink():
+            if name == "tb":  # otcpcc's own TensorBoard folder; any other is not ours: kept
+                shutil.rmtree(p)
+        elif os.path.lexists(p):
             p.unlink()
     remove_stale_temporaries(out)
     for path, _ in _evaluations(out):
