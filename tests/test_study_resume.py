@@ -345,3 +345,27 @@ def test_sweep_notes_the_config_keys_it_sets_itself_and_they_may_change_on_resum
     capsys.readouterr()  # a setting the runs use: still refused
     one_line_error(capsys, main([*sweep[:-2], "--no-progress", "--epochs", "2", "--out", str(out), "--resume"]),
                    "epochs (1 -> 2)")
+
+
+def test_a_study_resumed_with_its_data_moved_evaluates_and_plots_from_the_new_place(tmp_path, monkeypatch, capsys):
+    """Breaker finding: --data-dir may change on --resume, but a finished run evaluated again and
+    the report's figures loaded the data from the path saved in each run's config.json (here a
+    relative path from another working directory): "--data-dir lv.npz does not exist", and the
+    suggested fix (delete the run, resume) failed again in the figures."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "npz").mkdir()
+    y = np.arange(72) % 6
+    np.savez(tmp_path / "npz" / "lv.npz", features=(rng.normal(size=(72, 4)) + y[:, None]).astype("float32"),
+             labels=y, levels=np.array([[0, 0, 0, 1, 1, 1]]))
+    study = ["compare", "--data", "features", "--methods", "none,l2", "--seeds", "1", "--epochs", "1",
+             "--batch-size", "16", "--no-progress"]
+    monkeypatch.chdir(tmp_path / "npz")
+    assert main([*study, "--data-dir", "lv.npz", "--out", "../cm"]) == 0
+    want = without_timing(json.loads((tmp_path / "cm" / "summary.json").read_text())["runs"])
+    (tmp_path / "cm" / "l2" / "seed0" / "eval.json").unlink()
+    monkeypatch.chdir(tmp_path)
+    assert main([*study, "--data-dir", "npz/lv.npz", "--out", "cm", "--resume"]) == 0, capsys.readouterr().err
+    got = without_timing(json.loads((tmp_path / "cm" / "summary.json").read_text())["runs"])
+    assert got == want and (tmp_path / "cm" / "heatmaps.png").is_file()

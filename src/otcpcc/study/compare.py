@@ -163,7 +163,8 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, force: bool, progress: 
             when = f"epoch {where[1]}: the loss became non-finite at step {where[2]}" if where else str(e).split(";")[0]
             return {"run_dir": None, "metrics": {}, "diverged": f"{when} (training stopped; no metrics)"}
         return {"run_dir": run_dir,
-                "metrics": evaluate_run(run_dir, cost_matrix=cost_matrix, device=_eval_device(cfg))}
+                "metrics": evaluate_run(run_dir, cost_matrix=cost_matrix, device=_eval_device(cfg),
+                                    data_dir=cfg.data_dir)}  # where the data is now (may change on --resume)
 
 
 def run_compare(base_cfg: TrainConfig | Mapping[str, Any], methods: Sequence[str], seeds: int,
@@ -286,7 +287,7 @@ def _compare(cfg: TrainConfig, specs: list[Any], configs: dict[str, TrainConfig]
     if BASELINE not in context["methods"]:  # said, not left to an empty list
         summary["verdicts_note"] = NO_BASELINE
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    render_report(out, summary, run_dirs)
+    render_report(out, summary, run_dirs, data_dir=cfg.data_dir)
     _say(progress, f"[compare] wrote {out / 'summary.json'} and {out / 'report.html'}")
     return out
 

@@ -18,8 +18,8 @@ from ..training.health import feature_degeneracy
 from .tables import FIGURES, _finite, decision_cost_key, fmt, method_name, seed_list
 
 
-def collect_features(run_dir: str | os.PathLike, split: str = "test") -> tuple[np.ndarray,
-                                                                              np.ndarray]:
+def collect_features(run_dir: str | os.PathLike, split: str = "test", *,
+                     data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Features and labels of a run's model on one split of its data.
 
     Rebuilds the dataset and model the way ``otcpcc evaluate`` does
@@ -27,12 +27,13 @@ def collect_features(run_dir: str | os.PathLike, split: str = "test") -> tuple[n
     model (eval mode, no grad, CPU, dataset order) over ``split`` ("train", "test" or an extra
     split of the dataset) with :func:`otcpcc.train.predict`. Returns ``features`` float32
     [N, feature_dim] (the input of the final linear layer) and ``labels`` int64 [N] (fine class
-    ids = leaf ids of the run's tree).
+    ids = leaf ids of the run's tree). ``data_dir``: the data's location when it moved since
+    training (as ``otcpcc evaluate --data-dir``).
     """
     from ..evaluation.evaluate import _split, load_run
     from ..evaluation.inference import predict
 
-    run = load_run(run_dir, device="cpu")
+    run = load_run(run_dir, device="cpu", data_dir=data_dir)
     res = predict(run.model, _split(run.bundle, split), run.env, run.cfg)
     return (res["features"].numpy().astype(np.float32, copy=False),
             res["labels"].numpy().astype(np.int64, copy=False))
@@ -386,12 +387,13 @@ _FN = __name__ + ":"  # jobs name this module's plot functions
 def render_figures(out: Path, aggregate: Sequence[Mapping[str, Any]],
                    run_dirs: Mapping[str, Any], max_points: int = 1000,
                    runs: Sequence[Mapping[str, Any]] = (), cost_source: str = "tree distance",
-                   notes: list[str] | None = None) -> list[tuple[str, str]]:
+                   notes: list[str] | None = None, data_dir: str | None = None) -> list[tuple[str, str]]:
     """Write the PNGs into ``out``; return ``(file name, caption)`` per figure written.
 
     The trade-off figure needs only ``aggregate`` (any method with fine accuracy and expected
     cost); the others need ``run_dirs`` (method → run directories) and are skipped without them.
-    ``runs``: the summary rows (for the seeds named in the captions).
+    ``runs``: the summary rows (for the seeds named in the captions). ``data_dir``: where the
+    runs' data is now (:func:`collect_features`).
 
     Features are computed here; the plots run in a child process (:func:`render_isolated`) so
     that a native crash skips a figure instead of ending the command. A method whose test
@@ -414,7 +416,7 @@ def render_figures(out: Path, aggregate: Sequence[Mapping[str, Any]],
         tree = _load_tree(next(iter(first.values())))
         tree_d = np.asarray(tree.distance_matrix(), dtype=np.float64)
         k = tree.num_classes
-        feats = {name: collect_features(d, "test") for name, d in first.items()}
+        feats = {name: collect_features(d, "test", data_dir=data_dir) for name, d in first.items()}
         bad = {name: why for name, (x, _) in feats.items() if (why := feature_degeneracy(x))}
         for name, why in bad.items():
             notes.append(f"`{name}` left out of the heatmaps, dendrogram and embedding figures: its "

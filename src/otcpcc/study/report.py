@@ -188,7 +188,8 @@ def _context(summary: Mapping[str, Any], run_dirs: Mapping[str, Any]) -> dict[st
 
 
 def render_report(out: str | os.PathLike, summary: Mapping[str, Any],
-                  run_dirs: Mapping[str, Any], *, max_points: int = 1000) -> None:
+                  run_dirs: Mapping[str, Any], *, max_points: int = 1000,
+                  data_dir: str | None = None) -> None:
     """Write ``report.md``, ``report.html`` and the PNG figures into ``out``.
 
     ``summary``: ``{"runs": [...], "aggregate": [...], "context": {...}, "verdicts": [...]}`` as
@@ -198,6 +199,7 @@ def render_report(out: str | os.PathLike, summary: Mapping[str, Any],
     (one per seed); heatmaps, dendrograms and embeddings use the first, curves use all. An empty
     mapping writes the tables, verdict and trade-off figure only. ``max_points``: test points per
     method in the PCA/t-SNE map (t-SNE is the slow part: ~1–4 s per method at 1000 points).
+    ``data_dir``: where the runs' data is now, when it moved since they were trained.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,6 +218,7 @@ def render_report(out: str | os.PathLike, summary: Mapping[str, Any],
     verdict += ot_sentences(ot_verdicts(runs) if ot_rows is None else ot_rows)
     notes = collapse_notes(runs)  # + "figure skipped: ..." from render_figures
     figures = render_figures(out, aggregate, run_dirs, max_points, runs=runs,
-                             cost_source=str(ctx.get("cost_matrix") or "tree distance"), notes=notes)
+                             cost_source=str(ctx.get("cost_matrix") or "tree distance"), notes=notes,
+                             data_dir=data_dir)
     atomic_write_text(out / "report.md", render_markdown(aggregate, figures, context, verdict, notes))
     atomic_write_text(out / "report.html", render_html(aggregate, out, figures, context, verdict, notes))
