@@ -634,6 +634,8 @@ def test_sizes_beyond_memory_or_range_are_one_line(monkeypatch, capsys, tmp_path
     """Breaker findings: bench --batch-sizes 1e12 / --dim 1e10 / --n-projections 1e9 ended in a
     traceback ("can't allocate memory", an overflowing randint); train -b 1e20 said "Stop argument
     for islice()"; a sweep with it left its study.json behind. Now one line naming the flags."""
+    real_bench = speed.bench_distances
+
     def alloc(**k):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] . DefaultCPUAllocator: can't allocate "
                            "memory: you tried to allocate 7999999999920 bytes.")
@@ -646,6 +648,15 @@ def test_sizes_beyond_memory_or_range_are_one_line(monkeypatch, capsys, tmp_path
     monkeypatch.setattr(speed, "bench_distances", lambda **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):  # other errors are not called memory
         main(["bench", "--distances", "l2", "--batch-sizes", "8", "--no-reference"])
+    # round 2: sizes beyond the memory are refused before allocating (the kernel killed the process)
+    import otcpcc.distances.memory as memory
+
+    monkeypatch.setattr(speed, "bench_distances", real_bench)
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 10**6)
+    one_line_error(capsys, main(["bench", "--distances", "l2", "--batch-sizes", "1000", "--dim", "64",
+                                 "--no-reference"]),
+                   "batch size 1000 with --dim 64 needs about 0.0 GB for its features and labels alone, more "
+                   "than the 0.0 GB available on cpu; lower --batch-sizes or --dim")
     huge = "99999999999999999999"
     one_line_error(capsys, main(["train", "-b", huge, "--out", str(tmp_path / "t")]),
                    f"batch_size {huge} is too large; pass --batch-size between 1 and 2147483647")

@@ -22,6 +22,7 @@ def make_problem(
     Returns (features, labels, tree).
     """
     from otcpcc import LabelTree
+    from otcpcc.distances.memory import available_bytes
 
     if batch < classes:
         raise ValueError(
@@ -33,6 +34,12 @@ def make_problem(
             f"--coarse {coarse} must satisfy 2 <= coarse < classes ({classes}) so that tree "
             "distances vary"
         )
+    need = batch * (4 * dim * torch.finfo(dtype).bits // 8 + 4 * 8)  # features, grad, copies; labels
+    have = available_bytes(device)
+    if need > have:  # refused before allocating (a host OOM kills the process without a word)
+        raise ValueError(f"batch size {batch} with --dim {dim} needs about {need / 1e9:.1f} GB for its "
+                         f"features and labels alone, more than the {have / 1e9:.1f} GB available on "
+                         f"{torch.device(device).type}; lower --batch-sizes or --dim")
     g = torch.Generator().manual_seed(seed)
     labels = torch.cat([torch.arange(classes), torch.randint(0, classes, (batch - classes,),
                                                              generator=g)])
