@@ -666,6 +666,10 @@ def test_sizes_beyond_memory_or_range_are_one_line(monkeypatch, capsys, tmp_path
     cfg.write_text("epochs: 1e3\n")
     one_line_error(capsys, main(["train", "--config", str(cfg), "--out", str(tmp_path / "t")]),
                    "epochs must be a positive integer, got 1000.0 (a float); write it as 1000")
+    for text, needle in (("0.0", "got 0.0; pass --epochs 1 or more"),
+                         ('"3"', "got '3' (a string); write it without quotes")):
+        cfg.write_text(f"epochs: {text}\n")
+        one_line_error(capsys, main(["train", "--config", str(cfg), "--out", str(tmp_path / "t")]), needle)
     assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()
 
 

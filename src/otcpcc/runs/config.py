@@ -335,9 +335,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "step_size", "eval_every"):
             value = getattr(self, name)
             flag = "--" + name.replace("_", "-")
-            if isinstance(value, float) and value.is_integer():
+            if isinstance(value, float) and value.is_integer() and 1 <= value <= MAX_COUNT:
                 raise bad(f"{name} must be a positive integer, got {value!r} (a float); write it "
                           f"as {int(value)}")
+            if isinstance(value, str) and value.strip().isdigit():
+                raise bad(f"{name} must be a positive integer, got {value!r} (a string); write it "
+                          "without quotes")
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(
                     f"{name} must be a positive integer, got {value!r}; pass {flag} 1 or more"
