@@ -644,7 +644,7 @@ def test_parents_json_with_an_unknown_key_names_it(tmp_path: Path) -> None:
     base = {"parents": {"a": "s", "b": "s", "c": "u", "d": "u", "s": "r", "u": "r"},
             "levels": [{"name": "mid", "nodes": ["s", "u"]}]}
     path = tmp_path / "t.json"
-    for extra in ({"extra": 3}, {"comment": ["x"]}):
+    for extra in ({"extra": 3}, {"comment": ["x"]}, {"name": "s"}, {"note": {}}, {"x": None}):
         path.write_text(json.dumps({**base, **extra}))
         with pytest.raises(TreeError, match=f"unknown key {next(iter(extra))!r} beside \"parents\""):
             LabelTree.from_file(path)

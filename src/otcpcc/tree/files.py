@@ -48,13 +48,10 @@ def _format_of(path: Path, format: str | None) -> str | None:
 
 def _sniff(text: str) -> str:
     """The format of a tree file whose suffix says none (``hierarchy``, ``tree.csv``), from its
-    first character that is not blank or in a ``#`` comment line: ``{`` JSON, ``(`` Newick, else
-    an edge list (whose parser names what it finds instead)."""
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            return {"{": "json", "(": "newick"}.get(line[0], "edges")
-    return "edges"
+    first character that is not blank: ``{`` JSON, ``(`` Newick, else an edge list (the one format
+    with ``#`` comments; its parser names what it finds instead)."""
+    start = text.lstrip()[:1]
+    return {"{": "json", "(": "newick"}.get(start, "edges")
 
 
 # ---------------------------------------------------------------------- reading
@@ -132,8 +129,9 @@ def _from_json(cls: type[LabelTree], data: Any, src: str) -> LabelTree:
         raise TreeError(f"{src}: expected a non-empty JSON object describing a tree")
     vals = list(data.values())
     extra = sorted(set(data) - {"parents", "weights", "levels"})
-    if isinstance(data.get("parents"), dict) and extra and len(data) > 1 and (
-            "weights" in data or "levels" in data or isinstance(data.get(extra[0]), (int, float, list))):
+    parents = data.get("parents")  # a {child: parent} map (string values: no nested subtree has them)
+    if extra and isinstance(parents, dict) and (
+            "weights" in data or "levels" in data or any(isinstance(v, str) for v in parents.values())):
         raise TreeError(f'{src}: unknown key {extra[0]!r} beside "parents"; a {{"parents": ...}} tree '
                         'holds only "parents", "weights" and "levels"')
     if (
