@@ -700,7 +700,10 @@ def test_damaged_run_config_is_named_and_config_files_of_any_suffix_parse(tmp_pa
     yaml_txt.write_text("a: [\n")
     capsys.readouterr()
     one_line_error(capsys, main(["train", "--config", str(yaml_txt), "--out", str(tmp_path / "z")]),
-                   f"cannot parse config file {str(yaml_txt)!r} as JSON or YAML")
+                   f"cannot parse config file {str(yaml_txt)!r} as YAML: ", "(line 2, column 1)")
+    yaml_txt.write_text('{"epochs": 1 "lr": 2}\n')  # JSON-looking: JSON's own error, with its place
+    one_line_error(capsys, main(["train", "--config", str(yaml_txt), "--out", str(tmp_path / "z")]),
+                   "as JSON: Expecting ',' delimiter: line 1 column 14")
     one_line_error(capsys, main(["train", "--config", str(tmp_path), "--out", str(tmp_path / "z")]),
                    f"config file {str(tmp_path)!r} is a directory")
     assert not (tmp_path / "z").exists()

@@ -485,6 +485,8 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"config file {str(p)!r} is a directory; pass the path of a YAML or JSON file")
+    if p.exists() and not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} is not a regular file; pass the path of a YAML or JSON file")
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r} not found; check the --config path")
     try:
@@ -494,17 +496,18 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     from ..yaml_values import load_yaml
 
     suffix = p.suffix.lower()
-    formats = {".yaml": ["YAML"], ".yml": ["YAML"], ".json": ["JSON"]}.get(suffix, ["JSON", "YAML"])
-    for i, fmt in enumerate(formats):
-        try:
-            values = load_yaml(text) if fmt == "YAML" else json.loads(text, object_pairs_hook=_unique_keys)
-            break
-        except Exception as e:  # yaml.YAMLError / json.JSONDecodeError
-            if i + 1 < len(formats):  # another suffix (.txt, .cfg): JSON, else YAML
-                continue
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            what = "" if len(formats) == 1 else " as JSON or YAML"
-            raise ConfigError(f"cannot parse config file {str(p)!r}{what}: {first}; fix its syntax") from e
+    fmt = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}.get(suffix)
+    if fmt is None:  # another suffix (.txt, .cfg, none): JSON where it looks like it, else YAML
+        fmt = "JSON" if text.lstrip()[:1] in ("{", "[") else "YAML"
+    try:
+        values = load_yaml(text) if fmt == "YAML" else json.loads(text, object_pairs_hook=_unique_keys)
+    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError
+        mark = getattr(e, "problem_mark", None)
+        first = (f"{e.problem} (line {mark.line + 1}, column {mark.column + 1})"  # type: ignore[attr-defined]
+                 if mark is not None and getattr(e, "problem", None) else
+                 str(e).splitlines()[0] if str(e) else type(e).__name__)
+        what = f" as {fmt}" if suffix not in (".yaml", ".yml", ".json") else ""
+        raise ConfigError(f"cannot parse config file {str(p)!r}{what}: {first}; fix its syntax") from e
     if values is None:
         values = {}
     if not isinstance(values, dict):
