@@ -124,7 +124,7 @@ def test_disagreements_list_only_pairs_whose_ranks_differ_and_their_markdown_esc
     y = np.repeat(np.arange(COARSE * FINE), 4)
     assert ot_effect(points[y], y, _tree(), seed=0)["disagreements"] == []
     x, y = two_mode_classes(16, 40, seed=3)
-    names = [f"c|{i}" for i in range(COARSE * FINE)]
+    names = [f"c|{i}\nx" for i in range(COARSE * FINE)]  # a line break must not split a row either
     eff = ot_effect(x, y, _tree(), names=names, seed=1)
     gaps = [abs(d["rank_l2"] - d["rank_emd"]) for d in eff["disagreements"]]
     assert gaps and min(gaps) > 0 and gaps == sorted(gaps, reverse=True)

@@ -337,6 +337,9 @@ def test_sweep_notes_the_config_keys_it_sets_itself_and_they_may_change_on_resum
     assert float(row["lam"]) == 0.5 and int(row["batch_size"]) == 16
     cfg.write_text("lam: 6\nbatch_size: 32\n")
     assert main([*sweep, "--resume"]) == 0
+    run_cfg = str(out / "lam0.5_bs16" / "config.json")  # a run's own config.json: arch resolved from "auto"
+    assert json.loads((out / "lam0.5_bs16" / "config.json").read_text())["arch"] != "auto"
+    assert main([*[run_cfg if a == str(cfg) else a for a in sweep], "--resume"]) == 0
     cfg.write_text("lams: [1, 2]\n")  # the grid is given by flags only: named as such
     capsys.readouterr()
     one_line_error(capsys, main([*sweep, "--resume"]), f"'lams' in {cfg} is not a config key: sweep's --lams "

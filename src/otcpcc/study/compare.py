@@ -213,8 +213,9 @@ def check_compare(cfg: TrainConfig, methods: Sequence[str], seeds: int, cost_mat
     takes = {s.name: set(OPTIONS[resolve(s.distance)]) if s.distance != "none" else set() for s in specs}
     unused = [k for k in opts if not any(k in t for t in takes.values())]
     if unused:
-        raise ValueError(f"distance option(s) {', '.join(unused)} apply to none of the methods "
-                         f"{','.join(s.name for s in specs)}; drop them or add a method whose distance takes them")
+        raise ValueError(f"distance option(s) {', '.join(unused)} (--dist-opt, or distance_options of a "
+                         f"--config file) apply to none of the methods {','.join(s.name for s in specs)}; "
+                         "drop them or add a method whose distance takes them")
     configs = {s.name: cfg.replace(method=s.method, distance=s.distance,
                                    distance_options={k: v for k, v in opts.items() if k in takes[s.name]})
                for s in specs}

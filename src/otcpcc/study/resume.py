@@ -73,8 +73,9 @@ def study_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[
     before = TrainConfig.from_dict(saved["config"], source=STUDY_FILE).to_dict()
     after = now["config"]
     free = STUDY_FREE_KEYS | set(SET_BY_STUDY.get(now["command"], {}))
+    auto = before.get("arch") == "auto" or after.get("arch") == "auto"  # resolved from the data later
     changes = [f"{k} ({before[k]!r} -> {after[k]!r})" for k in before
-               if k not in free and before[k] != after.get(k)]
+               if k not in free and before[k] != after.get(k) and not (k == "arch" and auto)]
     for key in ("command", "methods", "seeds"):
         if saved.get(key) != now[key]:
             name = "grid" if key == "methods" and now["command"] == "sweep" else key  # lam<λ>_bs<B>

@@ -174,9 +174,9 @@ def best_rows(aggregate: Sequence[Mapping[str, Any]], metric: str) -> set[int]:
 
 
 def md_cell(text: Any) -> str:
-    """``text`` for a Markdown table cell: a ``|`` in it (a class or level name) escaped, so the
-    row keeps its columns."""
-    return str(text).replace("|", "\\|")
+    """``text`` for a Markdown table cell: a ``|`` in it (a class or level name) escaped and line
+    breaks made spaces, so the row keeps its columns."""
+    return " ".join(str(text).replace("|", "\\|").splitlines())
 
 
 def fmt(v: Any, digits: int = 3) -> str:
