@@ -524,9 +524,15 @@ def test_error_formats(tmp_path: Path) -> None:
         (tmp_path / name).write_text("# a comment\n\n" * (fmt == "edges") + (tmp_path / "written").read_text())
         back = LabelTree.from_file(tmp_path / name)
         assert back.leaves == t.leaves and back.distance_matrix().tolist() == t.distance_matrix().tolist(), name
-    (tmp_path / "tree.csv").write_text("r,a\n")
-    with pytest.raises(TreeError, match=r"tree\.csv:1: expected 'parent child \[weight\]'"):
+    (tmp_path / "tree.csv").write_text("# a spreadsheet's edge list\nr, a b,2\nr,c\n")  # commas in a .csv
+    t2 = LabelTree.from_file(tmp_path / "tree.csv")
+    assert t2.leaves == ["a b", "c"] and t2.distance_matrix().tolist() == [[0, 3], [3, 0]]
+    (tmp_path / "tree.csv").write_text("r,,a\n")
+    with pytest.raises(TreeError, match=r"tree\.csv:1: expected 'parent,child\[,weight\]' \(comma separated"):
         LabelTree.from_file(tmp_path / "tree.csv")
+    (tmp_path / "tree.txt").write_text("r,a\n")
+    with pytest.raises(TreeError, match=r"tree\.txt:1: expected 'parent child \[weight\]'"):
+        LabelTree.from_file(tmp_path / "tree.txt")
     assert LabelTree.from_file(tmp_path / "t.yaml", format="json").leaves == t.leaves
     (tmp_path / "bad.json").write_text("{oops")
     with pytest.raises(TreeError, match=r"bad\.json:1: invalid JSON"):

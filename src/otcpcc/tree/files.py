@@ -97,13 +97,16 @@ def _from_edges_text(cls: type[LabelTree], text: str, path: Path, on_multiple_pa
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        parts = line.split()
+        csv = path.suffix.lower() == ".csv"  # a spreadsheet's edge list: parent,child[,weight]
+        parts = [f.strip() for f in line.split(",")] if csv else line.split()
         loc = f"{path}:{lineno}"
         if line.startswith("("):
             raise TreeError(f"{loc}: this looks like a Newick tree, not an edge list ('parent "
                             "child [weight]' lines); give the file a .nwk suffix")
-        if len(parts) not in (2, 3):
-            raise TreeError(f"{loc}: expected 'parent child [weight]' (whitespace separated), got {raw.strip()!r}")
+        if len(parts) not in (2, 3) or not all(parts):
+            form = "'parent,child[,weight]' (comma separated: a .csv file)" if csv else \
+                "'parent child [weight]' (whitespace separated)"
+            raise TreeError(f"{loc}: expected {form}, got {raw.strip()!r}")
         if parts[0].endswith(",") or (len(parts) == 3 and parts[1].endswith(",")):  # "parent, child"
             raise TreeError(f"{loc}: expected 'parent child [weight]' separated by whitespace only, got "
                             f"{raw.strip()!r}; remove the commas")

@@ -294,8 +294,9 @@ class LabelTree:
         Formats:
 
         * ``"edges"`` (.txt/.tsv/.edges): one edge per line, ``parent child [weight]``,
-          whitespace separated; ``#`` starts a comment, blank lines are ignored (the BREEDS
-          ``class_hierarchy.txt`` format). ``on_multiple_parents`` as in :meth:`from_edges`.
+          whitespace separated (in a .csv file, read by its contents: comma separated); ``#``
+          starts a comment, blank lines are ignored (the BREEDS ``class_hierarchy.txt`` format).
+          ``on_multiple_parents`` as in :meth:`from_edges`.
         * ``"json"`` (.json): a nested dict ``{"animal": {"mammal": {"cat": {}, "dog": {}}}}``
           (leaves as ``{}``, ``null``, or children given as a list of names), a flat
           ``{"child": "parent" | null}`` map, or ``{"parents": {child: parent},
