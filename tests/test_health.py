@@ -122,7 +122,7 @@ def test_render_figures_skips_degenerate_methods(tmp_path, monkeypatch):
     y = np.repeat(np.arange(6), 10)
     feats = {"none": np.full((60, 4), 2.0, np.float32),
              "l2": np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)}
-    monkeypatch.setattr(figures, "collect_features", lambda d, split="test": (feats[d.name], y))
+    monkeypatch.setattr(figures, "collect_features", lambda d, split="test", data_dir=None: (feats[d.name], y))
     aggregate = [{"distance": "none"}, {"distance": "l2"}]
     out = tmp_path / "out"
     out.mkdir()

@@ -77,7 +77,7 @@ def fake_features(monkeypatch):
     """collect_features without a checkpoint: deterministic features from the run's name."""
     calls = []
 
-    def collect(run_dir, split="test"):
+    def collect(run_dir, split="test", data_dir=None):
         calls.append((Path(run_dir).name, split))
         return _features(seed=len(calls))
 
