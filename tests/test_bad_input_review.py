@@ -719,6 +719,10 @@ def test_class_names_too_few_and_a_tree_directory_are_named(tmp_path, capsys):
     one_line_error(capsys, main(["train", "--data", "features", "--data-dir", str(path), "--epochs", "1",
                                  "--out", str(tmp_path / "r")]),
                    "labels go up to 5 but class_names holds 3 names", "6 or more")
+    np.savez(path, features=rng.normal(size=(40, 4)).astype("float32"),
+             labels=np.array([*range(3)] * 13 + [2**63], dtype=np.uint64))  # wrapped negative before
+    one_line_error(capsys, main(["train", "--data", "features", "--data-dir", str(path), "--epochs", "1",
+                                 "--out", str(tmp_path / "r")]), "holds class id 9223372036854775808, beyond int64")
     one_line_error(capsys, main(["train", "--data", "digits", "--tree", str(tmp_path), "--epochs", "1",
                                  "--out", str(tmp_path / "r")]),
                    f"tree file {str(tmp_path)!r} is a directory; pass the path of a tree file to --tree")

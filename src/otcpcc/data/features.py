@@ -172,6 +172,9 @@ def _labels(arr: np.ndarray, n: int, key: str, path: Path) -> np.ndarray:
             arr = arr.astype(np.int64)
         else:
             raise ValueError(f"{path}: {key!r} must hold integer class ids, got dtype {arr.dtype}")
+    if arr.size and arr.dtype.kind in "uf" and int(arr.max()) > np.iinfo(np.int64).max:  # would wrap
+        raise ValueError(f"{path}: {key!r} holds class id {arr.max()}, beyond int64; number the "
+                         "classes 0..K-1 (np.unique(labels, return_inverse=True))")
     return arr.astype(np.int64)
 
 
