@@ -749,3 +749,40 @@ def test_a_run_without_its_config_json_is_not_overwritten_or_deleted(tmp_path, c
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     one_line_error(capsys, main(["train", *tiny, "--out", str(run), "--force"]), "is a folder, not otcpcc's file")
     assert (run / "config.json" / "keep").read_text() == "mine"  # --force discards otcpcc's files only
+
+
+def test_run_files_of_a_user_are_neither_overwritten_nor_followed(tmp_path, capsys):
+    """Breaker round 3: a directory with only log.csv/tree.json/eval.json was trained over (files
+    overwritten, eval.json deleted); a tree.json symlink was written through (the file it pointed
+    to, outside the run, replaced); a last.pt folder failed only after an epoch of training, with
+    advice that looped; --force deleted a user's tb/ folder; a damaged meta crashed --resume."""
+    tiny = ["--epochs", "1", "--no-progress", "--data-opt", "train_per_class=12", "--data-opt", "test_per_class=6"]
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "log.csv").write_text("mine")
+    one_line_error(capsys, main(["train", *tiny, "--out", str(a)]), "already holds a run (log.csv)")
+    assert (a / "log.csv").read_text() == "mine"
+    outside = tmp_path / "precious.json"
+    outside.write_text("precious")
+    e = tmp_path / "e"
+    e.mkdir()
+    (e / "tree.json").symlink_to(outside)
+    assert main(["train", *tiny, "--out", str(e), "--force"]) == 0
+    assert outside.read_text() == "precious" and not (e / "tree.json").is_symlink()
+    d = tmp_path / "d"
+    (d / "last.pt").mkdir(parents=True)
+    one_line_error(capsys, main(["train", *tiny, "--out", str(d), "--force"]),
+                   f"{d / 'last.pt'} is a folder, not otcpcc's file: move or remove it")
+    assert not (d / "config.json").exists()  # refused before anything was written
+    (e / "tb").mkdir()
+    (e / "tb" / "userfile").write_text("keep")
+    assert main(["train", *tiny, "--out", str(e), "--force"]) == 0
+    assert (e / "tb" / "userfile").read_text() == "keep"
+    saved = json.loads((e / "config.json").read_text())
+    for meta in ({"world_size": None}, {"world_size": "x"}):
+        (e / "config.json").write_text(json.dumps({**saved, "meta": meta}))
+        capsys.readouterr()
+        one_line_error(capsys, main(["train", "--out", str(e), "--resume", "--epochs", "2"]),
+                       f"cannot resume {e}: {e / 'config.json'} is damaged (meta.world_size {meta['world_size']!r}")
+    (e / "config.json").write_text(json.dumps({**saved, "meta": 5}))  # no usable meta: as a run without one
+    assert main(["train", "--out", str(e), "--resume", "--epochs", "2", "--no-progress"]) == 0

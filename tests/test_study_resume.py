@@ -372,3 +372,17 @@ def test_a_study_resumed_with_its_data_moved_evaluates_and_plots_from_the_new_pl
     assert main([*study, "--data-dir", "npz/lv.npz", "--out", "cm", "--resume"]) == 0, capsys.readouterr().err
     got = without_timing(json.loads((tmp_path / "cm" / "summary.json").read_text())["runs"])
     assert got == want and (tmp_path / "cm" / "heatmaps.png").is_file()
+
+
+def test_a_run_whose_checkpoint_broke_after_evaluation_is_left_out_of_the_figures(tmp_path, capsys):
+    """Breaker finding: a finished run's eval.json is reused on --resume, but the report's figures
+    load its model: a last.pt removed or corrupted since then ended the whole study with
+    evaluate's advice. The run is now left out of those figures, with a note saying why."""
+    out = tmp_path / "c"
+    one = [*TINY, "--epochs", "1", "--methods", "none,l2", "--seeds", "1", "--out", str(out)]
+    assert main(["compare", *one]) == 0
+    (out / "l2" / "seed0" / "last.pt").write_bytes(b"garbage")
+    assert main(["compare", *one, "--resume"]) == 0, capsys.readouterr().err
+    report = (out / "report.md").read_text()
+    assert (f"`l2` left out of the heatmaps, dendrogram and embedding figures: its run {out / 'l2' / 'seed0'} "
+            "cannot be loaded (cannot read checkpoint") in report

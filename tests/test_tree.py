@@ -527,6 +527,14 @@ def test_error_formats(tmp_path: Path) -> None:
     (tmp_path / "tree.csv").write_text("# a spreadsheet's edge list\nr, a b,2\nr,c\n")  # commas in a .csv
     t2 = LabelTree.from_file(tmp_path / "tree.csv")
     assert t2.leaves == ["a b", "c"] and t2.distance_matrix().tolist() == [[0, 3], [3, 0]]
+    # a spreadsheet's export: header row, quoted names (a comma inside one), weights
+    (tmp_path / "tree.csv").write_text('Parent,Child,Weight\n"r","a, b",2\nr,"c",1\n')
+    t3 = LabelTree.from_file(tmp_path / "tree.csv")
+    assert t3.leaves == ["a, b", "c"] and t3.distance_matrix().tolist() == [[0, 3], [3, 0]]
+    (tmp_path / "tree.csv").write_text("r,a,x\n")
+    with pytest.raises(TreeError, match=r"tree\.csv:1: expected 'parent,child\[,weight\]' \(comma separated: a "
+                       r"\.csv file\) with a numeric weight"):
+        LabelTree.from_file(tmp_path / "tree.csv")
     (tmp_path / "tree.csv").write_text("r,,a\n")
     with pytest.raises(TreeError, match=r"tree\.csv:1: expected 'parent,child\[,weight\]' \(comma separated"):
         LabelTree.from_file(tmp_path / "tree.csv")

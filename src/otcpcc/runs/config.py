@@ -335,12 +335,15 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "step_size", "eval_every"):
             value = getattr(self, name)
             flag = "--" + name.replace("_", "-")
-            if isinstance(value, float) and value.is_integer() and 1 <= value <= MAX_COUNT:
-                raise bad(f"{name} must be a positive integer, got {value!r} (a float); write it "
-                          f"as {int(value)}")
-            if isinstance(value, str) and value.strip().isdigit():
-                raise bad(f"{name} must be a positive integer, got {value!r} (a string); write it "
-                          "without quotes")
+            text = value.strip() if isinstance(value, str) else ""
+            as_int = int(value) if isinstance(value, float) and value.is_integer() else \
+                int(text) if text.isascii() and text.isdigit() else None
+            if as_int is not None and 1 <= as_int <= MAX_COUNT:  # a fix that works, named
+                how = f"as {as_int}" if isinstance(value, float) else "without quotes"
+                kind = "float" if isinstance(value, float) else "string"
+                raise bad(f"{name} must be a positive integer, got {value!r} (a {kind}); write it {how}")
+            if as_int is not None and as_int > MAX_COUNT:
+                value = as_int
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(
                     f"{name} must be a positive integer, got {value!r}; pass {flag} 1 or more"
@@ -472,7 +475,7 @@ def read_run_config(path: str | os.PathLike) -> tuple[dict[str, Any], TrainConfi
     invalid setting (no fix: train --resume, evaluate and a study each know their own)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p} is missing: the run's settings are unknown")
+        raise ConfigError(f"{p} is missing or not a file: the run's settings are unknown")
     try:
         raw = load_config_file(p)
         return raw, TrainConfig.from_dict(raw, source=str(p))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,10 +23,18 @@ class RunDirError(ValueError):
 
 
 def check_run_dir(out: Path, *, resume: bool, force: bool) -> None:
-    """Refuse early: an existing run without ``force``/``resume``, or ``resume`` without a run. A
-    run exists where ``config.json``, a checkpoint or ``metrics.json`` is (even one without its
-    config.json: training there would overwrite its checkpoint and metrics)."""
-    exists = any(os.path.lexists(out / name) for name in ("config.json", CHECKPOINT, "metrics.json"))
+    """Refuse early: an existing run without ``force``/``resume``, ``resume`` without a run, or a
+    folder under a run file's name (writing it would fail after training). A run exists where any
+    of :data:`RUN_FILES` is (even without its config.json: training there would overwrite its
+    checkpoint, metrics and log)."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a directory; choose another --out")
+    for name in RUN_FILES:
+        if name != "tb" and (out / name).is_dir():
+            raise RunDirError(f"{out / name} is a folder, not otcpcc's file: move or remove it, then "
+                              "run again")
+    held = next((n for n in RUN_FILES if os.path.lexists(out / n)), None)
+    exists = held is not None
     if resume and not (out / "config.json").is_file() and exists:
         raise RunDirError(f"cannot resume {out}: its config.json is missing or not a file, so the run's "
                           "settings are unknown; start it over with --force (or restore config.json)")
@@ -41,13 +48,10 @@ def check_run_dir(out: Path, *, resume: bool, force: bool) -> None:
             f"nothing to resume in {out}: no {CHECKPOINT} checkpoint; start over with --force"
         )
     if exists and not (resume or force):
-        held = next(n for n in ("config.json", CHECKPOINT, "metrics.json") if os.path.lexists(out / n))
         raise RunDirError(
             f"run directory {out} already holds a run ({held}); pass --force to overwrite "
             "it, --resume to continue it, or choose another --out"
         )
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} is a file, not a directory; choose another --out")
 
 
 def discard_run_files(out: Path) -> None:
@@ -56,8 +60,11 @@ def discard_run_files(out: Path) -> None:
     for name in RUN_FILES:
         p = out / name
         if p.is_dir() and not p.is_symlink():
-            if name == "tb":  # otcpcc's own TensorBoard folder; any other is not ours: kept
-                shutil.rmtree(p)
+            if name == "tb":  # otcpcc's TensorBoard event files; anything else in tb/ is kept
+                for event in p.glob("events.out.tfevents.*"):
+                    event.unlink()
+                if not any(p.iterdir()):
+                    p.rmdir()
         elif os.path.lexists(p):
             p.unlink()
     remove_stale_temporaries(out)
@@ -107,7 +114,7 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, env: DistEnv, *, resume: bool, 
             "num_classes": tree.num_classes, **(meta or {})}
 
     atomic_write_text(out / "config.json", cfg.to_json(meta) + "\n")
-    tree.to_file(out / "tree.json")
+    tree.to_file(out / "tree.json")  # written beside and moved in: replaces a link, never writes through it
 
 
 def check_resume_config(out: Path, cfg: TrainConfig, env: DistEnv) -> None:
@@ -118,7 +125,12 @@ def check_resume_config(out: Path, cfg: TrainConfig, env: DistEnv) -> None:
         raise RunDirError(f"cannot resume {out}: {e}; restore it, or start the run over with "
                           "--force or another --out") from None
     changes = saved.changes(cfg)
-    ran_on = int((raw.get("meta") or {}).get("world_size", env.world_size))
+    meta = raw.get("meta")
+    ran_on = meta.get("world_size", env.world_size) if isinstance(meta, dict) else env.world_size
+    if isinstance(ran_on, bool) or not isinstance(ran_on, int) or ran_on < 1:
+        raise RunDirError(f"cannot resume {out}: {out / 'config.json'} is damaged (meta.world_size "
+                          f"{ran_on!r} is not a process count); restore it, or start the run over "
+                          "with --force or another --out")
     if ran_on != env.world_size:  # (last.pt is checked too) refuse before rewriting files
         changes.append(f"world_size ({ran_on} -> {env.world_size})")
     if changes:

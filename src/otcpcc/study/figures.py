@@ -416,7 +416,13 @@ def render_figures(out: Path, aggregate: Sequence[Mapping[str, Any]],
         tree = _load_tree(next(iter(first.values())))
         tree_d = np.asarray(tree.distance_matrix(), dtype=np.float64)
         k = tree.num_classes
-        feats = {name: collect_features(d, "test", data_dir=data_dir) for name, d in first.items()}
+        feats = {}
+        for name, d in first.items():
+            try:
+                feats[name] = collect_features(d, "test", data_dir=data_dir)
+            except (ValueError, OSError) as e:  # e.g. its last.pt removed or corrupt since it was evaluated
+                notes.append(f"`{name}` left out of the heatmaps, dendrogram and embedding figures: "
+                             f"its run {d} cannot be loaded ({str(e).split('; ')[0]})")
         bad = {name: why for name, (x, _) in feats.items() if (why := feature_degeneracy(x))}
         for name, why in bad.items():
             notes.append(f"`{name}` left out of the heatmaps, dendrogram and embedding figures: its "

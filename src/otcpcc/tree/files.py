@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -91,31 +92,37 @@ def _parse(cls: type[LabelTree], text: str, path: Path, fmt: str, on_multiple_pa
 
 
 def _from_edges_text(cls: type[LabelTree], text: str, path: Path, on_multiple_parents: str) -> LabelTree:
+    """Edge lines ``parent child [weight]``, whitespace separated; in a ``.csv`` file comma
+    separated as a spreadsheet writes them (quoted fields, names with spaces, an optional header
+    row ``parent,child[,weight]``, which is skipped)."""
     edges: list[tuple[Any, ...]] = []
     where: list[str] = []
+    is_csv = path.suffix.lower() == ".csv"
+    form = "'parent,child[,weight]' (comma separated: a .csv file)" if is_csv else \
+        "'parent child [weight]' (whitespace separated)"
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        csv = path.suffix.lower() == ".csv"  # a spreadsheet's edge list: parent,child[,weight]
-        parts = [f.strip() for f in line.split(",")] if csv else line.split()
+        parts = [f.strip() for f in next(csv.reader([line]))] if is_csv else line.split()
         loc = f"{path}:{lineno}"
+        if is_csv and not edges and [p.lower() for p in parts] in (["parent", "child"],
+                                                                    ["parent", "child", "weight"]):
+            continue  # the header row
         if line.startswith("("):
             raise TreeError(f"{loc}: this looks like a Newick tree, not an edge list ('parent "
                             "child [weight]' lines); give the file a .nwk suffix")
         if len(parts) not in (2, 3) or not all(parts):
-            form = "'parent,child[,weight]' (comma separated: a .csv file)" if csv else \
-                "'parent child [weight]' (whitespace separated)"
             raise TreeError(f"{loc}: expected {form}, got {raw.strip()!r}")
-        if parts[0].endswith(",") or (len(parts) == 3 and parts[1].endswith(",")):  # "parent, child"
+        if not is_csv and (parts[0].endswith(",") or (len(parts) == 3 and parts[1].endswith(","))):
             raise TreeError(f"{loc}: expected 'parent child [weight]' separated by whitespace only, got "
-                            f"{raw.strip()!r}; remove the commas")
+                            f"{raw.strip()!r}; remove the commas (or name the file .csv)")
         if len(parts) == 3:
             try:
                 w = parse_number(parts[2])
             except ValueError:
                 raise TreeError(
-                    f"{loc}: expected 'parent child [weight]' with a numeric weight, got "
+                    f"{loc}: expected {form} with a numeric weight, got "
                     f"{raw.strip()!r}; write a plain number such as 1.5 (no '_' separators)"
                 ) from None
             edges.append((parts[0], parts[1], w))
@@ -123,7 +130,7 @@ def _from_edges_text(cls: type[LabelTree], text: str, path: Path, on_multiple_pa
             edges.append((parts[0], parts[1]))
         where.append(loc)
     if not edges:
-        raise TreeError(f"empty tree: {path} holds no edges ('parent child [weight]' lines)")
+        raise TreeError(f"empty tree: {path} holds no edges ({form} lines)")
     return cls._from_edge_list(edges, on_multiple_parents, where)
 
 
@@ -357,7 +364,12 @@ def write_tree(tree: LabelTree, path: str | os.PathLike[str], format: str | None
         text = _json_text(tree, weighted)
     else:
         text = _newick_text(tree, weighted)
-    path.write_text(text, encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    try:  # written beside and moved in: whole or not at all, and a symlink is replaced, not followed
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _edges_text(tree: LabelTree, weighted: bool) -> str:
