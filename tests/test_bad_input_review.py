@@ -743,12 +743,16 @@ def test_a_run_without_its_config_json_is_not_overwritten_or_deleted(tmp_path, c
     (run / "config.json" / "keep").write_text("mine")
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     capsys.readouterr()
-    one_line_error(capsys, main(["train", *tiny, "--out", str(run)]), "already holds a run (config.json)", "--force")
+    for flags in ([], ["--resume"], ["--force"]):  # (round 3: a folder is named before anything else)
+        one_line_error(capsys, main(["train", *tiny, "--out", str(run), *flags]),
+                       f"{run / 'config.json'} is a folder, not otcpcc's file: move or remove it")
+    (run / "config.json" / "keep").rename(tmp_path / "keep")
+    (run / "config.json").rmdir()
+    one_line_error(capsys, main(["train", *tiny, "--out", str(run)]), "already holds a run (tree.json)", "--force")
     one_line_error(capsys, main(["train", *tiny, "--out", str(run), "--resume"]),
                    "its config.json is missing or not a file", "start it over with --force")
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
-    one_line_error(capsys, main(["train", *tiny, "--out", str(run), "--force"]), "is a folder, not otcpcc's file")
-    assert (run / "config.json" / "keep").read_text() == "mine"  # --force discards otcpcc's files only
+    assert (tmp_path / "keep").read_text() == "mine"
 
 
 def test_run_files_of_a_user_are_neither_overwritten_nor_followed(tmp_path, capsys):

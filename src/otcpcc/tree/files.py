@@ -98,8 +98,8 @@ def _from_edges_text(cls: type[LabelTree], text: str, path: Path, on_multiple_pa
     edges: list[tuple[Any, ...]] = []
     where: list[str] = []
     is_csv = path.suffix.lower() == ".csv"
-    form = "'parent,child[,weight]' (comma separated: a .csv file)" if is_csv else \
-        "'parent child [weight]' (whitespace separated)"
+    line_form = "'parent,child[,weight]'" if is_csv else "'parent child [weight]'"
+    form = line_form + (" (comma separated: a .csv file)" if is_csv else " (whitespace separated)")
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -122,7 +122,7 @@ def _from_edges_text(cls: type[LabelTree], text: str, path: Path, on_multiple_pa
                 w = parse_number(parts[2])
             except ValueError:
                 raise TreeError(
-                    f"{loc}: expected {form} with a numeric weight, got "
+                    f"{loc}: expected {line_form} with a numeric weight, got "
                     f"{raw.strip()!r}; write a plain number such as 1.5 (no '_' separators)"
                 ) from None
             edges.append((parts[0], parts[1], w))
