@@ -62,14 +62,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training import train
 
     if args.resume and args.out and not args.config and (Path(args.out) / "config.json").is_file():
-        from ..runs.config import ConfigError, read_run_config
-        from ..runs.rundir import RunDirError
+        from ..runs.rundir import resumed_config
 
-        try:  # the run's own file: damaged is named as such, not as a --config file
-            read_run_config(Path(args.out) / "config.json")
-        except ConfigError as e:
-            raise RunDirError(f"cannot resume {args.out}: {e}; restore it, or start the run over "
-                              "with --force or another --out") from None
+        resumed_config(Path(args.out))  # the run's own file: damaged is named so, not as a --config file
         args.config = str(Path(args.out) / "config.json")  # resume: the run's settings < flags
     cfg = config_from_args(args)
     if cfg.weights and not args.resume and not Path(cfg.weights).is_file():

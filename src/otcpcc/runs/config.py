@@ -486,10 +486,9 @@ def read_run_config(path: str | os.PathLike) -> tuple[dict[str, Any], TrainConfi
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML or JSON mapping; bad files raise one-line errors naming the file."""
     p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"config file {str(p)!r} is a directory; pass the path of a YAML or JSON file")
     if p.exists() and not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} is not a regular file; pass the path of a YAML or JSON file")
+        what = "a directory" if p.is_dir() else "not a regular file"
+        raise ConfigError(f"config file {str(p)!r} is {what}; pass the path of a YAML or JSON file")
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r} not found; check the --config path")
     try:

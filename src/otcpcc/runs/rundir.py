@@ -117,20 +117,30 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, env: DistEnv, *, resume: bool, 
     tree.to_file(out / "tree.json")  # written beside and moved in: replaces a link, never writes through it
 
 
+def _damaged(out: Path, problem: str) -> RunDirError:
+    """The refusal to resume ``out`` whose config.json is damaged (``problem`` names it)."""
+    return RunDirError(f"cannot resume {out}: {problem}; restore it, or start the run over with "
+                       "--force or another --out")
+
+
+def resumed_config(out: Path) -> tuple[dict, TrainConfig]:
+    """The mapping and settings of the run ``out`` being resumed (its config.json); a damaged
+    file is a one-line RunDirError naming it as the run's own, with the fixes of a resume."""
+    try:
+        return read_run_config(out / "config.json")
+    except ConfigError as e:
+        raise _damaged(out, str(e)) from None
+
+
 def check_resume_config(out: Path, cfg: TrainConfig, env: DistEnv) -> None:
     """Refuse to resume ``out`` with settings its config.json does not have (naming each change)."""
-    try:
-        raw, saved = read_run_config(out / "config.json")
-    except ConfigError as e:
-        raise RunDirError(f"cannot resume {out}: {e}; restore it, or start the run over with "
-                          "--force or another --out") from None
+    raw, saved = resumed_config(out)
     changes = saved.changes(cfg)
     meta = raw.get("meta")
     ran_on = meta.get("world_size", env.world_size) if isinstance(meta, dict) else env.world_size
     if isinstance(ran_on, bool) or not isinstance(ran_on, int) or ran_on < 1:
-        raise RunDirError(f"cannot resume {out}: {out / 'config.json'} is damaged (meta.world_size "
-                          f"{ran_on!r} is not a process count); restore it, or start the run over "
-                          "with --force or another --out")
+        raise _damaged(out, f"{out / 'config.json'} is damaged (meta.world_size {ran_on!r} is not a "
+                            "process count)")
     if ran_on != env.world_size:  # (last.pt is checked too) refuse before rewriting files
         changes.append(f"world_size ({ran_on} -> {env.world_size})")
     if changes:
